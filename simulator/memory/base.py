@@ -1,0 +1,175 @@
+"""The one interface every KV-cache manager implements, and the memory-category report.
+
+The serving engine talks to a manager only through :class:`KVCacheManager`. Sequences are
+identified by dense small ints ``seq_id`` in ``[0, max_seqs)`` that the engine recycles.
+"No room right now" is a return value (``None`` / ``False``), never an exception; misuse
+(unknown or already-live ``seq_id``, a length beyond ``max_seq_len``) raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryStats:
+    """Where the KV capacity goes at one instant (PagedAttention paper, Fig. 2 categories).
+
+    All sizes are token slots. The six categories ``token_slots + reserved_slots +
+    internal_frag_slots + external_frag_slots + cached_slots + free_slots`` sum to
+    ``capacity_slots``. The last four fields are cumulative counters.
+    """
+
+    capacity_slots: int
+    token_slots: int  # slots holding K/V of a live sequence's tokens (held = grown to)
+    reserved_slots: int  # contiguous: reserved for a live request's future tokens
+    internal_frag_slots: int  # allocated, never to hold a token (over-reservation, block tails)
+    external_frag_slots: int  # free, but in gaps too small for the smallest pending request
+    cached_slots: int  # radix: held only by the tree (finished requests' prefixes), evictable
+    free_slots: int
+    prefix_query_tokens: int  # sum of prompt tokens looked up at admission
+    prefix_hit_tokens: int  # of those, served from the cache (hit rate = hit / query)
+    evicted_tokens: int
+    num_cow_copies: int
+
+    @property
+    def used_slots(self) -> int:
+        """Slots not free (tokens + reservations + internal fragmentation + cached)."""
+        return self.capacity_slots - self.free_slots - self.external_frag_slots
+
+    @property
+    def prefix_hit_frac(self) -> float:
+        """SGLang's cache hit rate: cached prompt tokens over prompt tokens looked up."""
+        if self.prefix_query_tokens == 0:
+            return 0.0
+        return self.prefix_hit_tokens / self.prefix_query_tokens
+
+
+def phys_slot(
+    block_table: npt.NDArray[np.int32], i: int | npt.NDArray[np.int64], block_size: int
+) -> int | npt.NDArray[np.int64]:
+    """Physical KV slot of logical token ``i``: ``BT[i // B] * B + i % B``.
+
+    Args:
+        block_table: int32[num_blocks_of_seq]; physical block ids of one sequence.
+        i: logical token index (or an array of them), ``0 <= i < len(BT) * B``.
+        block_size: tokens per block ``B``.
+
+    Returns:
+        The physical slot index (same shape as ``i``).
+    """
+    if isinstance(i, np.ndarray):
+        return block_table[i // block_size].astype(np.int64) * block_size + i % block_size
+    return int(block_table[i // block_size]) * block_size + i % block_size
+
+
+class KVCacheManager(ABC):
+    """A KV-cache manager: admission, growth, release, fork, prefix lookup and statistics.
+
+    Attributes:
+        kind: ``"contiguous"``, ``"paged"`` or ``"radix"``.
+        capacity_tokens: total token slots managed (``MemoryStats.capacity_slots``).
+        block_size_tokens: allocation granule (1 for contiguous).
+    """
+
+    kind: str
+    capacity_tokens: int
+    block_size_tokens: int
+
+    @abstractmethod
+    def fits_ever(self, prompt_tokens: int, final_tokens: int) -> bool:
+        """Whether the request could be admitted into an empty cache and run to its end."""
+
+    @abstractmethod
+    def match_prefix(
+        self, block_ids: npt.NDArray[np.int64] | None, block_tokens: int, prompt_tokens: int
+    ) -> int:
+        """Prompt tokens cached now (what ``admit`` would return); no side effects."""
+
+    @abstractmethod
+    def admit(
+        self,
+        seq_id: int,
+        *,
+        prompt_tokens: int,
+        final_tokens: int,
+        block_ids: npt.NDArray[np.int64] | None = None,
+        block_tokens: int = 1,
+        now_s: float,
+    ) -> int | None:
+        """Register a sequence; return its cached prompt tokens, or None (no state change)."""
+
+    @abstractmethod
+    def grow(
+        self,
+        seq_ids: npt.NDArray[np.int64],
+        new_total_tokens: npt.NDArray[np.int64],
+        *,
+        now_s: float,
+    ) -> bool:
+        """All-or-nothing: make each sequence hold slots for ``new_total_tokens`` tokens."""
+
+    @abstractmethod
+    def slots_needed(
+        self, seq_ids: npt.NDArray[np.int64], new_total_tokens: npt.NDArray[np.int64]
+    ) -> int:
+        """Free slots that ``grow`` with the same arguments would consume."""
+
+    @abstractmethod
+    def free(
+        self,
+        seq_id: int,
+        *,
+        now_s: float,
+        finished: bool = True,
+        block_ids: npt.NDArray[np.int64] | None = None,
+        block_tokens: int = 1,
+        total_tokens: int = 0,
+    ) -> None:
+        """Release a finished or preempted sequence (radix: cache its full pages)."""
+
+    @abstractmethod
+    def fork(self, parent_seq_id: int, child_seq_id: int, *, now_s: float) -> bool:
+        """Make ``child`` share all of ``parent``'s KV; False if there is no room."""
+
+    @abstractmethod
+    def stats(self, *, min_pending_slots: int = 0) -> MemoryStats:
+        """Memory categories now (``min_pending_slots`` drives external fragmentation)."""
+
+    @property
+    @abstractmethod
+    def num_free_slots(self) -> int:
+        """Slots that ``grow`` could obtain now (radix: free + evictable cached)."""
+
+    @abstractmethod
+    def check_invariants(self) -> None:
+        """Raise ``InvariantError`` if internal state is inconsistent."""
+
+    @abstractmethod
+    def block_table(self, seq_id: int) -> npt.NDArray[np.int32]:
+        """Physical block ids of a live sequence (contiguous: its region as 1-token blocks)."""
+
+    @abstractmethod
+    def is_live(self, seq_id: int) -> bool:
+        """Whether ``seq_id`` is currently admitted."""
+
+    @abstractmethod
+    def num_tokens(self, seq_id: int) -> int:
+        """Tokens the live sequence currently holds slots for."""
+
+    def reservation_slots(self, prompt_tokens: int, final_tokens: int) -> int:
+        """Slots ``admit`` must find free for this request (for ``min_pending_slots``)."""
+        b = self.block_size_tokens
+        return -(-prompt_tokens // b) * b
+
+    def reset_prefix_stats(self) -> None:
+        """Zero the cumulative prefix query/hit counters (e.g. after a warm-up)."""
+        self._prefix_query_tokens = 0
+        self._prefix_hit_tokens = 0
+
+    _prefix_query_tokens: int = 0
+    _prefix_hit_tokens: int = 0

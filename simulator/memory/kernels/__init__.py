@@ -1,0 +1,1 @@
+"""Numba kernels of the KV-cache managers (private; use :mod:`simulator.memory`)."""

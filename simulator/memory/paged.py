@@ -1,0 +1,294 @@
+"""Paged KV cache (vLLM PagedAttention-style): a block pool, block tables, refcounts, CoW.
+
+Facade over :mod:`simulator.memory.kernels._blocks`. The radix manager
+(:mod:`simulator.memory.radix`) is this class plus a prefix tree.
+
+NOTE(admission): ``admit`` only registers the sequence (radix: shares and locks the cached
+prefix); slots are taken by ``grow``. ``admit`` returns None unless, after allocating the
+whole prompt, ``watermark_blocks`` blocks would stay free (vLLM's ``can_allocate``), so
+``admit`` succeeding guarantees that ``grow(seq, prompt_tokens)`` right after it succeeds.
+``grow`` itself ignores the watermark (vLLM's ``append_slots``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from simulator.errors import InvariantError
+from simulator.memory.base import KVCacheManager, MemoryStats
+from simulator.memory.kernels import _blocks
+
+_EMPTY_KEYS = np.zeros(0, dtype=np.int64)
+
+
+def _as_i64(a: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    return np.ascontiguousarray(a, dtype=np.int64).reshape(-1)
+
+
+class PagedKVCache(KVCacheManager):
+    """Fixed-size blocks from a free pool; per-sequence block tables; copy-on-write forks.
+
+    Args:
+        capacity_tokens: KV slots; ``capacity_tokens // block_size_tokens`` blocks.
+        block_size_tokens: tokens per block ``B`` (1..256).
+        max_seqs: seq ids are ``0 .. max_seqs - 1``.
+        max_seq_len: longest sequence, in tokens (sets the block-table width).
+        watermark_frac: fraction of blocks kept free at admission (vLLM default 0.01).
+    """
+
+    kind = "paged"
+    _can_evict = False
+
+    def __init__(
+        self,
+        *,
+        capacity_tokens: int,
+        block_size_tokens: int,
+        max_seqs: int,
+        max_seq_len: int,
+        watermark_frac: float,
+    ) -> None:
+        self.block_size_tokens = block_size_tokens
+        self.num_blocks = capacity_tokens // block_size_tokens
+        self.capacity_tokens = self.num_blocks * block_size_tokens
+        self.max_seqs = max_seqs
+        self.max_seq_len = max_seq_len
+        # NOTE(watermark): int(frac * blocks), as vLLM's BlockSpaceManager computes it.
+        self.watermark_blocks = int(watermark_frac * self.num_blocks)
+        self.max_blocks_per_seq = min(-(-max_seq_len // block_size_tokens), self.num_blocks)
+        self._st = _blocks.make_state(self.num_blocks, max_seqs, self.max_blocks_per_seq)
+        self._res = np.zeros(3, dtype=np.int64)
+        self._out2 = np.zeros(2, dtype=np.int64)
+        self._buf = np.zeros(self.max_blocks_per_seq, dtype=np.int32)
+        self._prefix_query_tokens = 0
+        self._prefix_hit_tokens = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_seq(self, seq_id: int, *, live: bool) -> None:
+        if not 0 <= seq_id < self.max_seqs:
+            raise ValueError(f"seq_id must be in [0, {self.max_seqs}), got {seq_id}")
+        if bool(self._st.seq_live[seq_id]) != live:
+            state = "not live" if live else "already live"
+            raise ValueError(f"seq_id {seq_id} is {state}")
+
+    def _page_keys(
+        self, block_ids: npt.NDArray[np.int64] | None, block_tokens: int, n_tokens: int
+    ) -> npt.NDArray[np.int64]:
+        """Page keys of the full pages within ``n_tokens`` (none for paged)."""
+        return _EMPTY_KEYS
+
+    def _cap_pages(self, prompt_tokens: int) -> int:
+        # At least one prompt token is always computed (the last token's logits are needed).
+        return max(prompt_tokens - 1, 0) // self.block_size_tokens
+
+    # ------------------------------------------------------------------ interface
+
+    @property
+    def num_free_slots(self) -> int:
+        """Free slots (radix: plus evictable cached slots)."""
+        free = int(self._st.free_top[0])
+        if self._can_evict:
+            free += int(self._st.counters[_blocks.C_CACHED])
+        return free * self.block_size_tokens
+
+    def fits_ever(self, prompt_tokens: int, final_tokens: int) -> bool:
+        """Prompt fits an empty cache with the watermark, and so does prompt + 1 token."""
+        b = self.block_size_tokens
+        prompt_blocks = -(-prompt_tokens // b)
+        return (
+            prompt_tokens + 1 <= self.max_seq_len
+            and final_tokens <= self.max_seq_len
+            and prompt_blocks + self.watermark_blocks <= self.num_blocks
+            and -(-(prompt_tokens + 1) // b) <= self.num_blocks
+        )
+
+    def match_prefix(
+        self, block_ids: npt.NDArray[np.int64] | None, block_tokens: int, prompt_tokens: int
+    ) -> int:
+        """Prompt tokens cached now, capped at ``prompt_tokens - 1``; no side effects."""
+        keys = self._page_keys(block_ids, block_tokens, prompt_tokens)
+        n = min(len(keys), self._cap_pages(prompt_tokens))
+        if n == 0:
+            return 0
+        m = _blocks.match_len(self._st, keys, n, self._buf, self._res)
+        return int(m) * self.block_size_tokens
+
+    def admit(
+        self,
+        seq_id: int,
+        *,
+        prompt_tokens: int,
+        final_tokens: int,
+        block_ids: npt.NDArray[np.int64] | None = None,
+        block_tokens: int = 1,
+        now_s: float,
+    ) -> int | None:
+        """Register ``seq_id``; return its cached prompt tokens or None (no room, no change)."""
+        self._check_seq(seq_id, live=False)
+        if prompt_tokens < 1 or final_tokens < prompt_tokens:
+            raise ValueError(
+                f"need 1 <= prompt_tokens <= final_tokens, got {prompt_tokens}, {final_tokens}"
+            )
+        if prompt_tokens > self.max_seq_len:
+            raise ValueError(f"prompt_tokens {prompt_tokens} > max_seq_len {self.max_seq_len}")
+        keys = self._page_keys(block_ids, block_tokens, prompt_tokens)
+        n = min(len(keys), self._cap_pages(prompt_tokens))
+        m = _blocks.admit(
+            self._st,
+            seq_id,
+            keys,
+            n,
+            prompt_tokens,
+            self.block_size_tokens,
+            self.watermark_blocks,
+            float(now_s),
+            self._buf,
+            self._res,
+        )
+        if m < 0:
+            return None
+        hit = int(m) * self.block_size_tokens
+        self._prefix_query_tokens += prompt_tokens
+        self._prefix_hit_tokens += hit
+        return hit
+
+    def _grow_args(
+        self, seq_ids: npt.ArrayLike, new_total_tokens: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        ids = _as_i64(seq_ids)
+        totals = _as_i64(new_total_tokens)
+        if ids.shape != totals.shape:
+            raise ValueError(f"seq_ids {ids.shape} and new_total_tokens {totals.shape} differ")
+        if ids.size and (
+            ids.min() < 0 or ids.max() >= self.max_seqs or not self._st.seq_live[ids].all()
+        ):
+            raise ValueError(f"grow on a seq id that is not live: {ids.tolist()}")
+        if ids.size and totals.max() > self.max_seq_len:
+            raise ValueError(f"new_total_tokens {totals.max()} > max_seq_len {self.max_seq_len}")
+        return ids, totals
+
+    def slots_needed(self, seq_ids: npt.ArrayLike, new_total_tokens: npt.ArrayLike) -> int:
+        """Free slots ``grow`` would consume (new blocks and CoW copies, times ``B``)."""
+        ids, totals = self._grow_args(seq_ids, new_total_tokens)
+        cow = np.zeros(ids.size, dtype=np.int8)
+        need = _blocks.plan_grow(self._st, ids, totals, self.block_size_tokens, cow)
+        return int(need) * self.block_size_tokens
+
+    def grow(
+        self, seq_ids: npt.ArrayLike, new_total_tokens: npt.ArrayLike, *, now_s: float
+    ) -> bool:
+        """All-or-nothing: each seq holds slots for its new total; False = no room, no change."""
+        ids, totals = self._grow_args(seq_ids, new_total_tokens)
+        cow = np.zeros(ids.size, dtype=np.int8)
+        status = _blocks.grow(self._st, ids, totals, self.block_size_tokens, self._can_evict, cow)
+        return status == _blocks.OK
+
+    def free(
+        self,
+        seq_id: int,
+        *,
+        now_s: float,
+        finished: bool = True,
+        block_ids: npt.NDArray[np.int64] | None = None,
+        block_tokens: int = 1,
+        total_tokens: int = 0,
+    ) -> None:
+        """Release ``seq_id``; its blocks go back to the pool (radix: full pages are cached)."""
+        self._check_seq(seq_id, live=True)
+        held = int(self._st.seq_tokens[seq_id])
+        keys = self._page_keys(block_ids, block_tokens, min(total_tokens, held))
+        n = min(len(keys), int(self._st.table_len[seq_id]))
+        _blocks.release(self._st, seq_id, keys, n, float(now_s))
+
+    def fork(self, parent_seq_id: int, child_seq_id: int, *, now_s: float) -> bool:
+        """Child shares the parent's blocks (refcount++); never needs new blocks."""
+        self._check_seq(parent_seq_id, live=True)
+        self._check_seq(child_seq_id, live=False)
+        _blocks.fork(self._st, parent_seq_id, child_seq_id)
+        return True
+
+    def stats(self, *, min_pending_slots: int = 0) -> MemoryStats:
+        """Memory categories (no reservation and no external fragmentation when paged)."""
+        _blocks.slot_stats(self._st, self.block_size_tokens, self._out2)
+        b = self.block_size_tokens
+        return MemoryStats(
+            capacity_slots=self.capacity_tokens,
+            token_slots=int(self._out2[0]),
+            reserved_slots=0,
+            internal_frag_slots=int(self._out2[1]),
+            external_frag_slots=0,
+            cached_slots=int(self._st.counters[_blocks.C_CACHED]) * b,
+            free_slots=int(self._st.free_top[0]) * b,
+            prefix_query_tokens=self._prefix_query_tokens,
+            prefix_hit_tokens=self._prefix_hit_tokens,
+            evicted_tokens=int(self._st.counters[_blocks.C_EVICTED]),
+            num_cow_copies=int(self._st.counters[_blocks.C_COW]),
+        )
+
+    def block_table(self, seq_id: int) -> npt.NDArray[np.int32]:
+        """Copy of the live sequence's block table (physical block ids)."""
+        self._check_seq(seq_id, live=True)
+        return self._st.table[seq_id, : self._st.table_len[seq_id]].copy()
+
+    def is_live(self, seq_id: int) -> bool:
+        """Whether ``seq_id`` is admitted."""
+        return bool(self._st.seq_live[seq_id])
+
+    def num_tokens(self, seq_id: int) -> int:
+        """Tokens the sequence holds slots for."""
+        return int(self._st.seq_tokens[seq_id])
+
+    @property
+    def free_block_ids(self) -> list[int]:
+        """Free block ids, next allocation first (for exact-order tests)."""
+        st = self._st
+        return st.free_stack[: st.free_top[0]][::-1].tolist()
+
+    # ------------------------------------------------------------------ invariants
+
+    def check_invariants(self) -> None:
+        """Pool, refcount, table and tree consistency (raises InvariantError)."""
+        st = self._st
+        nb = self.num_blocks
+        b = self.block_size_tokens
+        free = st.free_stack[: st.free_top[0]]
+        if len(np.unique(free)) != len(free):
+            raise InvariantError("a block is on the free stack twice")
+        counts = np.zeros(nb, dtype=np.int64)
+        for s in np.flatnonzero(st.seq_live):
+            n = int(st.table_len[s])
+            row = st.table[s, :n]
+            if len(np.unique(row)) != n:
+                raise InvariantError(f"seq {s} holds a block twice")
+            if -(-int(st.seq_tokens[s]) // b) != n:
+                raise InvariantError(f"seq {s}: {st.seq_tokens[s]} tokens in {n} blocks")
+            np.add.at(counts, row, 1)
+        if not np.array_equal(counts, st.refcount):
+            raise InvariantError("refcount != number of block tables holding the block")
+        if (st.refcount[free] != 0).any() or (st.in_tree[free] != 0).any():
+            raise InvariantError("a free block is referenced or in the tree")
+        cached = int(((st.in_tree == 1) & (st.refcount == 0)).sum())
+        if cached != st.counters[_blocks.C_CACHED]:
+            raise InvariantError(f"cached counter {st.counters[_blocks.C_CACHED]} != {cached}")
+        used = int((st.refcount > 0).sum())
+        if used + cached + len(free) != nb:
+            raise InvariantError(f"used {used} + cached {cached} + free {len(free)} != {nb}")
+        self._check_tree()
+        s = self.stats()
+        total = (
+            s.token_slots
+            + s.reserved_slots
+            + s.internal_frag_slots
+            + s.external_frag_slots
+            + s.cached_slots
+            + s.free_slots
+        )
+        if total != s.capacity_slots:
+            raise InvariantError(f"memory categories sum to {total} != {s.capacity_slots}")
+
+    def _check_tree(self) -> None:
+        st = self._st
+        if st.first_child[0] != -1 or st.in_tree.any():
+            raise InvariantError("paged manager has a non-empty tree")
