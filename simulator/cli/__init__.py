@@ -29,6 +29,7 @@ app = typer.Typer(
 
 # Command modules, each exposing ``register(app)``. Order is the order in ``--help``.
 _COMMAND_MODULES = [
+    "simulator.cli.run",
     "simulator.cli.catalog",
 ]
 
