@@ -1,0 +1,26 @@
+"""What arrives at the servers: synthetic generators and real-trace readers.
+
+Everything produces one columnar :class:`Workload`; :func:`build_workload` turns a scenario's
+``workload:`` section (:class:`WorkloadCfg`) into one. This package never imports
+``simulator``.
+"""
+
+from __future__ import annotations
+
+from workloads.config import WorkloadCfg, build_workload
+from workloads.request import COLUMNS, Workload
+from workloads.stats import WorkloadStats, workload_stats
+from workloads.traces import FORMATS, detect_format, read_trace, write_workload
+
+__all__ = [
+    "COLUMNS",
+    "FORMATS",
+    "Workload",
+    "WorkloadCfg",
+    "WorkloadStats",
+    "build_workload",
+    "detect_format",
+    "read_trace",
+    "workload_stats",
+    "write_workload",
+]
