@@ -31,6 +31,7 @@ app = typer.Typer(
 _COMMAND_MODULES = [
     "simulator.cli.run",
     "simulator.cli.catalog",
+    "simulator.cli.trace",
 ]
 
 for _name in _COMMAND_MODULES:
