@@ -56,7 +56,7 @@ class PagedKVCache(KVCacheManager):
         self.max_seq_len = max_seq_len
         # NOTE(watermark): int(frac * blocks), as vLLM's BlockSpaceManager computes it.
         self.watermark_blocks = int(watermark_frac * self.num_blocks)
-        self.max_blocks_per_seq = min(-(-max_seq_len // block_size_tokens), self.num_blocks)
+        self.max_blocks_per_seq = -(-max_seq_len // block_size_tokens)
         self._st = _blocks.make_state(self.num_blocks, max_seqs, self.max_blocks_per_seq)
         self._res = np.zeros(3, dtype=np.int64)
         self._out2 = np.zeros(2, dtype=np.int64)
