@@ -71,13 +71,13 @@ def machine_for(kind: str, *, page: int, block_tokens: int, capacity: int, **ext
             assert self.fast.match_prefix(ids, block_tokens, prompt) == self.ref.match_prefix(
                 ids, block_tokens, prompt
             )
-            kw = dict(
-                prompt_tokens=prompt,
-                final_tokens=final,
-                block_ids=ids,
-                block_tokens=block_tokens,
-                now_s=now,
-            )
+            kw = {
+                "prompt_tokens": prompt,
+                "final_tokens": final,
+                "block_ids": ids,
+                "block_tokens": block_tokens,
+                "now_s": now,
+            }
             got = self.fast.admit(s, **kw)
             want = self.ref.admit(s, **kw)
             assert got == want
@@ -110,13 +110,13 @@ def machine_for(kind: str, *, page: int, block_tokens: int, capacity: int, **ext
             ids = self.ids.pop(s)
             total = self.ref.num_tokens(s) - data.draw(st.integers(0, 1))
             now = self._tick(dt)
-            kw = dict(
-                now_s=now,
-                finished=finished,
-                block_ids=ids,
-                block_tokens=block_tokens,
-                total_tokens=max(total, 0),
-            )
+            kw = {
+                "now_s": now,
+                "finished": finished,
+                "block_ids": ids,
+                "block_tokens": block_tokens,
+                "total_tokens": max(total, 0),
+            }
             self.fast.free(s, **kw)
             self.ref.free(s, **kw)
 
@@ -157,24 +157,64 @@ def machine_for(kind: str, *, page: int, block_tokens: int, capacity: int, **ext
 
 
 CONFIGS = {
-    "contiguous-max": dict(kind="contiguous", page=1, block_tokens=1, capacity=160),
-    "contiguous-pow2-best": dict(
-        kind="contiguous",
-        page=1,
-        block_tokens=1,
-        capacity=150,
-        reservation="pow2",
-        placement="best_fit",
-    ),
-    "contiguous-oracle": dict(
-        kind="contiguous", page=1, block_tokens=1, capacity=120, reservation="oracle"
-    ),
-    "paged-b4": dict(kind="paged", page=4, block_tokens=4, capacity=64, watermark_frac=0.07),
-    "paged-b1": dict(kind="paged", page=1, block_tokens=1, capacity=40, watermark_frac=0.0),
-    "radix-b4-ids4": dict(kind="radix", page=4, block_tokens=4, capacity=64, watermark_frac=0.07),
-    "radix-b4-tokens": dict(kind="radix", page=4, block_tokens=1, capacity=64, watermark_frac=0.0),
-    "radix-b1-tokens": dict(kind="radix", page=1, block_tokens=1, capacity=48, watermark_frac=0.0),
-    "radix-b2-ids8": dict(kind="radix", page=2, block_tokens=8, capacity=56, watermark_frac=0.0),
+    "contiguous-max": {"kind": "contiguous", "page": 1, "block_tokens": 1, "capacity": 160},
+    "contiguous-pow2-best": {
+        "kind": "contiguous",
+        "page": 1,
+        "block_tokens": 1,
+        "capacity": 150,
+        "reservation": "pow2",
+        "placement": "best_fit",
+    },
+    "contiguous-oracle": {
+        "kind": "contiguous",
+        "page": 1,
+        "block_tokens": 1,
+        "capacity": 120,
+        "reservation": "oracle",
+    },
+    "paged-b4": {
+        "kind": "paged",
+        "page": 4,
+        "block_tokens": 4,
+        "capacity": 64,
+        "watermark_frac": 0.07,
+    },
+    "paged-b1": {
+        "kind": "paged",
+        "page": 1,
+        "block_tokens": 1,
+        "capacity": 40,
+        "watermark_frac": 0.0,
+    },
+    "radix-b4-ids4": {
+        "kind": "radix",
+        "page": 4,
+        "block_tokens": 4,
+        "capacity": 64,
+        "watermark_frac": 0.07,
+    },
+    "radix-b4-tokens": {
+        "kind": "radix",
+        "page": 4,
+        "block_tokens": 1,
+        "capacity": 64,
+        "watermark_frac": 0.0,
+    },
+    "radix-b1-tokens": {
+        "kind": "radix",
+        "page": 1,
+        "block_tokens": 1,
+        "capacity": 48,
+        "watermark_frac": 0.0,
+    },
+    "radix-b2-ids8": {
+        "kind": "radix",
+        "page": 2,
+        "block_tokens": 8,
+        "capacity": 56,
+        "watermark_frac": 0.0,
+    },
 }
 
 
