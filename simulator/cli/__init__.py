@@ -32,6 +32,7 @@ _COMMAND_MODULES = [
     "simulator.cli.run",
     "simulator.cli.catalog",
     "simulator.cli.trace",
+    "simulator.cli.quant",
 ]
 
 for _name in _COMMAND_MODULES:
@@ -41,7 +42,9 @@ for _name in _COMMAND_MODULES:
 def main() -> None:
     """Entry point: run the app, turning user errors into exit status 2."""
     try:
-        app(standalone_mode=False)
+        # NOTE: with standalone_mode=False click *returns* the code of a ``typer.Exit``
+        # raised by a command instead of exiting; pass it on (None means success).
+        rc = app(standalone_mode=False)
     except SimulatorError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(2)
@@ -57,3 +60,4 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
