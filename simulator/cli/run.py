@@ -285,12 +285,12 @@ def check(
             typer.echo(yaml.safe_dump(dumped, sort_keys=False).rstrip())
             typer.echo("---")
         return
-    table = Table(title=f"{cfg.name}: {len(runs)} variant(s), seed {cfg.seed}", title_justify="left")
-    for col in ("variant", "hardware", "model", "kv cache", "scheduler", "router"):
-        table.add_column(col)
+    console.print(f"[bold]{cfg.name}[/]: {len(runs)} variant(s), seed {cfg.seed}")
+    labels = ("hardware", "model", "kv cache", "scheduler", "router")
     for label, run_cfg in runs:
-        table.add_row(label, *_describe_run(run_cfg))
-    console.print(table)
+        console.print(f"[bold]{label}[/]")
+        for key, text in zip(labels, _describe_run(run_cfg), strict=True):
+            console.print(f"  {key:<10} {text}", highlight=False)
     console.print(f"workload: {_describe_workload(cfg)}")
     if cfg.quick:
         form = "quick form applied" if quick else "quick form available (--quick)"
