@@ -1,0 +1,122 @@
+"""Shared look of every servesim figure: palettes, labels and a deterministic ``savefig``.
+
+Variants keep one colour across every figure of a report: the colour is picked by the
+variant's position in ``summary.json`` (the scenario's order), never by name or hash, so
+``paged-16`` is the same blue in the CDFs, the timelines and the roofline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports run in CI and on servers without a display
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+#: Fixed variant palette (matplotlib's tab10, then tab20's lighter half): index = variant order.
+VARIANT_PALETTE: tuple[str, ...] = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+)
+
+#: KV memory split, bottom to top of the stack, with the colours of the PagedAttention
+#: paper's Figure 2 (token states green, reservation amber, internal fragmentation red,
+#: external fragmentation grey) plus the cached-evictable and free parts.
+KV_PARTS: tuple[tuple[str, str, str], ...] = (
+    # (steps.parquet column, label, colour)
+    ("kv_token_state_slots", "token states", "#4daf4a"),
+    ("kv_reserved_slots", "reserved", "#ffbf00"),
+    ("kv_internal_frag_slots", "internal fragmentation", "#e41a1c"),
+    ("kv_external_frag_slots", "external fragmentation", "#7f7f7f"),
+    ("kv_cached_slots", "cached (evictable)", "#80b1d3"),
+    ("kv_free_slots", "free", "#eeeeee"),
+)
+
+#: The summary.json keys that carry the same split as time-weighted fractions.
+KV_SUMMARY_KEYS: tuple[str, ...] = (
+    "kv_token_state_frac",
+    "kv_reserved_frac",
+    "kv_internal_frag_frac",
+    "kv_external_frag_frac",
+    "kv_cached_frac",
+    "kv_free_frac",
+)
+
+#: Step time split by bound: (steps.parquet column, label, colour).
+BOUND_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("compute_s", "compute", "#d62728"),
+    ("weight_read_s", "weight reads", "#1f77b4"),
+    ("kv_read_s", "KV reads", "#2ca02c"),
+    ("comm_s", "communication", "#9467bd"),
+    ("overhead_s", "overhead", "#7f7f7f"),
+)
+
+#: Figure resolution: small enough that the HTML report with embedded PNGs stays light.
+DPI = 110
+
+#: Suffix -> unit shown in an axis label (longest suffix first).
+_UNIT_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("_per_s_per_user", "/s per user"),
+    ("_per_s_per_gpu", "/s per GPU"),
+    ("_per_s", "/s"),
+    ("_ms", "ms"),
+    ("_s", "s"),
+    ("_bytes", "bytes"),
+    ("_tokens", "tokens"),
+    ("_frac", "fraction"),
+)
+
+
+def variant_colors(variants: Sequence[str]) -> Mapping[str, str]:
+    """Map each variant to its fixed colour by position (the palette repeats after 16)."""
+    return MappingProxyType(
+        {v: VARIANT_PALETTE[i % len(VARIANT_PALETTE)] for i, v in enumerate(variants)}
+    )
+
+
+def axis_label(column: str) -> str:
+    """Human axis label from a unit-suffixed column name.
+
+    ``"p99_ttft_ms"`` -> ``"p99 ttft (ms)"``, ``"rate_per_s"`` -> ``"rate (1/s)"``,
+    ``"tokens_per_s_per_gpu"`` -> ``"tokens (/s per GPU)"``.
+    """
+    for suffix, unit in _UNIT_SUFFIXES:
+        if column.endswith(suffix) and len(column) > len(suffix):
+            stem = column[: -len(suffix)].replace("_", " ")
+            if unit == "/s" and stem in {"rate", "request rate", "arrival rate"}:
+                unit = "requests/s"
+            return f"{stem} ({unit})"
+    return column.replace("_", " ")
+
+
+def new_figure(*, width_in: float = 8.0, height_in: float = 4.5) -> Figure:
+    """A fresh figure not registered with pyplot's global state (no leaks between reports)."""
+    return Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as PNG without a timestamp or version stamp, so bytes are reproducible."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    plt.close(fig)  # harmless for Figure() objects; frees pyplot ones passed in by callers
+    return path
