@@ -1,0 +1,1084 @@
+"""Capacity planning: the maximum sustainable rate of a configuration, and a planner that
+ranks candidate configurations by cost for a target rate.
+
+**Maximum sustainable rate.** A configuration *sustains* a rate when a run of the scenario's
+seeded request stream, replayed at that mean rate, meets the SLOs (a percentile of TTFT, of
+TPOT, and/or a goodput fraction). The stream is the same at every rate, only scaled in time:
+a Poisson or Gamma process draws ``exponential(1) / rate`` gaps from the same named stream,
+and a trace is rescaled with ``target_rate_per_s``. Latency is taken to grow with the rate
+(it does on a time-scaled stream unless the scheduler is pathological). The search doubles or
+halves a starting rate until it brackets the limit, then bisects geometrically until
+``upper / rate <= 1 + rel_tol``; the answer ``rate`` passed, ``upper`` failed, so the true
+limit of this stream lies in ``[rate, rate * (1 + rel_tol)]``. A finite stream reaches a
+steady state only if it is long enough: use a few hundred requests or more.
+
+**Binding constraint.** Read from the run at ``upper`` (the first failing rate) and the
+engine's own breakdowns, in this order:
+
+1. no rate down to ``min_rate_per_s`` meets the SLOs: the SLO itself (``TTFT SLO``,
+   ``TPOT SLO``, ``goodput SLO``): the target is tighter than this configuration's unloaded
+   latency;
+2. the KV cache ran full: preemptions at ``upper``, or less than 10 % of the KV capacity
+   free on (time) average: ``KV capacity``;
+3. otherwise the largest share of step time at ``upper``: ``compute``,
+   ``weight bandwidth`` (weight reads), ``KV bandwidth`` (KV reads), ``communication``
+   or ``host overhead``.
+
+``limiting_slo`` says which SLO broke first above the limit (the largest ratio of measured
+to target).
+
+**Planner.** ``servesim plan PLAN.yaml`` evaluates each candidate (GPU x TP x quantization x
+KV manager x scheduler settings ...) as one replica, finds its max rate, and derives the
+replicas, GPUs, $/hour and $ per million output tokens for the target rate. See
+``docs/sweeps-and-planning.md`` for the file format.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+
+from simulator.errors import CapacityError, ScenarioError, SimulatorError
+from simulator.sweep import (
+    ExecutorKind,
+    Point,
+    apply_params,
+    execute_points,
+    expand_points,
+    set_dotted,
+    summary_row,
+    sweep_from_dict,
+)
+
+__all__ = [
+    "PlanResult",
+    "PlanSpec",
+    "RateResult",
+    "SloTarget",
+    "load_plan",
+    "max_sustainable_rate",
+    "plan_capacity",
+    "plan_from_dict",
+    "with_rate",
+]
+
+Percentile = Literal["p99", "p95", "p90", "median", "mean"]
+
+# A time-averaged free KV fraction below this at the failing rate counts as "KV full".
+KV_FULL_FREE_FRAC = 0.10
+
+_SHARE_LABELS = {
+    "step_time_compute_frac": "compute",
+    "step_time_weight_read_frac": "weight bandwidth",
+    "step_time_kv_read_frac": "KV bandwidth",
+    "step_time_comm_frac": "communication",
+    "step_time_overhead_frac": "host overhead",
+}
+_SLO_LABELS = {"ttft": "TTFT SLO", "tpot": "TPOT SLO", "goodput": "goodput SLO"}
+
+
+# ---------------------------------------------------------------------------- SLOs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SloTarget:
+    """What "sustainable" means.
+
+    Attributes:
+        ttft_ms: TTFT target (ms) at ``percentile``.
+        tpot_ms: TPOT target (ms) at ``percentile``.
+        goodput_frac: least fraction of requests meeting every target of the scenario's
+            ``slo:`` block (the engine's ``goodput_frac``).
+        percentile: which statistic of TTFT/TPOT is compared: p99 (default), p95, p90,
+            median, mean.
+    """
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    goodput_frac: float | None = None
+    percentile: Percentile = "p99"
+
+    def __post_init__(self) -> None:
+        if self.ttft_ms is None and self.tpot_ms is None and self.goodput_frac is None:
+            raise ScenarioError("give at least one SLO: ttft_ms, tpot_ms or goodput_frac")
+        for name in ("ttft_ms", "tpot_ms"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ScenarioError(f"SLO {name} must be > 0, got {value}")
+        if self.goodput_frac is not None and not 0 < self.goodput_frac <= 1:
+            raise ScenarioError(f"SLO goodput_frac must be in (0, 1], got {self.goodput_frac}")
+        if self.percentile not in ("p99", "p95", "p90", "median", "mean"):
+            raise ScenarioError(
+                f"SLO percentile {self.percentile!r}: use p99, p95, p90, median or mean"
+            )
+
+    def metric(self, what: Literal["ttft", "tpot"]) -> str:
+        """Summary key compared with the target, e.g. ``p99_ttft_ms``."""
+        return f"{self.percentile}_{what}_ms"
+
+    def ratios(self, summary: Mapping[str, Any]) -> dict[str, float]:
+        """Measured / target per SLO (> 1 violates; for goodput, target / measured)."""
+        out: dict[str, float] = {}
+        for what, target in (("ttft", self.ttft_ms), ("tpot", self.tpot_ms)):
+            if target is not None:
+                value = _num(summary.get(self.metric(what)))
+                # NaN: no such latency (e.g. no request produced a second token): no violation.
+                out[what] = 0.0 if math.isnan(value) else value / target
+        if self.goodput_frac is not None:
+            value = _num(summary.get("goodput_frac"))
+            out["goodput"] = math.inf if not value > 0 else self.goodput_frac / value
+        return out
+
+    def violated(self, summary: Mapping[str, Any]) -> list[str]:
+        """SLOs the run misses, worst first (``ttft``, ``tpot``, ``goodput``)."""
+        if not _num(summary.get("completed")) > 0:
+            return ["goodput"] if self.goodput_frac is not None else ["ttft"]
+        ratios = self.ratios(summary)
+        bad = [k for k, r in ratios.items() if r > 1.0]
+        return sorted(bad, key=lambda k: -ratios[k])
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# ---------------------------------------------------------------------------- rate scaling
+
+
+def with_rate(data: Mapping[str, Any], rate_per_s: float) -> dict[str, Any]:
+    """The scenario mapping with its workload replayed at mean rate ``rate_per_s``.
+
+    Poisson, Gamma, constant and diurnal arrivals get ``rate_per_s``; on/off and piecewise
+    processes are scaled so that their *mean* rate is ``rate_per_s``; a timestamped trace
+    gets ``trace.target_rate_per_s`` (its ``time_scale`` is dropped). In every case the
+    random draws are the same, only scaled in time.
+
+    Raises:
+        ScenarioError: closed-loop or offline arrivals, which have no rate to scale.
+    """
+    if not rate_per_s > 0:
+        raise ScenarioError(f"rate must be > 0, got {rate_per_s}")
+    workload = dict(data.get("workload") or {})
+    arrivals = workload.get("arrivals")
+    if isinstance(arrivals, Mapping):
+        arrivals = dict(arrivals)
+        process = arrivals.get("process")
+        if process in ("poisson", "gamma", "constant", "diurnal"):
+            arrivals["rate_per_s"] = float(rate_per_s)
+        elif process == "onoff":
+            duty = arrivals["on_s"] / (arrivals["on_s"] + arrivals["off_s"])
+            arrivals["rate_per_s"] = float(rate_per_s) / duty
+        elif process == "piecewise":
+            rates, durations = arrivals["rates_per_s"], arrivals["durations_s"]
+            mean = sum(r * d for r, d in zip(rates, durations, strict=True)) / sum(durations)
+            arrivals["rates_per_s"] = [float(r) * rate_per_s / mean for r in rates]
+        else:
+            raise ScenarioError(
+                f"workload.arrivals.process {process!r} has no arrival rate to scale; "
+                f"use poisson, gamma, constant, diurnal, onoff, piecewise or a trace"
+            )
+        workload["arrivals"] = arrivals
+    elif isinstance(workload.get("trace"), Mapping):
+        trace = {k: v for k, v in workload["trace"].items() if k != "time_scale"}
+        trace["target_rate_per_s"] = float(rate_per_s)
+        workload["trace"] = trace
+    else:
+        raise ScenarioError("the workload has neither arrivals: nor trace:; no rate to scale")
+    return {**dict(data), "workload": workload}
+
+
+def current_rate(data: Mapping[str, Any]) -> float | None:
+    """The scenario's own mean arrival rate, when it states one."""
+    workload = data.get("workload") or {}
+    arrivals = workload.get("arrivals") or {}
+    if arrivals.get("rate_per_s"):
+        return float(arrivals["rate_per_s"])
+    trace = workload.get("trace") or {}
+    if trace.get("target_rate_per_s"):
+        return float(trace["target_rate_per_s"])
+    return None
+
+
+# ---------------------------------------------------------------------------- one run
+
+
+def _scenario_data(scenario: Any, variant: str | None) -> dict[str, Any]:
+    """A plain mapping of one configuration (paths absolute), variant resolved."""
+    from simulator.scenario import ScenarioCfg, resolve_variants, scenario_from_dict
+
+    if isinstance(scenario, ScenarioCfg):
+        cfg = scenario
+    elif isinstance(scenario, str | Path):
+        from simulator.scenario import load_scenario
+
+        cfg = load_scenario(scenario)
+    else:
+        cfg = scenario_from_dict(dict(scenario))
+    runs = resolve_variants(cfg)
+    if variant is not None:
+        named = dict(runs)
+        if variant not in named:
+            raise ScenarioError(f"no variant {variant!r}; the scenario has {sorted(named)}")
+        cfg = named[variant]
+    elif len(runs) > 1:
+        raise ScenarioError(
+            f"the scenario has {len(runs)} variants ({', '.join(n for n, _ in runs)}); "
+            f"pass variant= to pick one"
+        )
+    else:
+        cfg = runs[0][1]
+    data = cfg.model_dump(mode="json")
+    data["variants"] = []
+    return set_dotted(data, "engine.progress", False)
+
+
+def _simulate(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one configuration mapping; the summary of its (single) variant."""
+    from simulator.build import run_scenario
+    from simulator.scenario import scenario_from_dict
+
+    results = run_scenario(scenario_from_dict(dict(data)))
+    return dict(results.variants[0].summary)
+
+
+# ---------------------------------------------------------------------------- bisection
+
+
+@dataclass(slots=True, kw_only=True)
+class RateResult:
+    """Outcome of :func:`max_sustainable_rate`.
+
+    Attributes:
+        rate_per_s: highest probed rate that met the SLOs (0 when none did).
+        upper_rate_per_s: lowest probed rate that failed (inf when none did).
+        rel_tol: the relative tolerance the search stopped at.
+        status: ``ok``; ``unattainable`` (not even ``min_rate_per_s`` meets the SLOs);
+            ``above_max`` (``max_rate_per_s`` still meets them).
+        slo: the targets.
+        probes: one row per probe: ``rate_per_s``, ``passed``, ``violated`` and the flat
+            summary metrics, in probe order.
+        summary: the engine summary at ``rate_per_s`` (empty when none passed).
+        summary_above: the engine summary at ``upper_rate_per_s`` (empty when none failed).
+        limiting_slo: the SLO that broke first above the limit (``ttft``/``tpot``/
+            ``goodput``), or None.
+        binding_constraint: see the module docstring.
+        binding_reason: the numbers behind ``binding_constraint``.
+    """
+
+    rate_per_s: float
+    upper_rate_per_s: float
+    rel_tol: float
+    status: Literal["ok", "unattainable", "above_max"]
+    slo: SloTarget
+    probes: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+    summary_above: dict[str, Any] = field(default_factory=dict)
+    limiting_slo: str | None = None
+    binding_constraint: str = ""
+    binding_reason: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"RateResult(rate_per_s={self.rate_per_s:.4g}, upper_rate_per_s="
+            f"{self.upper_rate_per_s:.4g}, status={self.status!r}, limiting_slo="
+            f"{self.limiting_slo!r}, binding_constraint={self.binding_constraint!r}, "
+            f"probes={len(self.probes)})"
+        )
+
+
+def max_sustainable_rate(
+    scenario: Any,
+    *,
+    slo: SloTarget,
+    rel_tol: float = 0.05,
+    initial_rate_per_s: float | None = None,
+    min_rate_per_s: float = 0.01,
+    max_rate_per_s: float = 1.0e5,
+    max_probes: int = 60,
+    variant: str | None = None,
+) -> RateResult:
+    """Find the highest arrival rate a configuration sustains under ``slo``.
+
+    Args:
+        scenario: path, mapping or :class:`~simulator.scenario.ScenarioCfg`.
+        slo: the targets.
+        rel_tol: stop when ``upper / rate <= 1 + rel_tol`` (> 0).
+        initial_rate_per_s: first probe (default: the scenario's own rate, else 1/s).
+        min_rate_per_s: below this, the SLOs are declared unattainable.
+        max_rate_per_s: above this, the search stops (status ``above_max``).
+        max_probes: safety cap on the number of simulations.
+        variant: the variant to use when the scenario has several.
+
+    Returns:
+        A :class:`RateResult`.
+
+    Raises:
+        ScenarioError: no rate to scale, bad arguments; CapacityError: the model never fits.
+    """
+    if not rel_tol > 0:
+        raise ScenarioError(f"rel_tol must be > 0, got {rel_tol}")
+    if not 0 < min_rate_per_s < max_rate_per_s:
+        raise ScenarioError(
+            f"need 0 < min_rate_per_s < max_rate_per_s, got {min_rate_per_s}, {max_rate_per_s}"
+        )
+    data = _scenario_data(scenario, variant)
+    rate = initial_rate_per_s or current_rate(data) or 1.0
+    rate = min(max(rate, min_rate_per_s), max_rate_per_s)
+    probes: list[dict[str, Any]] = []
+    summaries: dict[float, dict[str, Any]] = {}
+
+    def probe(r: float) -> bool:
+        if len(probes) >= max_probes:
+            raise SimulatorError(
+                f"max_sustainable_rate: {max_probes} probes without converging "
+                f"(last rate {r:.4g}/s); raise max_probes or rel_tol"
+            )
+        summary = _simulate(with_rate(data, r))
+        bad = slo.violated(summary)
+        summaries[r] = summary
+        probes.append({"rate_per_s": r, "passed": not bad, "violated": ",".join(bad),
+                       **summary_row(summary)})
+        return not bad
+
+    lo, hi = 0.0, math.inf
+    if probe(rate):
+        lo = rate
+        while hi == math.inf and lo < max_rate_per_s:
+            r = min(lo * 2.0, max_rate_per_s)
+            if probe(r):
+                lo = r
+            else:
+                hi = r
+    else:
+        hi = rate
+        while lo == 0.0 and hi > min_rate_per_s:
+            r = max(hi / 2.0, min_rate_per_s)
+            if probe(r):
+                lo = r
+            else:
+                hi = r
+    if lo > 0 and hi < math.inf:
+        while hi / lo > 1.0 + rel_tol:
+            mid = math.sqrt(lo * hi)
+            if probe(mid):
+                lo = mid
+            else:
+                hi = mid
+    status: Literal["ok", "unattainable", "above_max"] = (
+        "unattainable" if lo == 0.0 else "above_max" if hi == math.inf else "ok"
+    )
+    result = RateResult(
+        rate_per_s=lo,
+        upper_rate_per_s=hi,
+        rel_tol=rel_tol,
+        status=status,
+        slo=slo,
+        probes=pd.DataFrame(probes),
+        summary=summaries.get(lo, {}),
+        summary_above=summaries.get(hi, {}),
+    )
+    result.limiting_slo = (slo.violated(result.summary_above) or [None])[0]
+    result.binding_constraint, result.binding_reason = binding_constraint(result)
+    return result
+
+
+def binding_constraint(result: RateResult) -> tuple[str, str]:
+    """Name what limits the rate (see the module docstring) and give the numbers."""
+    if result.status == "above_max":
+        return "none in range", f"the SLOs still hold at {result.rate_per_s:.4g}/s"
+    above = result.summary_above
+    if result.status == "unattainable":
+        label = _SLO_LABELS.get(result.limiting_slo or "", "SLO")
+        ratios = result.slo.ratios(above)
+        return label, (
+            f"misses the target even at {result.upper_rate_per_s:.4g}/s "
+            f"(measured/target: {', '.join(f'{k} {v:.2f}' for k, v in ratios.items())})"
+        )
+    preemptions = _num(above.get("num_preemptions"))
+    free = _num(above.get("kv_free_frac"))
+    if preemptions > 0 or free < KV_FULL_FREE_FRAC:
+        return "KV capacity", (
+            f"at {result.upper_rate_per_s:.4g}/s: {preemptions:.0f} preemptions, "
+            f"{free:.0%} of {_num(above.get('kv_capacity_tokens')):.0f} KV tokens free on average"
+        )
+    shares = {k: _num(above.get(k)) for k in _SHARE_LABELS}
+    shares = {k: v for k, v in shares.items() if not math.isnan(v)}
+    if not shares:
+        return "unknown", "the engine reported no step-time breakdown"
+    top = max(shares, key=lambda k: shares[k])
+    return _SHARE_LABELS[top], (
+        f"at {result.upper_rate_per_s:.4g}/s step time is "
+        + ", ".join(f"{_SHARE_LABELS[k]} {v:.0%}" for k, v in sorted(
+            shares.items(), key=lambda kv: -kv[1]))
+    )
+
+
+# ---------------------------------------------------------------------------- plan spec
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _SloFile(_Cfg):
+    ttft_ms: PositiveFloat | None = None
+    tpot_ms: PositiveFloat | None = None
+    goodput_frac: float | None = Field(None, gt=0.0, le=1.0)
+    percentile: Percentile = "p99"
+
+
+class _SearchFile(_Cfg):
+    rel_tol: PositiveFloat = Field(0.05, description="Relative tolerance of the max rate.")
+    initial_rate_per_s: PositiveFloat | None = Field(None, description="First probe.")
+    min_rate_per_s: PositiveFloat = Field(0.01, description="Below: SLO unattainable.")
+    max_rate_per_s: PositiveFloat = Field(1.0e4, description="Search ceiling per replica.")
+
+
+class _ReportFile(_Cfg):
+    top_k: int = Field(3, ge=0, description="Candidates with latency-vs-rate curves.")
+    curve_fracs: list[PositiveFloat] = Field(
+        [0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25], description="Curve rates as fractions of max."
+    )
+
+
+class _PlanFile(_Cfg):
+    name: str | None = None
+    base: str | dict[str, Any] = Field(description="Scenario path or mapping.")
+    target_rate_per_s: PositiveFloat = Field(description="Peak load to serve (requests/s).")
+    slo: _SloFile
+    prices: str | dict[str, PositiveFloat] = Field(
+        description="Price table path, or {gpu: usd_per_gpu_hour}."
+    )
+    candidates: dict[str, Any] = Field(
+        description="A sweep body over dotted paths: {grid: ...} | {zip: ...} | {points: [...]}"
+    )
+    search: _SearchFile = _SearchFile()
+    report: _ReportFile = _ReportFile()
+
+    @model_validator(mode="after")
+    def _check(self) -> _PlanFile:
+        if self.slo.ttft_ms is None and self.slo.tpot_ms is None and self.slo.goodput_frac is None:
+            raise ValueError("slo: give at least one of ttft_ms, tpot_ms, goodput_frac")
+        kinds = set(self.candidates) & {"grid", "zip", "points", "random"}
+        if len(kinds) != 1 or set(self.candidates) - kinds:
+            raise ValueError(
+                "candidates: give exactly one of grid:, zip:, points: (or random:), got "
+                f"{sorted(self.candidates)}"
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanSpec:
+    """A validated plan.
+
+    Attributes:
+        name: label.
+        base: the base scenario mapping (model, workload, scheduler defaults...).
+        base_dir: directory the base's relative paths resolve against.
+        target_rate_per_s: load to serve.
+        slo: the targets.
+        usd_per_gpu_hour: price per GPU name.
+        price_note: provenance of the prices (shown in the report).
+        candidates: the points to evaluate (dotted path -> value each).
+        rel_tol, initial_rate_per_s, min_rate_per_s, max_rate_per_s: the search.
+        top_k, curve_fracs: latency-vs-rate curves in the report.
+    """
+
+    name: str
+    base: Mapping[str, Any]
+    base_dir: Path | None
+    target_rate_per_s: float
+    slo: SloTarget
+    usd_per_gpu_hour: Mapping[str, float]
+    price_note: str
+    candidates: tuple[Point, ...]
+    rel_tol: float = 0.05
+    initial_rate_per_s: float | None = None
+    min_rate_per_s: float = 0.01
+    max_rate_per_s: float = 1.0e4
+    top_k: int = 3
+    curve_fracs: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25)
+
+
+def load_plan(path: str | Path) -> PlanSpec:
+    """Read and validate a plan YAML (see :func:`plan_from_dict`)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such plan file") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{path}: a plan file must be a mapping")
+    raw.setdefault("name", path.stem)
+    return plan_from_dict(raw, base_dir=path.parent, where=str(path))
+
+
+def plan_from_dict(
+    data: Mapping[str, Any], base_dir: str | Path | None = None, *, where: str = "plan"
+) -> PlanSpec:
+    """Validate a plan mapping.
+
+    Raises:
+        ScenarioError: malformed plan, unreadable price table, a candidate GPU without a
+            price.
+    """
+    try:
+        cfg = _PlanFile.model_validate(dict(data))
+    except ValidationError as exc:
+        msgs = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ScenarioError(f"{where}: {msgs}") from None
+    base_dir = Path(base_dir) if base_dir is not None else None
+    sweep = sweep_from_dict({"base": cfg.base, **cfg.candidates}, base_dir=base_dir, where=where)
+    slo = SloTarget(**cfg.slo.model_dump())
+    base = dict(sweep.base)
+    # The scenario's own slo: block defines goodput; align it with the plan's targets.
+    for key in ("ttft_ms", "tpot_ms"):
+        if getattr(slo, key) is not None:
+            base = set_dotted(base, f"slo.{key}", getattr(slo, key))
+    prices, note = _load_prices(cfg.prices, base_dir, where)
+    sweep = sweep_from_dict({"base": base, **cfg.candidates}, base_dir=sweep.base_dir, where=where)
+    points = tuple(expand_points(sweep))
+    missing = sorted({_gpu_of(apply_params(base, p.params)) for p in points} - set(prices))
+    if missing:
+        raise ScenarioError(
+            f"{where}: no price for GPU(s) {', '.join(missing)}; add them to the price table "
+            f"(known: {', '.join(sorted(prices))})"
+        )
+    return PlanSpec(
+        name=cfg.name or "plan",
+        base=base,
+        base_dir=sweep.base_dir,
+        target_rate_per_s=cfg.target_rate_per_s,
+        slo=slo,
+        usd_per_gpu_hour=prices,
+        price_note=note,
+        candidates=points,
+        rel_tol=cfg.search.rel_tol,
+        initial_rate_per_s=cfg.search.initial_rate_per_s,
+        min_rate_per_s=cfg.search.min_rate_per_s,
+        max_rate_per_s=cfg.search.max_rate_per_s,
+        top_k=cfg.report.top_k,
+        curve_fracs=tuple(cfg.report.curve_fracs),
+    )
+
+
+def _load_prices(
+    prices: str | Mapping[str, float], base_dir: Path | None, where: str
+) -> tuple[dict[str, float], str]:
+    """Price table: ``{gpu: usd}`` inline, or a YAML file with ``usd_per_gpu_hour:``."""
+    if isinstance(prices, Mapping):
+        return {str(k): float(v) for k, v in prices.items()}, "prices given in the plan"
+    path = Path(prices).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ScenarioError(f"{where}: price table {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: invalid YAML: {exc}") from None
+    table = raw.get("usd_per_gpu_hour") if isinstance(raw, dict) else None
+    if not isinstance(table, dict) or not table:
+        raise ScenarioError(f"{path}: expected a mapping usd_per_gpu_hour: {{gpu: price}}")
+    bad = {k: v for k, v in table.items() if not isinstance(v, int | float) or v <= 0}
+    if bad:
+        raise ScenarioError(f"{path}: prices must be numbers > 0, got {bad}")
+    note = str(raw.get("note", f"prices from {path.name}"))
+    return {str(k): float(v) for k, v in table.items()}, note
+
+
+def _gpu_of(data: Mapping[str, Any]) -> str:
+    hardware = data.get("hardware") or {}
+    if isinstance(hardware, list):
+        raise ScenarioError("plan candidates are single replicas: hardware must be one group")
+    return str(hardware.get("gpu", "h100-sxm"))
+
+
+# ---------------------------------------------------------------------------- plan tasks
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _PlanTask:
+    point: Point
+    base: Mapping[str, Any]
+    base_dir: str | None
+    slo: SloTarget
+    rel_tol: float
+    initial_rate_per_s: float | None
+    min_rate_per_s: float
+    max_rate_per_s: float
+    rate_per_s: float | None = None  # curve tasks: the one rate to run
+
+
+def _candidate_data(task: _PlanTask) -> dict[str, Any]:
+    from simulator.scenario import scenario_from_dict
+
+    data = apply_params(task.base, task.point.params)
+    _gpu_of(data)
+    data = set_dotted(data, "hardware.replicas", 1)
+    cfg = scenario_from_dict(data, base_dir=None if task.base_dir is None else Path(task.base_dir))
+    return _scenario_data(cfg, None)
+
+
+def _plan_candidate(task: _PlanTask) -> list[dict[str, Any]]:
+    """Worker: the max rate of one candidate replica, as one row (probes as JSON)."""
+    ids = {"point_index": task.point.index, "point_id": task.point.point_id,
+           **task.point.params, "variant": None}
+    try:
+        data = _candidate_data(task)
+        rr = max_sustainable_rate(
+            data,
+            slo=task.slo,
+            rel_tol=task.rel_tol,
+            initial_rate_per_s=task.initial_rate_per_s,
+            min_rate_per_s=task.min_rate_per_s,
+            max_rate_per_s=task.max_rate_per_s,
+        )
+    except CapacityError as exc:
+        return [{**ids, "status": "infeasible", "error": str(exc)}]
+    hw = data["hardware"]
+    at = {f"at_max_{k}": v for k, v in summary_row(rr.summary or rr.summary_above).items()}
+    return [{
+        **ids,
+        "status": "ok" if rr.status != "unattainable" else "unattainable",
+        "error": None,
+        "gpu": hw["gpu"],
+        "tensor_parallel": hw["tensor_parallel"],
+        "pipeline_parallel": hw["pipeline_parallel"],
+        "quantization": data["model"]["quantization"],
+        "kv_manager": data["kv_cache"]["manager"],
+        "scheduler": data["scheduler"]["policy"],
+        "max_rate_per_replica": rr.rate_per_s,
+        "upper_rate_per_s": rr.upper_rate_per_s,
+        "search_status": rr.status,
+        "limiting_slo": rr.limiting_slo,
+        "binding_constraint": rr.binding_constraint,
+        "binding_reason": rr.binding_reason,
+        "num_probes": len(rr.probes),
+        **at,
+        "probes_json": rr.probes.to_json(orient="records"),
+    }]
+
+
+def _plan_curve(task: _PlanTask) -> list[dict[str, Any]]:
+    """Worker: one point of a latency-vs-rate curve."""
+    assert task.rate_per_s is not None
+    summary = _simulate(with_rate(_candidate_data(task), task.rate_per_s))
+    return [{"point_index": task.point.index, "point_id": task.point.point_id,
+             "variant": None, "status": "ok", "error": None, "rate_per_s": task.rate_per_s,
+             "violated": ",".join(task.slo.violated(summary)), **summary_row(summary)}]
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+@dataclass(slots=True, kw_only=True)
+class PlanResult:
+    """Outcome of :func:`plan_capacity`.
+
+    Attributes:
+        spec: the plan.
+        table: one row per candidate, ranked (``rank`` 1 = cheapest feasible): the
+            candidate's parameters, ``max_rate_per_replica``, ``replicas``, ``num_gpus``,
+            ``usd_per_hour``, ``usd_per_million_output_tokens``, throughput per GPU and per
+            user, memory headroom, ``limiting_slo``, ``binding_constraint``; infeasible
+            candidates last with the reason in ``error``.
+        probes: every bisection probe of every candidate (``point_index``, ``rate_per_s``,
+            ``passed``, metrics).
+        curves: latency-vs-rate points of the top candidates.
+    """
+
+    spec: PlanSpec
+    table: pd.DataFrame
+    probes: pd.DataFrame
+    curves: pd.DataFrame
+
+    def write(self, out: str | Path) -> Path:
+        """Write ``plan.csv``, ``plan.parquet``, ``probes.parquet``, ``curves.parquet``,
+        the figures, ``report.md`` and ``report.html`` into ``out``; return ``out``."""
+        return _write_plan(self, Path(out))
+
+
+def plan_capacity(
+    plan: PlanSpec | str | Path | Mapping[str, Any],
+    *,
+    executor: ExecutorKind | Executor = "local",
+    workers: int | None = None,
+    scheduler_address: str | None = None,
+    progress: bool = True,
+) -> PlanResult:
+    """Evaluate every candidate of a plan and rank them by cost for the target rate.
+
+    Per candidate (one replica): the max sustainable rate (:func:`max_sustainable_rate`),
+    ``replicas = ceil(target / max_rate)``, ``num_gpus = replicas x TP x PP``,
+    ``usd_per_hour = num_gpus x price``, and ``usd_per_million_output_tokens`` at the
+    target load (``target x output tokens per request``). A candidate that cannot hold the
+    model (:class:`CapacityError`) is listed as ``infeasible`` with the reason.
+    """
+    if not isinstance(plan, PlanSpec):
+        plan = load_plan(plan) if isinstance(plan, str | Path) else plan_from_dict(plan)
+    base_dir = None if plan.base_dir is None else str(plan.base_dir)
+    common = {"base": plan.base, "base_dir": base_dir, "slo": plan.slo, "rel_tol": plan.rel_tol,
+              "initial_rate_per_s": plan.initial_rate_per_s,
+              "min_rate_per_s": plan.min_rate_per_s, "max_rate_per_s": plan.max_rate_per_s}
+    tasks = [_PlanTask(point=p, **common) for p in plan.candidates]
+    param_names = list(dict.fromkeys(k for p in plan.candidates for k in p.params))
+    run_opts = {"executor": executor, "workers": workers, "scheduler_address": scheduler_address,
+                "progress": progress, "param_names": param_names}
+    raw = execute_points(tasks, _plan_candidate, description=f"{plan.name}: candidates",
+                         **run_opts)
+    table, probes = _rank(plan, raw, param_names)
+    top = table[table["rank"].notna()].head(plan.top_k)
+    curve_tasks = [
+        _PlanTask(point=plan.candidates[int(row.point_index)], rate_per_s=row.max_rate_per_replica * f,
+                  **common)
+        for row in top.itertuples()
+        for f in plan.curve_fracs
+        if row.max_rate_per_replica > 0
+    ]
+    curves = pd.DataFrame()
+    if curve_tasks:
+        curves = execute_points(curve_tasks, _plan_curve, description=f"{plan.name}: curves",
+                                **run_opts)
+        curves = curves[curves["status"] == "ok"].merge(
+            table[["point_index", "label"]], on="point_index", how="left"
+        ).sort_values(["point_index", "rate_per_s"], kind="stable").reset_index(drop=True)
+    return PlanResult(spec=plan, table=table, probes=probes, curves=curves)
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    parts = [str(row.get("gpu"))]
+    if row.get("tensor_parallel", 1) != 1:
+        parts.append(f"tp{row['tensor_parallel']}")
+    if row.get("pipeline_parallel", 1) != 1:
+        parts.append(f"pp{row['pipeline_parallel']}")
+    parts += [str(row.get("quantization")), str(row.get("kv_manager"))]
+    return " ".join(parts)
+
+
+def _rank(
+    plan: PlanSpec, raw: pd.DataFrame, param_names: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Derive replicas, GPUs and cost per candidate; rank; split out the probes."""
+    rows, probe_frames = [], []
+    for rec in raw.to_dict(orient="records"):
+        rec = {k: v for k, v in rec.items() if not _is_missing(v) or k in param_names}
+        probes_json = rec.pop("probes_json", None)
+        if probes_json:
+            pf = pd.read_json(_StringIO(probes_json), orient="records")
+            pf.insert(0, "point_index", rec["point_index"])
+            probe_frames.append(pf)
+        if rec.get("status") in ("infeasible", "error") and "gpu" not in rec:
+            data = apply_params(plan.base, {k: rec.get(k) for k in param_names})
+            hw = data.get("hardware") or {}
+            rec.setdefault("gpu", hw.get("gpu", "h100-sxm"))
+            rec.setdefault("tensor_parallel", hw.get("tensor_parallel", 1))
+            rec.setdefault("pipeline_parallel", hw.get("pipeline_parallel", 1))
+            rec.setdefault("quantization", (data.get("model") or {}).get("quantization", "fp16"))
+            rec.setdefault("kv_manager", (data.get("kv_cache") or {}).get("manager", "paged"))
+        rec["label"] = _label(rec)
+        gpus_per_replica = int(rec.get("tensor_parallel", 1)) * int(rec.get("pipeline_parallel", 1))
+        rec["gpus_per_replica"] = gpus_per_replica
+        price = plan.usd_per_gpu_hour.get(str(rec.get("gpu")), math.nan)
+        rec["usd_per_gpu_hour"] = price
+        max_rate = _num(rec.get("max_rate_per_replica"))
+        if rec.get("status") == "ok" and max_rate > 0:
+            replicas = math.ceil(plan.target_rate_per_s / max_rate * (1 - 1e-12))
+            out_per_req = _num(rec.get("at_max_output_throughput")) / _num(
+                rec.get("at_max_request_throughput"))
+            out_tok_per_s = plan.target_rate_per_s * out_per_req
+            rec.update(
+                replicas=replicas,
+                num_gpus=replicas * gpus_per_replica,
+                usd_per_hour=replicas * gpus_per_replica * price,
+                output_tokens_per_s_at_target=out_tok_per_s,
+                usd_per_million_output_tokens=(
+                    replicas * gpus_per_replica * price / (out_tok_per_s * 3600.0) * 1e6
+                ),
+                utilization_at_target=plan.target_rate_per_s / (replicas * max_rate),
+                output_tokens_per_s_per_gpu=_num(rec.get("at_max_output_throughput"))
+                / gpus_per_replica,
+                output_tokens_per_s_per_user=1000.0 / _num(rec.get("at_max_mean_tpot_ms")),
+                kv_free_frac_at_max=_num(rec.get("at_max_kv_free_frac")),
+                weight_frac_of_usable=_num(rec.get("at_max_mem_weight_bytes"))
+                / _num(rec.get("at_max_mem_usable_bytes")),
+            )
+        rows.append(rec)
+    table = pd.DataFrame(rows)
+    feasible = (table["status"] == "ok") & (table.get("max_rate_per_replica", 0) > 0)
+    table["_feasible"] = ~feasible
+    sort_cols = ["_feasible"] + [c for c in ("usd_per_hour", "usd_per_million_output_tokens",
+                                             "num_gpus") if c in table] + ["point_index"]
+    table = table.sort_values(sort_cols, kind="stable", na_position="last").reset_index(drop=True)
+    table["rank"] = pd.Series(range(1, len(table) + 1), dtype="Float64").where(
+        ~table["_feasible"].to_numpy()
+    )
+    table = table.drop(columns="_feasible")
+    first = ["rank", "label", "status", *param_names, "max_rate_per_replica", "replicas",
+             "num_gpus", "usd_per_hour", "usd_per_million_output_tokens",
+             "output_tokens_per_s_per_gpu", "output_tokens_per_s_per_user",
+             "kv_free_frac_at_max", "weight_frac_of_usable", "limiting_slo",
+             "binding_constraint", "binding_reason", "error"]
+    first = [c for c in first if c in table.columns]
+    table = table[first + [c for c in table.columns if c not in first]]
+    probes = pd.concat(probe_frames, ignore_index=True) if probe_frames else pd.DataFrame()
+    return table, probes
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _StringIO(text: str) -> Any:
+    import io
+
+    return io.StringIO(text)
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _write_plan(result: PlanResult, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    spec, table = result.spec, result.table
+    table.to_csv(out / "plan.csv", index=False)
+    table.to_parquet(out / "plan.parquet", index=False)
+    if not result.probes.empty:
+        result.probes.to_parquet(out / "probes.parquet", index=False)
+    if not result.curves.empty:
+        result.curves.to_parquet(out / "curves.parquet", index=False)
+    figures = _plan_figures(result, out)
+    md = _plan_markdown(result, figures)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(_plan_html(result, figures))
+    (out / "plan.json").write_text(json.dumps({
+        "name": spec.name, "target_rate_per_s": spec.target_rate_per_s,
+        "slo": {"ttft_ms": spec.slo.ttft_ms, "tpot_ms": spec.slo.tpot_ms,
+                "goodput_frac": spec.slo.goodput_frac, "percentile": spec.slo.percentile},
+        "usd_per_gpu_hour": dict(spec.usd_per_gpu_hour), "price_note": spec.price_note,
+        "rel_tol": spec.rel_tol,
+    }, indent=2) + "\n")
+    return out
+
+
+def _plan_figures(result: PlanResult, out: Path) -> dict[str, Path]:
+    """Pareto plot and latency-vs-rate curves (reports.plan_report when available)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figures: dict[str, Path] = {}
+    ok = result.table[result.table["rank"].notna()]
+    slo = result.spec.slo
+    try:
+        from reports import plan_report
+    except ImportError:
+        plan_report = None
+    if not ok.empty and "output_tokens_per_s_per_user" in ok:
+        path = out / "pareto.png"
+        if plan_report is not None and hasattr(plan_report, "plot_pareto"):
+            plan_report.plot_pareto(ok, x="output_tokens_per_s_per_user",
+                                    y="output_tokens_per_s_per_gpu", label_col="label", path=path)
+        else:
+            _fallback_pareto(ok, path)
+        figures["pareto"] = path
+    curves = result.curves
+    for what, target in (("ttft", slo.ttft_ms), ("tpot", slo.tpot_ms)):
+        col = slo.metric(what)
+        if curves.empty or col not in curves:
+            continue
+        path = out / f"{what}_vs_rate.png"
+        if plan_report is not None and hasattr(plan_report, "plot_latency_vs_rate"):
+            plan_report.plot_latency_vs_rate(curves, x="rate_per_s", y=col, hue="label",
+                                             slo=target, path=path)
+        else:
+            _fallback_curves(curves, col, target, path)
+        figures[f"{what}_vs_rate"] = path
+    return figures
+
+
+def _fallback_pareto(df: pd.DataFrame, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    x, y = df["output_tokens_per_s_per_user"], df["output_tokens_per_s_per_gpu"]
+    ax.scatter(x, y)
+    for xi, yi, label in zip(x, y, df["label"], strict=True):
+        ax.annotate(label, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    # Pareto front: no other point is better on both axes.
+    pts = sorted(zip(x, y, strict=True), key=lambda p: -p[0])
+    front, best = [], -math.inf
+    for px, py in pts:
+        if py > best:
+            front.append((px, py))
+            best = py
+    if len(front) > 1:
+        ax.plot(*zip(*sorted(front), strict=True), linestyle="--", color="grey")
+    ax.set_xlabel("throughput per user at max rate (output tokens/s)")
+    ax.set_ylabel("throughput per GPU at max rate (output tokens/s)")
+    ax.set_title("Candidates: throughput per GPU vs per user")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fallback_curves(df: pd.DataFrame, col: str, target: float | None, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, g in df.groupby("label", sort=False):
+        ax.plot(g["rate_per_s"], g[col], marker="o", label=label)
+    if target is not None:
+        ax.axhline(target, color="red", linestyle="--", label=f"SLO {target:g} ms")
+    ax.set_xlabel("arrival rate per replica (requests/s)")
+    ax.set_ylabel(f"{col.replace('_ms', '')} (ms)")
+    ax.set_title(f"{col} vs rate, top candidates")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+_REPORT_COLUMNS = {
+    "rank": "rank",
+    "label": "candidate",
+    "max_rate_per_replica": "max req/s per replica",
+    "replicas": "replicas",
+    "num_gpus": "GPUs",
+    "usd_per_hour": "$/hour",
+    "usd_per_million_output_tokens": "$/M output tokens",
+    "output_tokens_per_s_per_gpu": "tok/s per GPU",
+    "output_tokens_per_s_per_user": "tok/s per user",
+    "kv_free_frac_at_max": "KV free at max",
+    "limiting_slo": "SLO broken first",
+    "binding_constraint": "binding constraint",
+}
+
+
+def _report_table(table: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in _REPORT_COLUMNS if c in table.columns]
+    df = table[table["rank"].notna()][cols].rename(columns=_REPORT_COLUMNS)
+    return df.round(3)
+
+
+def _plan_markdown(result: PlanResult, figures: Mapping[str, Path]) -> str:
+    spec, table = result.spec, result.table
+    slo = spec.slo
+    targets = [f"{slo.percentile} TTFT <= {slo.ttft_ms:g} ms" if slo.ttft_ms else "",
+               f"{slo.percentile} TPOT <= {slo.tpot_ms:g} ms" if slo.tpot_ms else "",
+               f"goodput >= {slo.goodput_frac:.0%}" if slo.goodput_frac else ""]
+    lines = [
+        f"# Capacity plan: {spec.name}",
+        "",
+        f"Target: **{spec.target_rate_per_s:g} requests/s** with "
+        f"{', '.join(t for t in targets if t)}.",
+        "",
+        "## Ranked candidates",
+        "",
+        _md_table(_report_table(table)),
+        "",
+    ]
+    bad = table[table["rank"].isna()]
+    if not bad.empty:
+        lines += ["## Infeasible or unattainable", ""]
+        for row in bad.itertuples():
+            why = row.error if isinstance(getattr(row, "error", None), str) else (
+                f"{row.binding_constraint}: {row.binding_reason}")
+            lines.append(f"- **{row.label}** ({row.status}): {why}")
+        lines.append("")
+    lines += ["## Why each candidate stops where it does", ""]
+    for row in table[table["rank"].notna()].itertuples():
+        lines.append(f"- **{row.label}**: {row.binding_constraint} ({row.binding_reason}); "
+                     f"SLO broken first: {row.limiting_slo}")
+    lines.append("")
+    for key, title in (("pareto", "Throughput per GPU vs per user"),
+                       ("ttft_vs_rate", "TTFT vs rate (top candidates)"),
+                       ("tpot_vs_rate", "TPOT vs rate (top candidates)")):
+        if key in figures:
+            lines += [f"## {title}", "", f"![{title}]({figures[key].name})", ""]
+    lines += [
+        "## Assumptions",
+        "",
+        f"- Max rate per replica: bisection of the arrival rate on the scenario's seeded "
+        f"request stream scaled in time, tolerance {spec.rel_tol:.0%} (the true limit of this "
+        f"stream lies within that margin above the reported rate).",
+        "- Replicas = ceil(target / max rate per replica); requests are assumed to spread "
+        "evenly over replicas (the router's imbalance is not simulated here).",
+        "- $/M output tokens = fleet $/hour / output tokens per hour at the target rate.",
+        f"- Prices ($/GPU-hour): {', '.join(f'{k} {v:g}' for k, v in spec.usd_per_gpu_hour.items())}. "
+        f"{spec.price_note}",
+        "- Binding constraint: from the run at the first failing rate: preemptions or < 10 % KV "
+        "free = KV capacity; otherwise the largest share of step time (compute, weight "
+        "bandwidth, KV bandwidth, communication, host overhead); an SLO that fails even at the "
+        "lowest rate binds by itself.",
+        "- Memory headroom: `KV free at max` is the time-averaged free fraction of the KV "
+        "capacity at the max rate; the full memory budget is in plan.csv (`at_max_mem_*`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_no feasible candidate_"
+    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _plan_html(result: PlanResult, figures: Mapping[str, Path]) -> str:
+    """Self-contained HTML: tables as HTML, figures embedded as base64 PNG."""
+    import html
+
+    md = _plan_markdown(result, {})
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             f"<title>Capacity plan: {html.escape(result.spec.name)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
+             "</style></head><body>"]
+    in_table: list[str] = []
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            in_table.append(line)
+            continue
+        if in_table:
+            parts.append(_report_table(result.table).to_html(index=False, na_rep=""))
+            in_table = []
+        if line.startswith("# "):
+            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            parts.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("- "):
+            parts.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
+        elif line:
+            parts.append(f"<p>{html.escape(line).replace('**', '')}</p>")
+    for key, path in figures.items():
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(key)}</h2><img alt='{key}' "
+                     f"src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
