@@ -33,6 +33,7 @@ _COMMAND_MODULES = [
     "simulator.cli.catalog",
     "simulator.cli.trace",
     "simulator.cli.quant",
+    "simulator.cli.sweep",
 ]
 
 for _name in _COMMAND_MODULES:

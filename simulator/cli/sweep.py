@@ -1,0 +1,150 @@
+"""``servesim sweep`` and ``servesim plan``: many runs, on one machine or a Dask cluster.
+
+``sweep SWEEP.yaml`` runs a base scenario over a grid / zip / random set of dotted-path
+values and writes ``OUT/results.parquet`` (one row per point x variant, appended as each
+point finishes; ``--resume`` continues a killed sweep). ``plan PLAN.yaml`` finds, for every
+candidate configuration, the max sustainable rate per replica and the GPUs and dollars the
+target rate needs, and writes a ranked report (Markdown + HTML with figures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simulator.errors import SimulatorError
+
+
+class ExecutorChoice(StrEnum):
+    """Where points run."""
+
+    local = "local"
+    dask = "dask"
+    serial = "serial"
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """A :class:`SimulatorError` becomes one red line on stderr and exit status 2."""
+    try:
+        yield
+    except SimulatorError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(code=2) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``sweep`` and ``plan`` to ``app``."""
+    app.command("sweep")(sweep)
+    app.command("plan")(plan)
+
+
+_EXECUTOR_HELP = (
+    "local: a process pool on this machine (default); dask: a Dask cluster "
+    "(--scheduler-address, or a LocalCluster); serial: one at a time in this process."
+)
+
+
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="Sweep YAML (base: + grid:/zip:/random:).")],
+    executor: Annotated[
+        ExecutorChoice, typer.Option("--executor", "-e", help=_EXECUTOR_HELP)
+    ] = ExecutorChoice.local,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=1, help="Worker processes (default: cores).")
+    ] = None,
+    scheduler_address: Annotated[
+        str | None, typer.Option(help="Dask scheduler, e.g. tcp://10.0.0.5:8786.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (default: out/<name>).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip points already in OUT/results.parquet.")
+    ] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Run a parameter sweep; one row per point x variant in OUT/results.parquet."""
+    from simulator.sweep import RESULTS_FILE, load_sweep, run_sweep
+
+    with _user_errors():
+        parsed = load_sweep(spec)
+        out_dir = out if out is not None else Path("out") / parsed.name
+        df = run_sweep(
+            parsed,
+            executor=executor.value,
+            workers=workers,
+            scheduler_address=scheduler_address,
+            out=out_dir,
+            resume=resume,
+            progress=progress,
+        )
+    points = df["point_id"].nunique() if not df.empty else 0
+    failed = df.loc[df["status"] != "ok", "point_id"].nunique() if not df.empty else 0
+    typer.echo(f"{points} points ({failed} failed) -> {out_dir / RESULTS_FILE}")
+    if failed:
+        for row in df[df["status"] != "ok"].drop_duplicates("point_id").head(5).itertuples():
+            typer.secho(f"  point {row.point_index}: {row.error}", err=True, fg="yellow")
+
+
+def plan(
+    spec: Annotated[Path, typer.Argument(help="Plan YAML (base, target rate, SLOs, prices, candidates).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (default: out/<name>).")
+    ] = None,
+    executor: Annotated[
+        ExecutorChoice, typer.Option("--executor", "-e", help=_EXECUTOR_HELP)
+    ] = ExecutorChoice.local,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1)] = None,
+    scheduler_address: Annotated[str | None, typer.Option()] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Rank candidate configurations by cost for a target rate under SLOs."""
+    from simulator.capacity import load_plan, plan_capacity
+
+    with _user_errors():
+        parsed = load_plan(spec)
+        result = plan_capacity(
+            parsed,
+            executor=executor.value,
+            workers=workers,
+            scheduler_address=scheduler_address,
+            progress=progress,
+        )
+        out_dir = result.write(out if out is not None else Path("out") / parsed.name)
+    _print_plan(result)
+    typer.echo(f"report: {out_dir / 'report.md'} and {out_dir / 'report.html'}")
+
+
+def _print_plan(result: object) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from simulator.capacity import PlanResult
+
+    assert isinstance(result, PlanResult)
+    table = Table(title=f"{result.spec.name}: {result.spec.target_rate_per_s:g} req/s")
+    cols = [("rank", "#"), ("label", "candidate"), ("max_rate_per_replica", "max req/s/replica"),
+            ("num_gpus", "GPUs"), ("usd_per_hour", "$/h"),
+            ("usd_per_million_output_tokens", "$/M out tok"),
+            ("binding_constraint", "binding"), ("limiting_slo", "SLO first")]
+    cols = [(c, h) for c, h in cols if c in result.table.columns]
+    for _, header in cols:
+        table.add_column(header)
+    for rec in result.table.to_dict(orient="records"):
+        cells = []
+        for c, _ in cols:
+            v = rec.get(c)
+            if isinstance(v, float):
+                cells.append("" if v != v else f"{v:.4g}")
+            else:
+                cells.append("" if v is None else str(v))
+        if rec.get("status") not in ("ok",):
+            cells[-1] = f"{rec.get('status')}: {str(rec.get('error') or '')[:60]}"
+        table.add_row(*cells)
+    Console().print(table)
