@@ -195,6 +195,34 @@ class GpuFile(BaseModel):
     source: str = "user-supplied"
     notes: str = ""
 
+    @classmethod
+    def from_spec(cls, spec: GpuSpec) -> GpuFile:
+        """The YAML form of a spec (a template for a user GPU file; inverse of ``to_spec``)."""
+        return cls(
+            name=spec.name,
+            display_name=spec.display_name,
+            aliases=list(spec.aliases),
+            vendor=spec.vendor,
+            arch=spec.arch,
+            memory_type=spec.memory_type,
+            hbm_gib=spec.hbm_bytes / GiB,
+            hbm_bw_bytes_per_s=spec.hbm_bw_bytes_per_s,
+            peak_flops_per_s=dict(spec.peak_flops_per_s),
+            num_sms=spec.num_sms,
+            clock_hz=spec.clock_hz,
+            l2_bytes=spec.l2_bytes,
+            sram_bytes_per_sm=spec.sram_bytes_per_sm,
+            smem_max_bytes_per_sm=spec.smem_max_bytes_per_sm,
+            regfile_bytes_per_sm=spec.regfile_bytes_per_sm,
+            scaleup=spec.scaleup,
+            scaleup_bw_bytes_per_s=spec.scaleup_bw_bytes_per_s,
+            pcie_bw_bytes_per_s=spec.pcie_bw_bytes_per_s,
+            tdp_w=spec.tdp_w,
+            confidence=spec.confidence,
+            source=spec.source,
+            notes=spec.notes,
+        )
+
     def to_spec(self) -> GpuSpec:
         """Convert to the frozen runtime spec."""
         smem_max = self.smem_max_bytes_per_sm
@@ -211,7 +239,7 @@ class GpuFile(BaseModel):
             vendor=self.vendor,
             arch=self.arch,
             memory_type=self.memory_type,
-            hbm_bytes=int(round(self.hbm_gib * GiB)),
+            hbm_bytes=round(self.hbm_gib * GiB),
             hbm_bw_bytes_per_s=self.hbm_bw_bytes_per_s,
             peak_flops_per_s=dict(self.peak_flops_per_s),
             num_sms=self.num_sms,

@@ -318,6 +318,23 @@ def _req(cfg: dict[str, Any], key: str, where: str) -> Any:
     return value
 
 
+def _opt(cfg: dict[str, Any], where: str, *keys: str, default: int = 0) -> int:
+    """First present, non-null of ``keys`` as a non-negative integer, else ``default``.
+
+    ``null``/``0`` fall through to the next key (HF configs write ``"head_dim": null``).
+    """
+    for key in keys:
+        value = cfg.get(key)
+        if value is None or value == 0:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 0:
+            raise ConfigError(
+                f"{where}: config field {key!r} must be a non-negative integer, got {value!r}"
+            )
+        return int(value)
+    return default
+
+
 def model_from_hf_config(cfg: dict[str, Any], *, name: str, source: str = "") -> ModelSpec:
     """Build a :class:`ModelSpec` from the fields of a Hugging Face ``config.json``.
 
@@ -332,13 +349,13 @@ def model_from_hf_config(cfg: dict[str, Any], *, name: str, source: str = "") ->
     layers = _req(cfg, "num_hidden_layers", name)
     hidden = _req(cfg, "hidden_size", name)
     heads = _req(cfg, "num_attention_heads", name)
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    kv_heads = _opt(cfg, name, "num_key_value_heads", default=heads)
+    head_dim = _opt(cfg, name, "head_dim", default=hidden // heads)
     vocab = _req(cfg, "vocab_size", name)
-    max_len = int(cfg.get("max_position_embeddings") or cfg.get("max_seq_len") or 4096)
+    max_len = _opt(cfg, name, "max_position_embeddings", "max_seq_len", default=4096)
     is_opt = model_type == "opt"
-    inter = int(cfg.get("ffn_dim") if is_opt else cfg.get("intermediate_size") or 4 * hidden)
-    num_experts = int(cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts") or 0)
+    inter = _opt(cfg, name, "ffn_dim" if is_opt else "intermediate_size", default=4 * hidden)
+    num_experts = _opt(cfg, name, "num_local_experts", "n_routed_experts", "num_experts")
     source = source or str(cfg.get("_source", ""))
     return ModelSpec(
         name=name,
@@ -358,17 +375,17 @@ def model_from_hf_config(cfg: dict[str, Any], *, name: str, source: str = "") ->
         mlp_bias=bool(cfg.get("enable_bias", False)) if is_opt else False,
         norm_has_bias=is_opt,
         learned_pos_embeddings=(max_len + 2) if is_opt else 0,
-        sliding_window_tokens=int(cfg.get("sliding_window") or 0),
+        sliding_window_tokens=_opt(cfg, name, "sliding_window"),
         num_experts=num_experts,
-        experts_per_tok=int(cfg.get("num_experts_per_tok") or 0) if num_experts else 0,
-        num_shared_experts=int(cfg.get("n_shared_experts") or 0),
-        moe_intermediate_size=int(cfg.get("moe_intermediate_size") or 0),
-        first_k_dense_layers=int(cfg.get("first_k_dense_replace") or 0),
-        q_lora_rank=int(cfg.get("q_lora_rank") or 0),
-        kv_lora_rank=int(cfg.get("kv_lora_rank") or 0),
-        qk_nope_head_dim=int(cfg.get("qk_nope_head_dim") or 0),
-        qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0),
-        v_head_dim=int(cfg.get("v_head_dim") or 0),
+        experts_per_tok=_opt(cfg, name, "num_experts_per_tok") if num_experts else 0,
+        num_shared_experts=_opt(cfg, name, "n_shared_experts"),
+        moe_intermediate_size=_opt(cfg, name, "moe_intermediate_size"),
+        first_k_dense_layers=_opt(cfg, name, "first_k_dense_replace"),
+        q_lora_rank=_opt(cfg, name, "q_lora_rank"),
+        kv_lora_rank=_opt(cfg, name, "kv_lora_rank"),
+        qk_nope_head_dim=_opt(cfg, name, "qk_nope_head_dim"),
+        qk_rope_head_dim=_opt(cfg, name, "qk_rope_head_dim"),
+        v_head_dim=_opt(cfg, name, "v_head_dim"),
         source=source,
     )
 
