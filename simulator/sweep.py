@@ -713,15 +713,21 @@ def execute_points(
     with _progress(progress, description, total=len(tasks), done=len(tasks) - len(todo)) as bar:
         if todo:
             with open_executor(executor, workers=workers, scheduler_address=scheduler_address) as ex:
-                futures = {ex.submit(_guarded, fn, t): t for t in todo}
-                for future in as_completed(futures):
-                    task = futures[future]
-                    try:
-                        new_rows = future.result()
-                    except Exception as exc:  # worker died, task could not be pickled
-                        new_rows = _error_rows(task.point, exc)
-                    _record(new_rows)
-                    bar()
+                if isinstance(ex, SerialExecutor):
+                    # One at a time, each stored before the next starts.
+                    for task in todo:
+                        _record(_guarded(fn, task))
+                        bar()
+                else:
+                    futures = {ex.submit(_guarded, fn, t): t for t in todo}
+                    for future in as_completed(futures):
+                        task = futures[future]
+                        try:
+                            new_rows = future.result()
+                        except Exception as exc:  # worker died, task could not be pickled
+                            new_rows = _error_rows(task.point, exc)
+                        _record(new_rows)
+                        bar()
     df = _sorted(_frame(rows, param_names))
     if results_path is not None:
         _write_atomic(df, results_path)
