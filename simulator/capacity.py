@@ -652,8 +652,9 @@ def _plan_candidate(task: _PlanTask) -> list[dict[str, Any]]:
             min_rate_per_s=task.min_rate_per_s,
             max_rate_per_s=task.max_rate_per_s,
         )
-    except CapacityError as exc:
-        return [{**ids, "status": "infeasible", "error": str(exc)}]
+    except (CapacityError, ScenarioError, SimulatorError) as exc:
+        # Cannot fit (weights exceed HBM), or not supported (fp8 on a GPU without fp8).
+        return [{**ids, "status": "infeasible", "error": f"{type(exc).__name__}: {exc}"}]
     hw = data["hardware"]
     at = {f"at_max_{k}": v for k, v in summary_row(rr.summary or rr.summary_above).items()}
     return [{
