@@ -1,0 +1,373 @@
+"""The one module that wires specs into simulator objects and runs a scenario.
+
+``run_scenario(cfg)`` builds the workload once, then for each variant: the GPU, model,
+quantization and step-cost model of each replica group, the KV memory budget (refusing
+configurations that cannot hold one maximum-length request), a KV-cache manager and a
+scheduler per replica, the router, and runs the SimPy environment to completion.
+
+Memory budget per GPU, the way vLLM derives it (``gpu_memory_utilization`` x HBM, minus
+weights, minus the activation peak of the largest step, minus non-torch memory)::
+
+    usable = gpu_memory_utilization x hbm_bytes
+    kv     = usable - weights/(tp x pp) - activation_workspace(max_num_batched_tokens) - reserve
+
+``reserve`` defaults to 1 GiB (CUDA context, cuBLAS workspaces and CUDA-graph pools: vLLM's
+profiler attributes 0.5-1.5 GiB per GPU to these "non-torch" allocations and graphs for
+models of this size) plus 0.5 GiB of NCCL buffers when the replica spans several GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
+
+from hwmodels.gpus import GpuSpec, get_gpu
+from hwmodels.models import ModelSpec, get_model
+from hwmodels.quant import (
+    KvDtype,
+    QuantScheme,
+    check_kv_dtype_supported,
+    get_kv_dtype,
+    get_scheme,
+    kv_bytes_per_token,
+    weight_bytes,
+)
+from hwmodels.units import GiB
+from simulator.cluster import Cluster
+from simulator.engine import Replica
+from simulator.errors import CapacityError, ConfigError
+from simulator.memory import make_kv_manager
+from simulator.results import Recorder, Results, VariantResult, summarize
+from simulator.scenario import HardwareCfg, ScenarioCfg, resolve_variants
+from simulator.scheduling import scheduler_class
+from workloads.config import build_workload
+
+#: Non-torch memory per GPU (CUDA context, cuBLAS workspace, CUDA graphs); see module doc.
+DEFAULT_RESERVE_BYTES = 1 * GiB
+#: NCCL communicator buffers per GPU when a replica spans several GPUs.
+DEFAULT_NCCL_RESERVE_BYTES = GiB // 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryBudget:
+    """Per-GPU memory breakdown of one replica group."""
+
+    hbm_bytes: int
+    usable_bytes: float
+    weight_bytes: float
+    activation_bytes: float
+    reserve_bytes: float
+    kv_bytes: float
+    kv_bytes_per_token: float  # per GPU, after TP/PP sharding
+    kv_capacity_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hbm_bytes": self.hbm_bytes,
+            "usable_bytes": self.usable_bytes,
+            "weight_bytes": self.weight_bytes,
+            "activation_bytes": self.activation_bytes,
+            "reserve_bytes": self.reserve_bytes,
+            "kv_bytes": self.kv_bytes,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "kv_capacity_tokens": self.kv_capacity_tokens,
+        }
+
+    def describe(self) -> str:
+        g = GiB
+        return (
+            f"per GPU: HBM {self.hbm_bytes / g:.1f} GiB, usable {self.usable_bytes / g:.1f} GiB, "
+            f"weights {self.weight_bytes / g:.2f} GiB, activations {self.activation_bytes / g:.2f} GiB, "
+            f"reserve {self.reserve_bytes / g:.2f} GiB, KV cache {self.kv_bytes / g:.2f} GiB "
+            f"= {self.kv_capacity_tokens} tokens at {self.kv_bytes_per_token:.0f} B/token"
+        )
+
+
+def kv_bytes_per_token_per_gpu(model: ModelSpec, kv: KvDtype, tp: int, pp: int) -> float:
+    """KV bytes one token occupies on one GPU of a TP x PP replica.
+
+    KV heads are split across TP ranks (replicated when there are fewer heads than ranks);
+    MLA's compressed latent is replicated on every TP rank; layers split across PP stages.
+    """
+    full = kv_bytes_per_token(model, kv)
+    if model.is_mla:
+        shard = 1.0
+    else:
+        shard = math.ceil(model.num_kv_heads / tp) / model.num_kv_heads
+    return full * shard / pp
+
+
+def memory_budget(
+    *,
+    gpu: GpuSpec,
+    model: ModelSpec,
+    scheme: QuantScheme,
+    kv: KvDtype,
+    hw: HardwareCfg,
+    activation_bytes: float,
+) -> MemoryBudget:
+    """Derive the KV capacity of one replica; CapacityError if the weights do not fit."""
+    tp, pp = hw.tensor_parallel, hw.pipeline_parallel
+    usable = hw.gpu_memory_utilization * gpu.hbm_bytes
+    weights = weight_bytes(model, scheme) / (tp * pp)
+    if hw.memory_reserve_gib is not None:
+        reserve = hw.memory_reserve_gib * GiB
+    else:
+        reserve = DEFAULT_RESERVE_BYTES + (DEFAULT_NCCL_RESERVE_BYTES if tp * pp > 1 else 0)
+    kv_bytes = usable - weights - activation_bytes - reserve
+    per_token = kv_bytes_per_token_per_gpu(model, kv, tp, pp)
+    capacity = int(kv_bytes // per_token) if kv_bytes > 0 else 0
+    budget = MemoryBudget(
+        hbm_bytes=gpu.hbm_bytes,
+        usable_bytes=usable,
+        weight_bytes=weights,
+        activation_bytes=activation_bytes,
+        reserve_bytes=reserve,
+        kv_bytes=max(kv_bytes, 0.0),
+        kv_bytes_per_token=per_token,
+        kv_capacity_tokens=capacity,
+    )
+    if kv_bytes <= 0:
+        raise CapacityError(
+            f"{model.name} ({scheme.name}) does not fit on {gpu.name} with tensor_parallel={tp}, "
+            f"pipeline_parallel={pp}: {budget.describe()}. Use more GPUs (hardware.tensor_parallel), "
+            f"a smaller quantization (model.quantization), a larger gpu_memory_utilization or a GPU "
+            f"with more memory."
+        )
+    return budget
+
+
+def _make_cost_model(cfg: ScenarioCfg, gpu: GpuSpec, model: ModelSpec, scheme: QuantScheme, kv: KvDtype, hw: HardwareCfg) -> Any:
+    from hwmodels.stepcost import StepCostModel
+
+    kwargs: dict[str, Any] = {
+        "gpu": gpu,
+        "model": model,
+        "scheme": scheme,
+        "kv_dtype": kv,
+        "tensor_parallel": hw.tensor_parallel,
+        "pipeline_parallel": hw.pipeline_parallel,
+    }
+    if cfg.engine.step_overhead_s is not None:
+        kwargs["step_overhead_s"] = cfg.engine.step_overhead_s
+    if cfg.engine.cost_model == "cycle":
+        from hwmodels.cyclesim.cache import CycleCostModel
+
+        kwargs["op_timer"] = CycleCostModel(gpu, block_size_tokens=cfg.kv_cache.block_size_tokens)
+    return StepCostModel(**kwargs)
+
+
+@dataclass
+class _Group:
+    hw: HardwareCfg
+    gpu: GpuSpec
+    model: ModelSpec
+    scheme: QuantScheme
+    kv: KvDtype
+    cost: Any
+    budget: MemoryBudget
+    max_model_len_tokens: int
+
+
+def _build_group(cfg: ScenarioCfg, hw: HardwareCfg) -> _Group:
+    gpu = get_gpu(hw.gpu)
+    model = get_model(cfg.model.config or cfg.model.name)
+    scheme = get_scheme(cfg.model.quantization)
+    if cfg.model.group_size is not None:
+        scheme = scheme.with_group_size(cfg.model.group_size)
+    kv_name = scheme.default_kv_dtype if cfg.model.kv_cache_dtype == "auto" else cfg.model.kv_cache_dtype
+    kv = get_kv_dtype(kv_name)
+    scheme.check_supported(gpu)
+    check_kv_dtype_supported(kv, gpu)
+    max_len = cfg.model.max_model_len_tokens or model.max_seq_len_tokens
+    cost = _make_cost_model(cfg, gpu, model, scheme, kv, hw)
+    act = float(cost.activation_workspace_bytes(cfg.scheduler.max_num_batched_tokens))
+    budget = memory_budget(gpu=gpu, model=model, scheme=scheme, kv=kv, hw=hw, activation_bytes=act)
+    if budget.kv_capacity_tokens < max_len:
+        raise CapacityError(
+            f"the KV cache of {model.name} on {gpu.name} (tensor_parallel={hw.tensor_parallel}) cannot "
+            f"hold one maximum-length request of {max_len} tokens: {budget.describe()}. Lower "
+            f"model.max_model_len_tokens, use a smaller kv_cache_dtype or quantization, or more GPUs."
+        )
+    return _Group(hw=hw, gpu=gpu, model=model, scheme=scheme, kv=kv, cost=cost, budget=budget,
+                  max_model_len_tokens=max_len)
+
+
+def _progress_callback(total: int, label: str) -> tuple[Callable[[int], None] | None, Any]:
+    if not sys.stderr.isatty() or total < 2000:
+        return None, None
+    from rich.progress import Progress
+
+    prog = Progress(transient=True)
+    task = prog.add_task(f"simulating {label}", total=total)
+    prog.start()
+    step = max(total // 200, 1)
+
+    def cb(n: int) -> None:
+        if n % step == 0 or n == total:
+            prog.update(task, completed=n)
+
+    return cb, prog
+
+
+def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
+    """Simulate one fully resolved variant on ``workload``."""
+    hw_list = cfg.hardware if isinstance(cfg.hardware, list) else [cfg.hardware]
+    groups = [_build_group(cfg, hw) for hw in hw_list]
+    env = simpy.Environment()
+    recorder = Recorder(num_requests=len(workload), arrival_s=workload.arrival_s)
+    progress, bar = (None, None)
+    if cfg.engine.progress:
+        progress, bar = _progress_callback(len(workload), name)
+    cluster = Cluster(
+        env,
+        workload=workload,
+        router=cfg.router.policy,
+        recorder=recorder,
+        max_model_len_tokens=min(g.max_model_len_tokens for g in groups),
+        progress=progress,
+    )
+    sched_cls = scheduler_class(cfg.scheduler.policy)
+    sc = cfg.scheduler
+    replica_id = 0
+    for g in groups:
+        pcie = g.gpu.pcie_bw_bytes_per_s_per_direction or 16e9
+        for _ in range(g.hw.replicas):
+            kv = make_kv_manager(
+                cfg.kv_cache.manager,
+                capacity_tokens=g.budget.kv_capacity_tokens,
+                block_size_tokens=cfg.kv_cache.block_size_tokens,
+                max_seqs=sc.max_num_seqs + 1,
+                max_seq_len=g.max_model_len_tokens,
+                reservation=cfg.kv_cache.reservation,
+                placement=cfg.kv_cache.placement,
+                watermark_frac=cfg.kv_cache.watermark_frac,
+            )
+
+            def factory(rep: Replica, cls: Any = sched_cls) -> Any:
+                return cls(
+                    rep,
+                    max_num_seqs=sc.max_num_seqs,
+                    max_num_batched_tokens=sc.max_num_batched_tokens,
+                    chunk_size_tokens=sc.chunk_size_tokens,
+                    preemption=sc.preemption,
+                    starvation_limit_s=sc.starvation_limit_s,
+                )
+
+            cluster.add_replica(
+                Replica(
+                    env,
+                    replica_id=replica_id,
+                    kv=kv,
+                    cost=g.cost,
+                    scheduler_factory=factory,
+                    recorder=recorder,
+                    max_seqs=sc.max_num_seqs + 1,
+                    kv_bytes_per_token_per_gpu=g.budget.kv_bytes_per_token,
+                    pcie_bw_bytes_per_s=pcie,
+                    swap_space_bytes=g.hw.swap_space_gib * GiB,
+                    fast_forward=cfg.engine.fast_forward,
+                    kv_sharing=sc.kv_sharing,
+                    static_batching=sc.policy == "static",
+                    on_finish=cluster.on_finish,
+                )
+            )
+            replica_id += 1
+    cluster.start()
+    try:
+        if cfg.engine.max_sim_time_s is not None:
+            env.run(until=cfg.engine.max_sim_time_s)
+        else:
+            env.run()
+    finally:
+        if bar is not None:
+            bar.stop()
+    steps = recorder.steps_frame()
+    slo = cfg.slo.model_dump()
+    requests = recorder.requests_frame(workload, slo)
+    g0 = groups[0]
+    summary = summarize(requests, steps, recorder, kv_capacity_tokens=sum(
+        g.budget.kv_capacity_tokens * g.hw.replicas for g in groups))
+    summary["config"] = {
+        "gpu": ",".join(g.gpu.name for g in groups),
+        "tensor_parallel": g0.hw.tensor_parallel,
+        "pipeline_parallel": g0.hw.pipeline_parallel,
+        "replicas": sum(g.hw.replicas for g in groups),
+        "num_gpus": sum(g.hw.replicas * g.hw.tensor_parallel * g.hw.pipeline_parallel for g in groups),
+        "model": g0.model.name,
+        "quantization": g0.scheme.name,
+        "kv_cache_dtype": g0.kv.name,
+        "kv_manager": cfg.kv_cache.manager,
+        "block_size_tokens": cfg.kv_cache.block_size_tokens,
+        "reservation": cfg.kv_cache.reservation,
+        "scheduler": cfg.scheduler.policy,
+        "max_num_seqs": sc.max_num_seqs,
+        "max_num_batched_tokens": sc.max_num_batched_tokens,
+        "chunk_size_tokens": sc.chunk_size_tokens,
+        "preemption": sc.preemption,
+        "router": cfg.router.policy,
+        "cost_model": cfg.engine.cost_model,
+        "max_model_len_tokens": g0.max_model_len_tokens,
+    }
+    summary["memory_budget"] = g0.budget.to_dict()
+    summary["slo"] = slo
+    summary["roofline"] = _representative_roofline(g0, summary, requests)
+    return VariantResult(name=name, summary=summary, requests=requests, steps=steps)
+
+
+def _representative_roofline(g: _Group, summary: dict[str, Any], requests: Any) -> dict[str, Any]:
+    """The operators of a typical decode step (mean batch, mean context) for the report."""
+    batch = max(int(round(summary.get("mean_batch_size") or 1)), 1)
+    done = requests[requests["status"] == "completed"]
+    ctx = int((done["prompt_tokens"] + done["output_tokens"] / 2).mean()) if len(done) else 1024
+    ops = g.cost.breakdown(
+        prefill_tokens=0,
+        prefill_attn_pairs=0.0,
+        prefill_kv_tokens=0,
+        num_prefill_seqs=0,
+        num_decode_seqs=batch,
+        decode_ctx_tokens=batch * ctx,
+    )
+    return {
+        "gpu": g.gpu.name,
+        "compute_type": g.scheme.compute_type,
+        "peak_flops_per_s": g.gpu.peak(g.scheme.compute_type),
+        "hbm_bw_bytes_per_s": g.gpu.hbm_bw_bytes_per_s,
+        "ops": [
+            {"op": o.op, "time_s": float(o.time_s), "flops": float(o.flops), "bytes": float(o.bytes), "bound": o.bound}
+            for o in ops
+        ],
+        "batch": {"decode_seqs": batch, "context_tokens": ctx, "prefill_tokens": 0},
+    }
+
+
+def run_scenario(
+    cfg: ScenarioCfg,
+    *,
+    on_variant_done: Callable[[VariantResult], None] | None = None,
+) -> Results:
+    """Run every variant of ``cfg`` on the same generated request stream.
+
+    Raises:
+        SimulatorError: bad names, impossible configurations (with the memory breakdown).
+    """
+    variants = resolve_variants(cfg)
+    workload = build_workload(cfg.workload, seed=cfg.seed)
+    if len(workload) == 0:
+        raise ConfigError("workload: the workload holds no requests (check num_requests, filters and window)")
+    results = Results(scenario_name=cfg.name, seed=cfg.seed, description=cfg.description)
+    for name, vcfg in variants:
+        vr = run_variant(name, vcfg, workload)
+        results.variants.append(vr)
+        if on_variant_done is not None:
+            on_variant_done(vr)
+    return results
+
+
+__all__ = ["MemoryBudget", "kv_bytes_per_token_per_gpu", "memory_budget", "run_scenario", "run_variant"]
+

@@ -1,0 +1,32 @@
+"""Schedulers: one module per policy behind :class:`~simulator.scheduling.base.Scheduler`."""
+
+from __future__ import annotations
+
+from simulator.errors import UnknownNameError
+from simulator.scheduling.base import PrefillChunk, Scheduler, StepPlan
+from simulator.scheduling.orca import OrcaScheduler
+from simulator.scheduling.sarathi import SarathiScheduler
+from simulator.scheduling.sglang import SglangScheduler
+from simulator.scheduling.static import StaticScheduler
+from simulator.scheduling.vllm import VllmScheduler
+
+POLICIES: dict[str, type[Scheduler]] = {
+    "static": StaticScheduler,
+    "orca": OrcaScheduler,
+    "vllm": VllmScheduler,
+    "sarathi": SarathiScheduler,
+    "sglang": SglangScheduler,
+}
+
+
+def scheduler_class(name: str) -> type[Scheduler]:
+    """The scheduler class for a policy name."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown scheduler policy {name!r}; valid: {', '.join(POLICIES)}"
+        ) from None
+
+
+__all__ = ["POLICIES", "PrefillChunk", "Scheduler", "StepPlan", "scheduler_class"]
