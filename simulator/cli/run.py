@@ -168,7 +168,10 @@ def _write_partial(done: list[Any], cfg: ScenarioCfg, run_dir: Path) -> None:
     """Write the variants finished so far, so a later failure loses none of them."""
     from simulator.results import Results
 
-    Results.from_variants(done, scenario=cfg).write(run_dir)
+    partial = Results(
+        scenario_name=cfg.name, seed=cfg.seed, description=cfg.description, variants=list(done)
+    )
+    partial.write(run_dir)
 
 
 def _build_report(run_dir: Path, console: Console) -> None:
