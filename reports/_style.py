@@ -97,13 +97,15 @@ def axis_label(column: str) -> str:
     """Human axis label from a unit-suffixed column name.
 
     ``"p99_ttft_ms"`` -> ``"p99 ttft (ms)"``, ``"rate_per_s"`` -> ``"rate (1/s)"``,
-    ``"tokens_per_s_per_gpu"`` -> ``"tokens (/s per GPU)"``.
+    ``"tokens_per_s_per_gpu"`` -> ``"tokens/s per GPU"``.
     """
     for suffix, unit in _UNIT_SUFFIXES:
         if column.endswith(suffix) and len(column) > len(suffix):
             stem = column[: -len(suffix)].replace("_", " ")
             if unit == "/s" and stem in {"rate", "request rate", "arrival rate"}:
                 unit = "requests/s"
+            elif unit.startswith("/"):
+                return f"{stem}{unit}"  # "tokens_per_s_per_gpu" -> "tokens/s per GPU"
             return f"{stem} ({unit})"
     return column.replace("_", " ")
 

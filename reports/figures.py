@@ -66,7 +66,7 @@ def _small_multiples(
 ) -> tuple[Figure, list[Axes]]:
     rows, cols = _grid(n)
     fig = new_figure(width_in=panel_w_in * cols, height_in=panel_h_in * rows + 0.8)
-    axes = fig.subplots(rows, cols, sharex=True, sharey=sharey, squeeze=False).ravel().tolist()
+    axes = fig.subplots(rows, cols, sharey=sharey, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig, axes[:n]

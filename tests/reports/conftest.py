@@ -28,8 +28,8 @@ def _steps(rng: np.random.Generator, variant: str, replica_id: int, n: int) -> p
     dur = rng.lognormal(np.log(0.025), 0.3, n)
     gap = np.where(rng.random(n) < 0.01, rng.exponential(0.5, n), 0.0)  # occasional idle
     t = np.concatenate(([0.0], np.cumsum(dur + gap)[:-1]))
-    t *= DURATION_S / (t[-1] + dur[-1])
-    dur *= DURATION_S / (t[-1] + dur[-1] + 1e-9)
+    scale = DURATION_S / (t[-1] + dur[-1])
+    t, dur = t * scale, dur * scale
     running = np.clip(np.round(40 + 30 * np.sin(t / 60) + rng.normal(0, 4, n)), 0, 256).astype(np.int64)
     prefill = np.where(rng.random(n) < 0.2, rng.integers(64, 2048, n), 0).astype(np.int64)
     decode = np.maximum(running - (prefill > 0), 0).astype(np.int64)
