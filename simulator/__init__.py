@@ -1,7 +1,6 @@
 """servesim: a discrete-event simulator of LLM serving on GPUs.
 
-The public API for notebooks (imported lazily, so ``import simulator`` stays cheap and the
-CLI and worker processes only load what they use)::
+The public API for notebooks::
 
     import simulator as ss
 
@@ -10,22 +9,16 @@ CLI and worker processes only load what they use)::
     rr = ss.max_sustainable_rate("scenarios/quickstart.yaml", ttft_ms=500, tpot_ms=50)
     plan = ss.plan_capacity("examples/plan.yaml", out="out/plan")
 
-See :mod:`simulator.api`.
+See :mod:`simulator.api`. The engine itself is imported on first use.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from simulator.api import load, max_sustainable_rate, plan_capacity, run, sweep
+# NOTE: the submodule simulator.sweep must be loaded *before* the function ``sweep`` is
+# bound here: importing a submodule for the first time sets the package attribute of the
+# same name, which would otherwise replace ``simulator.sweep`` (the function) with the
+# module the moment anything imported it.
+import simulator.sweep as _sweep_module  # noqa: F401
+from simulator.api import load, max_sustainable_rate, plan_capacity, run, sweep
 
 __all__ = ["load", "max_sustainable_rate", "plan_capacity", "run", "sweep"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from simulator import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'simulator' has no attribute {name!r}")
