@@ -1,0 +1,128 @@
+"""Time binning against brute force, and the sweep/capacity helpers in plan_report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from reports._data import binned_mean, cumulative_at, interval_integral, step_intervals, time_edges
+from reports._style import axis_label
+from reports.plan_report import pareto_front, plot_latency_vs_rate, plot_pareto
+
+
+def test_interval_integral_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    start = rng.uniform(0, 10, 200)
+    end = start + rng.uniform(0, 2, 200)  # overlapping intervals, as with several replicas
+    value = rng.integers(0, 50, 200).astype(np.float64)
+    edges = np.linspace(-1, 13, 57)
+    want = np.array([np.sum(value * np.clip(np.minimum(end, e) - start, 0, None)) for e in edges])
+    np.testing.assert_allclose(
+        interval_integral(start, end, value, edges), want, rtol=1e-12, atol=1e-9
+    )
+
+
+def test_binned_mean_splits_a_step_across_bins() -> None:
+    """A 4-sequence step over [0.5, 1.5) puts 2 sequence-seconds in each 1 s bin."""
+    got = binned_mean(np.array([0.5]), np.array([1.5]), np.array([4.0]), np.array([0.0, 1.0, 2.0]))
+    np.testing.assert_allclose(got, [2.0, 2.0])
+
+
+def test_hold_extends_state_through_idle_gaps_per_replica() -> None:
+    steps = pd.DataFrame(
+        {"replica_id": [0, 0, 1], "t_s": [0.0, 5.0, 1.0], "duration_s": [1.0, 1.0, 1.0]}
+    )
+    _, end_zero = step_intervals(steps, hold=False)
+    _, end_hold = step_intervals(steps, hold=True)
+    assert end_zero.tolist() == [1.0, 6.0, 2.0]
+    assert end_hold.tolist() == [5.0, 6.0, 2.0]  # replica 0 holds to its next step only
+
+
+def test_cumulative_counter_sums_replicas_at_edges() -> None:
+    steps = pd.DataFrame(
+        {
+            "replica_id": [0, 0, 1],
+            "t_s": [0.0, 2.0, 0.5],
+            "duration_s": [0.5, 0.5, 0.5],
+            "hits": [10, 30, 7],
+        }
+    )
+    got = cumulative_at(steps, "hits", np.array([0.0, 1.0, 3.0]))
+    assert got.tolist() == [0.0, 17.0, 37.0]
+
+
+@pytest.mark.parametrize(
+    ("end_s", "width"), [(600.0, 5.0), (3600.0, 20.0), (0.37, 0.002), (0.0, 0.005)]
+)
+def test_time_edges_use_round_widths(end_s: float, width: float) -> None:
+    edges = time_edges(end_s)
+    assert edges[0] == 0 and edges[-1] >= end_s
+    assert edges[1] - edges[0] == pytest.approx(width)
+    assert len(edges) - 1 <= 200
+
+
+def test_axis_labels_carry_units() -> None:
+    assert axis_label("p99_ttft_ms") == "p99 ttft (ms)"
+    assert axis_label("rate_per_s") == "rate (requests/s)"
+    assert axis_label("tokens_per_s_per_gpu") == "tokens/s per GPU"
+    assert axis_label("tokens_per_s_per_user") == "tokens/s per user"
+
+
+def test_pareto_front_exact() -> None:
+    df = pd.DataFrame(
+        {
+            "tokens_per_s_per_user": [10, 20, 30, 15, 30, np.nan],
+            "tokens_per_s_per_gpu": [900, 500, 100, 400, 50, 5000],
+        }
+    )
+    # (15, 400) is dominated by (20, 500); (30, 50) by (30, 100); NaN never on the front.
+    assert pareto_front(df).tolist() == [True, True, True, False, False, False]
+
+
+def _sweep() -> pd.DataFrame:
+    rows = [
+        {"gpu": g, "rate_per_s": r, "median_ttft_ms": f * 50 * r, "p99_ttft_ms": f * 200 * r}
+        for g, f in (("a100", 2.0), ("h100", 1.0))
+        for r in (1, 2, 4, 8)
+    ]
+    df = pd.DataFrame(rows)
+    df.loc[3, "p99_ttft_ms"] = np.inf  # diverged queue: drawn as a gap
+    return df
+
+
+def test_latency_vs_rate_writes_png(tmp_path: Path) -> None:
+    out = plot_latency_vs_rate(
+        _sweep(), "rate_per_s", ["median_ttft_ms", "p99_ttft_ms"], "gpu", slo=1000.0,
+        path=tmp_path / "lat.png", logy=True,
+    )  # fmt: skip
+    assert out == tmp_path / "lat.png" and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_latency_vs_rate_without_path_returns_figure() -> None:
+    fig = plot_latency_vs_rate(_sweep(), "rate_per_s", "p99_ttft_ms", slo={"p99_ttft_ms": 500})
+    assert isinstance(fig, Figure)
+    assert fig.axes[0].get_ylabel() == "p99 ttft (ms)"
+
+
+def test_plan_plots_name_missing_columns() -> None:
+    with pytest.raises(ValueError, match="p50_ttft_ms"):
+        plot_latency_vs_rate(_sweep(), "rate_per_s", "p50_ttft_ms")
+    with pytest.raises(ValueError, match="tokens_per_s_per_gpu"):
+        plot_pareto(pd.DataFrame({"tokens_per_s_per_user": [1.0]}))
+
+
+def test_pareto_plot_writes_png(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {
+            "tokens_per_s_per_user": [10.0, 20.0, 30.0, 15.0],
+            "tokens_per_s_per_gpu": [900.0, 500.0, 100.0, 400.0],
+            "config": ["bs64", "bs32", "bs8", "tp2"],
+            "gpu": ["h100", "h100", "a100", "a100"],
+        }
+    )
+    out = plot_pareto(df, label_col="config", hue="gpu", path=tmp_path / "p.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
