@@ -30,7 +30,9 @@ def _steps(rng: np.random.Generator, variant: str, replica_id: int, n: int) -> p
     t = np.concatenate(([0.0], np.cumsum(dur + gap)[:-1]))
     scale = DURATION_S / (t[-1] + dur[-1])
     t, dur = t * scale, dur * scale
-    running = np.clip(np.round(40 + 30 * np.sin(t / 60) + rng.normal(0, 4, n)), 0, 256).astype(np.int64)
+    running = np.clip(np.round(40 + 30 * np.sin(t / 60) + rng.normal(0, 4, n)), 0, 256).astype(
+        np.int64
+    )
     prefill = np.where(rng.random(n) < 0.2, rng.integers(64, 2048, n), 0).astype(np.int64)
     decode = np.maximum(running - (prefill > 0), 0).astype(np.int64)
     queue = np.clip(np.round(rng.normal(3, 2, n)), 0, None).astype(np.int64)
@@ -203,8 +205,20 @@ def _summary(variant: str, req: pd.DataFrame, steps: pd.DataFrame) -> dict[str, 
         "hbm_bw_bytes_per_s": 3.35e12,
         "ops": [
             {"op": "qkv_proj", "time_s": 1.1e-4, "flops": 6.4e9, "bytes": 1.0e8, "bound": "memory"},
-            {"op": "attn_decode", "time_s": 3.0e-4, "flops": 2.0e9, "bytes": 9.0e8, "bound": "memory"},
-            {"op": "attn_prefill", "time_s": 5.0e-4, "flops": 3.0e14 * 1e-3, "bytes": 2e8, "bound": "compute"},
+            {
+                "op": "attn_decode",
+                "time_s": 3.0e-4,
+                "flops": 2.0e9,
+                "bytes": 9.0e8,
+                "bound": "memory",
+            },
+            {
+                "op": "attn_prefill",
+                "time_s": 5.0e-4,
+                "flops": 3.0e14 * 1e-3,
+                "bytes": 2e8,
+                "bound": "compute",
+            },
             {"op": "mlp", "time_s": 4.0e-4, "flops": 9.0e10, "bytes": 3.5e8, "bound": "memory"},
             {"op": "lm_head", "time_s": 2.0e-4, "flops": 2.0e10, "bytes": 1.0e9, "bound": "memory"},
             {"op": "allreduce", "time_s": 5.0e-5, "flops": 0.0, "bytes": 1.0e7, "bound": "comm"},
@@ -215,7 +229,11 @@ def _summary(variant: str, req: pd.DataFrame, steps: pd.DataFrame) -> dict[str, 
 
 
 def write_synthetic_run(
-    run_dir: Path, *, seed: int = 0, steps_per_replica: int = 6_000, requests_per_variant: int = 1_500
+    run_dir: Path,
+    *,
+    seed: int = 0,
+    steps_per_replica: int = 6_000,
+    requests_per_variant: int = 1_500,
 ) -> Path:
     """Fabricate ``summary.json``, ``requests.parquet``, ``steps.parquet`` under ``run_dir``."""
     rng = np.random.default_rng(seed)
