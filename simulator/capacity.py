@@ -19,7 +19,9 @@ engine's own breakdowns, in this order:
    ``TPOT SLO``, ``goodput SLO``): the target is tighter than this configuration's unloaded
    latency;
 2. the KV cache ran full: preemptions at ``upper``, or less than 10 % of the KV capacity
-   free on (time) average: ``KV capacity``;
+   free on (time) average, or a mean running batch of at least 60 % of the number of whole
+   requests (prompt + output tokens) that fit in the KV capacity, when that number is below
+   ``max_num_seqs``: ``KV capacity``;
 3. otherwise the largest share of step time at ``upper``: ``compute``,
    ``weight bandwidth`` (weight reads), ``KV bandwidth`` (KV reads), ``communication``
    or ``host overhead``.
@@ -76,6 +78,9 @@ Percentile = Literal["p99", "p95", "p90", "median", "mean"]
 
 # A time-averaged free KV fraction below this at the failing rate counts as "KV full".
 KV_FULL_FREE_FRAC = 0.10
+# The KV cache limits the batch when the running batch reaches this share of the number of
+# whole requests (prompt + output) that fit in it (and that number is below max_num_seqs).
+KV_BATCH_FRAC = 0.6
 
 _SHARE_LABELS = {
     "step_time_compute_frac": "compute",
@@ -409,10 +414,20 @@ def binding_constraint(result: RateResult) -> tuple[str, str]:
         )
     preemptions = _num(above.get("num_preemptions"))
     free = _num(above.get("kv_free_frac"))
-    if preemptions > 0 or free < KV_FULL_FREE_FRAC:
+    capacity_tokens = _num(above.get("kv_capacity_tokens"))
+    # Concurrency the KV cache allows when every request holds its whole prompt + output.
+    tokens_per_request = _num(above.get("total_token_throughput")) / _num(
+        above.get("request_throughput"))
+    kv_batch_limit = capacity_tokens / tokens_per_request
+    max_num_seqs = _num((above.get("config") or {}).get("max_num_seqs", math.inf))
+    batch = _num(above.get("mean_batch_size"))
+    kv_limits_batch = kv_batch_limit < max_num_seqs and batch >= KV_BATCH_FRAC * kv_batch_limit
+    if preemptions > 0 or free < KV_FULL_FREE_FRAC or kv_limits_batch:
         return "KV capacity", (
             f"at {result.upper_rate_per_s:.4g}/s: {preemptions:.0f} preemptions, "
-            f"{free:.0%} of {_num(above.get('kv_capacity_tokens')):.0f} KV tokens free on average"
+            f"{free:.0%} of {capacity_tokens:.0f} KV tokens free on average, mean batch "
+            f"{batch:.1f} vs {kv_batch_limit:.1f} requests of {tokens_per_request:.0f} tokens "
+            f"that fit"
         )
     shares = {k: _num(above.get(k)) for k in _SHARE_LABELS}
     shares = {k: v for k, v in shares.items() if not math.isnan(v)}
@@ -1025,8 +1040,9 @@ def _plan_markdown(result: PlanResult, figures: Mapping[str, Path]) -> str:
         "- $/M output tokens = fleet $/hour / output tokens per hour at the target rate.",
         f"- Prices ($/GPU-hour): {', '.join(f'{k} {v:g}' for k, v in spec.usd_per_gpu_hour.items())}. "
         f"{spec.price_note}",
-        "- Binding constraint: from the run at the first failing rate: preemptions or < 10 % KV "
-        "free = KV capacity; otherwise the largest share of step time (compute, weight "
+        "- Binding constraint: from the run at the first failing rate: preemptions, < 10 % KV "
+        "free, or a batch held down by the number of requests that fit in the KV cache = KV "
+        "capacity; otherwise the largest share of step time (compute, weight "
         "bandwidth, KV bandwidth, communication, host overhead); an SLO that fails even at the "
         "lowest rate binds by itself.",
         "- Memory headroom: `KV free at max` is the time-averaged free fraction of the KV "
