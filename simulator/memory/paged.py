@@ -173,7 +173,17 @@ class PagedKVCache(KVCacheManager):
         """Free slots ``grow`` would consume (new blocks and CoW copies, times ``B``)."""
         ids, totals = self._grow_args(seq_ids, new_total_tokens)
         cow = np.zeros(ids.size, dtype=np.int8)
-        need = _blocks.plan_grow(self._st, ids, totals, self.block_size_tokens, cow)
+        st = self._st
+        need = _blocks.plan_grow(
+            st.seq_tokens,
+            st.table,
+            st.table_len,
+            st.refcount,
+            ids,
+            totals,
+            self.block_size_tokens,
+            cow,
+        )
         return int(need) * self.block_size_tokens
 
     def grow(

@@ -64,6 +64,7 @@ class RefBlockCache:
         self.tokens: dict[int, int] = {}
         self.locked: dict[int, Node] = {}
         self.root = Node(parent=None)
+        self.num_cached = 0  # blocks in the tree with refcount 0
         self.tick = 0
         self.cow = 0
         self.evicted = 0
@@ -88,15 +89,20 @@ class RefBlockCache:
         return out
 
     def cached(self) -> int:
-        return sum(1 for b in range(self.num_blocks) if self.in_tree[b] and self.ref[b] == 0)
+        return self.num_cached
 
     def incref(self, b: int) -> None:
+        if self.ref[b] == 0 and self.in_tree[b]:
+            self.num_cached -= 1
         self.ref[b] += 1
 
     def decref(self, b: int) -> None:
         self.ref[b] -= 1
-        if self.ref[b] == 0 and not self.in_tree[b]:
-            self.free_list.append(b)
+        if self.ref[b] == 0:
+            if self.in_tree[b]:
+                self.num_cached += 1
+            else:
+                self.free_list.append(b)
 
     def pop(self) -> int:
         b = self.free_list.pop()
@@ -173,6 +179,7 @@ class RefBlockCache:
                 return
             best = min(leaves, key=lambda n: (n.last_access_s, n.access_tick))
             freeable = [b for b in best.blocks if self.ref[b] == 0]
+            self.num_cached -= len(freeable)
             for b in best.blocks:
                 self.in_tree[b] = False
             self.free_list.extend(reversed(freeable))
@@ -257,7 +264,7 @@ class RefBlockCache:
         return m * self.page
 
     def _plan(self, seq_ids, new_totals) -> tuple[int, list[bool]]:
-        ref = list(self.ref)
+        copied: dict[int, int] = {}  # block -> CoW copies already planned in this batch
         need, cow = 0, []
         for s, new in zip(seq_ids, new_totals, strict=True):
             s, new = int(s), int(new)
@@ -268,9 +275,10 @@ class RefBlockCache:
             want = _ceil_div(new, self.page)
             assert want <= self.max_blocks_per_seq
             table = self.tables[s]
-            c = cur % self.page != 0 and ref[table[-1]] > 1
+            last = table[-1] if table else -1
+            c = cur % self.page != 0 and self.ref[last] - copied.get(last, 0) > 1
             if c:
-                ref[table[-1]] -= 1
+                copied[last] = copied.get(last, 0) + 1
                 need += 1
             cow.append(c)
             need += want - len(table)

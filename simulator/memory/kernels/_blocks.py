@@ -108,12 +108,12 @@ def make_state(num_blocks: int, max_seqs: int, max_blocks_per_seq: int) -> Block
 
 
 @njit(cache=True)
-def _pop_block(st):
+def _pop_block(free_stack, free_top, refcount):
     """Pop the top free block and give it refcount 1 (caller checked there is one)."""
-    top = st.free_top[0] - 1
-    st.free_top[0] = top
-    b = st.free_stack[top]
-    st.refcount[b] = 1
+    top = free_top[0] - 1
+    free_top[0] = top
+    b = free_stack[top]
+    refcount[b] = 1
     return b
 
 
@@ -126,15 +126,15 @@ def _inc_ref(st, b):
 
 
 @njit(cache=True)
-def _dec_ref(st, b):
+def _dec_ref(refcount, in_tree, counters, free_stack, free_top, b):
     """A table drops block ``b``; at refcount 0 it is cached (in tree) or pushed free."""
-    st.refcount[b] -= 1
-    if st.refcount[b] == 0:
-        if st.in_tree[b] == 1:
-            st.counters[C_CACHED] += 1
+    refcount[b] -= 1
+    if refcount[b] == 0:
+        if in_tree[b] == 1:
+            counters[C_CACHED] += 1
         else:
-            st.free_stack[st.free_top[0]] = b
-            st.free_top[0] += 1
+            free_stack[free_top[0]] = b
+            free_top[0] += 1
 
 
 # ----------------------------------------------------------------------------- tree helpers
@@ -436,19 +436,24 @@ def admit(st, s, keys, n, prompt_tokens, page_tokens, watermark_blocks, now_s, b
 
 
 @njit(cache=True)
-def plan_grow(st, seq_ids, new_totals, page_tokens, cow):
+def plan_grow(seq_tokens, table, table_len, refcount, seq_ids, new_totals, page_tokens, cow):
     """Blocks ``grow`` would take (new blocks + copy-on-write copies), in batch order.
 
+    Takes single arrays of the state, not the BlockState tuple: passing the 23-array tuple
+    into a function costs about a microsecond of reference counting per call.
+
     Args:
+        seq_tokens, table, table_len, refcount: the BlockState arrays of the same names.
         seq_ids: int64[k] live seq ids (distinct).
         new_totals: int64[k] token counts wanted; <= current is a no-op.
+        page_tokens: tokens per block.
         cow: int8[k] out; 1 where that seq copies its shared partial last block.
 
     Returns:
         Number of blocks needed, or -1 if a length exceeds the block-table width.
     """
     k = seq_ids.shape[0]
-    mb = st.table.shape[1]
+    mb = table.shape[1]
     need = 0
     for t in range(k):
         cow[t] = 0
@@ -456,28 +461,62 @@ def plan_grow(st, seq_ids, new_totals, page_tokens, cow):
     for t in range(k):
         s = seq_ids[t]
         new = new_totals[t]
-        cur = st.seq_tokens[s]
+        cur = seq_tokens[s]
         if new <= cur:
             continue
         want = (new + page_tokens - 1) // page_tokens
         if want > mb:
             bad = True
             break
-        nb = st.table_len[s]
+        nb = table_len[s]
         if cur % page_tokens != 0:
-            last = st.table[s, nb - 1]
-            if st.refcount[last] > 1:
-                st.refcount[last] -= 1  # sequential effect of the copy; undone below
+            last = table[s, nb - 1]
+            if refcount[last] > 1:
+                refcount[last] -= 1  # sequential effect of the copy; undone below
                 cow[t] = 1
                 need += 1
         need += want - nb
     for t in range(k):
         if cow[t] == 1:
             s = seq_ids[t]
-            st.refcount[st.table[s, st.table_len[s] - 1]] += 1
+            refcount[table[s, table_len[s] - 1]] += 1
     if bad:
         return -1
     return need
+
+
+@njit(cache=True)
+def apply_grow(
+    free_stack,
+    free_top,
+    refcount,
+    in_tree,
+    counters,
+    table,
+    table_len,
+    seq_tokens,
+    seq_ids,
+    new_totals,
+    page_tokens,
+    cow,
+):
+    """Second half of ``grow``: take the planned blocks (caller checked they are free)."""
+    for t in range(seq_ids.shape[0]):
+        s = seq_ids[t]
+        new = new_totals[t]
+        if new <= seq_tokens[s]:
+            continue
+        nb = table_len[s]
+        if cow[t] == 1:
+            old = table[s, nb - 1]
+            table[s, nb - 1] = _pop_block(free_stack, free_top, refcount)
+            _dec_ref(refcount, in_tree, counters, free_stack, free_top, old)
+            counters[C_COW] += 1
+        want = (new + page_tokens - 1) // page_tokens
+        for i in range(nb, want):
+            table[s, i] = _pop_block(free_stack, free_top, refcount)
+        table_len[s] = want
+        seq_tokens[s] = new
 
 
 @njit(cache=True)
@@ -489,7 +528,16 @@ def grow(st, seq_ids, new_totals, page_tokens, can_evict, cow):
     Returns:
         OK, NO_SPACE (nothing changed), or -1 (a length exceeds the table width).
     """
-    need = plan_grow(st, seq_ids, new_totals, page_tokens, cow)
+    need = plan_grow(
+        st.seq_tokens,
+        st.table,
+        st.table_len,
+        st.refcount,
+        seq_ids,
+        new_totals,
+        page_tokens,
+        cow,
+    )
     if need < 0:
         return -1
     free = st.free_top[0]
@@ -497,22 +545,20 @@ def grow(st, seq_ids, new_totals, page_tokens, can_evict, cow):
         if not can_evict or free + st.counters[C_CACHED] < need:
             return NO_SPACE
         _evict(st, need - free, page_tokens)
-    for t in range(seq_ids.shape[0]):
-        s = seq_ids[t]
-        new = new_totals[t]
-        if new <= st.seq_tokens[s]:
-            continue
-        nb = st.table_len[s]
-        if cow[t] == 1:
-            old = st.table[s, nb - 1]
-            st.table[s, nb - 1] = _pop_block(st)
-            _dec_ref(st, old)
-            st.counters[C_COW] += 1
-        want = (new + page_tokens - 1) // page_tokens
-        for i in range(nb, want):
-            st.table[s, i] = _pop_block(st)
-        st.table_len[s] = want
-        st.seq_tokens[s] = new
+    apply_grow(
+        st.free_stack,
+        st.free_top,
+        st.refcount,
+        st.in_tree,
+        st.counters,
+        st.table,
+        st.table_len,
+        st.seq_tokens,
+        seq_ids,
+        new_totals,
+        page_tokens,
+        cow,
+    )
     return OK
 
 
@@ -526,7 +572,7 @@ def release(st, s, keys, n, now_s):
         _insert(st, s, keys, n, now_s)
     _lock_path(st, st.seq_node[s], -1)
     for i in range(st.table_len[s] - 1, -1, -1):
-        _dec_ref(st, st.table[s, i])
+        _dec_ref(st.refcount, st.in_tree, st.counters, st.free_stack, st.free_top, st.table[s, i])
         st.table[s, i] = -1
     st.table_len[s] = 0
     st.seq_tokens[s] = 0
@@ -576,3 +622,92 @@ def slot_stats(st, page_tokens, out):
             internal += page_tokens - filled[b]
     out[0] = tokens
     out[1] = internal
+
+
+# ----------------------------------------------------------------------------- trace driver
+
+OP_ADMIT = 0
+OP_GROW = 1
+OP_FREE = 2
+SKIPPED = -2
+
+
+@njit(cache=True)
+def run_trace(st, ops, keys, page_tokens, watermark_blocks, can_evict, max_seq_len, results):
+    """Run a whole operation trace in one kernel call (benchmarks; no facade overhead).
+
+    Args:
+        ops: int64[n, 5] rows ``(op, seq, arg, key_off, key_n)``; ``op`` is OP_ADMIT
+            (``arg`` = prompt tokens; on success the seq grows to its prompt at once),
+            OP_GROW (``arg`` = tokens to add, capped at ``max_seq_len``) or OP_FREE
+            (caches ``min(key_n, held // page)`` pages). An op on a seq in the wrong state
+            (admit of a live seq, grow/free of a dead one) is skipped.
+        keys: int64[...]; page-key pool that ``key_off``/``key_n`` index.
+        results: int64[n] out; admit: pages matched or -1; grow: status; free: 0;
+            SKIPPED for skipped ops. Op ``i`` runs at simulation time ``i`` seconds.
+    """
+    one_seq = np.zeros(1, dtype=np.int64)
+    one_total = np.zeros(1, dtype=np.int64)
+    cow = np.zeros(1, dtype=np.int8)
+    buf = np.zeros(st.table.shape[1], dtype=np.int32)
+    res = np.zeros(3, dtype=np.int64)
+    for i in range(ops.shape[0]):
+        op = ops[i, 0]
+        s = ops[i, 1]
+        now_s = float(i)
+        k0 = ops[i, 3]
+        kn = ops[i, 4]
+        if op == OP_ADMIT:
+            if st.seq_live[s] == 1:
+                results[i] = SKIPPED
+                continue
+            prompt = ops[i, 2]
+            n = min(kn, (prompt - 1) // page_tokens)
+            m = admit(
+                st, s, keys[k0 : k0 + kn], n, prompt, page_tokens, watermark_blocks, now_s, buf, res
+            )
+            results[i] = m
+            if m >= 0:
+                one_seq[0] = s
+                one_total[0] = prompt
+                grow(st, one_seq, one_total, page_tokens, can_evict, cow)
+        elif st.seq_live[s] == 0:
+            results[i] = SKIPPED
+        elif op == OP_GROW:
+            one_seq[0] = s
+            one_total[0] = min(st.seq_tokens[s] + ops[i, 2], max_seq_len)
+            # NOTE(speed): grow() spelled out so the state tuple is not passed per op
+            need = plan_grow(
+                st.seq_tokens,
+                st.table,
+                st.table_len,
+                st.refcount,
+                one_seq,
+                one_total,
+                page_tokens,
+                cow,
+            )
+            if need > st.free_top[0]:
+                if not can_evict or st.free_top[0] + st.counters[C_CACHED] < need:
+                    results[i] = NO_SPACE
+                    continue
+                _evict(st, need - st.free_top[0], page_tokens)
+            apply_grow(
+                st.free_stack,
+                st.free_top,
+                st.refcount,
+                st.in_tree,
+                st.counters,
+                st.table,
+                st.table_len,
+                st.seq_tokens,
+                one_seq,
+                one_total,
+                page_tokens,
+                cow,
+            )
+            results[i] = OK
+        else:
+            n = min(kn, st.seq_tokens[s] // page_tokens)
+            release(st, s, keys[k0 : k0 + kn], n, now_s)
+            results[i] = 0

@@ -165,3 +165,38 @@ def slot_stats(st, min_pending_slots, out):
     out[2] = internal
     out[3] = external
     out[4] = free
+
+
+OP_ADMIT = 0
+OP_GROW = 1
+OP_FREE = 2
+SKIPPED = -2
+
+
+@njit(cache=True)
+def run_trace(st, ops, best_fit, results):
+    """Run an operation trace in one call (benchmarks; same row format as ``_blocks``).
+
+    Rows ``(op, seq, arg, final_or_size, _)``: OP_ADMIT reserves ``ops[i, 3]`` slots for a
+    prompt of ``arg`` tokens (and holds the prompt); OP_GROW adds ``arg`` tokens, capped at
+    the reservation; OP_FREE releases. ``results``: start slot or -1 / status / 0 / SKIPPED.
+    """
+    one_seq = np.zeros(1, dtype=np.int64)
+    one_total = np.zeros(1, dtype=np.int64)
+    for i in range(ops.shape[0]):
+        op = ops[i, 0]
+        s = ops[i, 1]
+        if op == OP_ADMIT:
+            if st.seq_live[s] == 1:
+                results[i] = SKIPPED
+                continue
+            results[i] = reserve(st, s, ops[i, 3], best_fit, ops[i, 2], ops[i, 3])
+        elif st.seq_live[s] == 0:
+            results[i] = SKIPPED
+        elif op == OP_GROW:
+            one_seq[0] = s
+            one_total[0] = min(st.seq_tokens[s] + ops[i, 2], st.seq_res[s])
+            results[i] = grow(st, one_seq, one_total)
+        else:
+            release(st, s)
+            results[i] = 0

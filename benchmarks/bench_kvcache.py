@@ -1,0 +1,199 @@
+"""Operations per second of the KV-cache managers: numba kernels vs their pure-Python twins.
+
+Each manager runs one long random trace of admit / grow / free operations on 256 sequence
+slots. The numba side executes the whole trace in one kernel call (``run_trace``), so the
+figure is the allocator core's speed, not the facade's; the twin (``tests/reference``) runs
+a prefix of the same trace through its Python API, and both must produce identical results
+on that prefix. Skipped ops (admit of a live slot, grow/free of an empty one) are not counted.
+
+Usage: ``.venv/bin/python benchmarks/bench_kvcache.py [--ops 2000000] [--twin-ops 100000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from reference.kv_cache import make_ref
+
+from hwmodels.rng import make_rng
+from simulator.memory import make_kv_manager
+from simulator.memory.kernels import _blocks, _contiguous
+
+MAX_SEQS = 256
+MAX_SEQ_LEN = 2048
+BLOCK = 16
+CAPACITY_TOKENS = 96 * 1024  # ~ 48 max-length sequences: real memory pressure
+NUM_FAMILIES = 32  # shared system prompts, so the radix tree gets hits
+
+
+def make_trace(num_ops: int, seed: int = 0):
+    """Random trace: 8% admit, 86% grow (1..16 tokens), 6% free, on random seq slots."""
+    rng = make_rng(seed, "bench-kvcache")
+    op = rng.choice(3, size=num_ops, p=[0.08, 0.86, 0.06])
+    seq = rng.integers(0, MAX_SEQS, size=num_ops)
+    prompt = rng.integers(16, 1024, size=num_ops)
+    grow_by = rng.integers(1, 17, size=num_ops)
+    arg = np.where(op == 0, prompt, grow_by)
+    # page keys: each admit gets a fresh identity; the first `shared` pages come from a family
+    pages = MAX_SEQ_LEN // BLOCK
+    num_admits = int((op == 0).sum())
+    keys = np.arange(num_admits * pages, dtype=np.int64).reshape(num_admits, pages) + 10**9
+    family = rng.integers(0, NUM_FAMILIES, size=num_admits)
+    shared = rng.integers(0, 48, size=num_admits)
+    base = np.arange(pages, dtype=np.int64)[None, :] + family[:, None] * 10_000
+    keys = np.where(np.arange(pages)[None, :] < shared[:, None], base, keys).reshape(-1)
+    # a free uses the identity of the seq's latest admit
+    key_off = np.zeros(num_ops, dtype=np.int64)
+    last = np.zeros(MAX_SEQS, dtype=np.int64)
+    a = 0
+    for i in range(num_ops):  # one pass in Python; trace building is not timed
+        if op[i] == 0:
+            last[seq[i]] = a * pages
+            a += 1
+        key_off[i] = last[seq[i]]
+    ops = np.stack([op, seq, arg, key_off, np.full(num_ops, pages)], axis=1).astype(np.int64)
+    return ops, keys
+
+
+def run_twin_blocks(ref, ops, keys, paged: bool) -> np.ndarray:
+    out = np.zeros(len(ops), dtype=np.int64)
+    for i, (op, s, arg, k0, kn) in enumerate(ops.tolist()):
+        ids = None if paged else keys[k0 : k0 + kn]
+        if op == 0:
+            if ref.is_live(s):
+                out[i] = -2
+                continue
+            hit = ref.admit(
+                s,
+                prompt_tokens=arg,
+                final_tokens=arg,
+                block_ids=ids,
+                block_tokens=BLOCK,
+                now_s=float(i),
+            )
+            out[i] = -1 if hit is None else hit // BLOCK
+            if hit is not None:
+                ref.grow([s], [arg], now_s=float(i))
+        elif not ref.is_live(s):
+            out[i] = -2
+        elif op == 1:
+            total = min(ref.num_tokens(s) + arg, MAX_SEQ_LEN)
+            out[i] = 0 if ref.grow([s], [total], now_s=float(i)) else 1
+        else:
+            ref.free(
+                s, now_s=float(i), block_ids=ids, block_tokens=BLOCK, total_tokens=ref.num_tokens(s)
+            )
+    return out
+
+
+def run_twin_contig(ref, ops) -> np.ndarray:
+    out = np.zeros(len(ops), dtype=np.int64)
+    for i, (op, s, arg, size, _) in enumerate(ops.tolist()):
+        if op == 0:
+            if ref.is_live(s):
+                out[i] = -2
+                continue
+            ok = ref.admit(s, prompt_tokens=arg, final_tokens=size, now_s=float(i))
+            out[i] = -1 if ok is None else ref.region(s)[0]
+            if ok is not None:
+                ref.grow([s], [arg], now_s=float(i))
+        elif not ref.is_live(s):
+            out[i] = -2
+        elif op == 1:
+            total = min(ref.num_tokens(s) + arg, ref.region(s)[1])
+            out[i] = 0 if ref.grow([s], [total], now_s=float(i)) else 1
+        else:
+            ref.free(s, now_s=float(i))
+    return out
+
+
+def bench(kind: str, ops: np.ndarray, keys: np.ndarray, twin_ops: int) -> dict:
+    cfg = {
+        "capacity_tokens": CAPACITY_TOKENS,
+        "block_size_tokens": BLOCK,
+        "max_seqs": MAX_SEQS,
+        "max_seq_len": MAX_SEQ_LEN,
+    }
+    if kind == "contiguous":
+        cfg["reservation"] = "pow2"
+        m = make_kv_manager(kind, **cfg)
+        ops = ops.copy()
+        # column 3 becomes the reservation for a final length of prompt + 256 tokens
+        final = np.minimum(ops[:, 2] + 256, MAX_SEQ_LEN)
+        ops[:, 3] = [m.reservation_slots(0, int(f)) for f in final]
+
+        def fast(o):
+            mm = make_kv_manager(kind, **cfg)
+            r = np.zeros(len(o), dtype=np.int64)
+            _contiguous.run_trace(mm._st, o, False, r)
+            return r
+
+        def slow(o):
+            ref = make_ref(kind, **{**cfg, "reservation": "oracle"})
+            return run_twin_contig(ref, o)
+    else:
+        paged = kind == "paged"
+        if paged:
+            ops = ops.copy()
+            ops[:, 4] = 0  # no prompt identity: plain paging
+
+        def fast(o):
+            mm = make_kv_manager(kind, **cfg)
+            r = np.zeros(len(o), dtype=np.int64)
+            _blocks.run_trace(
+                mm._st, o, keys, BLOCK, mm.watermark_blocks, not paged, MAX_SEQ_LEN, r
+            )
+            return r
+
+        def slow(o):
+            return run_twin_blocks(make_ref(kind, **cfg), o, keys, paged)
+
+    fast(ops[:1000])  # compile (or load from cache) outside the timing
+    t0 = time.perf_counter()
+    r_fast = fast(ops)
+    t_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r_slow = slow(ops[:twin_ops])
+    t_slow = time.perf_counter() - t0
+    if not np.array_equal(r_fast[:twin_ops], r_slow):
+        raise SystemExit(f"{kind}: numba and twin results differ")
+    n_fast = int((r_fast != -2).sum())
+    n_slow = int((r_slow != -2).sum())
+    return {
+        "kind": kind,
+        "ops_fast": n_fast,
+        "fast_per_s": n_fast / t_fast,
+        "ops_slow": n_slow,
+        "slow_per_s": n_slow / t_slow,
+        "no_room": int(((r_fast == -1) | (r_fast == 1)).sum()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=2_000_000)
+    parser.add_argument("--twin-ops", type=int, default=100_000)
+    args = parser.parse_args()
+    ops, keys = make_trace(args.ops)
+    rows = [bench(k, ops, keys, args.twin_ops) for k in ("contiguous", "paged", "radix")]
+    print(
+        f"{'manager':<11} {'numba ops':>10} {'numba ops/s':>12} {'twin ops':>9} "
+        f"{'twin ops/s':>11} {'speedup':>8} {'no-room':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['kind']:<11} {r['ops_fast']:>10,} {r['fast_per_s']:>12,.0f} "
+            f"{r['ops_slow']:>9,} {r['slow_per_s']:>11,.0f} "
+            f"{r['fast_per_s'] / r['slow_per_s']:>7.1f}x {r['no_room']:>8,}"
+        )
+
+
+if __name__ == "__main__":
+    main()
