@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from standin import standin_point
 
 from simulator.errors import ScenarioError, SimulatorError
 from simulator.sweep import (
@@ -31,8 +30,9 @@ from simulator.sweep import (
     set_dotted,
     sweep_from_dict,
 )
+from tests.sweep.standin import standin_point
 
-HERE = Path(__file__).parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tasks(spec_dict: dict) -> list[PointTask]:
@@ -50,7 +50,12 @@ def test_grid_is_a_cartesian_product_last_key_fastest() -> None:
     spec = sweep_from_dict({"base": {}, "grid": {"a": [1, 2], "b": ["x", "y", "z"]}})
     points = expand_points(spec)
     assert [tuple(p.params.values()) for p in points] == [
-        (1, "x"), (1, "y"), (1, "z"), (2, "x"), (2, "y"), (2, "z"),
+        (1, "x"),
+        (1, "y"),
+        (1, "z"),
+        (2, "x"),
+        (2, "y"),
+        (2, "z"),
     ]
     assert [p.index for p in points] == list(range(6))
 
@@ -72,12 +77,19 @@ def test_exactly_one_kind_of_sweep() -> None:
 
 
 def test_random_samples_are_seeded_and_in_range() -> None:
-    body = {"base": {}, "random": {"samples": 50, "seed": 3, "params": {
-        "c": {"choice": ["paged", "radix"]},
-        "u": {"uniform": [1.0, 2.0]},
-        "l": {"loguniform": [0.1, 100.0]},
-        "i": {"randint": [4, 6]},
-    }}}
+    body = {
+        "base": {},
+        "random": {
+            "samples": 50,
+            "seed": 3,
+            "params": {
+                "c": {"choice": ["paged", "radix"]},
+                "u": {"uniform": [1.0, 2.0]},
+                "l": {"loguniform": [0.1, 100.0]},
+                "i": {"randint": [4, 6]},
+            },
+        },
+    }
     a = [dict(p.params) for p in expand_points(sweep_from_dict(body))]
     b = [dict(p.params) for p in expand_points(sweep_from_dict(body))]
     assert a == b
@@ -199,9 +211,7 @@ def test_resume_runs_only_missing_points_and_retries_failures(tmp_path: Path) ->
     # was retried; points 3.. ran once.
     assert counts.to_dict() == {0: 1, 1: 2, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1}
     fresh = _run(_tasks(GRID), executor="serial")
-    pd.testing.assert_frame_equal(
-        full.drop(columns=["point_id"]), fresh.drop(columns=["point_id"])
-    )
+    pd.testing.assert_frame_equal(full.drop(columns=["point_id"]), fresh.drop(columns=["point_id"]))
 
 
 def test_resume_after_a_real_kill_loses_and_redoes_no_finished_point(tmp_path: Path) -> None:
@@ -211,8 +221,8 @@ def test_resume_after_a_real_kill_loses_and_redoes_no_finished_point(tmp_path: P
     markers.mkdir()
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(HERE)!r})
-        from standin import standin_point
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.sweep.standin import standin_point
         from simulator.sweep import PointTask, execute_points, expand_points, sweep_from_dict
         spec = sweep_from_dict({{"base": {{"marker_dir": {str(markers)!r}}},
                                 "grid": {{"x": list(range(12)), "sleep_s": [0.15]}}}})
