@@ -14,7 +14,7 @@ SmoothQuant's migration gives them their codes back.
      "median_levels_per_tensor", "median_levels_smoothquant", "median_levels_per_channel",
      "methods": [{"method", "description", "gemm_friendly", "x_sqnr_db", "w_sqnr_db",
                   "x_ordinary_sqnr_db", "y_mse", "y_sqnr_db"}, ...],
-     "figure"}
+     "figure"}   (figure: the PNG's path, or null with --no-plot)
 """
 
 from __future__ import annotations
@@ -48,12 +48,19 @@ def load_activations(path: Path) -> npt.NDArray[np.float64]:
     """
     if not path.is_file():
         raise ConfigError(f"activation file {str(path)!r} does not exist; give a .npy file")
+    with path.open("rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":  # numpy would otherwise blame a missing pickle permission
+        raise ConfigError(
+            f"activation file {path}: not a .npy file (no NUMPY header); save the array with "
+            "numpy.save"
+        )
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise ConfigError(
-            f"activation file {path}: cannot load without pickle ({exc}); save a numeric array "
-            "with numpy.save"
+            f"activation file {path}: cannot read it as a plain numeric array ({exc}); pickled "
+            "and object arrays are refused: save a numeric array with numpy.save"
         ) from None
     except (OSError, EOFError) as exc:
         raise ConfigError(f"activation file {path}: not a readable .npy file ({exc})") from None
@@ -264,6 +271,9 @@ def quant_error_cmd(
             "--outlier-scale", min=0.0, help="Synthetic outlier magnitude vs ordinary std."
         ),
     ] = 100.0,
+    make_plot: Annotated[
+        bool, typer.Option("--plot/--no-plot", help="Write OUT/quant_error.png.")
+    ] = True,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON (a stable contract) instead of a table.")
     ] = False,
@@ -299,15 +309,17 @@ def quant_error_cmd(
             seed=seed, in_features=x.shape[1], out_features=min(x.shape[1], _MAX_OUT_FEATURES)
         )
         result = analyse(x, w, outliers, alpha=alpha, group_size=group_size)
-        figure = out / FIGURE_NAME
+        figure = out / FIGURE_NAME if make_plot else None
         try:
-            plot(
-                x,
-                result,
-                outliers,
-                figure,
-                f"Activation outliers and INT8 quantization ({source}, X {x.shape[0]}x{x.shape[1]})",
-            )
+            if figure is not None:
+                plot(
+                    x,
+                    result,
+                    outliers,
+                    figure,
+                    f"Activation outliers and INT8 quantization ({source}, "
+                    f"X {x.shape[0]}x{x.shape[1]})",
+                )
         except OSError as exc:
             raise ConfigError(f"cannot write the figure to {str(figure)!r}: {exc}") from None
 
@@ -328,7 +340,7 @@ def quant_error_cmd(
         "median_levels_smoothquant": float(np.median(result["levels_smooth"][ordinary])),
         "median_levels_per_channel": float(np.median(result["levels_chan"][ordinary])),
         "methods": [r.to_dict() for r in result["rows"]],
-        "figure": str(figure),
+        "figure": None if figure is None else str(figure),
     }
     if as_json:
         echo_json(summary)
@@ -361,7 +373,8 @@ def _print_table(s: dict[str, Any]) -> None:
         f"{s['median_levels_per_tensor']:.0f} of 256 codes; after SmoothQuant "
         f"{s['median_levels_smoothquant']:.0f}; per-channel {s['median_levels_per_channel']:.0f}."
     )
-    con.print(f"figure: {s['figure']}")
+    if s["figure"] is not None:
+        con.print(f"figure: {s['figure']}")
 
 
 def register(app: typer.Typer) -> None:

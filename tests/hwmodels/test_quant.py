@@ -19,8 +19,17 @@ from hwmodels.quant import (
 
 
 def test_catalogue_names() -> None:
-    assert set(SCHEMES) >= {"fp16", "bf16", "fp8", "w8a8-int8", "w8a16", "w4a16", "w4a8",
-                            "w4a8-kv4", "nvfp4"}
+    assert set(SCHEMES) >= {
+        "fp16",
+        "bf16",
+        "fp8",
+        "w8a8-int8",
+        "w8a16",
+        "w4a16",
+        "w4a8",
+        "w4a8-kv4",
+        "nvfp4",
+    }
     assert set(KV_DTYPES) >= {"fp16", "fp8", "int8", "int4"}
 
 
@@ -81,7 +90,9 @@ def test_fp8_on_a100_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("gpu", ["h100-sxm", "h200", "a100-sxm4-80gb", "l40s", "mi300x"])
 def test_nvfp4_before_blackwell_is_an_error(gpu: str) -> None:
-    with pytest.raises(ConfigError, match="fp4 tensor cores, which GPU .* does not have; it supports"):
+    with pytest.raises(
+        ConfigError, match=r"fp4 tensor cores, which GPU .* does not have; it supports"
+    ):
         get_scheme("nvfp4").check_supported(get_gpu(gpu))
 
 
@@ -111,7 +122,9 @@ def test_fp8_kv_needs_fp8_hardware() -> None:
 def test_unknown_scheme_and_kv_dtype_list_closest() -> None:
     with pytest.raises(UnknownNameError, match="Did you mean 'w4a16'"):
         get_scheme("w4a61")
-    with pytest.raises(UnknownNameError, match="Known KV-cache dtypes: bf16, fp16, fp8, int4, int8"):
+    with pytest.raises(
+        UnknownNameError, match="Known KV-cache dtypes: bf16, fp16, fp8, int4, int8"
+    ):
         get_kv_dtype("int3")
 
 
