@@ -803,7 +803,8 @@ def _rank(
             pf.insert(0, "point_index", rec["point_index"])
             probe_frames.append(pf)
         if rec.get("status") in ("infeasible", "error") and "gpu" not in rec:
-            data = apply_params(plan.base, {k: rec.get(k) for k in param_names})
+            point = plan.candidates[int(rec["point_index"])]
+            data = apply_params(plan.base, point.params)
             hw = data.get("hardware") or {}
             rec.setdefault("gpu", hw.get("gpu", "h100-sxm"))
             rec.setdefault("tensor_parallel", hw.get("tensor_parallel", 1))
@@ -844,9 +845,9 @@ def _rank(
     sort_cols = ["_feasible"] + [c for c in ("usd_per_hour", "usd_per_million_output_tokens",
                                              "num_gpus") if c in table] + ["point_index"]
     table = table.sort_values(sort_cols, kind="stable", na_position="last").reset_index(drop=True)
-    table["rank"] = pd.Series(range(1, len(table) + 1), dtype="Float64").where(
-        ~table["_feasible"].to_numpy()
-    )
+    ranks = [float(i + 1) if not infeasible else math.nan
+             for i, infeasible in enumerate(table["_feasible"])]
+    table["rank"] = ranks
     table = table.drop(columns="_feasible")
     first = ["rank", "label", "status", *param_names, "max_rate_per_replica", "replicas",
              "num_gpus", "usd_per_hour", "usd_per_million_output_tokens",
