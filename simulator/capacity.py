@@ -679,6 +679,7 @@ def _plan_candidate(task: _PlanTask) -> list[dict[str, Any]]:
         "gpu": hw["gpu"],
         "tensor_parallel": hw["tensor_parallel"],
         "pipeline_parallel": hw["pipeline_parallel"],
+        "model": data["model"]["name"] or data["model"]["config"],
         "quantization": data["model"]["quantization"],
         "kv_manager": data["kv_cache"]["manager"],
         "scheduler": data["scheduler"]["policy"],
@@ -780,12 +781,13 @@ def plan_capacity(
     return PlanResult(spec=plan, table=table, probes=probes, curves=curves)
 
 
-def _label(row: Mapping[str, Any]) -> str:
-    parts = [str(row.get("gpu"))]
-    if row.get("tensor_parallel", 1) != 1:
-        parts.append(f"tp{row['tensor_parallel']}")
-    if row.get("pipeline_parallel", 1) != 1:
-        parts.append(f"pp{row['pipeline_parallel']}")
+def _label(row: Mapping[str, Any], *, with_model: bool) -> str:
+    parts = [str(row.get("model"))] if with_model else []
+    parts.append(str(row.get("gpu")))
+    for key, short in (("tensor_parallel", "tp"), ("pipeline_parallel", "pp")):
+        degree = int(_num(row.get(key, 1)))
+        if degree != 1:
+            parts.append(f"{short}{degree}")
     parts += [str(row.get("quantization")), str(row.get("kv_manager"))]
     return " ".join(parts)
 
@@ -811,7 +813,8 @@ def _rank(
             rec.setdefault("pipeline_parallel", hw.get("pipeline_parallel", 1))
             rec.setdefault("quantization", (data.get("model") or {}).get("quantization", "fp16"))
             rec.setdefault("kv_manager", (data.get("kv_cache") or {}).get("manager", "paged"))
-        rec["label"] = _label(rec)
+            rec.setdefault("model", (data.get("model") or {}).get("name")
+                           or (data.get("model") or {}).get("config"))
         gpus_per_replica = int(rec.get("tensor_parallel", 1)) * int(rec.get("pipeline_parallel", 1))
         rec["gpus_per_replica"] = gpus_per_replica
         price = plan.usd_per_gpu_hour.get(str(rec.get("gpu")), math.nan)
@@ -839,6 +842,9 @@ def _rank(
                 / _num(rec.get("at_max_mem_usable_bytes")),
             )
         rows.append(rec)
+    with_model = len({r.get("model") for r in rows}) > 1
+    for rec in rows:
+        rec["label"] = _label(rec, with_model=with_model)
     table = pd.DataFrame(rows)
     feasible = (table["status"] == "ok") & (table.get("max_rate_per_replica", 0) > 0)
     table["_feasible"] = ~feasible
@@ -912,7 +918,8 @@ def _plan_figures(result: PlanResult, out: Path) -> dict[str, Path]:
         path = out / "pareto.png"
         if plan_report is not None and hasattr(plan_report, "plot_pareto"):
             plan_report.plot_pareto(ok, x="output_tokens_per_s_per_user",
-                                    y="output_tokens_per_s_per_gpu", label_col="label", path=path)
+                                    y="output_tokens_per_s_per_gpu", label_col="label", path=path,
+                                    hue="gpu")
         else:
             _fallback_pareto(ok, path)
         figures["pareto"] = path
@@ -998,6 +1005,8 @@ def _report_table(table: pd.DataFrame) -> pd.DataFrame:
 def _plan_markdown(result: PlanResult, figures: Mapping[str, Path]) -> str:
     spec, table = result.spec, result.table
     slo = spec.slo
+    used = set(table["gpu"]) if "gpu" in table else set()
+    used_prices = {k: v for k, v in spec.usd_per_gpu_hour.items() if k in used}
     targets = [f"{slo.percentile} TTFT <= {slo.ttft_ms:g} ms" if slo.ttft_ms else "",
                f"{slo.percentile} TPOT <= {slo.tpot_ms:g} ms" if slo.tpot_ms else "",
                f"goodput >= {slo.goodput_frac:.0%}" if slo.goodput_frac else ""]
@@ -1039,7 +1048,7 @@ def _plan_markdown(result: PlanResult, figures: Mapping[str, Path]) -> str:
         "- Replicas = ceil(target / max rate per replica); requests are assumed to spread "
         "evenly over replicas (the router's imbalance is not simulated here).",
         "- $/M output tokens = fleet $/hour / output tokens per hour at the target rate.",
-        f"- Prices ($/GPU-hour): {', '.join(f'{k} {v:g}' for k, v in spec.usd_per_gpu_hour.items())}. "
+        f"- Prices ($/GPU-hour): {', '.join(f'{k} {v:g}' for k, v in used_prices.items())}. "
         f"{spec.price_note}",
         "- Binding constraint: from the run at the first failing rate: preemptions, < 10 % KV "
         "free, or a batch held down by the number of requests that fit in the KV cache = KV "
