@@ -6,9 +6,9 @@ The sweep: the quickstart scenario (Llama-3.1-8B, paged KV, vLLM scheduler, Pois
 traffic), 4 GPUs x 8 request rates = 32 points, ``--requests`` requests each. Every
 configuration runs the same sweep into a fresh directory (results.parquet written after
 each point, as in real use) and the rows are checked to be identical across executors.
-Wall time includes starting the pool or cluster, since a user pays for that too; the
-"warm" column subtracts the time to the first finished point's worth of start-up by also
-timing an empty run of the executor.
+Wall time includes starting the pool or cluster, since a user pays for that too;
+``startup_s`` is the time to bring the same executor up and run one trivial task, and the
+"warm" column is the rate once that is subtracted.
 """
 
 from __future__ import annotations

@@ -425,7 +425,8 @@ def run_point(task: PointTask) -> list[dict[str, Any]]:
     from simulator.build import run_scenario
     from simulator.scenario import scenario_from_dict
 
-    data = apply_params(task.base, task.point.params)
+    # Workers never draw the engine's progress bar; the sweep has its own.
+    data = set_dotted(apply_params(task.base, task.point.params), "engine.progress", False)
     cfg = scenario_from_dict(data, base_dir=None if task.base_dir is None else Path(task.base_dir))
     results = run_scenario(cfg)
     return [
@@ -514,7 +515,8 @@ def _process_context() -> multiprocessing.context.BaseContext:
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["simulator.sweep", "pandas", "numpy"])
+        # Modules that fail to import are skipped by the forkserver.
+        ctx.set_forkserver_preload(["simulator.sweep", "simulator.build"])
         return ctx
     return multiprocessing.get_context("spawn")
 
