@@ -215,13 +215,17 @@ class Recorder:
         const("num_preemptions", 0)
         frac = np.arange(1, k + 1, dtype=np.float64) / k
         capacity = int(mem_end.capacity_slots)
-        total = np.zeros(k, np.int64)
-        for col, attr in _MEM_FIELDS[:-1]:
+        vals = []
+        for _col, attr in _MEM_FIELDS:
             a, b = getattr(mem_start, attr), getattr(mem_end, attr)
-            vals = np.rint(a + (b - a) * frac).astype(np.int64)
-            total += vals
-            fi[col].frombytes(vals.tobytes())
-        fi["kv_free_slots"].frombytes((capacity - total).astype(np.int64).tobytes())
+            vals.append(np.rint(a + (b - a) * frac).astype(np.int64))
+        grid = np.stack(vals, axis=1)  # (k, 6)
+        # Rounding residual goes to each row's largest category, so rows sum to capacity
+        # and stay non-negative.
+        residual = capacity - grid.sum(axis=1)
+        grid[np.arange(k), grid.argmax(axis=1)] += residual
+        for j, (col, _attr) in enumerate(_MEM_FIELDS):
+            fi[col].frombytes(np.ascontiguousarray(grid[:, j]).tobytes())
         const("prefix_hit_tokens", int(mem_end.prefix_hit_tokens))
         const("prefix_query_tokens", int(mem_end.prefix_query_tokens))
 

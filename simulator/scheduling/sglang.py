@@ -23,6 +23,11 @@ class SglangScheduler(Scheduler):
     name = "sglang"
     mixes_prefill_and_decode = False
 
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        # SGLang retracts (recomputes) requests; it has no swap space.
+        self.preemption = "recompute"
+
     def _order(self, now_s: float) -> list:
         rep = self.replica
         queue = list(rep.waiting)

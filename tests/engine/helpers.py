@@ -1,0 +1,134 @@
+"""Small builders for engine tests: a linear step cost and a one-call simulation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import simpy
+
+from simulator.cluster import Cluster
+from simulator.engine import Replica
+from simulator.memory import make_kv_manager
+from simulator.results import Recorder, summarize
+from simulator.scheduling import scheduler_class
+from workloads.request import Workload
+
+
+@dataclass(frozen=True)
+class LinearCost:
+    """Step time = base + per prefill token + per decode sequence: timelines fit in one's head."""
+
+    base_s: float = 1.0
+    per_prefill_token_s: float = 0.0
+    per_decode_seq_s: float = 0.0
+
+    def cost(
+        self,
+        *,
+        prefill_tokens,
+        prefill_attn_pairs,
+        prefill_kv_tokens,
+        num_prefill_seqs,
+        num_decode_seqs,
+        decode_ctx_tokens,
+    ) -> Any:
+        p = np.asarray(prefill_tokens, dtype=np.float64)
+        b = np.asarray(num_decode_seqs, dtype=np.float64)
+        compute = p * self.per_prefill_token_s
+        kv = b * self.per_decode_seq_s
+        over = np.full(p.shape, self.base_s)
+        zero = np.zeros(p.shape)
+        return SimpleNamespace(
+            time_s=over + compute + kv,
+            compute_s=compute,
+            weight_read_s=zero,
+            kv_read_s=kv,
+            comm_s=zero,
+            overhead_s=over,
+        )
+
+
+def workload(arrival_s, prompt, output, **kw: Any) -> Workload:
+    return Workload.from_arrays(
+        name="test",
+        arrival_s=np.asarray(arrival_s, float),
+        prompt_tokens=prompt,
+        output_tokens=output,
+        source="test",
+        **kw,
+    )
+
+
+def simulate(
+    wl: Workload,
+    *,
+    policy: str = "vllm",
+    kv_kind: str = "paged",
+    capacity_tokens: int = 1024,
+    block_size_tokens: int = 4,
+    max_num_seqs: int = 8,
+    max_num_batched_tokens: int = 64,
+    chunk_size_tokens: int = 16,
+    preemption: str = "recompute",
+    reservation: str = "max",
+    max_seq_len: int = 256,
+    kv_sharing: bool = True,
+    fast_forward: bool = True,
+    replicas: int = 1,
+    router: str = "round_robin",
+    cost: Any = None,
+    swap_space_bytes: float = 1e12,
+    watermark_frac: float = 0.0,
+) -> SimpleNamespace:
+    """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects."""
+    cost = cost or LinearCost()
+    env = simpy.Environment()
+    rec = Recorder(num_requests=len(wl), arrival_s=wl.arrival_s)
+    cluster = Cluster(
+        env, workload=wl, router=router, recorder=rec, max_model_len_tokens=max_seq_len
+    )
+    cls = scheduler_class(policy)
+    reps = []
+    for i in range(replicas):
+        kv = make_kv_manager(
+            kv_kind,
+            capacity_tokens=capacity_tokens,
+            block_size_tokens=block_size_tokens,
+            max_seqs=max_num_seqs + 1,
+            max_seq_len=max_seq_len,
+            reservation=reservation,
+            watermark_frac=watermark_frac,
+        )
+        rep = Replica(
+            env,
+            replica_id=i,
+            kv=kv,
+            cost=cost,
+            scheduler_factory=lambda r: cls(
+                r,
+                max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens,
+                chunk_size_tokens=chunk_size_tokens,
+                preemption=preemption,
+            ),
+            recorder=rec,
+            max_seqs=max_num_seqs + 1,
+            kv_bytes_per_token_per_gpu=1000.0,
+            pcie_bw_bytes_per_s=1e6,
+            swap_space_bytes=swap_space_bytes,
+            fast_forward=fast_forward,
+            kv_sharing=kv_sharing,
+            static_batching=policy == "static",
+            on_finish=cluster.on_finish,
+        )
+        cluster.add_replica(rep)
+        reps.append(rep)
+    cluster.start()
+    env.run()
+    steps = rec.steps_frame()
+    req = rec.requests_frame(wl, {"ttft_ms": None, "tpot_ms": None, "e2el_ms": None})
+    summary = summarize(req, steps, rec, kv_capacity_tokens=capacity_tokens * replicas)
+    return SimpleNamespace(requests=req, steps=steps, summary=summary, replicas=reps, recorder=rec)

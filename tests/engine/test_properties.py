@@ -1,0 +1,147 @@
+"""Scheduler and engine properties on random workloads (hypothesis).
+
+* conservation: every request ends completed or rejected; tokens generated = requested;
+* the per-step token budget is never exceeded; running sequences never exceed max_num_seqs;
+* fast-forward produces exactly the per-request timings of stepping one at a time;
+* same inputs, same results (two runs in one process are identical).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.engine.helpers import LinearCost, simulate, workload
+
+POLICIES = [
+    ("vllm", "paged"),
+    ("sarathi", "paged"),
+    ("orca", "contiguous"),
+    ("sglang", "radix"),
+    ("static", "contiguous"),
+    ("vllm", "radix"),
+]
+
+
+@st.composite
+def workloads(draw):
+    n = draw(st.integers(1, 14))
+    gaps = draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.5, 4.0]), min_size=n, max_size=n))
+    prompts = draw(st.lists(st.integers(1, 40), min_size=n, max_size=n))
+    outputs = draw(st.lists(st.integers(1, 24), min_size=n, max_size=n))
+    shared = draw(st.booleans())
+    arrival = np.cumsum(gaps)
+    kw = {}
+    if shared:
+        # Two families of prompts sharing their first block ids (block = 4 tokens).
+        offsets, ids = [0], []
+        for i, p in enumerate(prompts):
+            nb = -(-p // 4)
+            fam = i % 2
+            ids.extend(
+                [100 * fam + j for j in range(min(nb, 3))]
+                + [10_000 + 100 * i + j for j in range(max(nb - 3, 0))]
+            )
+            offsets.append(len(ids))
+        kw = {"block_tokens": 4, "prefix_offsets": offsets, "prefix_block_ids": ids}
+    return workload(arrival, prompts, outputs, **kw)
+
+
+def _run(wl, policy, kind, ff, **kw):
+    return simulate(
+        wl,
+        policy=policy,
+        kv_kind=kind,
+        capacity_tokens=96,
+        block_size_tokens=4,
+        max_num_seqs=4,
+        max_num_batched_tokens=32,
+        chunk_size_tokens=12,
+        max_seq_len=72,
+        cost=LinearCost(1.0, 0.125, 0.25),
+        fast_forward=ff,
+        **kw,
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wl=workloads(), which=st.sampled_from(POLICIES), swap=st.booleans())
+def test_fast_forward_equals_stepping_and_invariants_hold(wl, which, swap) -> None:
+    policy, kind = which
+    preemption = "swap" if swap else "recompute"
+    a = _run(wl, policy, kind, True, preemption=preemption)
+    b = _run(wl, policy, kind, False, preemption=preemption)
+    cols = [
+        "first_scheduled_s",
+        "first_token_s",
+        "finish_s",
+        "num_preemptions",
+        "cached_prompt_tokens",
+        "status",
+    ]
+    pd.testing.assert_frame_equal(a.requests[cols], b.requests[cols])
+    for res in (a, b):
+        req = res.requests
+        # Conservation: nothing is left waiting.
+        assert set(req["status"]) <= {"completed", "rejected"}
+        done = req[req["status"] == "completed"]
+        assert (done["finish_s"] >= done["first_token_s"]).all()
+        assert (done["first_token_s"] > done["arrival_s"]).all()
+        steps = res.steps
+        if policy == "sarathi":
+            assert (steps["prefill_tokens"] + steps["decode_tokens"]).max() <= 12
+        elif policy != "static":
+            assert (steps["prefill_tokens"] + steps["decode_tokens"]).max() <= 32
+        assert steps["num_running"].max() <= 4
+        mem = steps[[c for c in steps.columns if c.startswith("kv_") and c.endswith("_slots")]]
+        assert (mem.to_numpy() >= 0).all()
+        for rep in res.replicas:
+            rep.kv.check_invariants()
+            assert not rep.running and not rep.waiting and not rep.swapped
+
+
+def test_runs_are_deterministic() -> None:
+    rng = np.random.default_rng(5)
+    n = 40
+    wl = workload(
+        np.cumsum(rng.exponential(0.7, n)), rng.integers(1, 60, n), rng.integers(1, 30, n)
+    )
+    a = _run(wl, "vllm", "paged", True)
+    b = _run(wl, "vllm", "paged", True)
+    pd.testing.assert_frame_equal(a.requests, b.requests)
+    pd.testing.assert_frame_equal(a.steps, b.steps)
+
+
+def test_overload_grows_queues_and_still_ends() -> None:
+    """Arrivals far beyond capacity: queues grow, latencies climb, every request completes."""
+    n = 60
+    wl = workload(np.linspace(0, 3, n), np.full(n, 30), np.full(n, 20))
+    res = _run(wl, "vllm", "paged", True)
+    assert (res.requests["status"] == "completed").all()
+    assert res.steps["queue_len"].max() > 20
+    assert res.requests["ttft_ms"].iloc[-1] > 10 * res.requests["ttft_ms"].iloc[0]
+
+
+def test_router_policies_spread_and_follow_prefixes() -> None:
+    n = 24
+    offsets = np.arange(n + 1) * 2
+    ids = np.stack([np.arange(n) % 3, 1000 + np.arange(n)], axis=1).ravel()
+    wl = workload(
+        np.arange(n) * 3.0,
+        np.full(n, 8),
+        np.full(n, 2),
+        block_tokens=4,
+        prefix_offsets=offsets,
+        prefix_block_ids=ids,
+    )
+    rr = simulate(wl, replicas=3, router="round_robin", kv_kind="radix")
+    assert rr.requests["replica_id"].tolist() == [i % 3 for i in range(n)]
+    lo = simulate(wl, replicas=3, router="least_outstanding", kv_kind="radix")
+    assert set(lo.requests["replica_id"]) == {0}  # each request finishes before the next arrives
+    pa = simulate(wl, replicas=3, router="prefix_affinity", kv_kind="radix")
+    # Once a family's prefix is cached somewhere, that family stays there.
+    fam_rep = pa.requests.groupby(np.arange(n) % 3)["replica_id"].nunique()
+    assert (fam_rep == 1).all()
+    assert pa.summary["prefix_hit_rate"] > 0
