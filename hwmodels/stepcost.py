@@ -1,0 +1,600 @@
+"""What one forward step of a batch costs: :class:`StepCostModel`.
+
+The serving engine calls :meth:`StepCostModel.cost` once per simulated step (or once per
+stretch of steps, with arrays) from batch *aggregates*, so evaluation is O(1) per step with no
+per-request loop. The model (details and sources in ``docs/step-cost.md``):
+
+* Every GEMM of every layer: the calibrated roofline of :mod:`hwmodels.roofline`
+  (``launch + max(compute, memory)`` with size-dependent efficiency) at M = tokens this step;
+  weights are read once per step under the quantization scheme, at the scheme's tensor-core
+  peak; weight-only schemes add dequantisation work on the fp32 path.
+* MoE: the routed experts' weights are read only for experts some token picks; with T tokens
+  choosing top-k of E, the expected number touched is ``E (1 - (1 - k/E)^T)``.
+* Attention: prefill is FlashAttention-style compute over ``prefill_attn_pairs`` (query, key)
+  pairs plus one read of the chunks' KV; decode reads every decoding sequence's KV once
+  (``decode_ctx_tokens x`` KV bytes per token per layer, at the KV dtype; MLA reads the latent).
+* Elementwise kernels (``norm``: add+RMSNorm, RoPE, activation) are memory-bound.
+* Tensor parallel: GEMMs and heads are sharded; two ring all-reduces per layer cost
+  ``latency + 2 (n-1)/n x bytes / unidirectional link bandwidth``.
+* Pipeline parallel: layers split into ``pp`` contiguous stages. The *latency* of a step is the
+  sum of the stage times plus ``pp - 1`` activation transfers (a batch traverses every stage);
+  with ``pp`` micro-batches in flight a new step can start every ``bottleneck_stage_s`` (the
+  slowest stage), so throughput is limited by that stage and the bubble is
+  ``1 - sum(stage) / (pp x max(stage))``.
+* A fixed per-step host overhead (scheduling, input preparation, launch, sampling
+  bookkeeping), :data:`DEFAULT_STEP_OVERHEAD_S`.
+
+The same arithmetic runs on Python floats (the fast scalar path, :meth:`StepCostModel.step_time_s`)
+and on numpy arrays (:meth:`StepCostModel.cost` with arrays): :class:`_Evaluator` is written once
+against a tiny backend (``max``/``ceil``/``where``), and the tests check the two paths agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hwmodels.errors import CapacityError, ConfigError
+from hwmodels.gpus import GpuSpec, get_gpu
+from hwmodels.models import ModelSpec, get_model
+from hwmodels.ops import (
+    ACT_BYTES,
+    OP_ORDER,
+    GemmOp,
+    OpCost,
+    attn_flops_per_pair,
+    check_tp,
+    elementwise_bytes_per_token_per_layer,
+    elementwise_kernels_per_layer,
+    kv_bytes_per_token_per_layer_per_gpu,
+    layer_gemms,
+    lm_head_gemm,
+)
+from hwmodels.quant import (
+    KvDtype,
+    QuantScheme,
+    check_kv_dtype_supported,
+    get_kv_dtype,
+    get_scheme,
+    weight_bytes,
+)
+from hwmodels.roofline import (
+    ATTN_COMPUTE_EFF_MAX_FRAC,
+    ATTN_FLOPS_HALF,
+    ELEMENTWISE_LAUNCH_S,
+    ELEMENTWISE_MEM_EFF_FRAC,
+    GemmParams,
+    OpTimer,
+    gemm_params_for,
+)
+from hwmodels.units import GiB
+
+#: Fixed host-side cost of one engine step (scheduling, building input tensors, launching the
+#: captured graph, detokenisation bookkeeping). Vidur profiles these CPU overheads of vLLM per
+#: iteration (schedule, prepare inputs, sampler, process outputs) at roughly 1-3 ms in total
+#: (Agrawal et al., "Vidur", MLSys 2024, sec. 4.3), and the vLLM v0.6.0 performance blog
+#: (Sept 2024) reports that before its async output processing the CPU side took a large share
+#: of each Llama-3-8B decode iteration on H100. 1.5 ms is a mid value for a modern engine.
+DEFAULT_STEP_OVERHEAD_S = 1.5e-3
+
+#: Fixed latency of one tensor-parallel all-reduce: NCCL/vLLM custom all-reduce of small
+#: messages within an NVLink node takes ~5-20 us (nccl-tests all_reduce_perf, 8x A100/H100).
+ALLREDUCE_LATENCY_S = 8e-6
+#: Latency of one pipeline-stage activation send (NCCL send/recv, small message).
+P2P_LATENCY_S = 10e-6
+#: Host-link bandwidth assumed when a GPU lists no scale-up link and no PCIe figure (PCIe 4 x16).
+_FALLBACK_LINK_BW_BYTES_PER_S = 32e9
+#: vLLM's default ``max_num_seqs``: rows of logits materialised in the largest step.
+_DEFAULT_MAX_SAMPLING_ROWS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class StepCostArrays:
+    """Time of one or many steps and its split by bound (seconds; arrays or floats).
+
+    ``compute_s + weight_read_s + kv_read_s + comm_s + overhead_s == time_s``.
+
+    Attributes:
+        time_s: step latency (all pipeline stages plus the host overhead).
+        compute_s: operators whose compute side dominates (GEMMs, prefill attention).
+        weight_read_s: memory-bound non-attention operators: weight streaming, plus the
+            activation traffic of elementwise kernels.
+        kv_read_s: memory-bound attention (KV-cache reads).
+        comm_s: tensor-parallel all-reduces and pipeline activation transfers.
+        overhead_s: the fixed per-step host overhead.
+        bottleneck_stage_s: slowest pipeline stage (== time_s - overhead_s when pp = 1): the
+            interval between step starts when ``pp`` micro-batches are in flight.
+    """
+
+    time_s: Any
+    compute_s: Any
+    weight_read_s: Any
+    kv_read_s: Any
+    comm_s: Any
+    overhead_s: Any
+    bottleneck_stage_s: Any
+
+
+# ---------------------------------------------------------------------- backends
+class _ScalarBackend:
+    """Python-float primitives (fast for one step)."""
+
+    mx = staticmethod(max)
+    mn = staticmethod(min)
+    ceil = staticmethod(math.ceil)
+
+    @staticmethod
+    def pos(x: float) -> float:
+        return 1.0 if x > 0 else 0.0
+
+    @staticmethod
+    def where(cond: bool, a: float, b: float) -> float:
+        return a if cond else b
+
+
+class _VectorBackend:
+    """numpy primitives (one entry per step)."""
+
+    mx = staticmethod(np.maximum)
+    mn = staticmethod(np.minimum)
+    ceil = staticmethod(np.ceil)
+
+    @staticmethod
+    def pos(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return (x > 0) * 1.0
+
+    @staticmethod
+    def where(cond: Any, a: Any, b: Any) -> Any:
+        return np.where(cond, a, b)
+
+
+@dataclass(frozen=True, slots=True)
+class _GemmCoef:
+    """Precomputed roofline coefficients of one sharded GEMM (see hwmodels.roofline)."""
+
+    op: str
+    n: int
+    k: int
+    compute_type: str
+    weight_bits: int
+    s_per_padded_token: float  # 2 (N K + nk_half) / (peak * eff_max)
+    s_compute_const: float  # s_per_padded_token * m_half
+    s_dequant_per_tile: float  # dequant ops x N x K / fp32 peak
+    s_mem_const: float  # (weight bytes + bytes_half) / (bw * mem_eff)
+    s_mem_const_weights: float  # weight bytes / (bw * mem_eff) (routed: per expert)
+    s_mem_per_token: float  # act bytes (N + K) / (bw * mem_eff)
+    flops_per_token: float
+    weight_bytes: float
+    act_bytes_per_token: float
+    num_copies: int
+    active_copies: int
+    is_routed: bool
+
+
+class StepCostModel:
+    """Time of one forward step of a batch on one model replica (``tp x pp`` GPUs).
+
+    Args:
+        gpu: GPU spec or catalogue name.
+        model: model spec or name.
+        scheme: quantization scheme (or name).
+        kv_dtype: KV-cache dtype (or name); ``None`` = the scheme's default.
+        tensor_parallel: GPUs per stage sharing each layer.
+        pipeline_parallel: pipeline stages (contiguous layer ranges).
+        step_overhead_s: fixed host overhead per step.
+        op_timer: optional :class:`~hwmodels.roofline.OpTimer` (e.g. the cycle model) that
+            replaces the roofline's GEMM and attention times; bounds are still classified by
+            the roofline's compute-vs-memory comparison.
+        gemm_params: override the calibrated efficiency parameters.
+
+    Raises:
+        ConfigError: the GPU cannot run the scheme or KV dtype, or the parallel degrees don't
+            fit the model.
+        CapacityError: the weights do not fit in HBM even across ``tp x pp`` GPUs.
+    """
+
+    def __init__(
+        self,
+        *,
+        gpu: GpuSpec | str,
+        model: ModelSpec | str,
+        scheme: QuantScheme | str = "fp16",
+        kv_dtype: KvDtype | str | None = None,
+        tensor_parallel: int = 1,
+        pipeline_parallel: int = 1,
+        step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S,
+        op_timer: OpTimer | None = None,
+        gemm_params: GemmParams | None = None,
+    ) -> None:
+        self.gpu = get_gpu(gpu)
+        self.model = get_model(model)
+        self.scheme = get_scheme(scheme)
+        self.kv_dtype = get_kv_dtype(kv_dtype if kv_dtype is not None else self.scheme.default_kv_dtype)
+        self.tp = int(tensor_parallel)
+        self.pp = int(pipeline_parallel)
+        if step_overhead_s < 0:
+            raise ConfigError(f"step_overhead_s must be >= 0, got {step_overhead_s}")
+        self.step_overhead_s = float(step_overhead_s)
+        self.op_timer = op_timer
+        self.scheme.check_supported(self.gpu)
+        check_kv_dtype_supported(self.kv_dtype, self.gpu)
+        check_tp(self.model, self.tp, self.pp)
+        self.params = gemm_params or gemm_params_for(self.gpu)
+        self._check_weights_fit()
+        self._precompute()
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def weight_bytes_per_gpu(self) -> float:
+        """Weights one GPU holds (total under the scheme / (tp x pp))."""
+        return weight_bytes(self.model, self.scheme) / (self.tp * self.pp)
+
+    def _check_weights_fit(self) -> None:
+        total = weight_bytes(self.model, self.scheme)
+        per_gpu = self.weight_bytes_per_gpu
+        if per_gpu > self.gpu.hbm_bytes:
+            need = math.ceil(total / self.gpu.hbm_bytes)
+            raise CapacityError(
+                f"{self.model.name} weights do not fit: {total / GiB:.1f} GiB under {self.scheme.name} "
+                f"/ (tp={self.tp} x pp={self.pp}) = {per_gpu / GiB:.1f} GiB per GPU, but {self.gpu.name} "
+                f"has {self.gpu.hbm_bytes / GiB:.1f} GiB of HBM (before any KV cache or activations). "
+                f"Use at least {need} GPUs (tp x pp), a smaller scheme (e.g. fp8, w4a16) or a larger GPU."
+            )
+
+    def _link_bw(self) -> float:
+        bw = self.gpu.scaleup_bw_bytes_per_s_per_direction or self.gpu.pcie_bw_bytes_per_s_per_direction
+        return bw or _FALLBACK_LINK_BW_BYTES_PER_S
+
+    def _coef(self, g: GemmOp) -> _GemmCoef:
+        p, gpu, sch = self.params, self.gpu, self.scheme
+        compute_type = sch.compute_type if g.quantized else "fp16" if gpu.supports("fp16") else "bf16"
+        peak = gpu.peak(compute_type)
+        bw = gpu.hbm_bw_bytes_per_s * p.mem_eff_max_frac
+        nk = float(g.n) * float(g.k)
+        s_tok = 2.0 * (nk + p.nk_half_elems) / (peak * p.compute_eff_max_frac)
+        dq = 0.0
+        if g.quantized and sch.weight_only and sch.dequant_ops_per_weight:
+            fp32 = gpu.peak_flops_per_s.get("fp32") or gpu.peak_fp16_flops_per_s / 16
+            dq = sch.dequant_ops_per_weight * nk / fp32
+        act_in = sch.act_bytes if g.quantized else ACT_BYTES
+        act_bytes_tok = act_in * g.k + ACT_BYTES * g.n
+        return _GemmCoef(
+            op=g.op, n=g.n, k=g.k, compute_type=compute_type,
+            weight_bits=sch.weight_bits if g.quantized else 16,
+            s_per_padded_token=s_tok, s_compute_const=s_tok * p.m_half_tokens, s_dequant_per_tile=dq,
+            s_mem_const=(g.weight_bytes + p.bytes_half) / bw, s_mem_const_weights=g.weight_bytes / bw,
+            s_mem_per_token=act_bytes_tok / bw, flops_per_token=2.0 * nk, weight_bytes=g.weight_bytes,
+            act_bytes_per_token=act_bytes_tok, num_copies=g.num_copies, active_copies=g.active_copies,
+            is_routed=g.is_routed,
+        )
+
+    def _precompute(self) -> None:
+        m, tp = self.model, self.tp
+        self._layer_kinds: list[tuple[bool, list[_GemmCoef]]] = []
+        for moe_layer in (False, True):
+            count = m.num_moe_layers if moe_layer else m.num_dense_layers
+            gemms = [self._coef(g) for g in layer_gemms(m, self.scheme, tp, moe_layer=moe_layer)] if count else []
+            self._layer_kinds.append((moe_layer, gemms))
+        self._head = self._coef(lm_head_gemm(m, self.scheme, tp))
+        # Contiguous stages; earlier stages take the remainder layers (as vLLM's
+        # get_pp_indices does by default). Layer i is MoE iff i >= first_k_dense_layers.
+        base, extra = divmod(m.num_layers, self.pp)
+        self._stages: list[tuple[int, int]] = []
+        start = 0
+        for s in range(self.pp):
+            size = base + (1 if s < extra else 0)
+            layers = range(start, start + size)
+            n_moe = sum(1 for i in layers if m.is_moe and i >= m.first_k_dense_layers)
+            self._stages.append((size - n_moe, n_moe))
+            start += size
+        p = self.params
+        self._launch_s = p.launch_s
+        self._tile = float(p.tile_m_tokens)
+        self._hbm_eff_bw = self.gpu.hbm_bw_bytes_per_s * p.mem_eff_max_frac
+        self._bytes_half_s = p.bytes_half / self._hbm_eff_bw
+        self._attn_peak = self.gpu.peak_fp16_flops_per_s * ATTN_COMPUTE_EFF_MAX_FRAC
+        self._attn_flops_half_s = ATTN_FLOPS_HALF / self._attn_peak
+        self._kv_layer_gpu = kv_bytes_per_token_per_layer_per_gpu(m, self.kv_dtype, tp)
+        self._attn_fpp_prefill = attn_flops_per_pair(m, tp, decode=False)
+        self._attn_fpp_decode = attn_flops_per_pair(m, tp, decode=True)
+        # Q read and O written per query token per GPU, fp16.
+        self._attn_qo_bytes = ACT_BYTES * (m.num_heads / tp) * (m.attn_qk_dim + m.attn_v_dim)
+        self._window = float(m.sliding_window_tokens)
+        self._ew_bytes = elementwise_bytes_per_token_per_layer(m, tp)
+        self._ew_const_s = elementwise_kernels_per_layer() * ELEMENTWISE_LAUNCH_S
+        self._ew_s_per_byte = 1.0 / (self.gpu.hbm_bw_bytes_per_s * ELEMENTWISE_MEM_EFF_FRAC)
+        link = self._link_bw()
+        hidden_bytes = ACT_BYTES * m.hidden_size
+        if tp > 1:
+            self._ar_const_s = ALLREDUCE_LATENCY_S
+            self._ar_s_per_token = 2.0 * (tp - 1) / tp * hidden_bytes / link
+        else:
+            self._ar_const_s = self._ar_s_per_token = 0.0
+        self._ar_bytes_per_token = 2.0 * (tp - 1) / tp * hidden_bytes if tp > 1 else 0.0
+        self._p2p_const_s = P2P_LATENCY_S
+        self._p2p_s_per_token = hidden_bytes / link
+
+    # ------------------------------------------------------------------ evaluation
+    def _gemm(self, B: Any, c: _GemmCoef, m: Any, rec: dict | None, mult: float) -> tuple[Any, Any]:
+        """(compute-bound time, memory-bound time) of one GEMM for ``m`` tokens."""
+        if c.is_routed:
+            e, k = float(c.num_copies), float(c.active_copies)
+            touched = e * (1.0 - (1.0 - k / e) ** m)
+            per_expert_m = m * k / B.mx(touched, 1e-9)
+            tiles = B.ceil(per_expert_m / self._tile)
+            tc = touched * (c.s_per_padded_token * tiles * self._tile + c.s_compute_const + c.s_dequant_per_tile * tiles)
+            tm = touched * c.s_mem_const_weights + self._bytes_half_s + c.s_mem_per_token * m * k
+            flops_m, bytes_w, act_m = m * k, touched * c.weight_bytes, m * k
+        else:
+            tiles = B.ceil(m / self._tile)
+            tc = c.s_per_padded_token * tiles * self._tile + c.s_compute_const + c.s_dequant_per_tile * tiles
+            tm = c.s_mem_const + c.s_mem_per_token * m
+            flops_m, bytes_w, act_m = m, c.weight_bytes, m
+        if self.op_timer is not None:
+            if c.is_routed:
+                t = touched * self.op_timer.gemm_time_s(per_expert_m, c.n, c.k, c.compute_type, c.weight_bits)
+            else:
+                t = self.op_timer.gemm_time_s(m, c.n, c.k, c.compute_type, c.weight_bits)
+            t = t * B.pos(m)
+        else:
+            t = (self._launch_s + B.mx(tc, tm)) * B.pos(m)
+        is_c = tc >= tm
+        t_c, t_m = B.where(is_c, t, 0.0), B.where(is_c, 0.0, t)
+        if rec is not None:
+            _record(rec, c.op, mult * t, mult * c.flops_per_token * flops_m,
+                    mult * (bytes_w + c.act_bytes_per_token * act_m) * (1.0 if m > 0 else 0.0),
+                    "compute" if is_c else "memory")
+        return t_c, t_m
+
+    def _attention(self, B: Any, pf: Any, pairs: Any, kvt: Any, ndec: Any, ctx: Any,
+                   rec: dict | None, mult: float) -> tuple[Any, Any]:
+        """(compute-bound, KV-read-bound) time of one layer's prefill + decode attention."""
+        if self._window:
+            pairs = B.mn(pairs, pf * self._window)
+            ctx = B.mn(ctx, ndec * self._window)
+        kvl = self._kv_layer_gpu
+        fl_p = self._attn_fpp_prefill * pairs
+        by_p = kvl * (kvt + pf) + self._attn_qo_bytes * pf
+        tc_p = fl_p / self._attn_peak + self._attn_flops_half_s
+        tm_p = by_p / self._hbm_eff_bw + self._bytes_half_s
+        fl_d = self._attn_fpp_decode * ctx
+        by_d = kvl * (ctx + ndec) + self._attn_qo_bytes * ndec
+        tc_d = fl_d / self._attn_peak + self._attn_flops_half_s
+        tm_d = by_d / self._hbm_eff_bw + self._bytes_half_s
+        if self.op_timer is not None:
+            m = self.model
+            hd = m.attn_qk_dim
+            kvh = max(m.num_kv_heads // min(self.tp, m.num_kv_heads), 1)
+            t_p = self.op_timer.prefill_attention_time_s(
+                pf, pairs, kvt, m.num_heads // self.tp, kvh, hd, self.kv_dtype.bytes_per_elem) * B.pos(pf)
+            mean_ctx = ctx / B.mx(ndec, 1.0)
+            t_d = self.op_timer.decode_attention_time_s(
+                ndec, mean_ctx, m.num_heads // self.tp, kvh, hd, self.kv_dtype.bytes_per_elem, 16) * B.pos(ndec)
+        else:
+            t_p = (self._launch_s + B.mx(tc_p, tm_p)) * B.pos(pf)
+            t_d = (self._launch_s + B.mx(tc_d, tm_d)) * B.pos(ndec)
+        comp = B.where(tc_p >= tm_p, t_p, 0.0) + B.where(tc_d >= tm_d, t_d, 0.0)
+        kv = t_p + t_d - comp
+        if rec is not None:
+            _record(rec, "attention", mult * (t_p + t_d), mult * (fl_p + fl_d),
+                    mult * ((by_p if pf > 0 else 0.0) + (by_d if ndec > 0 else 0.0)),
+                    "compute" if comp >= kv else "memory")
+        return comp, kv
+
+    def _layer(self, B: Any, gemms: list[_GemmCoef], T: Any, pf: Any, pairs: Any, kvt: Any,
+               ndec: Any, ctx: Any, rec: dict | None, mult: float) -> tuple[Any, Any, Any, Any]:
+        """(compute, weight/activation memory, KV, comm) seconds of one layer."""
+        comp = mem = 0.0
+        for c in gemms:
+            t_c, t_m = self._gemm(B, c, T, rec, mult)
+            comp = comp + t_c
+            mem = mem + t_m
+        a_c, a_kv = self._attention(B, pf, pairs, kvt, ndec, ctx, rec, mult)
+        t_ew = (self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * T) * B.pos(T)
+        comm = 2.0 * (self._ar_const_s + self._ar_s_per_token * T) * B.pos(T)
+        if rec is not None:
+            _record(rec, "norm", mult * t_ew, mult * 8.0 * self.model.hidden_size * T,
+                    mult * self._ew_bytes * T, "memory")
+            if self.tp > 1:
+                _record(rec, "allreduce", mult * comm, 0.0, mult * 2.0 * self._ar_bytes_per_token * T,
+                        "communication")
+        return comp + a_c, mem + t_ew, a_kv, comm
+
+    def _evaluate(self, B: Any, pf: Any, pairs: Any, kvt: Any, nsamp: Any, ndec: Any, ctx: Any,
+                  rec: dict | None = None) -> StepCostArrays:
+        T = pf + ndec
+        per_kind = []
+        for moe_layer, gemms in self._layer_kinds:
+            per_kind.append(None if not gemms else (moe_layer, gemms))
+        comp = mem = kv = comm = 0.0
+        worst: Any = 0.0
+        last = self.pp - 1
+        for s, (n_dense, n_moe) in enumerate(self._stages):
+            s_comp = s_mem = s_kv = s_comm = 0.0
+            for kind, n_layers in ((per_kind[0], n_dense), (per_kind[1], n_moe)):
+                if not n_layers or kind is None:
+                    continue
+                lc, lm, lk, lcm = self._layer(B, kind[1], T, pf, pairs, kvt, ndec, ctx, rec, float(n_layers))
+                s_comp = s_comp + n_layers * lc
+                s_mem = s_mem + n_layers * lm
+                s_kv = s_kv + n_layers * lk
+                s_comm = s_comm + n_layers * lcm
+            if s == last:
+                h_c, h_m = self._gemm(B, self._head, nsamp + ndec, rec, 1.0)
+                s_comp = s_comp + h_c
+                s_mem = s_mem + h_m
+            if s > 0:
+                p2p = (self._p2p_const_s + self._p2p_s_per_token * T) * B.pos(T)
+                s_comm = s_comm + p2p
+                if rec is not None:
+                    _record(rec, "pipeline_p2p", p2p, 0.0, ACT_BYTES * self.model.hidden_size * T,
+                            "communication")
+            stage = s_comp + s_mem + s_kv + s_comm
+            worst = B.mx(worst, stage)
+            comp, mem, kv, comm = comp + s_comp, mem + s_mem, kv + s_kv, comm + s_comm
+        over = self.step_overhead_s + 0.0 * T
+        if rec is not None:
+            _record(rec, "overhead", self.step_overhead_s, 0.0, 0.0, "overhead")
+        return StepCostArrays(
+            time_s=comp + mem + kv + comm + over, compute_s=comp + 0.0 * T, weight_read_s=mem + 0.0 * T,
+            kv_read_s=kv + 0.0 * T, comm_s=comm + 0.0 * T, overhead_s=over, bottleneck_stage_s=worst + 0.0 * T,
+        )
+
+    # ------------------------------------------------------------------ public API
+    def cost(
+        self,
+        *,
+        prefill_tokens: Any = 0,
+        prefill_attn_pairs: Any = 0,
+        prefill_kv_tokens: Any = 0,
+        num_prefill_seqs: Any = 0,
+        num_decode_seqs: Any = 0,
+        decode_ctx_tokens: Any = 0,
+    ) -> StepCostArrays:
+        """Cost of one step (scalars) or many steps (equal-length arrays), vectorised.
+
+        Args:
+            prefill_tokens: new prompt tokens computed this step (sum over chunks).
+            prefill_attn_pairs: sum over chunks of ``new_c * (cached_c + (new_c + 1) / 2)``.
+            prefill_kv_tokens: sum over chunks of ``cached_c + new_c`` (KV read/written).
+            num_prefill_seqs: chunks that finish their prompt this step (they sample a token).
+            num_decode_seqs: decoding sequences (one token each).
+            decode_ctx_tokens: sum of the decoding sequences' context lengths.
+
+        Returns:
+            :class:`StepCostArrays` of floats (all scalar inputs) or float64 arrays.
+        """
+        args = (prefill_tokens, prefill_attn_pairs, prefill_kv_tokens, num_prefill_seqs,
+                num_decode_seqs, decode_ctx_tokens)
+        if any(isinstance(a, np.ndarray) for a in args):
+            arrs = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in args))
+            if any((a < 0).any() for a in arrs):
+                raise ConfigError("step-cost inputs must be >= 0")
+            return self._evaluate(_VectorBackend, *arrs)
+        vals = [float(a) for a in args]
+        if min(vals) < 0:
+            raise ConfigError(f"step-cost inputs must be >= 0, got {vals}")
+        return self._evaluate(_ScalarBackend, *vals)
+
+    def step_time_s(
+        self,
+        *,
+        prefill_tokens: float = 0,
+        prefill_attn_pairs: float = 0,
+        prefill_kv_tokens: float = 0,
+        num_prefill_seqs: float = 0,
+        num_decode_seqs: float = 0,
+        decode_ctx_tokens: float = 0,
+    ) -> float:
+        """Scalar fast path: the step latency in seconds (same model as :meth:`cost`)."""
+        return self._evaluate(
+            _ScalarBackend, float(prefill_tokens), float(prefill_attn_pairs), float(prefill_kv_tokens),
+            float(num_prefill_seqs), float(num_decode_seqs), float(decode_ctx_tokens),
+        ).time_s
+
+    def breakdown(self, **step: float) -> list[OpCost]:
+        """Per-operator cost of one step (summed over layers and stages), then ``total``.
+
+        Takes the same keyword arguments as :meth:`cost`, as scalars.
+        """
+        rec: dict[str, list] = {}
+        vals = {k: float(v) for k, v in step.items()}
+        res = self._evaluate(
+            _ScalarBackend, vals.get("prefill_tokens", 0.0), vals.get("prefill_attn_pairs", 0.0),
+            vals.get("prefill_kv_tokens", 0.0), vals.get("num_prefill_seqs", 0.0),
+            vals.get("num_decode_seqs", 0.0), vals.get("decode_ctx_tokens", 0.0), rec,
+        )
+        unknown = set(step) - {"prefill_tokens", "prefill_attn_pairs", "prefill_kv_tokens",
+                               "num_prefill_seqs", "num_decode_seqs", "decode_ctx_tokens"}
+        if unknown:
+            raise ConfigError(f"unknown step arguments: {sorted(unknown)}")
+        ops = []
+        for name in OP_ORDER:
+            if name not in rec:
+                continue
+            t, fl, by, bounds = rec[name]
+            ops.append(OpCost(name, t, fl, by, max(bounds, key=bounds.get)))
+        by_bound = {"compute": res.compute_s, "memory": res.weight_read_s + res.kv_read_s,
+                    "communication": res.comm_s, "overhead": res.overhead_s}
+        ops.append(OpCost("total", res.time_s, sum(o.flops for o in ops), sum(o.bytes for o in ops),
+                          max(by_bound, key=by_bound.get)))
+        return ops
+
+    def stage_times_s(self, **step: float) -> list[float]:
+        """Per pipeline stage compute+memory+comm time of one step (host overhead excluded)."""
+        saved = self._stages
+        out = []
+        try:
+            for i, st in enumerate(saved):
+                # Evaluate each stage alone (as the last stage when it is the last).
+                self._stages = [(0, 0)] * i + [st] + [(0, 0)] * (len(saved) - 1 - i)
+                r = self.cost(**step)
+                out.append(float(r.time_s - r.overhead_s))
+        finally:
+            self._stages = saved
+        return out
+
+    def pipeline_bubble_frac(self, **step: float) -> float:
+        """``1 - sum(stage) / (pp x max(stage))``: idle share of the GPUs with pp micro-batches."""
+        st = self.stage_times_s(**step)
+        return 0.0 if max(st) <= 0 else 1.0 - sum(st) / (len(st) * max(st))
+
+    def activation_workspace_bytes(self, max_num_batched_tokens: int) -> int:
+        """Peak activation memory per GPU of the largest step the scheduler allows.
+
+        The live tensors at the widest point of a layer for ``T`` tokens (fp16): residual,
+        normed input and attention output (3 h), the fused QKV output, the gate/up output and
+        the activation output (3 I / tp for gated MLPs); plus fp32 logits and probabilities for
+        up to 256 sampling rows (vLLM's default ``max_num_seqs``). This is what vLLM's profiling
+        run measures as peak activation memory; it excludes CUDA graphs and NCCL buffers.
+        """
+        if max_num_batched_tokens < 0:
+            raise ConfigError(f"max_num_batched_tokens must be >= 0, got {max_num_batched_tokens}")
+        m, tp, t = self.model, self.tp, int(max_num_batched_tokens)
+        inter = (m.moe_intermediate_size or m.intermediate_size) if m.is_moe else m.intermediate_size
+        if m.is_moe:
+            inter = inter * m.experts_per_tok + inter * m.num_shared_experts
+        qkv = (m.num_heads + 2 * m.num_kv_heads) * m.attn_qk_dim / tp
+        per_token = ACT_BYTES * (3 * m.hidden_size + qkv + (3 if m.gated_mlp else 2) * inter / tp)
+        rows = min(t, _DEFAULT_MAX_SAMPLING_ROWS)
+        logits = rows * (m.vocab_size / tp + m.vocab_size) * 4 * 2
+        return int(math.ceil(t * per_token + logits))
+
+
+def _record(rec: dict, op: str, t: float, flops: float, nbytes: float, bound: str) -> None:
+    entry = rec.setdefault(op, [0.0, 0.0, 0.0, {}])
+    entry[0] += float(t)
+    entry[1] += float(flops)
+    entry[2] += float(nbytes)
+    entry[3][bound] = entry[3].get(bound, 0.0) + float(t)
+
+
+def prefill_chunk_aggregates(chunks: list[tuple[int, int]]) -> dict[str, float]:
+    """Aggregates of prefill chunks ``(cached_tokens, new_tokens)`` for :meth:`StepCostModel.cost`.
+
+    A helper for callers and tests; the engine keeps these sums incrementally.
+    """
+    tokens = pairs = kv = 0.0
+    for cached, new in chunks:
+        tokens += new
+        pairs += new * (cached + (new + 1) / 2.0)
+        kv += cached + new
+    return {"prefill_tokens": tokens, "prefill_attn_pairs": pairs, "prefill_kv_tokens": kv}
+
+
+Evaluator = Callable[..., StepCostArrays]
+
+__all__ = [
+    "ALLREDUCE_LATENCY_S",
+    "DEFAULT_STEP_OVERHEAD_S",
+    "P2P_LATENCY_S",
+    "OpCost",
+    "StepCostArrays",
+    "StepCostModel",
+    "prefill_chunk_aggregates",
+]
