@@ -217,10 +217,11 @@ class OpTimer(Protocol):
         ...
 
     def prefill_attention_time_s(
-        self, new_tokens: Any, attn_pairs: Any, kv_tokens: Any, num_heads: int, num_kv_heads: int,
-        head_dim: int, kv_bytes_per_elem: float,
+        self, batch: Any, query_tokens: Any, num_heads: int, num_kv_heads: int, head_dim: int,
+        context_tokens: Any = None, kv_bytes_per_elem: float = 2,
     ) -> Any:
-        """One layer's prefill attention over ``attn_pairs`` (query, key) pairs."""
+        """One layer's causal prefill attention: ``batch`` chunks of ``query_tokens`` new tokens
+        each, attending ``context_tokens`` keys (cached prefix + the chunk) each."""
         ...
 
 
@@ -255,13 +256,16 @@ class RooflineTimer:
         )
 
     def prefill_attention_time_s(
-        self, new_tokens: Any, attn_pairs: Any, kv_tokens: Any, num_heads: int, num_kv_heads: int,
-        head_dim: int, kv_bytes_per_elem: float,
+        self, batch: Any, query_tokens: Any, num_heads: int, num_kv_heads: int, head_dim: int,
+        context_tokens: Any = None, kv_bytes_per_elem: float = 2,
     ) -> Any:
-        flops = attn_pairs * 4.0 * num_heads * head_dim
-        moved = kv_tokens * 2 * num_kv_heads * head_dim * kv_bytes_per_elem + new_tokens * 4 * num_heads * head_dim
+        ctx = query_tokens if context_tokens is None else context_tokens
+        pairs = batch * query_tokens * (ctx - query_tokens + (query_tokens + 1) / 2)
+        flops = pairs * 4.0 * num_heads * head_dim
+        moved = (batch * ctx * 2 * num_kv_heads * head_dim * kv_bytes_per_elem
+                 + batch * query_tokens * 4 * num_heads * head_dim)
         return attention_time_s(
-            self.gpu, self.params, flops=flops, moved_bytes=moved, active=new_tokens,
+            self.gpu, self.params, flops=flops, moved_bytes=moved, active=batch * query_tokens,
             flops_half=ATTN_FLOPS_HALF,
         )
 

@@ -281,6 +281,16 @@ class StepCostModel:
             gemms = [self._coef(g) for g in layer_gemms(m, self.scheme, tp, moe_layer=moe_layer)] if count else []
             self._layer_kinds.append((moe_layer, gemms))
         self._head = self._coef(lm_head_gemm(m, self.scheme, tp))
+        n_moe_total = m.num_moe_layers
+        self._fast_kinds = [
+            (m.num_dense_layers if not moe_layer else n_moe_total, [
+                (c.is_routed, c.s_per_padded_token, c.s_compute_const, c.s_dequant_per_tile,
+                 c.s_mem_const, c.s_mem_const_weights, c.s_mem_per_token,
+                 float(c.num_copies), float(c.active_copies))
+                for c in gemms
+            ])
+            for moe_layer, gemms in self._layer_kinds if gemms
+        ]
         # Contiguous stages; earlier stages take the remainder layers (as vLLM's
         # get_pp_indices does by default). Layer i is MoE iff i >= first_k_dense_layers.
         base, extra = divmod(m.num_layers, self.pp)
@@ -336,10 +346,12 @@ class StepCostModel:
             tm = c.s_mem_const + c.s_mem_per_token * m
             flops_m, bytes_w, act_m = m, c.weight_bytes, m
         if self.op_timer is not None:
+            gemm = self.op_timer.gemm_time_s
             if c.is_routed:
-                t = touched * self.op_timer.gemm_time_s(per_expert_m, c.n, c.k, c.compute_type, c.weight_bits)
+                t = touched * _call_timer(B, lambda mm: gemm(mm, c.n, c.k, c.compute_type, c.weight_bits),
+                                          B.ceil(per_expert_m))
             else:
-                t = self.op_timer.gemm_time_s(m, c.n, c.k, c.compute_type, c.weight_bits)
+                t = _call_timer(B, lambda mm: gemm(mm, c.n, c.k, c.compute_type, c.weight_bits), m)
             t = t * B.pos(m)
         else:
             t = (self._launch_s + B.mx(tc, tm)) * B.pos(m)
@@ -352,7 +364,7 @@ class StepCostModel:
         return t_c, t_m
 
     def _attention(self, B: Any, pf: Any, pairs: Any, kvt: Any, ndec: Any, ctx: Any,
-                   rec: dict | None, mult: float) -> tuple[Any, Any]:
+                   rec: dict | None, mult: float, nsamp_chunks: Any = 1.0) -> tuple[Any, Any]:
         """(compute-bound, KV-read-bound) time of one layer's prefill + decode attention."""
         if self._window:
             pairs = B.mn(pairs, pf * self._window)
@@ -370,11 +382,18 @@ class StepCostModel:
             m = self.model
             hd = m.attn_qk_dim
             kvh = max(m.num_kv_heads // min(self.tp, m.num_kv_heads), 1)
-            t_p = self.op_timer.prefill_attention_time_s(
-                pf, pairs, kvt, m.num_heads // self.tp, kvh, hd, self.kv_dtype.bytes_per_elem) * B.pos(pf)
-            mean_ctx = ctx / B.mx(ndec, 1.0)
-            t_d = self.op_timer.decode_attention_time_s(
-                ndec, mean_ctx, m.num_heads // self.tp, kvh, hd, self.kv_dtype.bytes_per_elem, 16) * B.pos(ndec)
+            heads, kvb = m.num_heads // self.tp, self.kv_dtype.bytes_per_elem
+            kvb = int(kvb) if float(kvb).is_integer() else kvb  # int4 KV: 0.5 bytes
+            # Aggregates only: chunks are taken as equal (mean new and context tokens).
+            chunks = B.mx(nsamp_chunks, 1.0)
+            t_p = _call_timer(
+                B, lambda b, q, c: self.op_timer.prefill_attention_time_s(b, q, heads, kvh, hd, c, kvb),
+                chunks, B.ceil(pf / chunks), B.ceil(kvt / chunks),
+            ) * B.pos(pf)
+            t_d = _call_timer(
+                B, lambda b, c: self.op_timer.decode_attention_time_s(b, c, heads, kvh, hd, kvb, 16),
+                ndec, B.ceil(ctx / B.mx(ndec, 1.0)),
+            ) * B.pos(ndec)
         else:
             t_p = (self._launch_s + B.mx(tc_p, tm_p)) * B.pos(pf)
             t_d = (self._launch_s + B.mx(tc_d, tm_d)) * B.pos(ndec)
@@ -394,7 +413,7 @@ class StepCostModel:
             t_c, t_m = self._gemm(B, c, T, rec, mult)
             comp = comp + t_c
             mem = mem + t_m
-        a_c, a_kv = self._attention(B, pf, pairs, kvt, ndec, ctx, rec, mult)
+        a_c, a_kv = self._attention(B, pf, pairs, kvt, ndec, ctx, rec, mult, self._nsamp)
         t_ew = (self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * T) * B.pos(T)
         comm = 2.0 * (self._ar_const_s + self._ar_s_per_token * T) * B.pos(T)
         if rec is not None:
@@ -408,6 +427,7 @@ class StepCostModel:
     def _evaluate(self, B: Any, pf: Any, pairs: Any, kvt: Any, nsamp: Any, ndec: Any, ctx: Any,
                   rec: dict | None = None) -> StepCostArrays:
         T = pf + ndec
+        self._nsamp = nsamp
         per_kind = []
         for moe_layer, gemms in self._layer_kinds:
             per_kind.append(None if not gemms else (moe_layer, gemms))
@@ -491,11 +511,67 @@ class StepCostModel:
         num_decode_seqs: float = 0,
         decode_ctx_tokens: float = 0,
     ) -> float:
-        """Scalar fast path: the step latency in seconds (same model as :meth:`cost`)."""
-        return self._evaluate(
-            _ScalarBackend, float(prefill_tokens), float(prefill_attn_pairs), float(prefill_kv_tokens),
-            float(num_prefill_seqs), float(num_decode_seqs), float(decode_ctx_tokens),
-        ).time_s
+        """Scalar fast path: the step latency in seconds (same model as :meth:`cost`).
+
+        Hand-inlined float arithmetic over precomputed coefficients (no split by bound, no
+        per-stage maximum); :meth:`cost` is its slow twin and the tests check they agree.
+        """
+        if self.op_timer is not None:
+            return float(self.cost(
+                prefill_tokens=prefill_tokens, prefill_attn_pairs=prefill_attn_pairs,
+                prefill_kv_tokens=prefill_kv_tokens, num_prefill_seqs=num_prefill_seqs,
+                num_decode_seqs=num_decode_seqs, decode_ctx_tokens=decode_ctx_tokens,
+            ).time_s)
+        pf = float(prefill_tokens)
+        ndec = float(num_decode_seqs)
+        T = pf + ndec
+        if T <= 0:
+            return self.step_overhead_s
+        pairs = float(prefill_attn_pairs)
+        ctx = float(decode_ctx_tokens)
+        if self._window:
+            pairs = min(pairs, pf * self._window)
+            ctx = min(ctx, ndec * self._window)
+        launch, tile, ceil = self._launch_s, self._tile, math.ceil
+        tiles = ceil(T / tile)
+        mp = tiles * tile
+        # Attention, elementwise and all-reduce are the same in every layer.
+        kvl, qo, bw, bh = self._kv_layer_gpu, self._attn_qo_bytes, self._hbm_eff_bw, self._bytes_half_s
+        fh, peak = self._attn_flops_half_s, self._attn_peak
+        layer_common = self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * T
+        layer_common += 2.0 * (self._ar_const_s + self._ar_s_per_token * T)
+        if pf > 0:
+            tc = self._attn_fpp_prefill * pairs / peak + fh
+            tm = (kvl * (float(prefill_kv_tokens) + pf) + qo * pf) / bw + bh
+            layer_common += launch + (tc if tc > tm else tm)
+        if ndec > 0:
+            tc = self._attn_fpp_decode * ctx / peak + fh
+            tm = (kvl * (ctx + ndec) + qo * ndec) / bw + bh
+            layer_common += launch + (tc if tc > tm else tm)
+        total = 0.0
+        for n_layers, coefs in self._fast_kinds:
+            layer = layer_common
+            for (routed, s_tok, s_c0, s_dq, s_m0, s_mw, s_mt, e, k) in coefs:
+                if routed:
+                    touched = e * (1.0 - (1.0 - k / e) ** T)
+                    m_e = T * k / touched
+                    t_e = ceil(m_e / tile)
+                    tc = touched * (s_tok * t_e * tile + s_c0 + s_dq * t_e)
+                    tm = touched * s_mw + bh + s_mt * T * k
+                else:
+                    tc = s_tok * mp + s_c0 + s_dq * tiles
+                    tm = s_m0 + s_mt * T
+                layer += launch + (tc if tc > tm else tm)
+            total += n_layers * layer
+        rows = float(num_prefill_seqs) + ndec
+        if rows > 0:
+            h = self._head
+            h_tiles = ceil(rows / tile)
+            tc = h.s_per_padded_token * h_tiles * tile + h.s_compute_const + h.s_dequant_per_tile * h_tiles
+            tm = h.s_mem_const + h.s_mem_per_token * rows
+            total += launch + (tc if tc > tm else tm)
+        total += (self.pp - 1) * (self._p2p_const_s + self._p2p_s_per_token * T)
+        return total + self.step_overhead_s
 
     def breakdown(self, **step: float) -> list[OpCost]:
         """Per-operator cost of one step (summed over layers and stages), then ``total``.
@@ -572,6 +648,19 @@ def _record(rec: dict, op: str, t: float, flops: float, nbytes: float, bound: st
     entry[1] += float(flops)
     entry[2] += float(nbytes)
     entry[3][bound] = entry[3].get(bound, 0.0) + float(t)
+
+
+def _call_timer(B: Any, fn: Callable[..., float], *args: Any) -> Any:
+    """Evaluate a scalar operator timer on scalars, or once per distinct row of arrays.
+
+    Arguments are clamped to >= 1 (entries with no work are zeroed by the caller).
+    """
+    if B is _ScalarBackend:
+        return float(fn(*(max(int(a), 1) for a in args)))
+    stacked = np.stack([np.broadcast_to(np.asarray(a, dtype=np.float64), np.shape(args[0])) for a in args], axis=1)
+    uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    values = np.array([float(fn(*(max(int(v), 1) for v in row))) for row in uniq])
+    return values[inverse.reshape(-1)]
 
 
 def prefill_chunk_aggregates(chunks: list[tuple[int, int]]) -> dict[str, float]:
