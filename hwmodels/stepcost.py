@@ -425,7 +425,7 @@ class StepCostModel:
         return comp + a_c, mem + t_ew, a_kv, comm
 
     def _evaluate(self, B: Any, pf: Any, pairs: Any, kvt: Any, nsamp: Any, ndec: Any, ctx: Any,
-                  rec: dict | None = None) -> StepCostArrays:
+                  rec: dict | None = None, stage_out: list | None = None) -> StepCostArrays:
         T = pf + ndec
         self._nsamp = nsamp
         per_kind = []
@@ -456,6 +456,8 @@ class StepCostModel:
                             "communication")
             stage = s_comp + s_mem + s_kv + s_comm
             worst = B.mx(worst, stage)
+            if stage_out is not None:
+                stage_out.append(stage)
             comp, mem, kv, comm = comp + s_comp, mem + s_mem, kv + s_kv, comm + s_comm
         over = self.step_overhead_s + 0.0 * T
         if rec is not None:
@@ -602,18 +604,16 @@ class StepCostModel:
         return ops
 
     def stage_times_s(self, **step: float) -> list[float]:
-        """Per pipeline stage compute+memory+comm time of one step (host overhead excluded)."""
-        saved = self._stages
-        out = []
-        try:
-            for i, st in enumerate(saved):
-                # Evaluate each stage alone (as the last stage when it is the last).
-                self._stages = [(0, 0)] * i + [st] + [(0, 0)] * (len(saved) - 1 - i)
-                r = self.cost(**step)
-                out.append(float(r.time_s - r.overhead_s))
-        finally:
-            self._stages = saved
-        return out
+        """Per pipeline stage time of one step (layers, lm_head on the last stage, incoming
+        activation transfer; host overhead excluded). Scalar arguments as for :meth:`cost`."""
+        stages: list[float] = []
+        vals = {k: float(v) for k, v in step.items()}
+        self._evaluate(
+            _ScalarBackend, vals.get("prefill_tokens", 0.0), vals.get("prefill_attn_pairs", 0.0),
+            vals.get("prefill_kv_tokens", 0.0), vals.get("num_prefill_seqs", 0.0),
+            vals.get("num_decode_seqs", 0.0), vals.get("decode_ctx_tokens", 0.0), None, stages,
+        )
+        return stages
 
     def pipeline_bubble_frac(self, **step: float) -> float:
         """``1 - sum(stage) / (pp x max(stage))``: idle share of the GPUs with pp micro-batches."""

@@ -34,6 +34,7 @@ _COMMAND_MODULES = [
     "simulator.cli.trace",
     "simulator.cli.quant",
     "simulator.cli.sweep",
+    "simulator.cli.roofline",
 ]
 
 for _name in _COMMAND_MODULES:
