@@ -158,7 +158,7 @@ def _make_cost_model(cfg: ScenarioCfg, gpu: GpuSpec, model: ModelSpec, scheme: Q
     if cfg.engine.cost_model == "cycle":
         from hwmodels.cyclesim.cache import CycleCostModel
 
-        kwargs["op_timer"] = CycleCostModel(gpu, block_size_tokens=cfg.kv_cache.block_size_tokens)
+        kwargs["op_timer"] = CycleCostModel(gpu)
     return StepCostModel(**kwargs)
 
 

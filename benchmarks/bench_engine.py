@@ -1,0 +1,128 @@
+"""Engine speed: the full Azure 2023 conversation hour, and a 1M-request 16-replica cluster.
+
+Prints wall time, simulated requests per second, simulated steps per second, peak memory
+(max RSS), and the overhead against a bare SimPy loop that processes the same number of
+step events, measured in the same process (ratios are robust to a noisy shared machine).
+
+    python benchmarks/bench_engine.py                     # both cases
+    python benchmarks/bench_engine.py --requests 200000   # smaller synthetic case
+    python benchmarks/bench_engine.py --skip-synthetic
+
+The Azure case needs ../shared/traces/azure2023 (skipped with a note when absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import simpy
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simulator.build import run_scenario  # noqa: E402
+from simulator.scenario import scenario_from_dict  # noqa: E402
+
+AZURE_CONV = ROOT.parent / "shared" / "traces" / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
+
+
+def bare_simpy_s(num_events: int) -> float:
+    """Wall time of a SimPy process yielding ``num_events`` timeouts (the floor per event)."""
+    env = simpy.Environment()
+
+    def proc(env: simpy.Environment):  # noqa: ANN202
+        for _ in range(num_events):
+            yield env.timeout(0.01)
+
+    env.process(proc(env))
+    t0 = time.perf_counter()
+    env.run()
+    return time.perf_counter() - t0
+
+
+def max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_case(label: str, data: dict) -> None:
+    cfg = scenario_from_dict(data)
+    # Warm numba and imports on a tiny copy so the timing is the simulation itself.
+    warm = dict(data)
+    warm["workload"] = dict(data["workload"])
+    if "num_requests" in warm["workload"]:
+        warm["workload"]["num_requests"] = 50
+    else:
+        warm["workload"]["trace"] = dict(warm["workload"]["trace"], max_requests=50)
+    run_scenario(scenario_from_dict(warm))
+    t0 = time.perf_counter()
+    res = run_scenario(cfg)
+    wall = time.perf_counter() - t0
+    v = res.variants[0]
+    s = v.summary
+    steps = len(v.steps)
+    # SimPy events the engine processed ~ iterations of the replica loops + arrivals; compare
+    # with a bare loop of as many step events as the engine simulated steps.
+    bare = bare_simpy_s(steps)
+    print(f"\n## {label}")
+    print(f"requests           {s['num_requests']:>12,d}  (completed {s['completed']:,d}, rejected {s['num_rejected']:,d})")
+    print(f"simulated time     {s['duration']:>12,.0f} s")
+    print(f"wall time          {wall:>12.2f} s")
+    print(f"requests / s       {s['num_requests'] / wall:>12,.0f}")
+    print(f"steps              {steps:>12,d}")
+    print(f"steps / s          {steps / wall:>12,.0f}")
+    print(f"bare SimPy loop    {bare:>12.2f} s for {steps:,d} step events")
+    print(f"overhead ratio     {wall / bare:>12.1f} x bare SimPy")
+    print(f"peak memory (RSS)  {max_rss_bytes() / 2**30:>12.2f} GiB")
+    print(f"throughput         {s['output_throughput']:>12,.0f} output tok/s, mean batch {s['mean_batch_size']:.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=1_000_000, help="synthetic case size")
+    ap.add_argument("--skip-azure", action="store_true")
+    ap.add_argument("--skip-synthetic", action="store_true")
+    args = ap.parse_args()
+    print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}")
+    common = {
+        "hardware": {"gpu": "h100-sxm"},
+        "model": {"name": "llama-3.1-8b", "max_model_len_tokens": 16384},
+        "kv_cache": {"manager": "paged", "block_size_tokens": 16},
+        "scheduler": {"policy": "vllm", "max_num_seqs": 256, "max_num_batched_tokens": 8192},
+        "engine": {"progress": False},
+    }
+    if not args.skip_azure:
+        if AZURE_CONV.is_file():
+            run_case(
+                "Azure 2023 conversation trace (19,366 requests, ~1 h), Llama-3.1-8B, 1x H100, vllm",
+                {"name": "bench-azure", **common, "workload": {"trace": {"path": str(AZURE_CONV)}}},
+            )
+        else:
+            print(f"\n(skipped Azure case: {AZURE_CONV} not found)")
+    if not args.skip_synthetic:
+        n = args.requests
+        replicas = 16
+        run_case(
+            f"synthetic {n:,d} requests, 16 replicas of Llama-3.1-8B on H100, vllm, round robin",
+            {
+                "name": "bench-cluster",
+                **common,
+                "hardware": {"gpu": "h100-sxm", "replicas": replicas},
+                "workload": {
+                    "num_requests": n,
+                    "arrivals": {"process": "poisson", "rate_per_s": 12.0 * replicas},
+                    "lengths": {
+                        "prompt": {"dist": "lognormal", "mean_tokens": 600, "median_tokens": 400, "max_tokens": 8000},
+                        "output": {"dist": "lognormal", "mean_tokens": 120, "median_tokens": 80, "max_tokens": 2000},
+                    },
+                },
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
