@@ -15,7 +15,8 @@ Why each parameter exists (all fitted per GPU on the Llama-2-7B kernel timings, 
 * ``launch_s`` - the fixed latency of a kernel (prologue, epilogue, tail of the last wave):
   a few microseconds, visible as the floor of the smallest measured GEMMs.
 * ``tile_m`` - tile quantisation along M: cuBLAS computes whole 128-row tiles, so the measured
-  time steps at M = 129, 257, 385, ... (fixed at 128, not fitted).
+  time steps at M = 129, 257, 385, ... (fixed at 128, not fitted). Below one tile kernels use
+  16-row MMA fragments, so M pads to a multiple of 16 there.
 * ``compute_eff_max`` - the tensor-core fraction a large, well-shaped GEMM reaches (~0.75).
 * ``m_half`` / ``nk_half`` - where compute efficiency reaches half its maximum along the token
   dimension (few tiles in M) and along the weight size (few tiles in N x K to fill the SMs:
@@ -30,7 +31,10 @@ floating-point operations.
 
 Weight-only schemes (W4A16, W8A16) add the dequantisation work to the compute side: each M
 tile re-unpacks the weights it streams (Marlin-style kernels), ``dequant_ops_per_weight x N x K
-x ceil(M / tile_m)`` operations on the fp32 (CUDA-core) path.
+x ceil(M / tile_m)`` operations on the fp32 (CUDA-core) path. The fitted small-M compute floor
+(``m_half``) is a per-weight pipeline latency of kernels streaming 16-bit weights; a kernel
+streaming ``b``-bit weights pays ``b / 16`` of it (step-cost model), which reproduces Marlin's
+near-ideal ~3.9x batch-1 speedup of 4-bit over fp16 (Frantar et al., "MARLIN", 2024).
 
 GPUs other than the two measured ones use the size-dependence of the nearest measured
 architecture (:func:`gemm_params_for`): Hopper and newer (and AMD/Intel accelerators, whose
@@ -58,6 +62,8 @@ ArrayLike = float | npt.NDArray[np.float64]
 
 #: Rows of one cuBLAS/CUTLASS output tile: the measured times step at multiples of 128 tokens.
 TILE_M_TOKENS = 128
+#: Below one tile, kernels pick narrow tiles (one 16-row MMA fragment): M pads to 16.
+SMALL_TILE_M_TOKENS = 16
 
 #: Elementwise kernels (RMSNorm, RoPE, SiLU-and-mul, residual add) reach about half of peak
 #: DRAM bandwidth: the Vidur timings in hwmodels/data/calibration show H100 RMSNorm at ~1.0 TB/s
@@ -147,6 +153,16 @@ def _ceil_tiles(m: ArrayLike, tile: int) -> ArrayLike:
     return float(math.ceil(m / tile))
 
 
+def padded_m(m: ArrayLike, tile: int) -> ArrayLike:
+    """M as the kernel computes it: whole ``tile``-row tiles above one tile, 16-row MMA
+    fragments below (cuBLAS/Marlin pick narrow tiles for small M)."""
+    if isinstance(m, np.ndarray):
+        return np.where(m > tile, np.ceil(m / tile) * tile, np.ceil(m / SMALL_TILE_M_TOKENS) * SMALL_TILE_M_TOKENS)
+    if m > tile:
+        return float(math.ceil(m / tile) * tile)
+    return float(math.ceil(m / SMALL_TILE_M_TOKENS) * SMALL_TILE_M_TOKENS)
+
+
 def gemm_time_parts_s(
     params: GemmParams,
     *,
@@ -175,7 +191,7 @@ def gemm_time_parts_s(
         ``(t_compute_s, t_memory_s)``.
     """
     tiles = _ceil_tiles(m, params.tile_m_tokens)
-    mp = tiles * params.tile_m_tokens
+    mp = padded_m(m, params.tile_m_tokens)
     nk = n * k * 1.0
     active = (m > 0) * 1.0 if isinstance(m, np.ndarray) else float(m > 0)
     t_c = 2.0 * (mp + params.m_half_tokens) * (nk + params.nk_half_elems) / (
@@ -290,6 +306,7 @@ __all__ = [
     "ATTN_FLOPS_HALF",
     "ELEMENTWISE_LAUNCH_S",
     "ELEMENTWISE_MEM_EFF_FRAC",
+    "SMALL_TILE_M_TOKENS",
     "TILE_M_TOKENS",
     "GemmParams",
     "OpTimer",
@@ -299,5 +316,6 @@ __all__ = [
     "gemm_time_parts_s",
     "gemm_time_s",
     "load_gemm_params",
+    "padded_m",
     "profile_for",
 ]

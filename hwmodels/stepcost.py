@@ -68,6 +68,7 @@ from hwmodels.roofline import (
     ATTN_FLOPS_HALF,
     ELEMENTWISE_LAUNCH_S,
     ELEMENTWISE_MEM_EFF_FRAC,
+    SMALL_TILE_M_TOKENS,
     GemmParams,
     OpTimer,
     gemm_params_for,
@@ -266,7 +267,9 @@ class StepCostModel:
         return _GemmCoef(
             op=g.op, n=g.n, k=g.k, compute_type=compute_type,
             weight_bits=sch.weight_bits if g.quantized else 16,
-            s_per_padded_token=s_tok, s_compute_const=s_tok * p.m_half_tokens, s_dequant_per_tile=dq,
+            s_per_padded_token=s_tok, s_dequant_per_tile=dq,
+            # The fitted small-M floor scales with the bits streamed per weight (roofline docs).
+            s_compute_const=s_tok * p.m_half_tokens * min(sch.weight_bits if g.quantized else 16, 16) / 16,
             s_mem_const=(g.weight_bytes + p.bytes_half) / bw, s_mem_const_weights=g.weight_bytes / bw,
             s_mem_per_token=act_bytes_tok / bw, flops_per_token=2.0 * nk, weight_bytes=g.weight_bytes,
             act_bytes_per_token=act_bytes_tok, num_copies=g.num_copies, active_copies=g.active_copies,
@@ -330,6 +333,11 @@ class StepCostModel:
         self._p2p_s_per_token = hidden_bytes / link
 
     # ------------------------------------------------------------------ evaluation
+    def _padded(self, B: Any, m: Any) -> Any:
+        """GEMM M as computed: whole tiles above one tile, 16-row fragments below."""
+        small = SMALL_TILE_M_TOKENS
+        return B.where(m > self._tile, B.ceil(m / self._tile) * self._tile, B.ceil(m / small) * small)
+
     def _gemm(self, B: Any, c: _GemmCoef, m: Any, rec: dict | None, mult: float) -> tuple[Any, Any]:
         """(compute-bound time, memory-bound time) of one GEMM for ``m`` tokens."""
         if c.is_routed:
@@ -337,12 +345,13 @@ class StepCostModel:
             touched = e * (1.0 - (1.0 - k / e) ** m)
             per_expert_m = m * k / B.mx(touched, 1e-9)
             tiles = B.ceil(per_expert_m / self._tile)
-            tc = touched * (c.s_per_padded_token * tiles * self._tile + c.s_compute_const + c.s_dequant_per_tile * tiles)
+            mp = self._padded(B, per_expert_m)
+            tc = touched * (c.s_per_padded_token * mp + c.s_compute_const + c.s_dequant_per_tile * tiles)
             tm = touched * c.s_mem_const_weights + self._bytes_half_s + c.s_mem_per_token * m * k
             flops_m, bytes_w, act_m = m * k, touched * c.weight_bytes, m * k
         else:
             tiles = B.ceil(m / self._tile)
-            tc = c.s_per_padded_token * tiles * self._tile + c.s_compute_const + c.s_dequant_per_tile * tiles
+            tc = c.s_per_padded_token * self._padded(B, m) + c.s_compute_const + c.s_dequant_per_tile * tiles
             tm = c.s_mem_const + c.s_mem_per_token * m
             flops_m, bytes_w, act_m = m, c.weight_bytes, m
         if self.op_timer is not None:
@@ -536,7 +545,7 @@ class StepCostModel:
             ctx = min(ctx, ndec * self._window)
         launch, tile, ceil = self._launch_s, self._tile, math.ceil
         tiles = ceil(T / tile)
-        mp = tiles * tile
+        mp = tiles * tile if T > tile else ceil(T / 16.0) * 16.0
         # Attention, elementwise and all-reduce are the same in every layer.
         kvl, qo, bw, bh = self._kv_layer_gpu, self._attn_qo_bytes, self._hbm_eff_bw, self._bytes_half_s
         fh, peak = self._attn_flops_half_s, self._attn_peak
@@ -558,7 +567,8 @@ class StepCostModel:
                     touched = e * (1.0 - (1.0 - k / e) ** T)
                     m_e = T * k / touched
                     t_e = ceil(m_e / tile)
-                    tc = touched * (s_tok * t_e * tile + s_c0 + s_dq * t_e)
+                    mp_e = t_e * tile if m_e > tile else ceil(m_e / 16.0) * 16.0
+                    tc = touched * (s_tok * mp_e + s_c0 + s_dq * t_e)
                     tm = touched * s_mw + bh + s_mt * T * k
                 else:
                     tc = s_tok * mp + s_c0 + s_dq * tiles
@@ -569,7 +579,8 @@ class StepCostModel:
         if rows > 0:
             h = self._head
             h_tiles = ceil(rows / tile)
-            tc = h.s_per_padded_token * h_tiles * tile + h.s_compute_const + h.s_dequant_per_tile * h_tiles
+            h_mp = h_tiles * tile if rows > tile else ceil(rows / 16.0) * 16.0
+            tc = h.s_per_padded_token * h_mp + h.s_compute_const + h.s_dequant_per_tile * h_tiles
             tm = h.s_mem_const + h.s_mem_per_token * rows
             total += launch + (tc if tc > tm else tm)
         total += (self.pp - 1) * (self._p2p_const_s + self._p2p_s_per_token * T)
@@ -639,7 +650,7 @@ class StepCostModel:
         per_token = ACT_BYTES * (3 * m.hidden_size + qkv + (3 if m.gated_mlp else 2) * inter / tp)
         rows = min(t, _DEFAULT_MAX_SAMPLING_ROWS)
         logits = rows * (m.vocab_size / tp + m.vocab_size) * 4 * 2
-        return int(math.ceil(t * per_token + logits))
+        return math.ceil(t * per_token + logits)
 
 
 def _record(rec: dict, op: str, t: float, flops: float, nbytes: float, bound: str) -> None:

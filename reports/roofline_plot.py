@@ -20,8 +20,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 _MARKERS = {"compute": "o", "memory": "^", "communication": "s", "overhead": "x"}
 
