@@ -687,7 +687,6 @@ def prefill_chunk_aggregates(chunks: list[tuple[int, int]]) -> dict[str, float]:
     return {"prefill_tokens": tokens, "prefill_attn_pairs": pairs, "prefill_kv_tokens": kv}
 
 
-Evaluator = Callable[..., StepCostArrays]
 
 __all__ = [
     "ALLREDUCE_LATENCY_S",
