@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-# TEMPORARY until the step-cost model lands: the engine cannot run without it.
-pytest.importorskip("hwmodels.stepcost")
-
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
