@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import heapq
+
 import numpy as np
 import simpy
 from simpy.core import URGENT
@@ -95,9 +97,23 @@ class Cluster:
         self._offsets = np.asarray(workload.prefix_offsets, dtype=np.int64)
         self._ids = np.asarray(workload.prefix_block_ids, dtype=np.int64)
         self._block_tokens = int(workload.block_tokens)
+        self._open_pos = 0
+        self._pending_releases: list[float] = []
 
     def add_replica(self, replica: Replica) -> None:
         self.replicas.append(replica)
+        replica._arrival_hint = self.next_arrival_s
+
+    def next_arrival_s(self) -> float:
+        """Earliest known arrival after now (open arrivals and released dependents)."""
+        now = self.env.now
+        heap = self._pending_releases
+        while heap and heap[0] <= now:
+            heapq.heappop(heap)
+        t = heap[0] if heap else np.inf
+        if self._open_pos < len(self._open):
+            t = min(t, float(self._arrival[self._open[self._open_pos]]))
+        return t
 
     def start(self) -> None:
         self.env.process(self._open_arrivals())
@@ -111,14 +127,16 @@ class Cluster:
             t = float(times[i])
             yield _urgent_timeout(env, t - env.now)
             while i < n and times[i] <= t:
-                self._release(int(self._open[i]), float(times[i]))
                 i += 1
+                self._open_pos = i
+                self._release(int(self._open[i - 1]), float(times[i - 1]))
 
     def on_finish(self, idx: int, t_s: float) -> None:
         """A request finished (or was rejected) at ``t_s``: release its dependents."""
         lo, hi = self._dep_offsets[idx], self._dep_offsets[idx + 1]
         for dep in self._dep_ids[lo:hi].tolist():
             t_rel = t_s + float(self._think[dep])
+            heapq.heappush(self._pending_releases, t_rel)
             ev = _urgent_timeout(self.env, t_rel - self.env.now)
             ev.callbacks.append(lambda _ev, d=dep, t=t_rel: self._release(d, t))
 

@@ -113,7 +113,9 @@ class Replica:
         self._stretch_rate = 0
         self._interrupt_s = math.inf
         self._swapped_slots_count: dict[int, int] = {}
+        self._arrival_hint: Callable[[], float] | None = None
         self.scheduler = scheduler_factory(self)
+        recorder.cost_models[replica_id] = cost
         self.process = env.process(self._run())
 
     # ================================================================ router-facing state
@@ -141,7 +143,13 @@ class Replica:
         self.waiting.append(req)
         if self._idle is not None and not self._idle.triggered:
             self._idle.succeed(now_s)
-        elif self._in_stretch and now_s < self._interrupt_s:
+        elif (
+            self._in_stretch
+            and now_s < self._interrupt_s
+            and self._stretch_starts is not None
+            and now_s <= self._stretch_starts[-1]
+        ):
+            # Only an arrival before the stretch's last step starts can shorten it.
             self._interrupt_s = now_s
             self.process.interrupt(now_s)
 
@@ -361,9 +369,8 @@ class Replica:
 
     def _run_step(self, plan: StepPlan):  # noqa: ANN202
         inputs = self._step_inputs(plan)
-        c = self.cost.cost(**{k: np.asarray([v], dtype=np.float64) for k, v in inputs.items()})
         swap_s = self._swap_time_s(plan.swap_bytes)
-        d = float(c.time_s[0]) + swap_s
+        d = self.cost.step_time_s(**inputs) + swap_s
         start = self.t
         end = start + d
         yield self.env.timeout(max(end - self.env.now, 0.0))
@@ -383,11 +390,34 @@ class Replica:
             decode_tokens=n_dec,
             queue_len=len(self.waiting) + len(self.swapped),
             num_preemptions=plan.num_preemptions,
-            split=(float(c.compute_s[0]), float(c.weight_read_s[0]), float(c.kv_read_s[0]),
-                   float(c.comm_s[0]) + swap_s, float(c.overhead_s[0])),
+            inputs=inputs,
+            swap_s=swap_s,
             mem=self._mem_stats(),
         )
         self._finish_static_batch(end)
+
+    def next_arrival_hint(self) -> float:
+        """Earliest known future arrival anywhere (set by the cluster); inf if unknown."""
+        hint = self._arrival_hint
+        return hint() if hint is not None else math.inf
+
+    def _decode_stretch_times(self, b: int, ctx_sum0: int, n_dec: int, k: int, stop_s: float) -> list[float]:
+        """Durations of up to ``k`` decode steps, stopping before a step that would start at
+        or after ``stop_s`` (a known arrival or policy clock).
+
+        Each step is timed with the cost model's scalar path - the very call stepping makes -
+        so both modes produce the same floats.
+        """
+        step_time = self.cost.step_time_s
+        t = self.t
+        out: list[float] = []
+        for j in range(k):
+            if j > 0 and t >= stop_s:
+                break
+            d = step_time(num_decode_seqs=b, decode_ctx_tokens=ctx_sum0 + n_dec * j)
+            out.append(d)
+            t = t + d
+        return out
 
     def _plan_stretch_length(self, plan: StepPlan, ctx0: npt.NDArray[np.int64]) -> int:
         d = plan.decode_slots
@@ -416,24 +446,12 @@ class Replica:
         k = self._plan_stretch_length(plan, ctx0)
         b = len(d) + plan.padding_seqs
         ctx_sum0 = int(ctx0.sum()) + plan.padding_ctx_tokens
-        steps = np.arange(k, dtype=np.float64)
-        zeros = np.zeros(k)
-        c = self.cost.cost(
-            prefill_tokens=zeros,
-            prefill_attn_pairs=zeros,
-            prefill_kv_tokens=zeros,
-            num_prefill_seqs=zeros,
-            num_decode_seqs=np.full(k, float(b)),
-            decode_ctx_tokens=ctx_sum0 + len(d) * steps,
-        )
-        durations = np.asarray(c.time_s, dtype=np.float64)
+        stop_s = min(plan.stretch_until_s, self.next_arrival_hint())
+        durations = np.asarray(self._decode_stretch_times(b, ctx_sum0, len(d), k, stop_s))
+        k = len(durations)
         # Sequential additions, exactly as stepping one at a time would make them.
-        ends = np.cumsum(np.concatenate(([self.t], durations)))
-        starts = ends[:-1]
-        ends = ends[1:]
-        if plan.stretch_until_s < math.inf:
-            keep = max(1, int(np.searchsorted(starts, plan.stretch_until_s, side="left")))
-            k = min(k, keep)
+        ends_all = np.cumsum(np.concatenate(([self.t], durations)))
+        starts, ends = ends_all[:-1], ends_all[1:]
         mem_start = self._mem_stats()
         self._in_stretch = True
         self._interrupt_s = math.inf
@@ -451,6 +469,7 @@ class Replica:
                 if started < k:
                     k = started
                     target_end = ends[k - 1]
+                    self._stretch_starts = starts[:k]
         self._in_stretch = False
         self._stretch_starts = None
         self._interrupt_s = math.inf
@@ -468,7 +487,8 @@ class Replica:
             num_running=n,
             decode_tokens=n,
             queue_len=len(self.waiting) + len(self.swapped),
-            split=(c.compute_s[:k], c.weight_read_s[:k], c.kv_read_s[:k], c.comm_s[:k], c.overhead_s[:k]),
+            decode_seqs=b,
+            ctx_tokens=ctx_sum0 + n * np.arange(k, dtype=np.float64),
             mem_start=mem_start,
             mem_end=mem_end,
         )

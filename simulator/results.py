@@ -15,7 +15,6 @@ Afterwards :meth:`Recorder.to_frames` builds the DataFrames with unit-suffixed c
 from __future__ import annotations
 
 import json
-from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,11 @@ STATUS_COMPLETED = 1
 STATUS_REJECTED = 2
 STATUS_NAMES = {STATUS_PENDING: "unfinished", STATUS_COMPLETED: "completed", STATUS_REJECTED: "rejected"}
 
-_STEP_INT_COLS = (
+# Raw step-row layout (one float64 row per step; integer columns are exact below 2**53).
+# The step cost's split by bound is computed once at the end from the recorded inputs.
+_RAW_COLS = (
+    "t_s",
+    "duration_s",
     "replica_id",
     "num_running",
     "num_prefill_seqs",
@@ -54,8 +57,18 @@ _STEP_INT_COLS = (
     "kv_free_slots",
     "prefix_hit_tokens",
     "prefix_query_tokens",
+    # cost-model inputs of the step, and swap transfer time
+    "in_prefill_tokens",
+    "in_attn_pairs",
+    "in_kv_tokens",
+    "in_sampling_seqs",
+    "in_decode_seqs",
+    "in_ctx_tokens",
+    "swap_s",
 )
-_STEP_FLOAT_COLS = ("t_s", "duration_s", "compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s")
+_COL = {c: i for i, c in enumerate(_RAW_COLS)}
+_NUM_RAW = len(_RAW_COLS)
+_SPLIT_COLS = ("compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s")
 _MEM_FIELDS = (
     ("kv_token_state_slots", "token_slots"),
     ("kv_reserved_slots", "reserved_slots"),
@@ -95,8 +108,14 @@ class Recorder:
         self.itl_sum_s = 0.0
         self.itl_sumsq_s2 = 0.0
         self.itl_n = 0
-        self._int = {c: array("q") for c in _STEP_INT_COLS}
-        self._float = {c: array("d") for c in _STEP_FLOAT_COLS}
+        self._rows: list[tuple[float, ...]] = []  # single steps, in order
+        self._chunks: list[npt.NDArray[np.float64]] = []  # (k, _NUM_RAW) blocks, in order
+        self._num_rows = 0
+        self._itl_buf: list[npt.NDArray[np.float64]] = []
+        self._itl_buf_len = 0
+        self._itl_wbuf: list[npt.NDArray[np.float64]] = []
+        self._itl_wts: list[npt.NDArray[np.float64]] = []
+        self.cost_models: dict[int, Any] = {}
         self.max_concurrent = 0
         self._concurrent = 0
 
@@ -130,15 +149,34 @@ class Recorder:
 
     def itl(self, first_gaps_s: npt.NDArray[np.float64], later_durations_s: npt.NDArray[np.float64], weight: int) -> None:
         """Add inter-token gaps: one per sequence for the first step, then ``weight`` per step."""
-        self.itl_counts += np.bincount(_itl_bin(first_gaps_s), minlength=_ITL_NUM_BINS)
+        n1 = len(first_gaps_s)
         self.itl_sum_s += float(first_gaps_s.sum())
-        self.itl_sumsq_s2 += float(np.square(first_gaps_s).sum())
-        self.itl_n += len(first_gaps_s)
+        self.itl_sumsq_s2 += float(np.dot(first_gaps_s, first_gaps_s))
+        self.itl_n += n1
+        self._itl_buf.append(np.asarray(first_gaps_s, dtype=np.float64))
+        self._itl_buf_len += n1
         if len(later_durations_s):
-            self.itl_counts += weight * np.bincount(_itl_bin(later_durations_s), minlength=_ITL_NUM_BINS)
             self.itl_sum_s += weight * float(later_durations_s.sum())
-            self.itl_sumsq_s2 += weight * float(np.square(later_durations_s).sum())
+            self.itl_sumsq_s2 += weight * float(np.dot(later_durations_s, later_durations_s))
             self.itl_n += weight * len(later_durations_s)
+            self._itl_wbuf.append(np.asarray(later_durations_s, dtype=np.float64))
+            self._itl_wts.append(np.full(len(later_durations_s), float(weight)))
+            self._itl_buf_len += len(later_durations_s)
+        if self._itl_buf_len > 1_000_000:
+            self._flush_itl()
+
+    def _flush_itl(self) -> None:
+        if self._itl_buf:
+            vals = np.concatenate(self._itl_buf)
+            self.itl_counts += np.bincount(_itl_bin(vals), minlength=_ITL_NUM_BINS)
+            self._itl_buf = []
+        if self._itl_wbuf:
+            vals = np.concatenate(self._itl_wbuf)
+            wts = np.concatenate(self._itl_wts)
+            counts = np.bincount(_itl_bin(vals), weights=wts, minlength=_ITL_NUM_BINS)
+            self.itl_counts += np.rint(counts).astype(np.int64)
+            self._itl_wbuf, self._itl_wts = [], []
+        self._itl_buf_len = 0
 
     # ------------------------------------------------------------------ step events
     def steps_single(
@@ -153,28 +191,20 @@ class Recorder:
         decode_tokens: int,
         queue_len: int,
         num_preemptions: int,
-        split: tuple[float, float, float, float, float],
+        inputs: dict[str, float],
+        swap_s: float,
         mem: Any,
     ) -> None:
-        fi, ff = self._int, self._float
-        ff["t_s"].append(t_s)
-        ff["duration_s"].append(duration_s)
-        ff["compute_s"].append(split[0])
-        ff["weight_read_s"].append(split[1])
-        ff["kv_read_s"].append(split[2])
-        ff["comm_s"].append(split[3])
-        ff["overhead_s"].append(split[4])
-        fi["replica_id"].append(replica_id)
-        fi["num_running"].append(num_running)
-        fi["num_prefill_seqs"].append(num_prefill_seqs)
-        fi["prefill_tokens"].append(prefill_tokens)
-        fi["decode_tokens"].append(decode_tokens)
-        fi["queue_len"].append(queue_len)
-        fi["num_preemptions"].append(num_preemptions)
-        for col, attr in _MEM_FIELDS:
-            fi[col].append(int(getattr(mem, attr)))
-        fi["prefix_hit_tokens"].append(int(mem.prefix_hit_tokens))
-        fi["prefix_query_tokens"].append(int(mem.prefix_query_tokens))
+        """One stepped row (its cost split is derived at the end from ``inputs``)."""
+        self._rows.append((
+            t_s, duration_s, replica_id, num_running, num_prefill_seqs, prefill_tokens, decode_tokens,
+            queue_len, num_preemptions, mem.token_slots, mem.reserved_slots, mem.internal_frag_slots,
+            mem.external_frag_slots, mem.cached_slots, mem.free_slots, mem.prefix_hit_tokens,
+            mem.prefix_query_tokens, inputs["prefill_tokens"], inputs["prefill_attn_pairs"],
+            inputs["prefill_kv_tokens"], inputs["num_prefill_seqs"], inputs["num_decode_seqs"],
+            inputs["decode_ctx_tokens"], swap_s,
+        ))
+        self._num_rows += 1
 
     def steps_many(
         self,
@@ -185,7 +215,8 @@ class Recorder:
         num_running: int,
         decode_tokens: int,
         queue_len: int,
-        split: tuple[npt.NDArray[np.float64], ...],
+        decode_seqs: int,
+        ctx_tokens: npt.NDArray[np.float64],
         mem_start: Any,
         mem_end: Any,
     ) -> None:
@@ -195,59 +226,95 @@ class Recorder:
         at the start and at the end (token states grow by one slot per sequence per step).
         """
         k = len(t_s)
-        fi, ff = self._int, self._float
-        for col, arr in zip(
-            ("t_s", "duration_s", "compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s"),
-            (t_s, duration_s, *split),
-            strict=True,
-        ):
-            ff[col].frombytes(np.ascontiguousarray(arr[:k], dtype=np.float64).tobytes())
-
-        def const(col: str, value: int) -> None:
-            fi[col].frombytes(np.full(k, value, np.int64).tobytes())
-
-        const("replica_id", replica_id)
-        const("num_running", num_running)
-        const("num_prefill_seqs", 0)
-        const("prefill_tokens", 0)
-        const("decode_tokens", decode_tokens)
-        const("queue_len", queue_len)
-        const("num_preemptions", 0)
+        block = np.zeros((k, _NUM_RAW), dtype=np.float64)
+        block[:, _COL["t_s"]] = t_s
+        block[:, _COL["duration_s"]] = duration_s
+        block[:, _COL["replica_id"]] = replica_id
+        block[:, _COL["num_running"]] = num_running
+        block[:, _COL["decode_tokens"]] = decode_tokens
+        block[:, _COL["queue_len"]] = queue_len
+        block[:, _COL["in_decode_seqs"]] = decode_seqs
+        block[:, _COL["in_ctx_tokens"]] = ctx_tokens
+        block[:, _COL["prefix_hit_tokens"]] = mem_end.prefix_hit_tokens
+        block[:, _COL["prefix_query_tokens"]] = mem_end.prefix_query_tokens
         frac = np.arange(1, k + 1, dtype=np.float64) / k
         capacity = int(mem_end.capacity_slots)
         vals = []
         for _col, attr in _MEM_FIELDS:
             a, b = getattr(mem_start, attr), getattr(mem_end, attr)
-            vals.append(np.rint(a + (b - a) * frac).astype(np.int64))
+            vals.append(np.rint(a + (b - a) * frac))
         grid = np.stack(vals, axis=1)  # (k, 6)
         # Rounding residual goes to each row's largest category, so rows sum to capacity
         # and stay non-negative.
         residual = capacity - grid.sum(axis=1)
         grid[np.arange(k), grid.argmax(axis=1)] += residual
-        for j, (col, _attr) in enumerate(_MEM_FIELDS):
-            fi[col].frombytes(np.ascontiguousarray(grid[:, j]).tobytes())
-        const("prefix_hit_tokens", int(mem_end.prefix_hit_tokens))
-        const("prefix_query_tokens", int(mem_end.prefix_query_tokens))
+        first = _COL[_MEM_FIELDS[0][0]]
+        block[:, first : first + len(_MEM_FIELDS)] = grid
+        if self._rows:
+            self._chunks.append(np.asarray(self._rows, dtype=np.float64))
+            self._rows = []
+        self._chunks.append(block)
+        self._num_rows += k
 
     @property
     def num_step_rows(self) -> int:
-        return len(self._float["t_s"])
+        return self._num_rows
 
     # ------------------------------------------------------------------ frames
+    def _raw(self) -> npt.NDArray[np.float64]:
+        chunks = list(self._chunks)
+        if self._rows:
+            chunks.append(np.asarray(self._rows, dtype=np.float64))
+        if not chunks:
+            return np.zeros((0, _NUM_RAW))
+        return np.concatenate(chunks)
+
     def steps_frame(self) -> pd.DataFrame:
-        cols: dict[str, Any] = {}
-        cols["replica_id"] = np.frombuffer(self._int["replica_id"], dtype=np.int64).astype(np.int32)
-        cols["step"] = np.arange(self.num_step_rows, dtype=np.int64)
-        for c in _STEP_FLOAT_COLS:
-            cols[c] = np.frombuffer(self._float[c], dtype=np.float64).copy()
-        for c in _STEP_INT_COLS:
-            if c != "replica_id":
-                cols[c] = np.frombuffer(self._int[c], dtype=np.int64).copy()
-        order = ["replica_id", "step", "t_s", "duration_s", "num_running", "num_prefill_seqs", "prefill_tokens",
-                 "decode_tokens", "queue_len", "num_preemptions", "compute_s", "weight_read_s", "kv_read_s",
-                 "comm_s", "overhead_s", *(c for c, _ in _MEM_FIELDS), "prefix_hit_tokens", "prefix_query_tokens"]
-        df = pd.DataFrame({c: cols[c] for c in order})
-        # Stable order by (replica, time): replicas interleave in the raw log.
+        """The per-step timeline, with the step time split by bound.
+
+        The split comes from one vectorised step-cost evaluation per replica over the
+        recorded step inputs, scaled to the step's duration (the engine times steps with the
+        cost model's scalar path; the two agree to rounding).
+        """
+        raw = self._raw()
+        n = len(raw)
+        split = np.zeros((n, len(_SPLIT_COLS)))
+        rep = raw[:, _COL["replica_id"]].astype(np.int64)
+        for rid in np.unique(rep).tolist():
+            model = self.cost_models.get(rid)
+            if model is None:
+                continue
+            sel = rep == rid
+            r = raw[sel]
+            c = model.cost(
+                prefill_tokens=r[:, _COL["in_prefill_tokens"]],
+                prefill_attn_pairs=r[:, _COL["in_attn_pairs"]],
+                prefill_kv_tokens=r[:, _COL["in_kv_tokens"]],
+                num_prefill_seqs=r[:, _COL["in_sampling_seqs"]],
+                num_decode_seqs=r[:, _COL["in_decode_seqs"]],
+                decode_ctx_tokens=r[:, _COL["in_ctx_tokens"]],
+            )
+            parts = np.stack([np.asarray(getattr(c, f), dtype=np.float64) * np.ones(len(r)) for f in _SPLIT_COLS], axis=1)
+            parts[:, 3] += r[:, _COL["swap_s"]]
+            total = parts.sum(axis=1)
+            total[total == 0] = 1.0
+            split[sel] = parts * (r[:, _COL["duration_s"]] / total)[:, None]
+        cols: dict[str, Any] = {
+            "replica_id": raw[:, _COL["replica_id"]].astype(np.int32),
+            "step": np.arange(n, dtype=np.int64),
+            "t_s": raw[:, _COL["t_s"]],
+            "duration_s": raw[:, _COL["duration_s"]],
+        }
+        for c in ("num_running", "num_prefill_seqs", "prefill_tokens", "decode_tokens", "queue_len", "num_preemptions"):
+            cols[c] = raw[:, _COL[c]].astype(np.int64)
+        for j, c in enumerate(_SPLIT_COLS):
+            cols[c] = split[:, j]
+        for c, _ in _MEM_FIELDS:
+            cols[c] = raw[:, _COL[c]].astype(np.int64)
+        cols["prefix_hit_tokens"] = raw[:, _COL["prefix_hit_tokens"]].astype(np.int64)
+        cols["prefix_query_tokens"] = raw[:, _COL["prefix_query_tokens"]].astype(np.int64)
+        df = pd.DataFrame(cols)
+        # Stable order by (time, replica): replicas interleave in the raw log.
         df = df.sort_values(["t_s", "replica_id"], kind="mergesort").reset_index(drop=True)
         df["step"] = np.arange(len(df), dtype=np.int64)
         return df
@@ -292,6 +359,7 @@ class Recorder:
         )
 
     def itl_percentile_ms(self, q: float) -> float:
+        self._flush_itl()
         total = int(self.itl_counts.sum())
         if total == 0:
             return float("nan")

@@ -25,6 +25,18 @@ class LinearCost:
     per_prefill_token_s: float = 0.0
     per_decode_seq_s: float = 0.0
 
+    def step_time_s(
+        self,
+        *,
+        prefill_tokens: float = 0,
+        prefill_attn_pairs: float = 0,
+        prefill_kv_tokens: float = 0,
+        num_prefill_seqs: float = 0,
+        num_decode_seqs: float = 0,
+        decode_ctx_tokens: float = 0,
+    ) -> float:
+        return self.base_s + prefill_tokens * self.per_prefill_token_s + num_decode_seqs * self.per_decode_seq_s
+
     def cost(
         self,
         *,

@@ -145,3 +145,35 @@ def test_router_policies_spread_and_follow_prefixes() -> None:
     fam_rep = pa.requests.groupby(np.arange(n) % 3)["replica_id"].nunique()
     assert (fam_rep == 1).all()
     assert pa.summary["prefix_hit_rate"] > 0
+
+
+def test_fast_forward_is_exact_with_the_real_step_cost_model() -> None:
+    """The calibrated step-cost model, a real scenario: both modes give identical timings."""
+    from simulator.build import run_scenario
+    from simulator.scenario import scenario_from_dict
+
+    base = {
+        "name": "ffcheck",
+        "hardware": {"gpu": "h100-sxm", "replicas": 2},
+        "model": {"name": "llama-3.1-8b", "max_model_len_tokens": 8192},
+        "kv_cache": {"manager": "radix", "block_size_tokens": 16},
+        "scheduler": {"policy": "sglang"},
+        "router": {"policy": "least_kv_load"},
+        "engine": {"progress": False},
+        "workload": {
+            "num_requests": 120,
+            "arrivals": {"process": "poisson", "rate_per_s": 30},
+            "lengths": {"prompt": {"dist": "uniform", "min_tokens": 50, "max_tokens": 800},
+                        "output": {"dist": "uniform", "min_tokens": 5, "max_tokens": 300}},
+            "prefixes": {"kind": "multi_turn", "min_turns": 1, "max_turns": 4, "think_time_s": 1.0},
+        },
+        "variants": [{"name": "ff", "engine": {"fast_forward": True}},
+                     {"name": "step", "engine": {"fast_forward": False}}],
+    }
+    res = run_scenario(scenario_from_dict(base))
+    a, b = res["ff"].requests, res["step"].requests
+    cols = ["arrival_s", "first_scheduled_s", "first_token_s", "finish_s", "replica_id",
+            "cached_prompt_tokens", "num_preemptions"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    assert len(res["ff"].steps) == len(res["step"].steps)
+    assert res["ff"].summary["prefix_hit_rate"] > 0.2
