@@ -56,17 +56,23 @@ class TileConfig:
 #   sm90: CUTLASS 3 KernelTmaWarpSpecializedCooperative/Pingpong examples (examples/48_hopper_
 #         warp_specialized_gemm: TileShape 128x128x64 and 128x256x64; StageCountAutoCarveout
 #         fills the shared memory, 4-7 stages).
+#   small batch (both): a 16-row tile as in Marlin's w4a16 kernel (IST-DASLab/marlin, Frantar et
+#         al. arXiv:2408.11743: 16 x 256 CTA tiles, 4-stage cp.async pipeline) and cuBLAS's
+#         small-M GEMV-like kernels, so that m <= 16 does not pay for a 64-row MMA tile.
+_TILE_SMALL_M = TileConfig(block_m=16, block_n=256, block_k=64, num_threads=256, max_stages=4)
 _TILES_SM80: tuple[TileConfig, ...] = (
     TileConfig(block_m=128, block_n=256, block_k=64, num_threads=256, max_stages=3),
     TileConfig(block_m=128, block_n=128, block_k=64, num_threads=256, max_stages=4),
     TileConfig(block_m=64, block_n=128, block_k=64, num_threads=128, max_stages=4),
     TileConfig(block_m=64, block_n=64, block_k=64, num_threads=128, max_stages=5),
+    _TILE_SMALL_M,
 )
 _TILES_SM90: tuple[TileConfig, ...] = (
     TileConfig(block_m=128, block_n=256, block_k=64, num_threads=384, max_stages=4),
     TileConfig(block_m=128, block_n=128, block_k=64, num_threads=384, max_stages=6),
     TileConfig(block_m=64, block_n=128, block_k=64, num_threads=256, max_stages=7),
     TileConfig(block_m=64, block_n=64, block_k=64, num_threads=128, max_stages=8),
+    _TILE_SMALL_M,
 )
 
 #: Residency limits per compute capability: (max threads per SM, max resident CTAs per SM).

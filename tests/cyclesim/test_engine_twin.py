@@ -57,6 +57,9 @@ def test_decode_twin_with_lookups(h100, monkeypatch) -> None:
                                 head_dim=64, block_size=8, num_splits=2)
     K.simulate_prefill_attention(h100, batch=1, query_tokens=200, context_tokens=260,
                                  num_heads=4, num_kv_heads=2, head_dim=64)
-    for work, launch in captured:
-        assert np.any(work.load_phase == K._engine.PHASE_DEPENDENT) or work is captured[1][0]
-        _check(work, launch._replace(num_sms=4))
+    monkeypatch.undo()
+    (decode_work, decode_launch), (prefill_work, prefill_launch) = captured
+    assert np.any(decode_work.load_phase == K._engine.PHASE_DEPENDENT)
+    assert np.any(decode_work.load_key == K._engine.KEY_L2_RESIDENT)
+    _check(decode_work, decode_launch._replace(num_sms=4))
+    _check(prefill_work, prefill_launch._replace(num_sms=4))
