@@ -35,6 +35,7 @@ _COMMAND_MODULES = [
     "simulator.cli.quant",
     "simulator.cli.sweep",
     "simulator.cli.roofline",
+    "simulator.cli.kernel",
 ]
 
 for _name in _COMMAND_MODULES:

@@ -55,7 +55,7 @@ def test_wave_quantisation_step() -> None:
 def test_double_buffering_helps() -> None:
     """At one CTA per SM, a single stage exposes every load latency."""
     mach = machine_for(get_gpu(H100))
-    kw = dict(m=2048, n=4096, k=4096)
+    kw = {"m": 2048, "n": 4096, "k": 4096}
     on = simulate_gemm(mach, **kw, config=GemmConfig(tile=mach.tiles[1], num_stages=4, split_k=1, ctas_per_sm=1))
     off = simulate_gemm(mach, **kw, config=GemmConfig(tile=mach.tiles[1], num_stages=1, split_k=1, ctas_per_sm=1))
     assert off.total_cycles > 1.2 * on.total_cycles
@@ -78,7 +78,7 @@ def test_fp8_faster_than_fp16_and_w4_helps_small_batch() -> None:
 
 
 def test_paged_overhead_shrinks_with_block_size() -> None:
-    kw = dict(batch=8, context_tokens=1000, num_heads=32, num_kv_heads=8, head_dim=128)
+    kw = {"batch": 8, "context_tokens": 1000, "num_heads": 32, "num_kv_heads": 8, "head_dim": 128}
     contiguous = simulate_decode_attention(H100, block_size=None, **kw).total_cycles
     paged = [simulate_decode_attention(H100, block_size=b, **kw).total_cycles for b in (1, 4, 16)]
     assert paged[0] > paged[1] > paged[2] >= contiguous * 0.999
@@ -95,7 +95,7 @@ def test_split_kv_for_small_batches() -> None:
 
 
 def test_prefill_causal_and_longer_context() -> None:
-    kw = dict(batch=1, num_heads=32, num_kv_heads=8, head_dim=128)
+    kw = {"batch": 1, "num_heads": 32, "num_kv_heads": 8, "head_dim": 128}
     causal = simulate_prefill_attention(H100, query_tokens=2048, **kw)
     full = simulate_prefill_attention(H100, query_tokens=2048, causal=False, **kw)
     prefix = simulate_prefill_attention(H100, query_tokens=2048, context_tokens=4096, **kw)
