@@ -132,7 +132,7 @@ def bench(kind: str, ops: np.ndarray, keys: np.ndarray, twin_ops: int) -> dict:
         def fast(o):
             mm = make_kv_manager(kind, **cfg)
             r = np.zeros(len(o), dtype=np.int64)
-            _contiguous.run_trace(mm._st, o, False, r)
+            _contiguous.run_trace(mm._arena, o, r)
             return r
 
         def slow(o):
@@ -147,9 +147,7 @@ def bench(kind: str, ops: np.ndarray, keys: np.ndarray, twin_ops: int) -> dict:
         def fast(o):
             mm = make_kv_manager(kind, **cfg)
             r = np.zeros(len(o), dtype=np.int64)
-            _blocks.run_trace(
-                mm._st, o, keys, BLOCK, mm.watermark_blocks, not paged, MAX_SEQ_LEN, r
-            )
+            _blocks.run_trace(mm._arena, o, keys, r)
             return r
 
         def slow(o):

@@ -18,8 +18,13 @@ import numpy as np
 import numpy.typing as npt
 
 from simulator.errors import InvariantError
-from simulator.memory.base import KVCacheManager, MemoryStats
+from simulator.memory.base import KVCacheManager, MemoryStats, as_i64, make_memory_stats
 from simulator.memory.kernels import _contiguous
+
+_C_TOKENS = _contiguous.C_TOKENS
+_C_RESERVED = _contiguous.C_RESERVED
+_C_INTERNAL = _contiguous.C_INTERNAL
+_C_FREE = _contiguous.C_FREE
 
 
 class ContiguousKVCache(KVCacheManager):
@@ -51,7 +56,11 @@ class ContiguousKVCache(KVCacheManager):
         self.reservation = reservation
         self.placement = placement
         self._best_fit = placement == "best_fit"
-        self._st = _contiguous.make_state(capacity_tokens, max_seqs)
+        self._arena, self._st = _contiguous.make_state(
+            capacity_tokens, max_seqs, best_fit=self._best_fit
+        )
+        self._counters = self._st.counters
+        self._live = self._st.seq_live
         self._out5 = np.zeros(5, dtype=np.int64)
         self._prefix_query_tokens = 0
         self._prefix_hit_tokens = 0
@@ -60,7 +69,7 @@ class ContiguousKVCache(KVCacheManager):
     def _check_seq(self, seq_id: int, *, live: bool) -> None:
         if not 0 <= seq_id < self.max_seqs:
             raise ValueError(f"seq_id must be in [0, {self.max_seqs}), got {seq_id}")
-        if bool(self._st.seq_live[seq_id]) != live:
+        if bool(self._live[seq_id]) != live:
             state = "not live" if live else "already live"
             raise ValueError(f"seq_id {seq_id} is {state}")
 
@@ -75,8 +84,7 @@ class ContiguousKVCache(KVCacheManager):
     @property
     def num_free_slots(self) -> int:
         """Free slots (all extents, whatever their size)."""
-        st = self._st
-        return int(st.ext_len[: st.n_ext[0]].sum())
+        return int(self._counters[_C_FREE])
 
     @property
     def free_extents(self) -> list[tuple[int, int]]:
@@ -115,7 +123,7 @@ class ContiguousKVCache(KVCacheManager):
         size = self.reservation_slots(prompt_tokens, final_tokens)
         if size < prompt_tokens:
             return None
-        start = _contiguous.reserve(self._st, seq_id, size, self._best_fit, 0, final_tokens)
+        start = _contiguous.reserve(self._arena, seq_id, size, 0, final_tokens)
         if start < 0:
             return None
         self._prefix_query_tokens += prompt_tokens
@@ -129,11 +137,16 @@ class ContiguousKVCache(KVCacheManager):
         self, seq_ids: npt.ArrayLike, new_total_tokens: npt.ArrayLike, *, now_s: float
     ) -> bool:
         """True if every new total fits its reservation (then they are recorded)."""
-        ids = np.ascontiguousarray(seq_ids, dtype=np.int64).reshape(-1)
-        totals = np.ascontiguousarray(new_total_tokens, dtype=np.int64).reshape(-1)
-        if ids.size and not self._st.seq_live[ids].all():
+        ids = as_i64(seq_ids)
+        totals = as_i64(new_total_tokens)
+        status = _contiguous.grow(self._arena, ids, totals)
+        if status < 0:
+            if status == _contiguous.BAD_SHAPE:
+                raise ValueError(
+                    f"seq_ids {ids.shape} and new_total_tokens {totals.shape} differ"
+                )
             raise ValueError(f"grow on a seq id that is not live: {ids.tolist()}")
-        return _contiguous.grow(self._st, ids, totals) == _contiguous.OK
+        return status == _contiguous.OK
 
     def free(
         self,
@@ -147,7 +160,7 @@ class ContiguousKVCache(KVCacheManager):
     ) -> None:
         """Return the region to the free extents."""
         self._check_seq(seq_id, live=True)
-        _contiguous.release(self._st, seq_id)
+        _contiguous.release(self._arena, seq_id)
 
     def fork(self, parent_seq_id: int, child_seq_id: int, *, now_s: float) -> bool:
         """Copy the parent into a new region of the same size; False if none is free."""
@@ -155,10 +168,9 @@ class ContiguousKVCache(KVCacheManager):
         self._check_seq(child_seq_id, live=False)
         st = self._st
         start = _contiguous.reserve(
-            st,
+            self._arena,
             child_seq_id,
             int(st.seq_res[parent_seq_id]),
-            self._best_fit,
             int(st.seq_tokens[parent_seq_id]),
             int(st.seq_final[parent_seq_id]),
         )
@@ -168,21 +180,27 @@ class ContiguousKVCache(KVCacheManager):
         return True
 
     def stats(self, *, min_pending_slots: int = 0) -> MemoryStats:
-        """Categories; free extents smaller than ``min_pending_slots`` are external frag."""
-        _contiguous.slot_stats(self._st, int(min_pending_slots), self._out5)
-        o = self._out5
-        return MemoryStats(
-            capacity_slots=self.capacity_tokens,
-            token_slots=int(o[0]),
-            reserved_slots=int(o[1]),
-            internal_frag_slots=int(o[2]),
-            external_frag_slots=int(o[3]),
-            cached_slots=0,
-            free_slots=int(o[4]),
-            prefix_query_tokens=self._prefix_query_tokens,
-            prefix_hit_tokens=0,
-            evicted_tokens=0,
-            num_cow_copies=self._num_copies,
+        """Categories; free extents smaller than ``min_pending_slots`` are external frag.
+
+        O(1) but for external fragmentation, a scan of the free extents when
+        ``min_pending_slots > 1`` (every extent holds at least one slot).
+        """
+        c = self._counters.tolist()
+        external = 0
+        if min_pending_slots > 1:
+            external = int(_contiguous.external_slots(self._arena, int(min_pending_slots)))
+        return make_memory_stats(
+            self.capacity_tokens,
+            c[_C_TOKENS],
+            c[_C_RESERVED],
+            c[_C_INTERNAL],
+            external,
+            0,
+            c[_C_FREE] - external,
+            self._prefix_query_tokens,
+            0,
+            0,
+            self._num_copies,
         )
 
     def block_table(self, seq_id: int) -> npt.NDArray[np.int32]:
@@ -226,6 +244,10 @@ class ContiguousKVCache(KVCacheManager):
         if pos != self.capacity_tokens:
             raise InvariantError(f"spans cover {pos} != {self.capacity_tokens} slots")
         s = self.stats(min_pending_slots=7)
+        _contiguous.recount_slots(self._arena, 7, self._out5)
+        got = (s.token_slots, s.reserved_slots, s.internal_frag_slots, s.external_frag_slots)
+        if got + (s.free_slots,) != tuple(self._out5.tolist()):
+            raise InvariantError(f"category counters {got} != recount {self._out5.tolist()}")
         total = (
             s.token_slots
             + s.reserved_slots

@@ -16,14 +16,15 @@ import numpy as np
 import numpy.typing as npt
 
 from simulator.errors import InvariantError
-from simulator.memory.base import KVCacheManager, MemoryStats
+from simulator.memory.base import KVCacheManager, MemoryStats, as_i64, make_memory_stats
 from simulator.memory.kernels import _blocks
 
 _EMPTY_KEYS = np.zeros(0, dtype=np.int64)
-
-
-def _as_i64(a: npt.ArrayLike) -> npt.NDArray[np.int64]:
-    return np.ascontiguousarray(a, dtype=np.int64).reshape(-1)
+_C_FREE_TOP = _blocks.C_FREE_TOP
+_C_CACHED = _blocks.C_CACHED
+_C_TOKENS = _blocks.C_TOKENS
+_C_EVICTED = _blocks.C_EVICTED
+_C_COW = _blocks.C_COW
 
 
 class PagedKVCache(KVCacheManager):
@@ -57,10 +58,18 @@ class PagedKVCache(KVCacheManager):
         # NOTE(watermark): int(frac * blocks), as vLLM's BlockSpaceManager computes it.
         self.watermark_blocks = int(watermark_frac * self.num_blocks)
         self.max_blocks_per_seq = -(-max_seq_len // block_size_tokens)
-        self._st = _blocks.make_state(self.num_blocks, max_seqs, self.max_blocks_per_seq)
-        self._res = np.zeros(3, dtype=np.int64)
+        self._arena, self._st = _blocks.make_state(
+            self.num_blocks,
+            max_seqs,
+            self.max_blocks_per_seq,
+            page_tokens=block_size_tokens,
+            watermark_blocks=self.watermark_blocks,
+            can_evict=self._can_evict,
+            max_seq_len=max_seq_len,
+        )
+        self._counters = self._st.counters
+        self._live = self._st.seq_live
         self._out2 = np.zeros(2, dtype=np.int64)
-        self._buf = np.zeros(self.max_blocks_per_seq, dtype=np.int32)
         self._prefix_query_tokens = 0
         self._prefix_hit_tokens = 0
 
@@ -69,7 +78,7 @@ class PagedKVCache(KVCacheManager):
     def _check_seq(self, seq_id: int, *, live: bool) -> None:
         if not 0 <= seq_id < self.max_seqs:
             raise ValueError(f"seq_id must be in [0, {self.max_seqs}), got {seq_id}")
-        if bool(self._st.seq_live[seq_id]) != live:
+        if bool(self._live[seq_id]) != live:
             state = "not live" if live else "already live"
             raise ValueError(f"seq_id {seq_id} is {state}")
 
@@ -88,10 +97,10 @@ class PagedKVCache(KVCacheManager):
     @property
     def num_free_slots(self) -> int:
         """Free slots (radix: plus evictable cached slots)."""
-        free = int(self._st.free_top[0])
+        c = self._counters
         if self._can_evict:
-            free += int(self._st.counters[_blocks.C_CACHED])
-        return free * self.block_size_tokens
+            return int(c[_C_FREE_TOP] + c[_C_CACHED]) * self.block_size_tokens
+        return int(c[_C_FREE_TOP]) * self.block_size_tokens
 
     def fits_ever(self, prompt_tokens: int, final_tokens: int) -> bool:
         """Prompt fits an empty cache with the watermark, and so does prompt + 1 token."""
@@ -112,8 +121,7 @@ class PagedKVCache(KVCacheManager):
         n = min(len(keys), self._cap_pages(prompt_tokens))
         if n == 0:
             return 0
-        m = _blocks.match_len(self._st, keys, n, self._buf, self._res)
-        return int(m) * self.block_size_tokens
+        return int(_blocks.match_len(self._arena, keys, n)) * self.block_size_tokens
 
     def admit(
         self,
@@ -135,18 +143,7 @@ class PagedKVCache(KVCacheManager):
             raise ValueError(f"prompt_tokens {prompt_tokens} > max_seq_len {self.max_seq_len}")
         keys = self._page_keys(block_ids, block_tokens, prompt_tokens)
         n = min(len(keys), self._cap_pages(prompt_tokens))
-        m = _blocks.admit(
-            self._st,
-            seq_id,
-            keys,
-            n,
-            prompt_tokens,
-            self.block_size_tokens,
-            self.watermark_blocks,
-            float(now_s),
-            self._buf,
-            self._res,
-        )
+        m = _blocks.admit(self._arena, seq_id, keys, n, prompt_tokens, float(now_s))
         if m < 0:
             return None
         hit = int(m) * self.block_size_tokens
@@ -154,45 +151,32 @@ class PagedKVCache(KVCacheManager):
         self._prefix_hit_tokens += hit
         return hit
 
-    def _grow_args(
-        self, seq_ids: npt.ArrayLike, new_total_tokens: npt.ArrayLike
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        ids = _as_i64(seq_ids)
-        totals = _as_i64(new_total_tokens)
-        if ids.shape != totals.shape:
-            raise ValueError(f"seq_ids {ids.shape} and new_total_tokens {totals.shape} differ")
-        if ids.size and (
-            ids.min() < 0 or ids.max() >= self.max_seqs or not self._st.seq_live[ids].all()
-        ):
-            raise ValueError(f"grow on a seq id that is not live: {ids.tolist()}")
-        if ids.size and totals.max() > self.max_seq_len:
-            raise ValueError(f"new_total_tokens {totals.max()} > max_seq_len {self.max_seq_len}")
-        return ids, totals
+    def _misuse(self, status: int, ids: npt.NDArray[np.int64], totals: npt.NDArray[np.int64]):
+        """The ValueError for a misuse code of the grow kernels."""
+        if status == _blocks.BAD_SHAPE:
+            return ValueError(f"seq_ids {ids.shape} and new_total_tokens {totals.shape} differ")
+        if status == _blocks.BAD_SEQ:
+            return ValueError(f"grow on a seq id that is not live: {ids.tolist()}")
+        return ValueError(f"new_total_tokens {totals.max()} > max_seq_len {self.max_seq_len}")
 
     def slots_needed(self, seq_ids: npt.ArrayLike, new_total_tokens: npt.ArrayLike) -> int:
         """Free slots ``grow`` would consume (new blocks and CoW copies, times ``B``)."""
-        ids, totals = self._grow_args(seq_ids, new_total_tokens)
-        cow = np.zeros(ids.size, dtype=np.int8)
-        st = self._st
-        need = _blocks.plan_grow(
-            st.seq_tokens,
-            st.table,
-            st.table_len,
-            st.refcount,
-            ids,
-            totals,
-            self.block_size_tokens,
-            cow,
-        )
-        return int(need) * self.block_size_tokens
+        ids = as_i64(seq_ids)
+        totals = as_i64(new_total_tokens)
+        need = _blocks.slots_needed(self._arena, ids, totals)
+        if need < 0:
+            raise self._misuse(need, ids, totals)
+        return need * self.block_size_tokens
 
     def grow(
         self, seq_ids: npt.ArrayLike, new_total_tokens: npt.ArrayLike, *, now_s: float
     ) -> bool:
         """All-or-nothing: each seq holds slots for its new total; False = no room, no change."""
-        ids, totals = self._grow_args(seq_ids, new_total_tokens)
-        cow = np.zeros(ids.size, dtype=np.int8)
-        status = _blocks.grow(self._st, ids, totals, self.block_size_tokens, self._can_evict, cow)
+        ids = as_i64(seq_ids)
+        totals = as_i64(new_total_tokens)
+        status = _blocks.grow(self._arena, ids, totals)
+        if status < 0:
+            raise self._misuse(status, ids, totals)
         return status == _blocks.OK
 
     def free(
@@ -207,34 +191,42 @@ class PagedKVCache(KVCacheManager):
     ) -> None:
         """Release ``seq_id``; its blocks go back to the pool (radix: full pages are cached)."""
         self._check_seq(seq_id, live=True)
+        if block_ids is None:  # nothing to cache (always so when paged)
+            _blocks.release(self._arena, seq_id, _EMPTY_KEYS, 0, float(now_s))
+            return
         held = int(self._st.seq_tokens[seq_id])
         keys = self._page_keys(block_ids, block_tokens, min(total_tokens, held))
         n = min(len(keys), int(self._st.table_len[seq_id]))
-        _blocks.release(self._st, seq_id, keys, n, float(now_s))
+        _blocks.release(self._arena, seq_id, keys, n, float(now_s))
 
     def fork(self, parent_seq_id: int, child_seq_id: int, *, now_s: float) -> bool:
         """Child shares the parent's blocks (refcount++); never needs new blocks."""
         self._check_seq(parent_seq_id, live=True)
         self._check_seq(child_seq_id, live=False)
-        _blocks.fork(self._st, parent_seq_id, child_seq_id)
+        _blocks.fork(self._arena, parent_seq_id, child_seq_id)
         return True
 
     def stats(self, *, min_pending_slots: int = 0) -> MemoryStats:
-        """Memory categories (no reservation and no external fragmentation when paged)."""
-        _blocks.slot_stats(self._st, self.block_size_tokens, self._out2)
+        """Memory categories (no reservation and no external fragmentation when paged).
+
+        O(1): the kernels keep the token, cached and free counts up to date.
+        """
+        c = self._counters.tolist()
         b = self.block_size_tokens
-        return MemoryStats(
-            capacity_slots=self.capacity_tokens,
-            token_slots=int(self._out2[0]),
-            reserved_slots=0,
-            internal_frag_slots=int(self._out2[1]),
-            external_frag_slots=0,
-            cached_slots=int(self._st.counters[_blocks.C_CACHED]) * b,
-            free_slots=int(self._st.free_top[0]) * b,
-            prefix_query_tokens=self._prefix_query_tokens,
-            prefix_hit_tokens=self._prefix_hit_tokens,
-            evicted_tokens=int(self._st.counters[_blocks.C_EVICTED]),
-            num_cow_copies=int(self._st.counters[_blocks.C_COW]),
+        tokens = c[_C_TOKENS]
+        used_blocks = self.num_blocks - c[_C_FREE_TOP] - c[_C_CACHED]
+        return make_memory_stats(
+            self.capacity_tokens,
+            tokens,
+            0,
+            used_blocks * b - tokens,
+            0,
+            c[_C_CACHED] * b,
+            c[_C_FREE_TOP] * b,
+            self._prefix_query_tokens,
+            self._prefix_hit_tokens,
+            c[_C_EVICTED],
+            c[_C_COW],
         )
 
     def block_table(self, seq_id: int) -> npt.NDArray[np.int32]:
@@ -285,8 +277,14 @@ class PagedKVCache(KVCacheManager):
         used = int((st.refcount > 0).sum())
         if used + cached + len(free) != nb:
             raise InvariantError(f"used {used} + cached {cached} + free {len(free)} != {nb}")
-        self._check_tree()
+        _blocks.recount_slots(self._arena, self._out2)
         s = self.stats()
+        if (s.token_slots, s.internal_frag_slots) != tuple(self._out2.tolist()):
+            raise InvariantError(
+                f"token/internal counters ({s.token_slots}, {s.internal_frag_slots}) "
+                f"!= recount {tuple(self._out2.tolist())}"
+            )
+        self._check_tree()
         total = (
             s.token_slots
             + s.reserved_slots

@@ -4,22 +4,36 @@ The radix manager is the paged manager plus a prefix tree whose nodes own chains
 blocks, so both share these kernels (keeping the family in one module keeps numba's on-disk
 cache honest, STYLE section 6).
 
-Layout (all flat arrays in :class:`BlockState`; ``-1`` is the null id)::
+State lives in one flat ``int64`` *arena* per manager; every field of :class:`BlockState` is
+a typed view into it (int32 and int8 fields are ``.view``-ed words, float64 likewise). The
+facade passes only the arena to a kernel, and the kernel re-derives the views with
+:func:`_views` (a few slices). NOTE(speed): numba's dispatcher fingerprints a tuple argument
+in Python (about 0.2 us per array inside it) and every array argument costs about 0.2 us, so
+the 29-array tuple cost ~6 us per call; the arena costs one argument.
 
+Layout (``-1`` is the null id)::
+
+    header   counters[:HEADER]  cumulative counters, the free-stack tops and the
+             configuration (C_* indices below; free_top / node_free_top are views of it)
     pool     free_stack[:free_top[0]]  free block ids; the top is the next allocation
     blocks   refcount[b]   live block tables holding b
              in_tree[b]    1 if b is a page of a radix-tree node edge
              block_next[b] next block along the same node edge, -1 at the edge's end
              block_key[b]  the page key (prompt identity) of an in-tree block
+             block_fill[b] tokens written into b (<= page); all holders agree, because a
+                           holder copies a shared partial block before writing into it
     seqs     table[s, :table_len[s]]  block table of seq s; seq_tokens[s] tokens held
              seq_node[s]   radix node at the end of the locked prefix (0 = root = none)
     tree     parent / first_child / next_sibling   -1 terminated
              edge_first[n], edge_len[n]             a chain of blocks through block_next
              lock_ref[n], last_access_s[n], access_tick[n]   LRU key = (time, tick)
              node_free[:node_free_top[0]]           free node ids
+    scratch  buf int32[MB], res int64[3], cow int8[S]  (per instance, no per-call allocation)
 
 A block is in exactly one of three states: free (on the stack), cached (in the tree with
 refcount 0; ``counters[C_CACHED]`` counts these), or used (refcount > 0).
+``counters[C_TOKENS]`` is the sum of ``block_fill`` over used blocks, so the memory
+categories are O(1): token slots = C_TOKENS, internal fragmentation = used x page - C_TOKENS.
 
 NOTE(memory): a node's edge is a chain through the blocks themselves instead of a range in a
 shared key pool: every cached page is exactly one block, so the chain needs no pool
@@ -35,29 +49,73 @@ from numba import njit
 
 OK = 0
 NO_SPACE = 1
+# grow / slots_needed misuse codes (the facade raises ValueError)
+TOO_LONG = -2  # a new total exceeds max_seq_len
+BAD_SEQ = -3  # a seq id out of range or not live
+BAD_SHAPE = -4  # seq_ids and new_totals differ in length
 
-# counters[...] slots
-C_COW = 0  # cumulative copy-on-write block copies
-C_EVICTED = 1  # cumulative evicted tree tokens
-C_TICK = 2  # per-instance access tick (LRU tie-break)
-C_CACHED = 3  # blocks in the tree with refcount 0
+# header slots: counters[...]
+C_FREE_TOP = 0  # free blocks (free_top[0])
+C_NODE_FREE_TOP = 1  # free tree nodes (node_free_top[0])
+C_COW = 2  # cumulative copy-on-write block copies
+C_EVICTED = 3  # cumulative evicted tree tokens
+C_TICK = 4  # per-instance access tick (LRU tie-break)
+C_CACHED = 5  # blocks in the tree with refcount 0
+C_TOKENS = 6  # sum of block_fill over used blocks (token slots)
+# configuration, written once by make_state
+C_NB = 8  # blocks
+C_S = 9  # seq ids
+C_MB = 10  # block-table width
+C_NN = 11  # tree nodes (root included)
+C_PAGE = 12  # tokens per block
+C_WATERMARK = 13  # blocks admission keeps free
+C_CAN_EVICT = 14  # 1 for radix
+C_MAX_SEQ_LEN = 15
+# word offsets of the fields, written once by make_state (O_ = offset slot)
+O_BLOCK_KEY = 16
+O_SEQ_TOKENS = 17
+O_ACCESS_TICK = 18
+O_RES = 19
+O_LAST_ACCESS_S = 20
+O_FREE_STACK = 21
+O_REFCOUNT = 22
+O_BLOCK_NEXT = 23
+O_BLOCK_FILL = 24
+O_TABLE = 25
+O_TABLE_LEN = 26
+O_SEQ_NODE = 27
+O_PARENT = 28
+O_FIRST_CHILD = 29
+O_NEXT_SIBLING = 30
+O_EDGE_FIRST = 31
+O_EDGE_LEN = 32
+O_LOCK_REF = 33
+O_NODE_FREE = 34
+O_BUF = 35
+O_IN_TREE = 36
+O_SEQ_LIVE = 37
+O_COW = 38
+O_NODE_ALIVE = 39
+HEADER = 40
 
 
 class BlockState(NamedTuple):
-    """All mutable state of a paged/radix manager (see the module docstring)."""
+    """Typed views into one manager's arena (see the module docstring)."""
 
-    free_stack: np.ndarray  # int32[NB]
+    counters: np.ndarray  # int64[HEADER]
     free_top: np.ndarray  # int64[1]
+    node_free_top: np.ndarray  # int64[1]
+    free_stack: np.ndarray  # int32[NB]
     refcount: np.ndarray  # int32[NB]
     in_tree: np.ndarray  # int8[NB]
     block_next: np.ndarray  # int32[NB]
     block_key: np.ndarray  # int64[NB]
+    block_fill: np.ndarray  # int32[NB]
     table: np.ndarray  # int32[S, MB]
     table_len: np.ndarray  # int32[S]
     seq_tokens: np.ndarray  # int64[S]
     seq_live: np.ndarray  # int8[S]
     seq_node: np.ndarray  # int32[S]
-    counters: np.ndarray  # int64[4]
     node_alive: np.ndarray  # int8[NN]
     parent: np.ndarray  # int32[NN]
     first_child: np.ndarray  # int32[NN]
@@ -68,68 +126,188 @@ class BlockState(NamedTuple):
     last_access_s: np.ndarray  # float64[NN]
     access_tick: np.ndarray  # int64[NN]
     node_free: np.ndarray  # int32[NN]
-    node_free_top: np.ndarray  # int64[1]
+    buf: np.ndarray  # int32[MB] scratch (matched blocks)
+    res: np.ndarray  # int64[3] scratch (match result)
+    cow: np.ndarray  # int8[S] scratch (per-seq copy-on-write flags of a grow batch)
 
 
-def make_state(num_blocks: int, max_seqs: int, max_blocks_per_seq: int) -> BlockState:
-    """Empty state: all blocks free (block 0 allocated first), tree = root node 0 only."""
-    nn = num_blocks + 1  # every non-root node owns >= 1 distinct block
-    node_free = np.arange(nn - 1, 0, -1, dtype=np.int32)  # node 1 is handed out first
-    node_alive = np.zeros(nn, dtype=np.int8)
-    node_alive[0] = 1
+def _layout(nb: int, s: int, mb: int, nn: int) -> tuple[dict[int, int], int]:
+    """Word offset of every field (by its O_ slot) and the arena length in words."""
+    items = 8  # elements per int64 word
+    spec = [  # (offset slot, elements, bytes per element)
+        (O_BLOCK_KEY, nb, 8),
+        (O_SEQ_TOKENS, s, 8),
+        (O_ACCESS_TICK, nn, 8),
+        (O_RES, 3, 8),
+        (O_LAST_ACCESS_S, nn, 8),
+        (O_FREE_STACK, nb, 4),
+        (O_REFCOUNT, nb, 4),
+        (O_BLOCK_NEXT, nb, 4),
+        (O_BLOCK_FILL, nb, 4),
+        (O_TABLE, s * mb, 4),
+        (O_TABLE_LEN, s, 4),
+        (O_SEQ_NODE, s, 4),
+        (O_PARENT, nn, 4),
+        (O_FIRST_CHILD, nn, 4),
+        (O_NEXT_SIBLING, nn, 4),
+        (O_EDGE_FIRST, nn, 4),
+        (O_EDGE_LEN, nn, 4),
+        (O_LOCK_REF, nn, 4),
+        (O_NODE_FREE, nn, 4),
+        (O_BUF, mb, 4),
+        (O_IN_TREE, nb, 1),
+        (O_SEQ_LIVE, s, 1),
+        (O_COW, s, 1),
+        (O_NODE_ALIVE, nn, 1),
+    ]
+    offsets = {}
+    o = HEADER
+    for slot, n, size in spec:
+        offsets[slot] = o
+        o += -(-n * size // items)
+    return offsets, o
+
+
+@njit(cache=True)
+def _f64(arena, slot, n):
+    o = arena[slot]
+    return arena[o : o + n]
+
+
+@njit(cache=True)
+def _f32(arena, slot, n):
+    o = arena[slot]
+    return arena[o : o + (n + 1) // 2].view(np.int32)[:n]
+
+
+@njit(cache=True)
+def _f8(arena, slot, n):
+    o = arena[slot]
+    return arena[o : o + (n + 7) // 8].view(np.int8)[:n]
+
+
+@njit(cache=True)
+def _table(arena):
+    s = arena[C_S]
+    mb = arena[C_MB]
+    o = arena[O_TABLE]
+    return arena[o : o + (s * mb + 1) // 2].view(np.int32)[: s * mb].reshape((s, mb))
+
+
+def _views(arena: np.ndarray) -> BlockState:
+    """The :class:`BlockState` views of ``arena`` for Python code (facades, tests).
+
+    Kernels slice the fields they use with the same accessors instead: a tuple of views
+    crossing a call boundary in numba costs two atomic reference-count updates per array.
+    """
+    _f64, _f32, _f8, _table = (getattr(f, "py_func", f) for f in (_F64, _F32, _F8, _TABLE))
+    nb, s, mb, nn = (int(x) for x in arena[[C_NB, C_S, C_MB, C_NN]])
     return BlockState(
-        free_stack=np.arange(num_blocks - 1, -1, -1, dtype=np.int32),
-        free_top=np.array([num_blocks], dtype=np.int64),
-        refcount=np.zeros(num_blocks, dtype=np.int32),
-        in_tree=np.zeros(num_blocks, dtype=np.int8),
-        block_next=np.full(num_blocks, -1, dtype=np.int32),
-        block_key=np.zeros(num_blocks, dtype=np.int64),
-        table=np.full((max_seqs, max_blocks_per_seq), -1, dtype=np.int32),
-        table_len=np.zeros(max_seqs, dtype=np.int32),
-        seq_tokens=np.zeros(max_seqs, dtype=np.int64),
-        seq_live=np.zeros(max_seqs, dtype=np.int8),
-        seq_node=np.zeros(max_seqs, dtype=np.int32),
-        counters=np.zeros(4, dtype=np.int64),
-        node_alive=node_alive,
-        parent=np.full(nn, -1, dtype=np.int32),
-        first_child=np.full(nn, -1, dtype=np.int32),
-        next_sibling=np.full(nn, -1, dtype=np.int32),
-        edge_first=np.full(nn, -1, dtype=np.int32),
-        edge_len=np.zeros(nn, dtype=np.int32),
-        lock_ref=np.zeros(nn, dtype=np.int32),
-        last_access_s=np.zeros(nn, dtype=np.float64),
-        access_tick=np.zeros(nn, dtype=np.int64),
-        node_free=node_free,
-        node_free_top=np.array([nn - 1], dtype=np.int64),
+        arena[:HEADER],
+        arena[C_FREE_TOP : C_FREE_TOP + 1],
+        arena[C_NODE_FREE_TOP : C_NODE_FREE_TOP + 1],
+        _f32(arena, O_FREE_STACK, nb),
+        _f32(arena, O_REFCOUNT, nb),
+        _f8(arena, O_IN_TREE, nb),
+        _f32(arena, O_BLOCK_NEXT, nb),
+        _f64(arena, O_BLOCK_KEY, nb),
+        _f32(arena, O_BLOCK_FILL, nb),
+        _table(arena),
+        _f32(arena, O_TABLE_LEN, s),
+        _f64(arena, O_SEQ_TOKENS, s),
+        _f8(arena, O_SEQ_LIVE, s),
+        _f32(arena, O_SEQ_NODE, s),
+        _f8(arena, O_NODE_ALIVE, nn),
+        _f32(arena, O_PARENT, nn),
+        _f32(arena, O_FIRST_CHILD, nn),
+        _f32(arena, O_NEXT_SIBLING, nn),
+        _f32(arena, O_EDGE_FIRST, nn),
+        _f32(arena, O_EDGE_LEN, nn),
+        _f32(arena, O_LOCK_REF, nn),
+        _f64(arena, O_LAST_ACCESS_S, nn).view(np.float64),
+        _f64(arena, O_ACCESS_TICK, nn),
+        _f32(arena, O_NODE_FREE, nn),
+        _f32(arena, O_BUF, mb),
+        _f64(arena, O_RES, 3),
+        _f8(arena, O_COW, s),
     )
+
+
+_F64, _F32, _F8, _TABLE = _f64, _f32, _f8, _table
+
+
+def make_state(
+    num_blocks: int,
+    max_seqs: int,
+    max_blocks_per_seq: int,
+    *,
+    page_tokens: int,
+    watermark_blocks: int,
+    can_evict: bool,
+    max_seq_len: int,
+) -> tuple[np.ndarray, BlockState]:
+    """Empty state: all blocks free (block 0 allocated first), tree = root node 0 only.
+
+    Returns:
+        ``(arena, views)``: the int64 arena kernels take, and its :class:`BlockState`.
+    """
+    nn = num_blocks + 1  # every non-root node owns >= 1 distinct block
+    offsets, words = _layout(num_blocks, max_seqs, max_blocks_per_seq, nn)
+    arena = np.zeros(words, dtype=np.int64)
+    for slot, o in offsets.items():
+        arena[slot] = o
+    arena[[C_NB, C_S, C_MB, C_NN]] = (num_blocks, max_seqs, max_blocks_per_seq, nn)
+    arena[[C_PAGE, C_WATERMARK, C_CAN_EVICT, C_MAX_SEQ_LEN]] = (
+        page_tokens,
+        watermark_blocks,
+        int(can_evict),
+        max_seq_len,
+    )
+    st = _views(arena)
+    st.free_stack[:] = np.arange(num_blocks - 1, -1, -1, dtype=np.int32)
+    st.free_top[0] = num_blocks
+    st.block_next[:] = -1
+    st.table[:] = -1
+    st.node_alive[0] = 1
+    st.parent[:] = -1
+    st.first_child[:] = -1
+    st.next_sibling[:] = -1
+    st.edge_first[:] = -1
+    st.node_free[: nn - 1] = np.arange(nn - 1, 0, -1, dtype=np.int32)  # node 1 first
+    st.node_free_top[0] = nn - 1
+    return arena, st
 
 
 # ----------------------------------------------------------------------------- block pool
 
 
 @njit(cache=True)
-def _pop_block(free_stack, free_top, refcount):
+def _pop_block(free_stack, free_top, refcount, block_fill):
     """Pop the top free block and give it refcount 1 (caller checked there is one)."""
     top = free_top[0] - 1
     free_top[0] = top
     b = free_stack[top]
     refcount[b] = 1
+    block_fill[b] = 0
     return b
 
 
 @njit(cache=True)
-def _inc_ref(st, b):
+def _inc_ref(refcount, in_tree, block_fill, counters, b):
     """A table takes a reference to block ``b`` (a cached block becomes used)."""
-    if st.refcount[b] == 0 and st.in_tree[b] == 1:
-        st.counters[C_CACHED] -= 1
-    st.refcount[b] += 1
+    if refcount[b] == 0:
+        if in_tree[b] == 1:
+            counters[C_CACHED] -= 1
+        counters[C_TOKENS] += block_fill[b]
+    refcount[b] += 1
 
 
 @njit(cache=True)
-def _dec_ref(refcount, in_tree, counters, free_stack, free_top, b):
+def _dec_ref(refcount, in_tree, block_fill, counters, free_stack, free_top, b):
     """A table drops block ``b``; at refcount 0 it is cached (in tree) or pushed free."""
     refcount[b] -= 1
     if refcount[b] == 0:
+        counters[C_TOKENS] -= block_fill[b]
         if in_tree[b] == 1:
             counters[C_CACHED] += 1
         else:
@@ -141,116 +319,139 @@ def _dec_ref(refcount, in_tree, counters, free_stack, free_top, b):
 
 
 @njit(cache=True)
-def _find_child(st, node, key):
+def _find_child(first_child, next_sibling, edge_first, block_key, node, key):
     """Child of ``node`` whose edge starts with page key ``key``, or -1."""
-    c = st.first_child[node]
+    c = first_child[node]
     while c != -1:
-        if st.block_key[st.edge_first[c]] == key:
+        if block_key[edge_first[c]] == key:
             return c
-        c = st.next_sibling[c]
+        c = next_sibling[c]
     return -1
 
 
 @njit(cache=True)
-def _unlink_child(st, node):
+def _unlink_child(arena, node):
     """Remove ``node`` from its parent's child list."""
-    p = st.parent[node]
-    if st.first_child[p] == node:
-        st.first_child[p] = st.next_sibling[node]
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
+    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
+    p = parent[node]
+    if first_child[p] == node:
+        first_child[p] = next_sibling[node]
     else:
-        c = st.first_child[p]
-        while st.next_sibling[c] != node:
-            c = st.next_sibling[c]
-        st.next_sibling[c] = st.next_sibling[node]
-    st.next_sibling[node] = -1
+        c = first_child[p]
+        while next_sibling[c] != node:
+            c = next_sibling[c]
+        next_sibling[c] = next_sibling[node]
+    next_sibling[node] = -1
 
 
 @njit(cache=True)
-def _new_node(st, parent):
-    """Pop a free node, prepend it to ``parent``'s children, return its id."""
-    top = st.node_free_top[0] - 1
-    st.node_free_top[0] = top
-    u = st.node_free[top]
-    st.node_alive[u] = 1
-    st.parent[u] = parent
-    st.first_child[u] = -1
-    st.next_sibling[u] = st.first_child[parent]
-    st.first_child[parent] = u
-    st.lock_ref[u] = 0
+def _new_node(arena, p):
+    """Pop a free node, prepend it to ``p``'s children, return its id."""
+    node_free_top = arena[C_NODE_FREE_TOP : C_NODE_FREE_TOP + 1]
+    node_free = _f32(arena, O_NODE_FREE, arena[C_NN])
+    node_alive = _f8(arena, O_NODE_ALIVE, arena[C_NN])
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
+    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
+    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
+    top = node_free_top[0] - 1
+    node_free_top[0] = top
+    u = node_free[top]
+    node_alive[u] = 1
+    parent[u] = p
+    first_child[u] = -1
+    next_sibling[u] = first_child[p]
+    first_child[p] = u
+    lock_ref[u] = 0
     return u
 
 
 @njit(cache=True)
-def _split(st, node, j):
+def _split(arena, node, j):
     """Split ``node``'s edge after ``j`` pages (0 < j < edge_len); return the new upper node.
 
     The lower part keeps the id ``node`` (so ``seq_node`` references stay valid) and the new
     upper node copies its lock count and LRU key, as SGLang's ``_split_node`` does.
     """
-    p = st.parent[node]
-    top = st.node_free_top[0] - 1
-    st.node_free_top[0] = top
-    u = st.node_free[top]
-    st.node_alive[u] = 1
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    node_free_top = arena[C_NODE_FREE_TOP : C_NODE_FREE_TOP + 1]
+    node_free = _f32(arena, O_NODE_FREE, arena[C_NN])
+    node_alive = _f8(arena, O_NODE_ALIVE, arena[C_NN])
+    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
+    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
+    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
+    block_next = _f32(arena, O_BLOCK_NEXT, arena[C_NB])
+    edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
+    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
+    last_access_s = _f64(arena, O_LAST_ACCESS_S, arena[C_NN]).view(np.float64)
+    access_tick = _f64(arena, O_ACCESS_TICK, arena[C_NN])
+    p = parent[node]
+    top = node_free_top[0] - 1
+    node_free_top[0] = top
+    u = node_free[top]
+    node_alive[u] = 1
     # u takes node's place in p's child list
-    st.parent[u] = p
-    st.next_sibling[u] = st.next_sibling[node]
-    if st.first_child[p] == node:
-        st.first_child[p] = u
+    parent[u] = p
+    next_sibling[u] = next_sibling[node]
+    if first_child[p] == node:
+        first_child[p] = u
     else:
-        c = st.first_child[p]
-        while st.next_sibling[c] != node:
-            c = st.next_sibling[c]
-        st.next_sibling[c] = u
-    st.first_child[u] = node
-    st.next_sibling[node] = -1
-    st.parent[node] = u
-    b = st.edge_first[node]
+        c = first_child[p]
+        while next_sibling[c] != node:
+            c = next_sibling[c]
+        next_sibling[c] = u
+    first_child[u] = node
+    next_sibling[node] = -1
+    parent[node] = u
+    b = edge_first[node]
     for _ in range(j - 1):
-        b = st.block_next[b]
-    st.edge_first[u] = st.edge_first[node]
-    st.edge_len[u] = j
-    st.edge_first[node] = st.block_next[b]
-    st.block_next[b] = -1
-    st.edge_len[node] -= j
-    st.lock_ref[u] = st.lock_ref[node]
-    st.last_access_s[u] = st.last_access_s[node]
-    st.access_tick[u] = st.access_tick[node]
+        b = block_next[b]
+    edge_first[u] = edge_first[node]
+    edge_len[u] = j
+    edge_first[node] = block_next[b]
+    block_next[b] = -1
+    edge_len[node] -= j
+    lock_ref[u] = lock_ref[node]
+    last_access_s[u] = last_access_s[node]
+    access_tick[u] = access_tick[node]
     return u
 
 
 @njit(cache=True)
-def _lock_path(st, node, delta):
+def _lock_path(lock_ref, parent, node, delta):
     """Add ``delta`` to ``lock_ref`` of ``node`` and its ancestors (root excluded)."""
     while node > 0:
-        st.lock_ref[node] += delta
-        node = st.parent[node]
+        lock_ref[node] += delta
+        node = parent[node]
 
 
 @njit(cache=True)
-def _touch_path(st, node, now_s):
+def _touch_path(parent, last_access_s, access_tick, counters, node, now_s):
     """Stamp the root->``node`` path with ``now_s``; ticks increase from root to leaf."""
     depth = 0
     n = node
     while n > 0:
         depth += 1
-        n = st.parent[n]
-    base = st.counters[C_TICK]
+        n = parent[n]
+    base = counters[C_TICK]
     k = depth
     n = node
     while n > 0:
-        st.last_access_s[n] = now_s
-        st.access_tick[n] = base + k
+        last_access_s[n] = now_s
+        access_tick[n] = base + k
         k -= 1
-        n = st.parent[n]
-    st.counters[C_TICK] = base + depth
+        n = parent[n]
+    counters[C_TICK] = base + depth
 
 
 @njit(cache=True)
-def _match(st, keys, n, out_blocks, res):
+def _match(first_child, next_sibling, edge_first, edge_len, block_key, block_next, keys, n, out_blocks, res):  # noqa: E501
     """Longest cached prefix of ``keys[:n]``.
 
     Args:
+        first_child, next_sibling, edge_first, edge_len, block_key, block_next: tree views.
         keys: int64[>= n]; page keys of the prompt.
         n: number of keys to look at.
         out_blocks: int32[>= n]; receives the matched blocks, in order.
@@ -261,18 +462,18 @@ def _match(st, keys, n, out_blocks, res):
     i = 0
     partial = 0
     while i < n:
-        c = _find_child(st, node, keys[i])
+        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
         if c == -1:
             break
-        b = st.edge_first[c]
+        b = edge_first[c]
         j = 0
-        while b != -1 and i < n and st.block_key[b] == keys[i]:
+        while b != -1 and i < n and block_key[b] == keys[i]:
             out_blocks[i] = b
-            b = st.block_next[b]
+            b = block_next[b]
             i += 1
             j += 1
         node = c
-        if j < st.edge_len[c]:
+        if j < edge_len[c]:
             partial = j
             break
     res[0] = node
@@ -281,32 +482,69 @@ def _match(st, keys, n, out_blocks, res):
 
 
 @njit(cache=True)
-def match_len(st, keys, n, out_blocks, res):
+def match_len(arena, keys, n):
     """Pages of ``keys[:n]`` cached now (no side effects)."""
-    _match(st, keys, n, out_blocks, res)
+    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
+    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
+    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
+    edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
+    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
+    block_next = _f32(arena, O_BLOCK_NEXT, arena[C_NB])
+    buf = _f32(arena, O_BUF, arena[C_MB])
+    res = _f64(arena, O_RES, 3)
+    if n == 0:
+        return 0
+    _match(
+        first_child,
+        next_sibling,
+        edge_first,
+        edge_len,
+        block_key,
+        block_next,
+        keys,
+        n,
+        buf,
+        res,
+    )
     return res[2]
 
 
 @njit(cache=True)
-def _evict(st, want_free, page_tokens):
+def _evict(arena, want_free, page_tokens):
     """Evict LRU unlocked leaves until ``want_free`` blocks were freed (or none is left).
 
     Leaves are ordered by ``(last_access_s, access_tick)``. Blocks of an evicted leaf that a
     live table still references leave the tree but stay allocated. Freed blocks are pushed
     tail first, so the next allocation reuses the leaf's head block first.
     """
+    node_alive = _f8(arena, O_NODE_ALIVE, arena[C_NN])
+    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
+    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
+    last_access_s = _f64(arena, O_LAST_ACCESS_S, arena[C_NN]).view(np.float64)
+    access_tick = _f64(arena, O_ACCESS_TICK, arena[C_NN])
+    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
+    refcount = _f32(arena, O_REFCOUNT, arena[C_NB])
+    block_next = _f32(arena, O_BLOCK_NEXT, arena[C_NB])
+    free_top = arena[C_FREE_TOP : C_FREE_TOP + 1]
+    in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
+    counters = arena[:HEADER]
+    free_stack = _f32(arena, O_FREE_STACK, arena[C_NB])
+    edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    node_free = _f32(arena, O_NODE_FREE, arena[C_NN])
+    node_free_top = arena[C_NODE_FREE_TOP : C_NODE_FREE_TOP + 1]
     freed = 0
-    nn = st.node_alive.shape[0]
+    nn = node_alive.shape[0]
     while freed < want_free:
         best = -1
         for u in range(1, nn):
-            if st.node_alive[u] == 1 and st.first_child[u] == -1 and st.lock_ref[u] == 0:
+            if node_alive[u] == 1 and first_child[u] == -1 and lock_ref[u] == 0:
                 if (
                     best == -1
-                    or st.last_access_s[u] < st.last_access_s[best]
+                    or last_access_s[u] < last_access_s[best]
                     or (
-                        st.last_access_s[u] == st.last_access_s[best]
-                        and st.access_tick[u] < st.access_tick[best]
+                        last_access_s[u] == last_access_s[best]
+                        and access_tick[u] < access_tick[best]
                     )
                 ):
                     best = u
@@ -314,183 +552,262 @@ def _evict(st, want_free, page_tokens):
             break
         # count freeable blocks, then push them in reverse edge order
         f = 0
-        b = st.edge_first[best]
+        b = edge_first[best]
         while b != -1:
-            if st.refcount[b] == 0:
+            if refcount[b] == 0:
                 f += 1
-            b = st.block_next[b]
-        top = st.free_top[0]
+            b = block_next[b]
+        top = free_top[0]
         k = 0
-        b = st.edge_first[best]
+        b = edge_first[best]
         while b != -1:
-            nxt = st.block_next[b]
-            st.in_tree[b] = 0
-            st.block_next[b] = -1
-            if st.refcount[b] == 0:
-                st.counters[C_CACHED] -= 1
-                st.free_stack[top + f - 1 - k] = b
+            nxt = block_next[b]
+            in_tree[b] = 0
+            block_next[b] = -1
+            if refcount[b] == 0:
+                counters[C_CACHED] -= 1
+                free_stack[top + f - 1 - k] = b
                 k += 1
             b = nxt
-        st.free_top[0] = top + f
+        free_top[0] = top + f
         freed += f
-        st.counters[C_EVICTED] += st.edge_len[best] * page_tokens
-        _unlink_child(st, best)
-        st.node_alive[best] = 0
-        st.parent[best] = -1
-        st.edge_first[best] = -1
-        st.edge_len[best] = 0
-        st.node_free[st.node_free_top[0]] = best
-        st.node_free_top[0] += 1
+        counters[C_EVICTED] += edge_len[best] * page_tokens
+        _unlink_child(arena, best)
+        node_alive[best] = 0
+        parent[best] = -1
+        edge_first[best] = -1
+        edge_len[best] = 0
+        node_free[node_free_top[0]] = best
+        node_free_top[0] += 1
     return freed
 
 
 @njit(cache=True)
-def _insert(st, s, keys, n, now_s):
+def _insert(arena, s, keys, n, now_s):
     """Insert the first ``n`` blocks of seq ``s`` (page keys ``keys``) into the tree.
 
     Pages already in the tree keep the tree's block (the seq's duplicate is released by the
     caller). New pages become a new leaf made of the seq's own blocks; insertion stops at
     the first such block that is already in the tree elsewhere (a fork's shared block).
     """
+    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
+    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
+    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
+    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
+    in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
+    table = _table(arena)
+    edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
+    block_next = _f32(arena, O_BLOCK_NEXT, arena[C_NB])
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    last_access_s = _f64(arena, O_LAST_ACCESS_S, arena[C_NN]).view(np.float64)
+    access_tick = _f64(arena, O_ACCESS_TICK, arena[C_NN])
+    counters = arena[:HEADER]
     node = 0
     i = 0
     while i < n:
-        c = _find_child(st, node, keys[i])
+        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
         if c == -1:
             k = i
-            while k < n and st.in_tree[st.table[s, k]] == 0:
+            while k < n and in_tree[table[s, k]] == 0:
                 k += 1
             if k > i:
-                u = _new_node(st, node)
-                st.edge_first[u] = st.table[s, i]
-                st.edge_len[u] = k - i
+                u = _new_node(arena, node)
+                edge_first[u] = table[s, i]
+                edge_len[u] = k - i
                 for t in range(i, k):
-                    b = st.table[s, t]
-                    st.in_tree[b] = 1
-                    st.block_key[b] = keys[t]
-                    st.block_next[b] = st.table[s, t + 1] if t + 1 < k else -1
+                    b = table[s, t]
+                    in_tree[b] = 1
+                    block_key[b] = keys[t]
+                    block_next[b] = table[s, t + 1] if t + 1 < k else -1
                 node = u
             break
-        b = st.edge_first[c]
+        b = edge_first[c]
         j = 0
-        while b != -1 and i < n and st.block_key[b] == keys[i]:
-            b = st.block_next[b]
+        while b != -1 and i < n and block_key[b] == keys[i]:
+            b = block_next[b]
             i += 1
             j += 1
-        if j < st.edge_len[c]:
-            c = _split(st, c, j)
+        if j < edge_len[c]:
+            c = _split(arena, c, j)
         node = c
     if node > 0:
-        _touch_path(st, node, now_s)
+        _touch_path(parent, last_access_s, access_tick, counters, node, now_s)
 
 
 # ----------------------------------------------------------------------------- seq ops
 
 
 @njit(cache=True)
-def admit(st, s, keys, n, prompt_tokens, page_tokens, watermark_blocks, now_s, buf, res):
+def admit(arena, s, keys, n, prompt_tokens, now_s):
     """Register seq ``s``, sharing (and locking) the cached prefix of ``keys[:n]``.
 
     Args:
-        st: BlockState.
+        arena: the manager's state.
         s: seq id (not live; the facade checked).
         keys: int64[>= n]; page keys, already capped so that at least one prompt token is
             left to compute.
         n: number of keys.
         prompt_tokens: prompt length.
-        page_tokens: tokens per block.
-        watermark_blocks: free blocks that must remain after the prompt is allocated.
         now_s: simulation time (LRU stamp).
-        buf: int32[>= n] scratch; res: int64[3] scratch.
 
     Returns:
-        Pages matched (>= 0), or -1 (no room; nothing changed).
+        Pages matched (>= 0), or -1 (no room: fewer than the watermark would stay free
+        after the prompt; nothing changed).
     """
-    _match(st, keys, n, buf, res)
-    node = res[0]
-    partial = res[1]
-    m = res[2]
+    buf = _f32(arena, O_BUF, arena[C_MB])
+    res = _f64(arena, O_RES, 3)
+    refcount = _f32(arena, O_REFCOUNT, arena[C_NB])
+    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
+    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
+    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
+    edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
+    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
+    block_next = _f32(arena, O_BLOCK_NEXT, arena[C_NB])
+    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    last_access_s = _f64(arena, O_LAST_ACCESS_S, arena[C_NN]).view(np.float64)
+    access_tick = _f64(arena, O_ACCESS_TICK, arena[C_NN])
+    counters = arena[:HEADER]
+    table = _table(arena)
+    in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
+    block_fill = _f32(arena, O_BLOCK_FILL, arena[C_NB])
+    table_len = _f32(arena, O_TABLE_LEN, arena[C_S])
+    seq_tokens = _f64(arena, O_SEQ_TOKENS, arena[C_S])
+    seq_live = _f8(arena, O_SEQ_LIVE, arena[C_S])
+    seq_node = _f32(arena, O_SEQ_NODE, arena[C_S])
+    page_tokens = arena[C_PAGE]
+    m = 0
+    node = 0
+    partial = 0
+    if n > 0:
+        _match(
+            first_child,
+            next_sibling,
+            edge_first,
+            edge_len,
+            block_key,
+            block_next,
+            keys,
+            n,
+            buf,
+            res,
+        )
+        node = res[0]
+        partial = res[1]
+        m = res[2]
     cached_hit = 0
     for i in range(m):
-        if st.refcount[buf[i]] == 0:
+        if refcount[buf[i]] == 0:
             cached_hit += 1
     need = (prompt_tokens + page_tokens - 1) // page_tokens - m
-    avail = st.free_top[0] + st.counters[C_CACHED] - cached_hit
-    if avail - need < watermark_blocks:
+    avail = arena[C_FREE_TOP] + arena[C_CACHED] - cached_hit
+    if avail - need < arena[C_WATERMARK]:
         return -1
     if m > 0:
         if partial > 0:
-            node = _split(st, node, partial)
-        _lock_path(st, node, 1)
-        _touch_path(st, node, now_s)
+            node = _split(arena, node, partial)
+        _lock_path(lock_ref, parent, node, 1)
+        _touch_path(parent, last_access_s, access_tick, counters, node, now_s)
     else:
         node = 0
-    for i in range(m):
-        _inc_ref(st, buf[i])
-        st.table[s, i] = buf[i]
-    st.table_len[s] = m
-    st.seq_tokens[s] = m * page_tokens
-    st.seq_live[s] = 1
-    st.seq_node[s] = node
+    gained = 0
+    for i in range(m):  # _inc_ref spelled out
+        b = buf[i]
+        if refcount[b] == 0:
+            gained += block_fill[b]
+        refcount[b] += 1
+        table[s, i] = b
+    arena[C_CACHED] -= cached_hit
+    arena[C_TOKENS] += gained
+    table_len[s] = m
+    seq_tokens[s] = m * page_tokens
+    seq_live[s] = 1
+    seq_node[s] = node
     return m
 
 
 @njit(cache=True)
-def plan_grow(seq_tokens, table, table_len, refcount, seq_ids, new_totals, page_tokens, cow):
-    """Blocks ``grow`` would take (new blocks + copy-on-write copies), in batch order.
+def plan_grow(
+    seq_tokens,
+    table,
+    table_len,
+    refcount,
+    seq_live,
+    seq_ids,
+    new_totals,
+    page_tokens,
+    max_seq_len,
+    cow,
+):
+    """Check a grow batch and count the blocks it takes (new blocks + copy-on-write copies).
 
-    Takes single arrays of the state, not the BlockState tuple: passing the 23-array tuple
-    into a function costs about a microsecond of reference counting per call.
+    One pass, and no division unless a seq crosses into a new block: a seq with ``nb``
+    blocks holds ``cur`` tokens with ``(nb - 1) * page < cur <= nb * page``.
 
     Args:
-        seq_tokens, table, table_len, refcount: the BlockState arrays of the same names.
-        seq_ids: int64[k] live seq ids (distinct).
+        seq_tokens, table, table_len, refcount, seq_live: state views of the same names.
+        seq_ids: int64[k] seq ids (distinct).
         new_totals: int64[k] token counts wanted; <= current is a no-op.
         page_tokens: tokens per block.
-        cow: int8[k] out; 1 where that seq copies its shared partial last block.
+        max_seq_len: longest sequence, in tokens.
+        cow: int8[>= k] out; 1 where that seq copies its shared partial last block
+            (decided in batch order).
 
     Returns:
-        Number of blocks needed, or -1 if a length exceeds the block-table width.
+        Number of blocks needed, or a misuse code (state untouched): BAD_SHAPE, BAD_SEQ
+        (an id out of range or not live; before TOO_LONG), TOO_LONG (a total beyond
+        ``max_seq_len``).
     """
     k = seq_ids.shape[0]
-    mb = table.shape[1]
+    if new_totals.shape[0] != k:
+        return BAD_SHAPE
+    num_seqs = seq_live.shape[0]
     need = 0
-    for t in range(k):
-        cow[t] = 0
-    bad = False
-    for t in range(k):
+    status = 0
+    ncow = 0
+    t = 0
+    while t < k:
         s = seq_ids[t]
-        new = new_totals[t]
-        cur = seq_tokens[s]
-        if new <= cur:
-            continue
-        want = (new + page_tokens - 1) // page_tokens
-        if want > mb:
-            bad = True
+        if s < 0 or s >= num_seqs or seq_live[s] == 0:
+            status = BAD_SEQ
             break
+        cow[t] = 0
+        new = new_totals[t]
+        t += 1
+        if new > max_seq_len:
+            status = TOO_LONG  # keep checking ids: BAD_SEQ wins
+            continue
+        cur = seq_tokens[s]
+        if new <= cur or status != 0:
+            continue
         nb = table_len[s]
-        if cur % page_tokens != 0:
+        cap = nb * page_tokens
+        if cur < cap:
             last = table[s, nb - 1]
             if refcount[last] > 1:
                 refcount[last] -= 1  # sequential effect of the copy; undone below
-                cow[t] = 1
+                cow[t - 1] = 1
+                ncow += 1
                 need += 1
-        need += want - nb
-    for t in range(k):
-        if cow[t] == 1:
-            s = seq_ids[t]
-            refcount[table[s, table_len[s] - 1]] += 1
-    if bad:
-        return -1
+        if new > cap:
+            need += (new - cap + page_tokens - 1) // page_tokens
+    if ncow > 0:
+        for u in range(t):
+            if cow[u] == 1:
+                s = seq_ids[u]
+                refcount[table[s, table_len[s] - 1]] += 1
+    if status != 0:
+        return status
     return need
 
 
 @njit(cache=True)
-def apply_grow(
+def _apply_grow(
     free_stack,
     free_top,
     refcount,
     in_tree,
+    block_fill,
     counters,
     table,
     table_len,
@@ -501,59 +818,93 @@ def apply_grow(
     cow,
 ):
     """Second half of ``grow``: take the planned blocks (caller checked they are free)."""
+    added = 0
     for t in range(seq_ids.shape[0]):
         s = seq_ids[t]
         new = new_totals[t]
-        if new <= seq_tokens[s]:
+        cur = seq_tokens[s]
+        if new <= cur:
             continue
         nb = table_len[s]
-        if cow[t] == 1:
-            old = table[s, nb - 1]
-            table[s, nb - 1] = _pop_block(free_stack, free_top, refcount)
-            _dec_ref(refcount, in_tree, counters, free_stack, free_top, old)
-            counters[C_COW] += 1
-        want = (new + page_tokens - 1) // page_tokens
-        for i in range(nb, want):
-            table[s, i] = _pop_block(free_stack, free_top, refcount)
-        table_len[s] = want
+        cap = nb * page_tokens
+        if cur < cap:
+            # the partial last block takes tokens (into a private copy if it is shared)
+            i = nb - 1
+            f = new - i * page_tokens
+            if f > page_tokens:
+                f = page_tokens
+            if cow[t] == 1:
+                old = table[s, i]
+                b = _pop_block(free_stack, free_top, refcount, block_fill)
+                table[s, i] = b
+                _dec_ref(refcount, in_tree, block_fill, counters, free_stack, free_top, old)
+                counters[C_COW] += 1
+                block_fill[b] = f
+                added += f
+            else:
+                b = table[s, i]
+                added += f - block_fill[b]
+                block_fill[b] = f
+        if new > cap:
+            want = nb + (new - cap + page_tokens - 1) // page_tokens
+            # NOTE(speed): _pop_block spelled out; a call per block costs ~100 ns of
+            # reference counting of its array arguments
+            top = free_top[0]
+            for i in range(nb, want):
+                top -= 1
+                b = free_stack[top]
+                refcount[b] = 1
+                f = new - i * page_tokens
+                if f > page_tokens:
+                    f = page_tokens
+                block_fill[b] = f
+                added += f
+                table[s, i] = b
+            free_top[0] = top
+            table_len[s] = want
         seq_tokens[s] = new
+    counters[C_TOKENS] += added
 
 
 @njit(cache=True)
-def grow(st, seq_ids, new_totals, page_tokens, can_evict, cow):
-    """All-or-nothing growth of many seqs (see ``plan_grow``).
-
-    Radix (``can_evict``) evicts LRU leaves only when that makes the whole batch fit.
-
-    Returns:
-        OK, NO_SPACE (nothing changed), or -1 (a length exceeds the table width).
-    """
+def _grow(arena, seq_ids, new_totals, cow):
+    """``grow`` on the few views it needs; the full views only to evict."""
+    nb = arena[C_NB]
+    s = arena[C_S]
+    page_tokens = arena[C_PAGE]
+    seq_tokens = _f64(arena, O_SEQ_TOKENS, s)
+    table = _table(arena)
+    table_len = _f32(arena, O_TABLE_LEN, s)
+    refcount = _f32(arena, O_REFCOUNT, nb)
     need = plan_grow(
-        st.seq_tokens,
-        st.table,
-        st.table_len,
-        st.refcount,
+        seq_tokens,
+        table,
+        table_len,
+        refcount,
+        _f8(arena, O_SEQ_LIVE, s),
         seq_ids,
         new_totals,
         page_tokens,
+        arena[C_MAX_SEQ_LEN],
         cow,
     )
     if need < 0:
-        return -1
-    free = st.free_top[0]
+        return need
+    free = arena[C_FREE_TOP]
     if need > free:
-        if not can_evict or free + st.counters[C_CACHED] < need:
+        if arena[C_CAN_EVICT] == 0 or free + arena[C_CACHED] < need:
             return NO_SPACE
-        _evict(st, need - free, page_tokens)
-    apply_grow(
-        st.free_stack,
-        st.free_top,
-        st.refcount,
-        st.in_tree,
-        st.counters,
-        st.table,
-        st.table_len,
-        st.seq_tokens,
+        _evict(arena, need - free, page_tokens)
+    _apply_grow(
+        _f32(arena, O_FREE_STACK, nb),
+        arena[C_FREE_TOP : C_FREE_TOP + 1],
+        refcount,
+        _f8(arena, O_IN_TREE, nb),
+        _f32(arena, O_BLOCK_FILL, nb),
+        arena[:HEADER],
+        table,
+        table_len,
+        seq_tokens,
         seq_ids,
         new_totals,
         page_tokens,
@@ -563,61 +914,151 @@ def grow(st, seq_ids, new_totals, page_tokens, can_evict, cow):
 
 
 @njit(cache=True)
-def release(st, s, keys, n, now_s):
+def grow(arena, seq_ids, new_totals):
+    """All-or-nothing growth of many seqs (see ``plan_grow``).
+
+    Radix (``can_evict``) evicts LRU leaves only when that makes the whole batch fit.
+
+    Returns:
+        OK, NO_SPACE (nothing changed), or a misuse code of ``plan_grow`` (nothing changed).
+    """
+    s = arena[C_S]
+    if seq_ids.shape[0] <= s:
+        return _grow(arena, seq_ids, new_totals, _f8(arena, O_COW, s))
+    return _grow(arena, seq_ids, new_totals, np.zeros(seq_ids.shape[0], dtype=np.int8))
+
+
+@njit(cache=True)
+def slots_needed(arena, seq_ids, new_totals):
+    """Blocks ``grow`` would take now (no side effects), or a misuse code of ``plan_grow``."""
+    s = arena[C_S]
+    if seq_ids.shape[0] <= s:
+        cow = _f8(arena, O_COW, s)
+    else:
+        cow = np.zeros(seq_ids.shape[0], dtype=np.int8)
+    return plan_grow(
+        _f64(arena, O_SEQ_TOKENS, s),
+        _table(arena),
+        _f32(arena, O_TABLE_LEN, s),
+        _f32(arena, O_REFCOUNT, arena[C_NB]),
+        _f8(arena, O_SEQ_LIVE, s),
+        seq_ids,
+        new_totals,
+        arena[C_PAGE],
+        arena[C_MAX_SEQ_LEN],
+        cow,
+    )
+
+
+@njit(cache=True)
+def _release(arena, s, keys, n, now_s):
+    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    seq_node = _f32(arena, O_SEQ_NODE, arena[C_S])
+    refcount = _f32(arena, O_REFCOUNT, arena[C_NB])
+    in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
+    block_fill = _f32(arena, O_BLOCK_FILL, arena[C_NB])
+    counters = arena[:HEADER]
+    free_stack = _f32(arena, O_FREE_STACK, arena[C_NB])
+    free_top = arena[C_FREE_TOP : C_FREE_TOP + 1]
+    table = _table(arena)
+    table_len = _f32(arena, O_TABLE_LEN, arena[C_S])
+    seq_tokens = _f64(arena, O_SEQ_TOKENS, arena[C_S])
+    seq_live = _f8(arena, O_SEQ_LIVE, arena[C_S])
+    if n > 0:
+        _insert(arena, s, keys, n, now_s)
+    _lock_path(lock_ref, parent, seq_node[s], -1)
+    # NOTE(speed): _dec_ref spelled out (no call per block)
+    top = free_top[0]
+    dropped = 0
+    newly_cached = 0
+    for i in range(table_len[s] - 1, -1, -1):
+        b = table[s, i]
+        table[s, i] = -1
+        r = refcount[b] - 1
+        refcount[b] = r
+        if r == 0:
+            dropped += block_fill[b]
+            if in_tree[b] == 1:
+                newly_cached += 1
+            else:
+                free_stack[top] = b
+                top += 1
+    free_top[0] = top
+    counters[C_TOKENS] -= dropped
+    counters[C_CACHED] += newly_cached
+    table_len[s] = 0
+    seq_tokens[s] = 0
+    seq_live[s] = 0
+    seq_node[s] = 0
+
+
+@njit(cache=True)
+def release(arena, s, keys, n, now_s):
     """Free seq ``s``: insert its first ``n`` pages (keys) into the tree, unlock, drop refs.
 
     Blocks are dropped tail first, so the head block ends on top of the free stack.
     """
-    if n > 0:
-        _insert(st, s, keys, n, now_s)
-    _lock_path(st, st.seq_node[s], -1)
-    for i in range(st.table_len[s] - 1, -1, -1):
-        _dec_ref(st.refcount, st.in_tree, st.counters, st.free_stack, st.free_top, st.table[s, i])
-        st.table[s, i] = -1
-    st.table_len[s] = 0
-    st.seq_tokens[s] = 0
-    st.seq_live[s] = 0
-    st.seq_node[s] = 0
+    _release(arena, s, keys, n, now_s)
 
 
 @njit(cache=True)
-def fork(st, parent, child):
+def fork(arena, par, child):
     """Child shares all of parent's blocks (refcount++) and its locked prefix."""
-    nb = st.table_len[parent]
+    table = _table(arena)
+    table_len = _f32(arena, O_TABLE_LEN, arena[C_S])
+    refcount = _f32(arena, O_REFCOUNT, arena[C_NB])
+    in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
+    block_fill = _f32(arena, O_BLOCK_FILL, arena[C_NB])
+    counters = arena[:HEADER]
+    seq_tokens = _f64(arena, O_SEQ_TOKENS, arena[C_S])
+    seq_node = _f32(arena, O_SEQ_NODE, arena[C_S])
+    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    seq_live = _f8(arena, O_SEQ_LIVE, arena[C_S])
+    nb = table_len[par]
     for i in range(nb):
-        b = st.table[parent, i]
-        _inc_ref(st, b)
-        st.table[child, i] = b
-    st.table_len[child] = nb
-    st.seq_tokens[child] = st.seq_tokens[parent]
-    st.seq_node[child] = st.seq_node[parent]
-    _lock_path(st, st.seq_node[parent], 1)
-    st.seq_live[child] = 1
+        b = table[par, i]
+        _inc_ref(refcount, in_tree, block_fill, counters, b)
+        table[child, i] = b
+    table_len[child] = nb
+    seq_tokens[child] = seq_tokens[par]
+    seq_node[child] = seq_node[par]
+    _lock_path(lock_ref, parent, seq_node[par], 1)
+    seq_live[child] = 1
 
 
 @njit(cache=True)
-def slot_stats(st, page_tokens, out):
-    """Token and internal-fragmentation slots of used blocks into ``out`` (int64[2]).
+def recount_slots(arena, out):
+    """Token and internal-fragmentation slots by scanning every table (invariant checks).
 
-    A block's filled slots are the most any holder has written into it (forks share).
+    A used block's filled slots are the most any holder has written into it. Writes
+    ``(tokens, internal)`` into ``out`` (int64[2]); the O(1) figures come from
+    ``counters[C_TOKENS]``.
     """
-    nb = st.refcount.shape[0]
+    refcount = _f32(arena, O_REFCOUNT, arena[C_NB])
+    seq_live = _f8(arena, O_SEQ_LIVE, arena[C_S])
+    seq_tokens = _f64(arena, O_SEQ_TOKENS, arena[C_S])
+    table = _table(arena)
+    table_len = _f32(arena, O_TABLE_LEN, arena[C_S])
+    page_tokens = arena[C_PAGE]
+    nb = refcount.shape[0]
     filled = np.zeros(nb, dtype=np.int64)
-    for s in range(st.seq_live.shape[0]):
-        if st.seq_live[s] == 0:
+    for s in range(seq_live.shape[0]):
+        if seq_live[s] == 0:
             continue
-        tok = st.seq_tokens[s]
-        for i in range(st.table_len[s]):
+        tok = seq_tokens[s]
+        for i in range(table_len[s]):
             f = tok - i * page_tokens
             if f > page_tokens:
                 f = page_tokens
-            b = st.table[s, i]
+            b = table[s, i]
             if f > filled[b]:
                 filled[b] = f
     tokens = 0
     internal = 0
     for b in range(nb):
-        if st.refcount[b] > 0:
+        if refcount[b] > 0:
             tokens += filled[b]
             internal += page_tokens - filled[b]
     out[0] = tokens
@@ -633,10 +1074,12 @@ SKIPPED = -2
 
 
 @njit(cache=True)
-def run_trace(st, ops, keys, page_tokens, watermark_blocks, can_evict, max_seq_len, results):
+def run_trace(arena, ops, keys, results):
     """Run a whole operation trace in one kernel call (benchmarks; no facade overhead).
 
     Args:
+        arena: the manager's state (page size, watermark, eviction and ``max_seq_len`` come
+            from its header).
         ops: int64[n, 5] rows ``(op, seq, arg, key_off, key_n)``; ``op`` is OP_ADMIT
             (``arg`` = prompt tokens; on success the seq grows to its prompt at once),
             OP_GROW (``arg`` = tokens to add, capped at ``max_seq_len``) or OP_FREE
@@ -646,11 +1089,13 @@ def run_trace(st, ops, keys, page_tokens, watermark_blocks, can_evict, max_seq_l
         results: int64[n] out; admit: pages matched or -1; grow: status; free: 0;
             SKIPPED for skipped ops. Op ``i`` runs at simulation time ``i`` seconds.
     """
+    cow = _f8(arena, O_COW, arena[C_S])
+    seq_live = _f8(arena, O_SEQ_LIVE, arena[C_S])
+    seq_tokens = _f64(arena, O_SEQ_TOKENS, arena[C_S])
+    page_tokens = arena[C_PAGE]
+    max_seq_len = arena[C_MAX_SEQ_LEN]
     one_seq = np.zeros(1, dtype=np.int64)
     one_total = np.zeros(1, dtype=np.int64)
-    cow = np.zeros(1, dtype=np.int8)
-    buf = np.zeros(st.table.shape[1], dtype=np.int32)
-    res = np.zeros(3, dtype=np.int64)
     for i in range(ops.shape[0]):
         op = ops[i, 0]
         s = ops[i, 1]
@@ -658,56 +1103,24 @@ def run_trace(st, ops, keys, page_tokens, watermark_blocks, can_evict, max_seq_l
         k0 = ops[i, 3]
         kn = ops[i, 4]
         if op == OP_ADMIT:
-            if st.seq_live[s] == 1:
+            if seq_live[s] == 1:
                 results[i] = SKIPPED
                 continue
             prompt = ops[i, 2]
             n = min(kn, (prompt - 1) // page_tokens)
-            m = admit(
-                st, s, keys[k0 : k0 + kn], n, prompt, page_tokens, watermark_blocks, now_s, buf, res
-            )
+            m = admit(arena, s, keys[k0 : k0 + kn], n, prompt, now_s)
             results[i] = m
             if m >= 0:
                 one_seq[0] = s
                 one_total[0] = prompt
-                grow(st, one_seq, one_total, page_tokens, can_evict, cow)
-        elif st.seq_live[s] == 0:
+                _grow(arena, one_seq, one_total, cow)
+        elif seq_live[s] == 0:
             results[i] = SKIPPED
         elif op == OP_GROW:
             one_seq[0] = s
-            one_total[0] = min(st.seq_tokens[s] + ops[i, 2], max_seq_len)
-            # NOTE(speed): grow() spelled out so the state tuple is not passed per op
-            need = plan_grow(
-                st.seq_tokens,
-                st.table,
-                st.table_len,
-                st.refcount,
-                one_seq,
-                one_total,
-                page_tokens,
-                cow,
-            )
-            if need > st.free_top[0]:
-                if not can_evict or st.free_top[0] + st.counters[C_CACHED] < need:
-                    results[i] = NO_SPACE
-                    continue
-                _evict(st, need - st.free_top[0], page_tokens)
-            apply_grow(
-                st.free_stack,
-                st.free_top,
-                st.refcount,
-                st.in_tree,
-                st.counters,
-                st.table,
-                st.table_len,
-                st.seq_tokens,
-                one_seq,
-                one_total,
-                page_tokens,
-                cow,
-            )
-            results[i] = OK
+            one_total[0] = min(seq_tokens[s] + ops[i, 2], max_seq_len)
+            results[i] = _grow(arena, one_seq, one_total, cow)
         else:
-            n = min(kn, st.seq_tokens[s] // page_tokens)
-            release(st, s, keys[k0 : k0 + kn], n, now_s)
+            n = min(kn, seq_tokens[s] // page_tokens)
+            _release(arena, s, keys[k0 : k0 + kn], n, now_s)
             results[i] = 0
