@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import simpy
 
 from hwmodels.gpus import GpuSpec, get_gpu
@@ -198,19 +199,30 @@ def _build_group(cfg: ScenarioCfg, hw: HardwareCfg) -> _Group:
                   max_model_len_tokens=max_len)
 
 
-def _progress_callback(total: int, label: str) -> tuple[Callable[[int], None] | None, Any]:
-    if not sys.stderr.isatty() or total < 2000:
+def _progress_callback(
+    env: simpy.Environment, total_requests: int, horizon_s: float, label: str
+) -> tuple[Callable[[int], None] | None, Any]:
+    """A rich progress bar over simulated time (arrival horizon), on terminals only."""
+    if not sys.stderr.isatty() or total_requests < 2000:
         return None, None
-    from rich.progress import Progress
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    prog = Progress(transient=True)
-    task = prog.add_task(f"simulating {label}", total=total)
+    prog = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[sim]}"),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+    horizon = max(horizon_s, 1e-9)
+    task = prog.add_task(f"simulating {label}", total=horizon, sim="")
     prog.start()
-    step = max(total // 200, 1)
+    step = max(total_requests // 200, 1)
 
     def cb(n: int) -> None:
-        if n % step == 0 or n == total:
-            prog.update(task, completed=n)
+        if n % step == 0 or n == total_requests:
+            prog.update(task, completed=min(env.now, horizon),
+                        sim=f"sim {env.now:,.0f}/{horizon:,.0f} s, {n:,d}/{total_requests:,d} requests")
 
     return cb, prog
 
@@ -223,7 +235,9 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
     recorder = Recorder(num_requests=len(workload), arrival_s=workload.arrival_s)
     progress, bar = (None, None)
     if cfg.engine.progress:
-        progress, bar = _progress_callback(len(workload), name)
+        arrivals = np.asarray(workload.arrival_s, dtype=np.float64)
+        horizon = float(np.nanmax(arrivals)) if np.isfinite(arrivals).any() else 0.0
+        progress, bar = _progress_callback(env, len(workload), horizon, name)
     cluster = Cluster(
         env,
         workload=workload,
@@ -331,7 +345,7 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
 
 def _representative_roofline(g: _Group, summary: dict[str, Any], requests: Any) -> dict[str, Any]:
     """The operators of a typical decode step (mean batch, mean context) for the report."""
-    batch = max(int(round(summary.get("mean_batch_size") or 1)), 1)
+    batch = max(round(float(summary.get("mean_batch_size") or 1)), 1)
     done = requests[requests["status"] == "completed"]
     ctx = int((done["prompt_tokens"] + done["output_tokens"] / 2).mean()) if len(done) else 1024
     ops = g.cost.breakdown(
