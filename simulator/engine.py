@@ -21,6 +21,7 @@ in both modes), not from ``env.now``, so fast-forwarding cannot change a float.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 
 #: Longest stretch computed in one go (bounds the arrays; a longer run is several stretches).
 MAX_STRETCH_STEPS = 4096
+#: Decode step times memoised per cost model, keyed ``(batch << 40) + context tokens``; the
+#: memo is cleared when it grows past this many entries (about 100 MB).
+MAX_MEMO_ENTRIES = 1 << 20
+_MEMO_CTX_LIMIT = 1 << 40
 
 
 class Replica:
@@ -108,10 +113,15 @@ class Replica:
         self.num_steps = 0
         self._idle: simpy.Event | None = None
         self._in_stretch = False
-        self._stretch_starts: npt.NDArray[np.float64] | None = None
-        self._stretch_base_tokens = 0
+        # During a stretch: its step boundaries [t0, t1, ..., tk] (step j runs from
+        # times[j] to times[j + 1]) and how many of its steps still count.
+        self._stretch_times: list[float] = []
+        self._stretch_k = 0
         self._stretch_rate = 0
         self._interrupt_s = math.inf
+        # Decode-only step times depend only on (batch, context tokens): memoised per cost
+        # model (replicas of one group share it), the very floats the cost model returns.
+        self._step_memo: dict[int, float] = recorder.step_time_memos.setdefault(id(cost), {})
         self._swapped_slots_count: dict[int, int] = {}
         self._arrival_hint: Callable[[], float] | None = None
         self.scheduler = scheduler_factory(self)
@@ -127,9 +137,11 @@ class Replica:
     def kv_load_frac(self, now_s: float) -> float:
         """KV tokens held / capacity at ``now_s`` (exact mid-stretch, as if stepping)."""
         used = int(self.ctx_tokens[self._live_slots()].sum()) if self.running else 0
-        if self._in_stretch and self._stretch_starts is not None:
-            done = int(np.searchsorted(self._stretch_starts[1:], now_s, side="right"))
-            used = self._stretch_base_tokens + self._stretch_rate * done
+        if self._in_stretch:
+            # The stretch commits at its end: until then ``ctx_tokens`` are its start values,
+            # and each step that has ended by ``now_s`` adds one token per sequence.
+            done = bisect_right(self._stretch_times, now_s, 1, self._stretch_k)
+            used += self._stretch_rate * (done - 1)
         return used / max(self.kv.capacity_tokens, 1)
 
     def match_prefix_tokens(self, req: ReqState) -> int:
@@ -143,12 +155,7 @@ class Replica:
         self.waiting.append(req)
         if self._idle is not None and not self._idle.triggered:
             self._idle.succeed(now_s)
-        elif (
-            self._in_stretch
-            and now_s < self._interrupt_s
-            and self._stretch_starts is not None
-            and now_s <= self._stretch_starts[-1]
-        ):
+        elif self._in_stretch and now_s < self._interrupt_s and now_s <= self._stretch_times[self._stretch_k - 1]:
             # Only an arrival before the stretch's last step starts can shorten it.
             self._interrupt_s = now_s
             self.process.interrupt(now_s)
@@ -168,7 +175,10 @@ class Replica:
         self._decode_cache = None
 
     def has_pending_prefill(self) -> bool:
-        return any(r.phase == PREFILL for r in self.running)
+        for r in self.running:
+            if r.phase == PREFILL:
+                return True
+        return False
 
     def _slots_for(self, req: ReqState) -> int:
         return 1 if (self.kv_sharing and req.fanout > 1) else req.fanout
@@ -341,7 +351,8 @@ class Replica:
             else:
                 yield from self._run_step(plan)
 
-    def _step_inputs(self, plan: StepPlan) -> dict[str, Any]:
+    def _step_inputs(self, plan: StepPlan) -> tuple[int, float, int, int, int, int]:
+        """The cost-model arguments of a step, in :meth:`StepCostModel.cost` order."""
         prefill_tokens = 0
         attn_pairs = 0.0
         kv_tokens = 0
@@ -355,22 +366,48 @@ class Replica:
                 sampling += ch.req.fanout
         prefill_tokens += plan.padding_prefill_tokens
         d = plan.decode_slots
-        return {
-            "prefill_tokens": prefill_tokens,
-            "prefill_attn_pairs": attn_pairs,
-            "prefill_kv_tokens": kv_tokens,
-            "num_prefill_seqs": sampling,
-            "num_decode_seqs": len(d) + plan.padding_seqs,
-            "decode_ctx_tokens": int(self.ctx_tokens[d].sum()) + plan.padding_ctx_tokens,
-        }
+        ctx_sum = int(self.ctx_tokens[d].sum()) if len(d) else 0
+        return (
+            prefill_tokens,
+            attn_pairs,
+            kv_tokens,
+            sampling,
+            len(d) + plan.padding_seqs,
+            ctx_sum + plan.padding_ctx_tokens,
+        )
 
     def _swap_time_s(self, swap_bytes: float) -> float:
         return swap_bytes / self.pcie_bw_bytes_per_s if swap_bytes else 0.0
 
+    def _decode_step_time_s(self, num_decode_seqs: int, decode_ctx_tokens: int) -> float:
+        """A decode-only step's time: the cost model's scalar path, memoised on its inputs."""
+        if decode_ctx_tokens >= _MEMO_CTX_LIMIT:
+            return self.cost.step_time_s(num_decode_seqs=num_decode_seqs, decode_ctx_tokens=decode_ctx_tokens)
+        key = (num_decode_seqs << 40) + decode_ctx_tokens
+        d = self._step_memo.get(key)
+        if d is None:
+            d = self.cost.step_time_s(num_decode_seqs=num_decode_seqs, decode_ctx_tokens=decode_ctx_tokens)
+            if len(self._step_memo) >= MAX_MEMO_ENTRIES:
+                self._step_memo.clear()
+            self._step_memo[key] = d
+        return d
+
     def _run_step(self, plan: StepPlan):  # noqa: ANN202
         inputs = self._step_inputs(plan)
+        prefill_tokens, _pairs, _kv, _sampling, num_decode_seqs, decode_ctx_tokens = inputs
         swap_s = self._swap_time_s(plan.swap_bytes)
-        d = self.cost.step_time_s(**inputs) + swap_s
+        if plan.prefill or prefill_tokens:
+            d = self.cost.step_time_s(
+                prefill_tokens=inputs[0],
+                prefill_attn_pairs=inputs[1],
+                prefill_kv_tokens=inputs[2],
+                num_prefill_seqs=inputs[3],
+                num_decode_seqs=num_decode_seqs,
+                decode_ctx_tokens=decode_ctx_tokens,
+            )
+        else:
+            d = self._decode_step_time_s(num_decode_seqs, decode_ctx_tokens)
+        d = d + swap_s
         start = self.t
         end = start + d
         yield self.env.timeout(max(end - self.env.now, 0.0))
@@ -378,7 +415,7 @@ class Replica:
         self._commit_prefill(plan, end)
         n_dec = len(plan.decode_slots)
         if n_dec:
-            self._commit_decode(plan.decode_slots, np.asarray([end]), np.asarray([d]))
+            self._commit_decode(plan.decode_slots, end, end, 1, True)
         self.num_steps += 1
         self.recorder.steps_single(
             replica_id=self.replica_id,
@@ -386,7 +423,7 @@ class Replica:
             duration_s=d,
             num_running=n_dec + sum(len(ch.req.slots) for ch in plan.prefill),
             num_prefill_seqs=len(plan.prefill),
-            prefill_tokens=int(inputs["prefill_tokens"]),
+            prefill_tokens=prefill_tokens,
             decode_tokens=n_dec,
             queue_len=len(self.waiting) + len(self.swapped),
             num_preemptions=plan.num_preemptions,
@@ -394,46 +431,70 @@ class Replica:
             swap_s=swap_s,
             mem=self._mem_stats(),
         )
-        self._finish_static_batch(end)
+        if self.static_batching:
+            self._finish_static_batch(end)
 
     def next_arrival_hint(self) -> float:
         """Earliest known future arrival anywhere (set by the cluster); inf if unknown."""
         hint = self._arrival_hint
         return hint() if hint is not None else math.inf
 
-    def _decode_stretch_times(self, b: int, ctx_sum0: int, n_dec: int, k: int, stop_s: float) -> list[float]:
-        """Durations of up to ``k`` decode steps, stopping before a step that would start at
-        or after ``stop_s`` (a known arrival or policy clock).
+    def _decode_stretch_times(
+        self, b: int, ctx_sum0: int, n_dec: int, k: int, stop_s: float
+    ) -> tuple[list[float], list[float]]:
+        """Step boundaries ``[t0, t1, ..., tm]`` and durations of up to ``k`` decode steps from
+        ``self.t``, stopping before a step that would start at or after ``stop_s`` (a known
+        arrival or policy clock); ``times[j + 1] = times[j] + durations[j]``.
 
         Each step is timed with the cost model's scalar path - the very call stepping makes -
-        so both modes produce the same floats.
+        and the times are the same sequential additions, so both modes produce the same floats.
         """
-        step_time = self.cost.step_time_s
         t = self.t
-        out: list[float] = []
+        times = [t]
+        durations: list[float] = []
+        append, append_d = times.append, durations.append
+        if ctx_sum0 + n_dec * k >= _MEMO_CTX_LIMIT:
+            step_time = self.cost.step_time_s
+            for j in range(k):
+                if j > 0 and t >= stop_s:
+                    break
+                d = step_time(num_decode_seqs=b, decode_ctx_tokens=ctx_sum0 + n_dec * j)
+                t = t + d
+                append(t)
+                append_d(d)
+            return times, durations
+        memo = self._step_memo
+        get = memo.get
+        step_time = self.cost.step_time_s
+        key = (b << 40) + ctx_sum0
+        ctx = ctx_sum0
         for j in range(k):
             if j > 0 and t >= stop_s:
                 break
-            d = step_time(num_decode_seqs=b, decode_ctx_tokens=ctx_sum0 + n_dec * j)
-            out.append(d)
+            d = get(key)
+            if d is None:
+                d = step_time(num_decode_seqs=b, decode_ctx_tokens=ctx)
+                if len(memo) >= MAX_MEMO_ENTRIES:
+                    memo.clear()
+                memo[key] = d
             t = t + d
-        return out
+            append(t)
+            append_d(d)
+            key += n_dec
+            ctx += n_dec
+        return times, durations
 
-    def _plan_stretch_length(self, plan: StepPlan, ctx0: npt.NDArray[np.int64]) -> int:
-        d = plan.decode_slots
-        k = int((self.target_tokens[d] - self.gen_tokens[d]).min())
-        k = max(1, min(k, MAX_STRETCH_STEPS))
+    def _plan_stretch_length(self, d: npt.NDArray[np.int64], ctx0: npt.NDArray[np.int64], k: int) -> int:
+        """Longest stretch of at most ``k`` steps whose KV growth fits the free memory."""
         if k > 1:
             free = self.kv.num_free_slots
+            slots_needed = self.kv.slots_needed
 
-            def fits(m: int) -> bool:
-                return self.kv.slots_needed(d, ctx0 + m) <= free
-
-            if not fits(k):
+            if slots_needed(d, ctx0 + k) > free:
                 lo, hi = 1, k  # fits(lo) holds (step 0 is already grown), fits(hi) fails
                 while hi - lo > 1:
                     mid = (lo + hi) // 2
-                    if fits(mid):
+                    if slots_needed(d, ctx0 + mid) <= free:
                         lo = mid
                     else:
                         hi = mid
@@ -442,57 +503,62 @@ class Replica:
 
     def _run_stretch(self, plan: StepPlan):  # noqa: ANN202
         d = plan.decode_slots
-        ctx0 = self.ctx_tokens[d].copy()
-        k = self._plan_stretch_length(plan, ctx0)
-        b = len(d) + plan.padding_seqs
+        n = len(d)
+        ctx0 = self.ctx_tokens[d]  # a copy (fancy indexing)
+        # Steps until the first sequence finishes.
+        k_finish = int((self.target_tokens[d] - self.gen_tokens[d]).min())
+        k = self._plan_stretch_length(d, ctx0, max(1, min(k_finish, MAX_STRETCH_STEPS)))
+        b = n + plan.padding_seqs
         ctx_sum0 = int(ctx0.sum()) + plan.padding_ctx_tokens
-        stop_s = min(plan.stretch_until_s, self.next_arrival_hint())
-        durations = np.asarray(self._decode_stretch_times(b, ctx_sum0, len(d), k, stop_s))
-        k = len(durations)
-        # Sequential additions, exactly as stepping one at a time would make them.
-        ends_all = np.cumsum(np.concatenate(([self.t], durations)))
-        starts, ends = ends_all[:-1], ends_all[1:]
+        hint = self._arrival_hint
+        stop_s = plan.stretch_until_s
+        if hint is not None:
+            nxt = hint()
+            if nxt < stop_s:
+                stop_s = nxt
+        times, durations = self._decode_stretch_times(b, ctx_sum0, n, k, stop_s)
+        k = len(times) - 1
         mem_start = self._mem_stats()
         self._in_stretch = True
         self._interrupt_s = math.inf
-        self._stretch_starts = starts[:k]
-        self._stretch_base_tokens = int(self.ctx_tokens[self._live_slots()].sum())
-        self._stretch_rate = len(d)
-        target_end = ends[k - 1]
+        self._stretch_times = times
+        self._stretch_k = k
+        self._stretch_rate = n
+        env = self.env
         while True:
             try:
-                yield self.env.timeout(max(target_end - self.env.now, 0.0))
+                yield env.timeout(max(times[k] - env.now, 0.0))
                 break
             except simpy.Interrupt as irq:
                 t_arr = float(irq.cause)
-                started = max(1, int(np.searchsorted(starts[:k], t_arr, side="left")))
+                # Steps that had started by the arrival complete; the rest are re-planned.
+                started = max(1, bisect_left(times, t_arr, 0, k))
                 if started < k:
                     k = started
-                    target_end = ends[k - 1]
-                    self._stretch_starts = starts[:k]
+                    self._stretch_k = k
         self._in_stretch = False
-        self._stretch_starts = None
         self._interrupt_s = math.inf
-        if k > 1 and not self.kv.grow(d, ctx0 + k, now_s=float(starts[k - 1])):
+        if k > 1 and not self.kv.grow(d, ctx0 + k, now_s=times[k - 1]):
             raise InvariantError(f"replica {self.replica_id}: stretch grow of {k} steps failed")
-        self.t = float(ends[k - 1])
-        self._commit_decode(d, ends[:k], durations[:k])
+        end = times[k]
+        self.t = end
         self.num_steps += k
-        mem_end = self._mem_stats()
-        n = len(d)
+        self._commit_decode(d, times[1], end, k, k >= k_finish)
+        if k < len(durations):
+            del durations[k:]
         self.recorder.steps_many(
             replica_id=self.replica_id,
-            t_s=starts[:k],
-            duration_s=durations[:k],
+            t_s=times[:k],
+            duration_s=durations,
             num_running=n,
-            decode_tokens=n,
             queue_len=len(self.waiting) + len(self.swapped),
             decode_seqs=b,
-            ctx_tokens=ctx_sum0 + n * np.arange(k, dtype=np.float64),
+            ctx_tokens0=ctx_sum0,
             mem_start=mem_start,
-            mem_end=mem_end,
+            mem_end=self._mem_stats(),
         )
-        self._finish_static_batch(self.t)
+        if self.static_batching:
+            self._finish_static_batch(end)
 
     # ================================================================ commits
     def _commit_prefill(self, plan: StepPlan, end_s: float) -> None:
@@ -530,15 +596,25 @@ class Replica:
     def _commit_decode(
         self,
         slots: npt.NDArray[np.int64],
-        ends: npt.NDArray[np.float64],
-        durations: npt.NDArray[np.float64],
+        first_end_s: float,
+        end_s: float,
+        k: int,
+        may_finish: bool,
     ) -> None:
-        k = len(ends)
-        self.recorder.itl(ends[0] - self.last_token_s[slots], durations[1:], len(slots))
-        self.ctx_tokens[slots] += k
-        self.gen_tokens[slots] += k
-        self.last_token_s[slots] = ends[-1]
-        done = slots[self.gen_tokens[slots] >= self.target_tokens[slots]]
+        """Commit ``k`` decode steps of ``slots``: the first ends at ``first_end_s``, the last
+        at ``end_s``. ``may_finish`` is False when no sequence can reach its target in ``k``
+        steps (the check is skipped)."""
+        last = self.last_token_s
+        # The gap before each sequence's first token of these steps; the later gaps are the
+        # steps' durations, which the recorder takes from the stretch's step rows.
+        self.recorder.itl(first_end_s - last[slots])
+        ctx, gen = self.ctx_tokens, self.gen_tokens
+        ctx[slots] += k
+        gen[slots] += k
+        last[slots] = end_s
+        if not may_finish:
+            return
+        done = slots[gen[slots] >= self.target_tokens[slots]]
         if len(done):
             finished: list[ReqState] = []
             for s in done.tolist():
@@ -546,8 +622,8 @@ class Replica:
                 if owner is not None and owner.phase == DECODE and owner not in finished:
                     finished.append(owner)
             for req in sorted(finished, key=lambda r: r.order):
-                req.generated_tokens = int(self.gen_tokens[req.slots[0]])
-                self._finish(req, float(ends[-1]))
+                req.generated_tokens = int(gen[req.slots[0]])
+                self._finish(req, end_s)
 
     def _finish(self, req: ReqState, end_s: float) -> None:
         if self.static_batching:

@@ -15,6 +15,7 @@ Afterwards :meth:`Recorder.to_frames` builds the DataFrames with unit-suffixed c
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,37 @@ _MEM_FIELDS = (
 )
 
 
+# A fast-forwarded stretch is one record; its rows are expanded at the end.
+_STRETCH_COLS = (
+    "ordinal",  # log position of the stretch's first step
+    "replica_id",
+    "num_steps",
+    "num_running",
+    "queue_len",
+    "decode_seqs",  # cost-model batch (running + static-batching padding)
+    "ctx_tokens0",  # cost-model context tokens of the first step
+    "row0",  # index of the first step in the flat start/duration columns
+    *(f"s_{c}" for c, _ in _MEM_FIELDS),
+    *(f"e_{c}" for c, _ in _MEM_FIELDS),
+    "capacity_slots",
+    "prefix_hit_tokens",
+    "prefix_query_tokens",
+)
+_SCOL = {c: i for i, c in enumerate(_STRETCH_COLS)}
+#: Buffered tuples per float64 block (bounds the Python objects alive at once).
+_BLOCK_ROWS = 4096
+#: Rows per vectorised step-cost evaluation when splitting step time by bound (bounds the
+#: temporaries of a multi-million-step run).
+_COST_CHUNK_ROWS = 1 << 19
+
+
+def _segment_rows(starts: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Concatenated ``range(starts[i], starts[i] + lengths[i])``."""
+    total = int(lengths.sum())
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + (np.arange(total, dtype=np.int64) - first)
+
+
 def _itl_bin(values_s: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     v = np.maximum(values_s, _ITL_LO_S)
     idx = np.floor(np.log10(v / _ITL_LO_S) * _ITL_BINS_PER_DECADE).astype(np.int64) + 1
@@ -91,7 +123,15 @@ def _itl_bin_value(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
 
 
 class Recorder:
-    """Collects the events of one variant's run (all replicas)."""
+    """Collects the events of one variant's run (all replicas).
+
+    Step rows are kept compactly until the end: a stepped row is one tuple (flushed into
+    float64 blocks), and a fast-forwarded stretch of ``k`` decode steps is one record (its
+    constants and the exact memory split at its two ends) plus its ``k`` start times and
+    durations in flat ``array('d')`` columns. :meth:`steps_frame` expands them, vectorised,
+    into the per-step timeline; the inter-token gaps a stretch implies (``k - 1`` per
+    sequence, each the step's duration) are binned from the same columns.
+    """
 
     def __init__(self, *, num_requests: int, arrival_s: npt.NDArray[np.float64]) -> None:
         n = num_requests
@@ -105,17 +145,26 @@ class Recorder:
         self.status = np.zeros(n, np.int8)
         self.reject_code = np.zeros(n, np.int8)
         self.itl_counts = np.zeros(_ITL_NUM_BINS, np.int64)
-        self.itl_sum_s = 0.0
-        self.itl_sumsq_s2 = 0.0
-        self.itl_n = 0
-        self._rows: list[tuple[float, ...]] = []  # single steps, in order
-        self._chunks: list[npt.NDArray[np.float64]] = []  # (k, _NUM_RAW) blocks, in order
-        self._num_rows = 0
-        self._itl_buf: list[npt.NDArray[np.float64]] = []
+        self._itl_sum_s = 0.0
+        self._itl_sumsq_s2 = 0.0
+        self._itl_n = 0
+        self._itl_buf: list[npt.NDArray[np.float64]] = []  # first gaps, one per sequence
         self._itl_buf_len = 0
-        self._itl_wbuf: list[npt.NDArray[np.float64]] = []
-        self._itl_wts: list[npt.NDArray[np.float64]] = []
+        self._itl_stretch_done = 0  # stretch blocks whose later gaps are binned
+        # Stepped rows: tuples of _RAW_COLS + ordinal, flushed into float64 blocks.
+        self._rows: list[tuple[float, ...]] = []
+        self._row_blocks: list[npt.NDArray[np.float64]] = []
+        # Stretches: records of _STRETCH_COLS, flushed into float64 blocks; steps' start
+        # times and durations in flat columns.
+        self._stretches: list[tuple[float, ...]] = []
+        self._stretch_blocks: list[npt.NDArray[np.float64]] = []
+        self._st_start_s = array("d")
+        self._st_duration_s = array("d")
+        self._num_rows = 0  # also the ordinal of the next row (the log's insertion order)
         self.cost_models: dict[int, Any] = {}
+        # Per cost model (by id; ``cost_models`` keeps it alive): memoised decode step times,
+        # shared by the replicas of one group (see ``Replica._decode_step_time_s``).
+        self.step_time_memos: dict[int, dict[int, float]] = {}
         self.max_concurrent = 0
         self._concurrent = 0
 
@@ -125,7 +174,8 @@ class Recorder:
         self.arrival_s[idx] = t_s
         self.replica_id[idx] = replica_id
         self._concurrent += 1
-        self.max_concurrent = max(self.max_concurrent, self._concurrent)
+        if self._concurrent > self.max_concurrent:
+            self.max_concurrent = self._concurrent
 
     def rejected(self, idx: int, t_s: float, code: int) -> None:
         self.arrival_s[idx] = t_s
@@ -147,36 +197,60 @@ class Recorder:
         self.status[idx] = STATUS_COMPLETED
         self._concurrent -= 1
 
-    def itl(self, first_gaps_s: npt.NDArray[np.float64], later_durations_s: npt.NDArray[np.float64], weight: int) -> None:
-        """Add inter-token gaps: one per sequence for the first step, then ``weight`` per step."""
-        n1 = len(first_gaps_s)
-        self.itl_sum_s += float(first_gaps_s.sum())
-        self.itl_sumsq_s2 += float(np.dot(first_gaps_s, first_gaps_s))
-        self.itl_n += n1
-        self._itl_buf.append(np.asarray(first_gaps_s, dtype=np.float64))
-        self._itl_buf_len += n1
-        if len(later_durations_s):
-            self.itl_sum_s += weight * float(later_durations_s.sum())
-            self.itl_sumsq_s2 += weight * float(np.dot(later_durations_s, later_durations_s))
-            self.itl_n += weight * len(later_durations_s)
-            self._itl_wbuf.append(np.asarray(later_durations_s, dtype=np.float64))
-            self._itl_wts.append(np.full(len(later_durations_s), float(weight)))
-            self._itl_buf_len += len(later_durations_s)
+    # ------------------------------------------------------------------ inter-token latency
+    def itl(self, first_gaps_s: npt.NDArray[np.float64]) -> None:
+        """Add the gaps before a decode step's (or stretch's first step's) tokens, one per
+        sequence. The later steps of a stretch add theirs through :meth:`steps_many`."""
+        self._itl_buf.append(first_gaps_s)
+        self._itl_buf_len += len(first_gaps_s)
         if self._itl_buf_len > 1_000_000:
             self._flush_itl()
 
     def _flush_itl(self) -> None:
         if self._itl_buf:
             vals = np.concatenate(self._itl_buf)
+            self._itl_sum_s += float(vals.sum())
+            self._itl_sumsq_s2 += float(np.dot(vals, vals))
+            self._itl_n += len(vals)
             self.itl_counts += np.bincount(_itl_bin(vals), minlength=_ITL_NUM_BINS)
             self._itl_buf = []
-        if self._itl_wbuf:
-            vals = np.concatenate(self._itl_wbuf)
-            wts = np.concatenate(self._itl_wts)
+        self._itl_buf_len = 0
+        self._flush_stretches()
+        blocks = self._stretch_blocks
+        while self._itl_stretch_done < len(blocks):
+            rec = blocks[self._itl_stretch_done]
+            self._itl_stretch_done += 1
+            k = rec[:, _SCOL["num_steps"]].astype(np.int64)
+            later = k > 1
+            if not later.any():
+                continue
+            rec, k = rec[later], k[later]
+            row0 = rec[:, _SCOL["row0"]].astype(np.int64)
+            # Rows 1..k-1 of each stretch: their gap is the step's duration, once per sequence.
+            idx = _segment_rows(row0 + 1, k - 1)
+            vals = np.frombuffer(self._st_duration_s, dtype=np.float64)[idx]
+            wts = np.repeat(rec[:, _SCOL["num_running"]], k - 1)
+            self._itl_sum_s += float(np.dot(wts, vals))
+            self._itl_sumsq_s2 += float(np.dot(wts, vals * vals))
+            self._itl_n += int(wts.sum())
             counts = np.bincount(_itl_bin(vals), weights=wts, minlength=_ITL_NUM_BINS)
             self.itl_counts += np.rint(counts).astype(np.int64)
-            self._itl_wbuf, self._itl_wts = [], []
-        self._itl_buf_len = 0
+
+    @property
+    def itl_n(self) -> int:
+        """Inter-token gaps recorded (pooled over sequences)."""
+        self._flush_itl()
+        return self._itl_n
+
+    @property
+    def itl_sum_s(self) -> float:
+        self._flush_itl()
+        return self._itl_sum_s
+
+    @property
+    def itl_sumsq_s2(self) -> float:
+        self._flush_itl()
+        return self._itl_sumsq_s2
 
     # ------------------------------------------------------------------ step events
     def steps_single(
@@ -191,133 +265,213 @@ class Recorder:
         decode_tokens: int,
         queue_len: int,
         num_preemptions: int,
-        inputs: dict[str, float],
+        inputs: tuple[float, float, float, float, float, float],
         swap_s: float,
         mem: Any,
     ) -> None:
-        """One stepped row (its cost split is derived at the end from ``inputs``)."""
+        """One stepped row (its cost split is derived at the end from ``inputs``, the
+        cost-model arguments in :meth:`StepCostModel.cost` order)."""
         self._rows.append((
             t_s, duration_s, replica_id, num_running, num_prefill_seqs, prefill_tokens, decode_tokens,
             queue_len, num_preemptions, mem.token_slots, mem.reserved_slots, mem.internal_frag_slots,
             mem.external_frag_slots, mem.cached_slots, mem.free_slots, mem.prefix_hit_tokens,
-            mem.prefix_query_tokens, inputs["prefill_tokens"], inputs["prefill_attn_pairs"],
-            inputs["prefill_kv_tokens"], inputs["num_prefill_seqs"], inputs["num_decode_seqs"],
-            inputs["decode_ctx_tokens"], swap_s,
+            mem.prefix_query_tokens, *inputs, swap_s, self._num_rows,
         ))
         self._num_rows += 1
+        if len(self._rows) >= _BLOCK_ROWS:
+            self._row_blocks.append(np.asarray(self._rows, dtype=np.float64))
+            self._rows = []
 
     def steps_many(
         self,
         *,
         replica_id: int,
-        t_s: npt.NDArray[np.float64],
-        duration_s: npt.NDArray[np.float64],
+        t_s: list[float],
+        duration_s: list[float],
         num_running: int,
-        decode_tokens: int,
         queue_len: int,
         decode_seqs: int,
-        ctx_tokens: npt.NDArray[np.float64],
+        ctx_tokens0: int,
         mem_start: Any,
         mem_end: Any,
     ) -> None:
-        """Rows of a fast-forwarded decode stretch.
+        """The ``k`` rows of a fast-forwarded decode stretch, recorded as one record.
 
-        Within a stretch the memory split is interpolated linearly between its exact values
-        at the start and at the end (token states grow by one slot per sequence per step).
+        Step ``j`` decodes ``num_running`` sequences (``decode_seqs`` including padding) over
+        ``ctx_tokens0 + num_running * j`` context tokens. Within a stretch the memory split is
+        interpolated linearly between its exact values at the start and at the end (token
+        states grow by one slot per sequence per step).
         """
         k = len(t_s)
-        block = np.zeros((k, _NUM_RAW), dtype=np.float64)
-        block[:, _COL["t_s"]] = t_s
-        block[:, _COL["duration_s"]] = duration_s
-        block[:, _COL["replica_id"]] = replica_id
-        block[:, _COL["num_running"]] = num_running
-        block[:, _COL["decode_tokens"]] = decode_tokens
-        block[:, _COL["queue_len"]] = queue_len
-        block[:, _COL["in_decode_seqs"]] = decode_seqs
-        block[:, _COL["in_ctx_tokens"]] = ctx_tokens
-        block[:, _COL["prefix_hit_tokens"]] = mem_end.prefix_hit_tokens
-        block[:, _COL["prefix_query_tokens"]] = mem_end.prefix_query_tokens
-        frac = np.arange(1, k + 1, dtype=np.float64) / k
-        capacity = int(mem_end.capacity_slots)
-        vals = []
-        for _col, attr in _MEM_FIELDS:
-            a, b = getattr(mem_start, attr), getattr(mem_end, attr)
-            vals.append(np.rint(a + (b - a) * frac))
-        grid = np.stack(vals, axis=1)  # (k, 6)
-        # Rounding residual goes to each row's largest category, so rows sum to capacity
-        # and stay non-negative.
-        residual = capacity - grid.sum(axis=1)
-        grid[np.arange(k), grid.argmax(axis=1)] += residual
-        first = _COL[_MEM_FIELDS[0][0]]
-        block[:, first : first + len(_MEM_FIELDS)] = grid
-        if self._rows:
-            self._chunks.append(np.asarray(self._rows, dtype=np.float64))
-            self._rows = []
-        self._chunks.append(block)
+        s, e = mem_start, mem_end
+        self._stretches.append((
+            self._num_rows, replica_id, k, num_running, queue_len, decode_seqs, ctx_tokens0,
+            len(self._st_start_s),
+            s.token_slots, s.reserved_slots, s.internal_frag_slots, s.external_frag_slots, s.cached_slots,
+            s.free_slots,
+            e.token_slots, e.reserved_slots, e.internal_frag_slots, e.external_frag_slots, e.cached_slots,
+            e.free_slots,
+            e.capacity_slots, e.prefix_hit_tokens, e.prefix_query_tokens,
+        ))
+        self._st_start_s.extend(t_s)
+        self._st_duration_s.extend(duration_s)
         self._num_rows += k
+        if len(self._stretches) >= _BLOCK_ROWS:
+            self._flush_stretches()
+
+    def _flush_stretches(self) -> None:
+        if self._stretches:
+            self._stretch_blocks.append(np.asarray(self._stretches, dtype=np.float64))
+            self._stretches = []
 
     @property
     def num_step_rows(self) -> int:
         return self._num_rows
 
     # ------------------------------------------------------------------ frames
-    def _raw(self) -> npt.NDArray[np.float64]:
-        chunks = list(self._chunks)
+    def _stepped_raw(self) -> npt.NDArray[np.float64]:
+        blocks = list(self._row_blocks)
         if self._rows:
-            chunks.append(np.asarray(self._rows, dtype=np.float64))
-        if not chunks:
-            return np.zeros((0, _NUM_RAW))
-        return np.concatenate(chunks)
+            blocks.append(np.asarray(self._rows, dtype=np.float64))
+        if not blocks:
+            return np.zeros((0, _NUM_RAW + 1))
+        return np.concatenate(blocks)
+
+    def _stretch_columns(self) -> dict[str, npt.NDArray[Any]]:
+        """The stretches' rows, expanded (vectorised) into step columns."""
+        self._flush_stretches()
+        cols: dict[str, Any] = {}
+        if not self._stretch_blocks:
+            return cols
+        rec = np.concatenate(self._stretch_blocks)
+        k = rec[:, _SCOL["num_steps"]].astype(np.int64)
+        row0 = rec[:, _SCOL["row0"]].astype(np.int64)
+        n = int(k.sum())
+        # Position of each row within its stretch.
+        first = np.repeat(np.cumsum(k) - k, k)
+        j = np.arange(n, dtype=np.int64) - first
+        idx = np.repeat(row0, k) + j
+        cols["t_s"] = np.frombuffer(self._st_start_s, dtype=np.float64)[idx]
+        cols["duration_s"] = np.frombuffer(self._st_duration_s, dtype=np.float64)[idx]
+        cols["_ordinal"] = np.repeat(rec[:, _SCOL["ordinal"]].astype(np.int64), k) + j
+
+        def rep(name: str) -> npt.NDArray[np.float64]:
+            return np.repeat(rec[:, _SCOL[name]], k)
+
+        cols["replica_id"] = rep("replica_id")
+        cols["num_running"] = rep("num_running")
+        cols["decode_tokens"] = cols["num_running"]
+        cols["queue_len"] = rep("queue_len")
+        cols["in_decode_seqs"] = rep("decode_seqs")
+        jf = j.astype(np.float64)
+        cols["in_ctx_tokens"] = rep("ctx_tokens0") + cols["num_running"] * jf
+        cols["prefix_hit_tokens"] = rep("prefix_hit_tokens")
+        cols["prefix_query_tokens"] = rep("prefix_query_tokens")
+        # The memory split, as (start + (end - start) * (j + 1) / k) rounded; the rounding
+        # residual goes to each row's largest category, so rows sum to capacity and stay
+        # non-negative.
+        frac = (jf + 1.0) / np.repeat(k.astype(np.float64), k)
+        grid = np.empty((n, len(_MEM_FIELDS)))
+        for i, (col, _attr) in enumerate(_MEM_FIELDS):
+            a, b = rep("s_" + col), rep("e_" + col)
+            grid[:, i] = np.rint(a + (b - a) * frac)
+        residual = rep("capacity_slots") - grid.sum(axis=1)
+        grid[np.arange(n), grid.argmax(axis=1)] += residual
+        for i, (col, _attr) in enumerate(_MEM_FIELDS):
+            cols[col] = grid[:, i]
+        return cols
 
     def steps_frame(self) -> pd.DataFrame:
         """The per-step timeline, with the step time split by bound.
 
-        The split comes from one vectorised step-cost evaluation per replica over the
+        The split comes from one vectorised step-cost evaluation per cost model over the
         recorded step inputs, scaled to the step's duration (the engine times steps with the
         cost model's scalar path; the two agree to rounding).
         """
-        raw = self._raw()
-        n = len(raw)
+        raw = self._stepped_raw()
+        stretch = self._stretch_columns()
+        n_raw = len(raw)
+        n_st = len(stretch["t_s"]) if stretch else 0
+        n = n_raw + n_st
+
+        def col(name: str, fill: float = 0.0) -> npt.NDArray[np.float64]:
+            a = raw[:, _COL[name]] if name in _COL else raw[:, _NUM_RAW]
+            if not n_st:
+                return np.ascontiguousarray(a)
+            b = stretch.get(name)
+            if b is None:
+                b = np.full(n_st, fill)
+            return np.concatenate((a, b))
+
+        ordinal = col("_ordinal").astype(np.int64)
+        replica = col("replica_id").astype(np.int32)
+        t_s = col("t_s")
+        # Stable order by (time, replica), ties in the order the steps were logged.
+        order = np.lexsort((ordinal, replica, t_s))
+        del ordinal
+        duration = col("duration_s")
         split = np.zeros((n, len(_SPLIT_COLS)))
-        rep = raw[:, _COL["replica_id"]].astype(np.int64)
-        for rid in np.unique(rep).tolist():
-            model = self.cost_models.get(rid)
-            if model is None:
-                continue
-            sel = rep == rid
-            r = raw[sel]
-            c = model.cost(
-                prefill_tokens=r[:, _COL["in_prefill_tokens"]],
-                prefill_attn_pairs=r[:, _COL["in_attn_pairs"]],
-                prefill_kv_tokens=r[:, _COL["in_kv_tokens"]],
-                num_prefill_seqs=r[:, _COL["in_sampling_seqs"]],
-                num_decode_seqs=r[:, _COL["in_decode_seqs"]],
-                decode_ctx_tokens=r[:, _COL["in_ctx_tokens"]],
-            )
-            parts = np.stack([np.asarray(getattr(c, f), dtype=np.float64) * np.ones(len(r)) for f in _SPLIT_COLS], axis=1)
-            parts[:, 3] += r[:, _COL["swap_s"]]
-            total = parts.sum(axis=1)
-            total[total == 0] = 1.0
-            split[sel] = parts * (r[:, _COL["duration_s"]] / total)[:, None]
+        by_model: dict[int, list[int]] = {}
+        for rid, model in self.cost_models.items():
+            by_model.setdefault(id(model), []).append(rid)
+        for rids in by_model.values():
+            model = self.cost_models[rids[0]]
+            sel = np.flatnonzero(np.isin(replica, rids))
+            for lo in range(0, len(sel), _COST_CHUNK_ROWS):
+                rows = sel[lo : lo + _COST_CHUNK_ROWS]
+                split[rows] = self._split(model, rows, raw, stretch, n_raw, duration)
         cols: dict[str, Any] = {
-            "replica_id": raw[:, _COL["replica_id"]].astype(np.int32),
+            "replica_id": replica[order],
             "step": np.arange(n, dtype=np.int64),
-            "t_s": raw[:, _COL["t_s"]],
-            "duration_s": raw[:, _COL["duration_s"]],
+            "t_s": t_s[order],
+            "duration_s": duration[order],
         }
+        del t_s, duration
         for c in ("num_running", "num_prefill_seqs", "prefill_tokens", "decode_tokens", "queue_len", "num_preemptions"):
-            cols[c] = raw[:, _COL[c]].astype(np.int64)
+            cols[c] = col(c).astype(np.int64)[order]
         for j, c in enumerate(_SPLIT_COLS):
-            cols[c] = split[:, j]
+            cols[c] = split[order, j]
+        del split
         for c, _ in _MEM_FIELDS:
-            cols[c] = raw[:, _COL[c]].astype(np.int64)
-        cols["prefix_hit_tokens"] = raw[:, _COL["prefix_hit_tokens"]].astype(np.int64)
-        cols["prefix_query_tokens"] = raw[:, _COL["prefix_query_tokens"]].astype(np.int64)
-        df = pd.DataFrame(cols)
-        # Stable order by (time, replica): replicas interleave in the raw log.
-        df = df.sort_values(["t_s", "replica_id"], kind="mergesort").reset_index(drop=True)
-        df["step"] = np.arange(len(df), dtype=np.int64)
-        return df
+            cols[c] = col(c).astype(np.int64)[order]
+        cols["prefix_hit_tokens"] = col("prefix_hit_tokens").astype(np.int64)[order]
+        cols["prefix_query_tokens"] = col("prefix_query_tokens").astype(np.int64)[order]
+        return pd.DataFrame(cols, copy=False)
+
+    @staticmethod
+    def _split(
+        model: Any,
+        rows: npt.NDArray[np.int64],
+        raw: npt.NDArray[np.float64],
+        stretch: dict[str, npt.NDArray[Any]],
+        n_raw: int,
+        duration: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.float64]:
+        """Step time by bound for ``rows`` (indices into stepped rows, then stretch rows)."""
+        in_raw = rows[rows < n_raw]
+        in_st = rows[rows >= n_raw] - n_raw
+
+        def inp(name: str) -> npt.NDArray[np.float64]:
+            a = raw[in_raw, _COL[name]]
+            if not len(in_st):
+                return a
+            b = stretch[name][in_st] if name in stretch else np.zeros(len(in_st))
+            return np.concatenate((a, b))
+
+        c = model.cost(
+            prefill_tokens=inp("in_prefill_tokens"),
+            prefill_attn_pairs=inp("in_attn_pairs"),
+            prefill_kv_tokens=inp("in_kv_tokens"),
+            num_prefill_seqs=inp("in_sampling_seqs"),
+            num_decode_seqs=inp("in_decode_seqs"),
+            decode_ctx_tokens=inp("in_ctx_tokens"),
+        )
+        m = len(rows)
+        parts = np.stack([np.asarray(getattr(c, f), dtype=np.float64) * np.ones(m) for f in _SPLIT_COLS], axis=1)
+        parts[:, 3] += inp("swap_s")
+        total = parts.sum(axis=1)
+        total[total == 0] = 1.0
+        return parts * (duration[rows] / total)[:, None]
 
     def requests_frame(self, workload: Any, slo: dict[str, float | None]) -> pd.DataFrame:
         arrival = self.arrival_s
