@@ -6,7 +6,13 @@ figure is the allocator core's speed, not the facade's; the twin (``tests/refere
 a prefix of the same trace through its Python API, and both must produce identical results
 on that prefix. Skipped ops (admit of a live slot, grow/free of an empty one) are not counted.
 
-Usage: ``.venv/bin/python benchmarks/bench_kvcache.py [--ops 2000000] [--twin-ops 100000]``
+A second section times the facade calls the serving engine makes every step (``grow``,
+``slots_needed``, ``stats``, ``num_free_slots``, ``admit`` + ``free``), in microseconds per call,
+at 20 and 256 live sequences (448 Ki token slots, B = 16, ``max_seq_len`` 32768): CPU time
+(``time.process_time``), best of 20 blocks, so other load on the machine inflates it less.
+
+Usage: ``.venv/bin/python benchmarks/bench_kvcache.py [--ops 2000000] [--twin-ops 100000]
+[--skip-trace] [--skip-micro]``
 """
 
 from __future__ import annotations
@@ -174,23 +180,106 @@ def bench(kind: str, ops: np.ndarray, keys: np.ndarray, twin_ops: int) -> dict:
     }
 
 
+MICRO_CAPACITY = 448 * 1024
+MICRO_MAX_SEQ_LEN = 32768
+MICRO_PROMPT = 256
+
+
+def _per_call_us(fn, calls: int, blocks: int = 20) -> float:
+    """CPU microseconds per ``fn()`` call, best of ``blocks`` blocks of ``calls`` calls."""
+    best = float("inf")
+    for _ in range(blocks):
+        t0 = time.process_time()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.process_time() - t0) / calls)
+    return best * 1e6
+
+
+def micro(kind: str, live: int) -> dict[str, float]:
+    """Per-call cost of the engine's per-step facade calls with ``live`` running sequences."""
+    cfg = {
+        "capacity_tokens": MICRO_CAPACITY,
+        "block_size_tokens": BLOCK,
+        "max_seqs": 512,
+        "max_seq_len": MICRO_MAX_SEQ_LEN,
+    }
+    if kind == "contiguous":
+        cfg["reservation"] = "oracle"
+    kv = make_kv_manager(kind, **cfg)
+    ids = np.arange(live, dtype=np.int64)
+    final = MICRO_PROMPT + 1024
+    pages = MICRO_PROMPT // BLOCK + 64
+    for s in range(live):  # 4 shared prompts, so radix holds a tree
+        block_ids = np.arange(pages, dtype=np.int64) + 1000 * (s % 4)
+        kv.admit(
+            s,
+            prompt_tokens=MICRO_PROMPT,
+            final_tokens=final,
+            block_ids=block_ids,
+            block_tokens=BLOCK,
+            now_s=0.0,
+        )
+    totals = np.full(live, MICRO_PROMPT, dtype=np.int64)
+    kv.grow(ids, totals, now_s=0.0)
+    calls, blocks = 50, 20
+    steps = iter([totals + 1 + k for k in range(calls * (blocks + 1))])  # decode: +1 a step
+
+    def grow() -> None:
+        kv.grow(ids, next(steps), now_s=1.0)
+
+    out = {"grow": _per_call_us(grow, calls, blocks)}
+    nxt = totals + calls * (blocks + 1) + 1
+    out["slots_needed"] = _per_call_us(lambda: kv.slots_needed(ids, nxt), 500)
+    out["stats"] = _per_call_us(lambda: kv.stats(min_pending_slots=300), 500)
+    out["num_free_slots"] = _per_call_us(lambda: kv.num_free_slots, 500)
+    block_ids = np.arange(pages, dtype=np.int64) + 1000
+
+    def admit_free() -> None:
+        kv.admit(
+            live,
+            prompt_tokens=MICRO_PROMPT,
+            final_tokens=final,
+            block_ids=block_ids,
+            block_tokens=BLOCK,
+            now_s=2.0,
+        )
+        kv.free(live, now_s=2.0, block_ids=block_ids, block_tokens=BLOCK, total_tokens=0)
+
+    out["admit+free"] = _per_call_us(admit_free, 200)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=2_000_000)
     parser.add_argument("--twin-ops", type=int, default=100_000)
+    parser.add_argument("--skip-trace", action="store_true")
+    parser.add_argument("--skip-micro", action="store_true")
     args = parser.parse_args()
-    ops, keys = make_trace(args.ops)
-    rows = [bench(k, ops, keys, args.twin_ops) for k in ("contiguous", "paged", "radix")]
-    print(
-        f"{'manager':<11} {'numba ops':>10} {'numba ops/s':>12} {'twin ops':>9} "
-        f"{'twin ops/s':>11} {'speedup':>8} {'no-room':>8}"
-    )
-    for r in rows:
+    kinds = ("contiguous", "paged", "radix")
+    if not args.skip_trace:
+        ops, keys = make_trace(args.ops)
+        rows = [bench(k, ops, keys, args.twin_ops) for k in kinds]
         print(
-            f"{r['kind']:<11} {r['ops_fast']:>10,} {r['fast_per_s']:>12,.0f} "
-            f"{r['ops_slow']:>9,} {r['slow_per_s']:>11,.0f} "
-            f"{r['fast_per_s'] / r['slow_per_s']:>7.1f}x {r['no_room']:>8,}"
+            f"{'manager':<11} {'numba ops':>10} {'numba ops/s':>12} {'twin ops':>9} "
+            f"{'twin ops/s':>11} {'speedup':>8} {'no-room':>8}"
         )
+        for r in rows:
+            print(
+                f"{r['kind']:<11} {r['ops_fast']:>10,} {r['fast_per_s']:>12,.0f} "
+                f"{r['ops_slow']:>9,} {r['slow_per_s']:>11,.0f} "
+                f"{r['fast_per_s'] / r['slow_per_s']:>7.1f}x {r['no_room']:>8,}"
+            )
+    if not args.skip_micro:
+        names = ("grow", "slots_needed", "stats", "num_free_slots", "admit+free")
+        print("\nfacade calls, us per call (CPU time, best of 20 blocks)")
+        print(f"{'manager':<11} {'live':>5} " + " ".join(f"{n:>14}" for n in names))
+        for kind in kinds:
+            for live in (20, 256):
+                micro(kind, live)  # warm-up: compile or load the kernels
+                r = micro(kind, live)
+                print(f"{kind:<11} {live:>5} " + " ".join(f"{r[n]:>14.2f}" for n in names))
 
 
 if __name__ == "__main__":

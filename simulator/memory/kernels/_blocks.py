@@ -1094,6 +1094,16 @@ def run_trace(arena, ops, keys, results):
     seq_tokens = _f64(arena, O_SEQ_TOKENS, arena[C_S])
     page_tokens = arena[C_PAGE]
     max_seq_len = arena[C_MAX_SEQ_LEN]
+    can_evict = arena[C_CAN_EVICT]
+    nb = arena[C_NB]
+    table = _table(arena)
+    table_len = _f32(arena, O_TABLE_LEN, arena[C_S])
+    refcount = _f32(arena, O_REFCOUNT, nb)
+    free_stack = _f32(arena, O_FREE_STACK, nb)
+    free_top = arena[C_FREE_TOP : C_FREE_TOP + 1]
+    in_tree = _f8(arena, O_IN_TREE, nb)
+    block_fill = _f32(arena, O_BLOCK_FILL, nb)
+    counters = arena[:HEADER]
     one_seq = np.zeros(1, dtype=np.int64)
     one_total = np.zeros(1, dtype=np.int64)
     for i in range(ops.shape[0]):
@@ -1119,7 +1129,41 @@ def run_trace(arena, ops, keys, results):
         elif op == OP_GROW:
             one_seq[0] = s
             one_total[0] = min(seq_tokens[s] + ops[i, 2], max_seq_len)
-            results[i] = _grow(arena, one_seq, one_total, cow)
+            # NOTE(speed): _grow spelled out on views made once, not per op
+            need = plan_grow(
+                seq_tokens,
+                table,
+                table_len,
+                refcount,
+                seq_live,
+                one_seq,
+                one_total,
+                page_tokens,
+                max_seq_len,
+                cow,
+            )
+            free = arena[C_FREE_TOP]
+            if need > free:
+                if can_evict == 0 or free + arena[C_CACHED] < need:
+                    results[i] = NO_SPACE
+                    continue
+                _evict(arena, need - free, page_tokens)
+            _apply_grow(
+                free_stack,
+                free_top,
+                refcount,
+                in_tree,
+                block_fill,
+                counters,
+                table,
+                table_len,
+                seq_tokens,
+                one_seq,
+                one_total,
+                page_tokens,
+                cow,
+            )
+            results[i] = OK
         else:
             n = min(kn, seq_tokens[s] // page_tokens)
             _release(arena, s, keys[k0 : k0 + kn], n, now_s)
