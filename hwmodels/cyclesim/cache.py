@@ -11,8 +11,8 @@ per *bucket* and interpolates:
 * the other dimensions (weights' ``n`` and ``k``, heads, head_dim, block size, dtype) are taken
   exactly: a model has only a handful of them.
 
-The cache is a plain ``dict[str, float]`` of seconds keyed by a readable string, saved to and
-loaded from JSON (never pickle) together with the GPU name and a fingerprint of the model's
+The grid points are a ``dict`` of seconds keyed by tuples of plain values, saved to and
+loaded from JSON (never pickle) as lists together with the GPU name and a fingerprint of the model's
 parameters; a file written for another GPU or another parameter set is refused.
 """
 
@@ -55,10 +55,14 @@ def bucket_grid(limit: int) -> list[int]:
 _GRID = bucket_grid(1 << 22)
 
 
-def bracket(x: int) -> tuple[int, int]:
-    """The grid points ``lo <= x <= hi`` around ``x`` (equal when ``x`` is on the grid)."""
-    if x < 1:
-        raise ConfigError(f"bucketed dimensions must be >= 1, got {x}")
+def bracket(x: float) -> tuple[int, int]:
+    """The grid points ``lo <= x <= hi`` around ``x`` (equal when ``x`` is on the grid).
+
+    ``x`` may be fractional (a mean context length); values in (0, 1) snap to 1.
+    """
+    if not x > 0:
+        raise ConfigError(f"bucketed dimensions must be > 0, got {x}")
+    x = max(float(x), 1.0)
     i = bisect.bisect_left(_GRID, x)
     if i >= len(_GRID):
         raise ConfigError(f"dimension {x} beyond the cycle cache's grid ({_GRID[-1]})")
@@ -67,14 +71,27 @@ def bracket(x: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _interp(x: int, lo: int, hi: int, t_lo: float, t_hi: float) -> float:
+def _interp(x: float, lo: int, hi: int, t_lo: float, t_hi: float) -> float:
     if hi == lo:
         return t_lo
+    x = max(float(x), 1.0)
     return t_lo + (t_hi - t_lo) * (x - lo) / (hi - lo)
 
 
+#: Above these sizes times are extrapolated linearly from the two grid points below (the
+#: kernel is then bandwidth- or compute-bound, so time is linear in the dimension) instead of
+#: simulated: decode batches of more than 64 sequences, GEMMs of more than 2048 tokens.
+DECODE_BATCH_SIM_MAX = 64
+GEMM_M_SIM_MAX = 2048
+
+_Key = tuple[object, ...]
+
+
 class CycleCostModel:
-    """Cached cycle-model operator times for one GPU.
+    """Cached cycle-model operator times for one GPU (an ``OpTimer`` for the step-cost model).
+
+    Two levels: an exact-argument memo (the hit path of a serving loop: one tuple hash) in front
+    of the bucket grid, whose points are each simulated once.
 
     Args:
         gpu: catalogue name or spec.
@@ -85,7 +102,8 @@ class CycleCostModel:
 
     def __init__(self, gpu: str | GpuSpec) -> None:
         self._mach: Machine = machine_for(get_gpu(gpu))
-        self._times_s: dict[str, float] = {}
+        self._times_s: dict[_Key, float] = {}
+        self._memo: dict[_Key, float] = {}
         self.num_simulations = 0
 
     @property
@@ -108,98 +126,157 @@ class CycleCostModel:
 
     # ------------------------------------------------------------------ operators
     def gemm_time_s(
-        self, m: int, n: int, k: int, compute_type: str = "fp16", weight_bits: int = 16
+        self, m: float, n: int, k: int, compute_type: str = "fp16", weight_bits: int = 16
     ) -> float:
-        """Time of ``[m, k] @ [k, n]`` (``m`` = tokens), interpolated over the ``m`` grid."""
-        lo, hi = bracket(m)
-        t_lo = self._gemm_at(lo, n, k, compute_type, weight_bits)
-        if hi == lo:
-            return t_lo
-        return _interp(m, lo, hi, t_lo, self._gemm_at(hi, n, k, compute_type, weight_bits))
+        """Time of ``[m, k] @ [k, n]`` (``m`` = tokens), interpolated over the ``m`` grid; 0 if m=0."""
+        memo_key = ("g", m, n, k, compute_type, weight_bits)
+        t = self._memo.get(memo_key)
+        if t is not None:
+            return t
+        t = self._gemm(m, int(n), int(k), compute_type, int(weight_bits)) if m > 0 else 0.0
+        self._memo[memo_key] = t
+        return t
 
     def decode_attention_time_s(
         self,
-        batch: int,
-        context_tokens: int,
+        batch: float,
+        context_tokens: float,
         num_heads: int,
         num_kv_heads: int,
         head_dim: int,
-        kv_bytes_per_elem: int = 2,
+        kv_bytes_per_elem: float = 2,
         block_size: int | None = 16,
     ) -> float:
-        """Decode attention of ``batch`` sequences of (mean) ``context_tokens`` keys."""
-        b_lo, b_hi = bracket(batch)
-        c_lo, c_hi = bracket(context_tokens)
-
-        def at(b: int, c: int) -> float:
-            key = f"decode|b={b}|ctx={c}|h={num_heads}|kvh={num_kv_heads}|d={head_dim}|kvb={kv_bytes_per_elem}|bs={block_size}"
-            return self._get(key, lambda: simulate_decode_attention(
-                self._mach, batch=b, context_tokens=c, num_heads=num_heads,
-                num_kv_heads=num_kv_heads, head_dim=head_dim,
-                kv_bytes_per_elem=kv_bytes_per_elem, block_size=block_size).time_s)
-
-        t_blo = _interp(context_tokens, c_lo, c_hi, at(b_lo, c_lo), at(b_lo, c_hi) if c_hi != c_lo else 0.0)
-        if b_hi == b_lo:
-            return t_blo
-        t_bhi = _interp(context_tokens, c_lo, c_hi, at(b_hi, c_lo), at(b_hi, c_hi) if c_hi != c_lo else 0.0)
-        return _interp(batch, b_lo, b_hi, t_blo, t_bhi)
+        """Decode attention of ``batch`` sequences of (mean) ``context_tokens`` keys; 0 if none."""
+        memo_key = ("d", batch, context_tokens, num_heads, num_kv_heads, head_dim, kv_bytes_per_elem, block_size)
+        t = self._memo.get(memo_key)
+        if t is not None:
+            return t
+        if batch > 0 and context_tokens > 0:
+            geom = (int(num_heads), int(num_kv_heads), int(head_dim), kv_bytes_per_elem, block_size)
+            t = self._decode(batch, context_tokens, geom)
+        else:
+            t = 0.0
+        self._memo[memo_key] = t
+        return t
 
     def prefill_attention_time_s(
         self,
-        batch: int,
-        query_tokens: int,
+        batch: float,
+        query_tokens: float,
         num_heads: int,
         num_kv_heads: int,
         head_dim: int,
-        context_tokens: int | None = None,
-        kv_bytes_per_elem: int = 2,
+        context_tokens: float | None = None,
+        kv_bytes_per_elem: float = 2,
     ) -> float:
-        """Causal prefill attention; ``query_tokens`` and the cached prefix are bucketed."""
-        prefix = 0 if context_tokens is None else context_tokens - query_tokens
-        if prefix < 0:
-            raise ConfigError(f"context_tokens ({context_tokens}) < query_tokens ({query_tokens})")
-        q_lo, q_hi = bracket(query_tokens)
-        p_lo, p_hi = (0, 0) if prefix == 0 else bracket(prefix)
+        """Causal prefill attention; ``query_tokens`` and the cached prefix are bucketed.
 
-        def at(q: int, p: int) -> float:
-            key = f"prefill|b={batch}|q={q}|prefix={p}|h={num_heads}|kvh={num_kv_heads}|d={head_dim}|kvb={kv_bytes_per_elem}"
-            return self._get(key, lambda: simulate_prefill_attention(
-                self._mach, batch=batch, query_tokens=q, context_tokens=q + p,
-                num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-                kv_bytes_per_elem=kv_bytes_per_elem).time_s)
-
-        def over_prefix(q: int) -> float:
-            t_lo = at(q, p_lo)
-            return t_lo if p_hi == p_lo else _interp(prefix, p_lo, p_hi, t_lo, at(q, p_hi))
-
-        t_qlo = over_prefix(q_lo)
-        if q_hi == q_lo:
-            return t_qlo
-        return _interp(query_tokens, q_lo, q_hi, t_qlo, over_prefix(q_hi))
-
-    # ------------------------------------------------------------------ cache
-    def _gemm_at(self, m: int, n: int, k: int, compute_type: str, weight_bits: int) -> float:
-        key = f"gemm|m={m}|n={n}|k={k}|ct={compute_type}|wb={weight_bits}"
-        return self._get(key, lambda: simulate_gemm(
-            self._mach, m=m, n=n, k=k, compute_type=compute_type, weight_bits=weight_bits).time_s)
-
-    def _get(self, key: str, compute: object) -> float:
-        t = self._times_s.get(key)
-        if t is None:
-            t = float(compute())  # type: ignore[operator]
-            self._times_s[key] = t
-            self.num_simulations += 1
+        ``batch`` chunks are costed as one chunk of ``batch * query_tokens`` tokens' worth of
+        CTAs (same grid size); 0 work gives 0.
+        """
+        memo_key = ("p", batch, query_tokens, num_heads, num_kv_heads, head_dim, context_tokens, kv_bytes_per_elem)
+        t = self._memo.get(memo_key)
+        if t is not None:
+            return t
+        if batch > 0 and query_tokens > 0:
+            prefix = 0.0 if context_tokens is None else float(context_tokens) - float(query_tokens)
+            if prefix < 0:
+                raise ConfigError(f"context_tokens ({context_tokens}) < query_tokens ({query_tokens})")
+            geom = (int(num_heads), int(num_kv_heads), int(head_dim), kv_bytes_per_elem)
+            t = self._prefill(max(1, round(batch)), float(query_tokens), prefix, geom)
+        else:
+            t = 0.0
+        self._memo[memo_key] = t
         return t
 
+    # ------------------------------------------------------------------ grid evaluation
+    def _gemm(self, m: float, n: int, k: int, ct: str, wb: int) -> float:
+        if m > GEMM_M_SIM_MAX:
+            half = GEMM_M_SIM_MAX // 2
+            t_a = self._gemm_at(half, n, k, ct, wb)
+            t_b = self._gemm_at(GEMM_M_SIM_MAX, n, k, ct, wb)
+            return t_b + (t_b - t_a) * (m - GEMM_M_SIM_MAX) / (GEMM_M_SIM_MAX - half)
+        lo, hi = bracket(m)
+        t_lo = self._gemm_at(lo, n, k, ct, wb)
+        return t_lo if hi == lo else _interp(m, lo, hi, t_lo, self._gemm_at(hi, n, k, ct, wb))
+
+    def _gemm_at(self, m: int, n: int, k: int, ct: str, wb: int) -> float:
+        key = ("gemm", m, n, k, ct, wb)
+        t = self._times_s.get(key)
+        if t is None:
+            t = simulate_gemm(self._mach, m=m, n=n, k=k, compute_type=ct, weight_bits=wb).time_s
+            self._store(key, t)
+        return t
+
+    def _decode(self, batch: float, ctx: float, geom: tuple[object, ...]) -> float:
+        if batch > DECODE_BATCH_SIM_MAX:
+            half = DECODE_BATCH_SIM_MAX // 2
+            t_a = self._decode(half, ctx, geom)
+            t_b = self._decode(DECODE_BATCH_SIM_MAX, ctx, geom)
+            return t_b + (t_b - t_a) * (batch - DECODE_BATCH_SIM_MAX) / (DECODE_BATCH_SIM_MAX - half)
+        b_lo, b_hi = bracket(batch)
+        c_lo, c_hi = bracket(ctx)
+
+        def over_ctx(b: int) -> float:
+            t_lo = self._decode_at(b, c_lo, geom)
+            return t_lo if c_hi == c_lo else _interp(ctx, c_lo, c_hi, t_lo, self._decode_at(b, c_hi, geom))
+
+        t_blo = over_ctx(b_lo)
+        return t_blo if b_hi == b_lo else _interp(batch, b_lo, b_hi, t_blo, over_ctx(b_hi))
+
+    def _decode_at(self, b: int, c: int, geom: tuple[object, ...]) -> float:
+        key = ("decode", b, c, *geom)
+        t = self._times_s.get(key)
+        if t is None:
+            heads, kv_heads, head_dim, kvb, bs = geom
+            t = simulate_decode_attention(
+                self._mach, batch=b, context_tokens=c, num_heads=heads, num_kv_heads=kv_heads,  # type: ignore[arg-type]
+                head_dim=head_dim, kv_bytes_per_elem=kvb, block_size=bs,  # type: ignore[arg-type]
+            ).time_s
+            self._store(key, t)
+        return t
+
+    def _prefill(self, batch: int, q: float, prefix: float, geom: tuple[object, ...]) -> float:
+        q_lo, q_hi = bracket(q)
+        p_lo, p_hi = (0, 0) if prefix < 1 else bracket(prefix)
+
+        def over_prefix(qq: int) -> float:
+            t_lo = self._prefill_at(batch, qq, p_lo, geom)
+            if p_hi == p_lo:
+                return t_lo
+            return _interp(prefix, p_lo, p_hi, t_lo, self._prefill_at(batch, qq, p_hi, geom))
+
+        t_qlo = over_prefix(q_lo)
+        return t_qlo if q_hi == q_lo else _interp(q, q_lo, q_hi, t_qlo, over_prefix(q_hi))
+
+    def _prefill_at(self, batch: int, q: int, p: int, geom: tuple[object, ...]) -> float:
+        key = ("prefill", batch, q, p, *geom)
+        t = self._times_s.get(key)
+        if t is None:
+            heads, kv_heads, head_dim, kvb = geom
+            t = simulate_prefill_attention(
+                self._mach, batch=batch, query_tokens=q, context_tokens=q + p, num_heads=heads,  # type: ignore[arg-type]
+                num_kv_heads=kv_heads, head_dim=head_dim, kv_bytes_per_elem=kvb,  # type: ignore[arg-type]
+            ).time_s
+            self._store(key, t)
+        return t
+
+    def _store(self, key: _Key, t: float) -> None:
+        self._times_s[key] = float(t)
+        self.num_simulations += 1
+
+    # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Write the cache as JSON (keys sorted, so equal caches give equal files)."""
+        """Write the grid points as JSON (sorted, so equal caches give equal files)."""
+        entries = sorted([[*list(k), t] for k, t in self._times_s.items()], key=repr)
         payload = {
             "format": CACHE_FORMAT,
             "gpu": self.gpu_name,
             "fingerprint": self.fingerprint,
-            "times_s": dict(sorted(self._times_s.items())),
+            "entries": entries,
         }
-        Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+        Path(path).write_text(json.dumps(payload, indent=0) + "\n")
 
     def load(self, path: str | Path) -> int:
         """Merge a JSON cache written by :meth:`save`; returns the number of entries read.
@@ -218,6 +295,8 @@ class CycleCostModel:
                 f"cycle cache {path} was written for GPU {payload.get('gpu')!r} with parameters "
                 f"{payload.get('fingerprint')!r}, not {self.gpu_name!r}/{self.fingerprint!r}"
             )
-        times = payload.get("times_s", {})
-        self._times_s.update({str(k): float(v) for k, v in times.items()})
-        return len(times)
+        entries = payload.get("entries", [])
+        for entry in entries:
+            self._times_s[tuple(entry[:-1])] = float(entry[-1])
+        self._memo.clear()
+        return len(entries)

@@ -91,16 +91,29 @@ def roofline_time_s(gpu_name: str, m: int, n: int, k: int) -> float:
 
 
 def calibration_points(
-    files: Sequence[str] = tuple(FILES), *, full: bool = False
+    files: Sequence[str] = tuple(FILES),
+    *,
+    full: bool = False,
+    tokens: Sequence[int] = QUICK_TOKENS,
+    tps: Sequence[int] | None = None,
 ) -> list[CalibrationPoint]:
-    """Simulate every (file, op, tp, tokens) point (quick token subset unless ``full``)."""
+    """Simulate every (file, op, tp, tokens) point.
+
+    Args:
+        files: calibration files (keys of ``FILES``).
+        full: every measured token count instead of ``tokens``.
+        tokens: token counts to use when not ``full``.
+        tps: tensor-parallel degrees to keep (default: all).
+    """
     points: list[CalibrationPoint] = []
     for name in files:
         gpu_name = FILES[name]
         mach = machine_for(get_gpu(gpu_name))
         df = load_measurements(name)
         if not full:
-            df = df[df["num_tokens"].isin(QUICK_TOKENS)]
+            df = df[df["num_tokens"].isin(tokens)]
+        if tps is not None:
+            df = df[df["num_tensor_parallel_workers"].isin(tps)]
         # Repeated measurements of one shape are averaged by their median.
         keys = ["num_tensor_parallel_workers", "num_tokens"]
         cols = [f"time_stats.{op}.median" for op in OPS]

@@ -204,18 +204,23 @@ def _positive(**values: int) -> None:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _positive_bytes(name: str, value: float) -> None:
+    if not isinstance(value, int | float | np.integer | np.floating) or not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _residency(m: Machine, *, smem_bytes: int, num_threads: int, reg_bytes: int) -> int:
+def _residency(m: Machine, *, smem_bytes: float, num_threads: int, reg_bytes: int) -> int:
     """Resident CTAs per SM allowed by shared memory, registers, threads and the CTA limit."""
-    return min(
-        m.smem_bytes_per_sm // max(smem_bytes, 1),
+    return int(min(
+        m.smem_bytes_per_sm // max(math.ceil(smem_bytes), 1),
         m.regfile_bytes_per_sm // max(reg_bytes, 1),
         m.max_threads_per_sm // num_threads,
         m.max_ctas_per_sm,
-    )
+    ))
 
 
 def _launch(m: Machine, *, ctas_per_sm: int, num_stages: int, epilogue_cycles: float = 0.0) -> Launch:
@@ -534,7 +539,7 @@ def simulate_prefill_attention(
     head_dim: int,
     context_tokens: int | None = None,
     causal: bool = True,
-    kv_bytes_per_elem: int = 2,
+    kv_bytes_per_elem: float = 2,
     compute_type: str = "fp16",
     double_buffering: bool = True,
 ) -> KernelResult:
@@ -556,8 +561,8 @@ def simulate_prefill_attention(
     """
     context_tokens = query_tokens if context_tokens is None else context_tokens
     _positive(batch=batch, query_tokens=query_tokens, num_heads=num_heads,
-              num_kv_heads=num_kv_heads, head_dim=head_dim, context_tokens=context_tokens,
-              kv_bytes_per_elem=kv_bytes_per_elem)
+              num_kv_heads=num_kv_heads, head_dim=head_dim, context_tokens=context_tokens)
+    _positive_bytes("kv_bytes_per_elem", kv_bytes_per_elem)
     if num_heads % num_kv_heads:
         raise ConfigError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
     if context_tokens < query_tokens:
@@ -681,7 +686,7 @@ def simulate_decode_attention(
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
-    kv_bytes_per_elem: int = 2,
+    kv_bytes_per_elem: float = 2,
     block_size: int | None = 16,
     num_splits: int | None = None,
     double_buffering: bool = True,
@@ -709,7 +714,8 @@ def simulate_decode_attention(
         ConfigError: bad shape or GPU fields missing.
     """
     _positive(batch=batch, context_tokens=context_tokens, num_heads=num_heads,
-              num_kv_heads=num_kv_heads, head_dim=head_dim, kv_bytes_per_elem=kv_bytes_per_elem)
+              num_kv_heads=num_kv_heads, head_dim=head_dim)
+    _positive_bytes("kv_bytes_per_elem", kv_bytes_per_elem)
     if block_size is not None:
         _positive(block_size=block_size)
     if num_splits is not None:

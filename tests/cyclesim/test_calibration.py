@@ -13,12 +13,7 @@ _TOKENS = (1, 32, 256, 1024)
 
 @pytest.fixture(scope="module")
 def points() -> list[cal.CalibrationPoint]:
-    saved = cal.QUICK_TOKENS
-    cal.QUICK_TOKENS = _TOKENS  # type: ignore[misc]
-    try:
-        return cal.calibration_points()
-    finally:
-        cal.QUICK_TOKENS = saved  # type: ignore[misc]
+    return cal.calibration_points(tokens=_TOKENS, tps=(1, 8))
 
 
 def test_median_error_within_15_percent_per_file(points) -> None:
