@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import heapq
+import math
 
 import numpy as np
 import simpy
@@ -89,6 +90,8 @@ class Cluster:
         self._dep_ids = order.astype(np.int64)
         self._open = np.flatnonzero(deps < 0)
         self._arrival = np.asarray(workload.arrival_s, dtype=np.float64)
+        self._open_times: list[float] = self._arrival[self._open].tolist()
+        self._num_open = len(self._open)
         self._think = np.asarray(workload.think_time_s, dtype=np.float64)
         self._prompt = np.asarray(workload.prompt_tokens, dtype=np.int64)
         self._output = np.asarray(workload.output_tokens, dtype=np.int64)
@@ -105,14 +108,24 @@ class Cluster:
         replica._arrival_hint = self.next_arrival_s
 
     def next_arrival_s(self) -> float:
-        """Earliest known arrival after now (open arrivals and released dependents)."""
+        """A time before which no replica is likely to receive a request: the earliest
+        known dependent release, or the open arrival as many ahead as there are replicas
+        (with several replicas, the next arrival usually goes elsewhere).
+
+        Replicas bound fast-forwarded stretches with it, only to save computing steps that an
+        arrival would cut off; an arrival routed to a replica mid-stretch interrupts it
+        exactly whatever the bound.
+        """
         now = self.env.now
         heap = self._pending_releases
         while heap and heap[0] <= now:
             heapq.heappop(heap)
-        t = heap[0] if heap else np.inf
-        if self._open_pos < len(self._open):
-            t = min(t, float(self._arrival[self._open[self._open_pos]]))
+        t = heap[0] if heap else math.inf
+        pos = self._open_pos + len(self.replicas) - 1
+        if pos < self._num_open:
+            t_open = self._open_times[pos]
+            if t_open < t:
+                t = t_open
         return t
 
     def start(self) -> None:

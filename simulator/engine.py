@@ -519,6 +519,10 @@ class Replica:
         times, durations = self._decode_stretch_times(b, ctx_sum0, n, k, stop_s)
         k = len(times) - 1
         mem_start = self._mem_stats()
+        # Nothing leaves the queue mid-stretch, and an arrival routed here cuts the stretch
+        # short unless it comes during its last step: so every row but the last sees the
+        # queue as it is now.
+        queue_len0 = len(self.waiting) + len(self.swapped)
         self._in_stretch = True
         self._interrupt_s = math.inf
         self._stretch_times = times
@@ -551,6 +555,7 @@ class Replica:
             t_s=times[:k],
             duration_s=durations,
             num_running=n,
+            queue_len0=queue_len0,
             queue_len=len(self.waiting) + len(self.swapped),
             decode_seqs=b,
             ctx_tokens0=ctx_sum0,

@@ -86,7 +86,8 @@ _STRETCH_COLS = (
     "replica_id",
     "num_steps",
     "num_running",
-    "queue_len",
+    "queue_len0",  # queue length after every step but the last
+    "queue_len",  # after the last
     "decode_seqs",  # cost-model batch (running + static-batching padding)
     "ctx_tokens0",  # cost-model context tokens of the first step
     "row0",  # index of the first step in the flat start/duration columns
@@ -289,6 +290,7 @@ class Recorder:
         t_s: list[float],
         duration_s: list[float],
         num_running: int,
+        queue_len0: int,
         queue_len: int,
         decode_seqs: int,
         ctx_tokens0: int,
@@ -297,7 +299,8 @@ class Recorder:
     ) -> None:
         """The ``k`` rows of a fast-forwarded decode stretch, recorded as one record.
 
-        Step ``j`` decodes ``num_running`` sequences (``decode_seqs`` including padding) over
+        The queue is ``queue_len0`` long after each step but the last, ``queue_len`` after
+        the last. Step ``j`` decodes ``num_running`` sequences (``decode_seqs`` including padding) over
         ``ctx_tokens0 + num_running * j`` context tokens. Within a stretch the memory split is
         interpolated linearly between its exact values at the start and at the end (token
         states grow by one slot per sequence per step).
@@ -305,7 +308,7 @@ class Recorder:
         k = len(t_s)
         s, e = mem_start, mem_end
         self._stretches.append((
-            self._num_rows, replica_id, k, num_running, queue_len, decode_seqs, ctx_tokens0,
+            self._num_rows, replica_id, k, num_running, queue_len0, queue_len, decode_seqs, ctx_tokens0,
             len(self._st_start_s),
             s.token_slots, s.reserved_slots, s.internal_frag_slots, s.external_frag_slots, s.cached_slots,
             s.free_slots,
@@ -361,7 +364,7 @@ class Recorder:
         cols["replica_id"] = rep("replica_id")
         cols["num_running"] = rep("num_running")
         cols["decode_tokens"] = cols["num_running"]
-        cols["queue_len"] = rep("queue_len")
+        cols["queue_len"] = np.where(j == np.repeat(k - 1, k), rep("queue_len"), rep("queue_len0"))
         cols["in_decode_seqs"] = rep("decode_seqs")
         jf = j.astype(np.float64)
         cols["in_ctx_tokens"] = rep("ctx_tokens0") + cols["num_running"] * jf

@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from simulator.engine import Replica
 
 
+#: The empty decode batch (read-only, shared).
+_NO_SLOTS = np.empty(0, np.int64)
+_NO_SLOTS.flags.writeable = False
+
+
 @dataclass(slots=True)
 class PrefillChunk:
     """``new_tokens`` prompt tokens of ``req`` computed this step after ``ctx_tokens`` in KV."""
@@ -46,7 +51,7 @@ class StepPlan:
     """What one step computes."""
 
     prefill: list[PrefillChunk] = field(default_factory=list)
-    decode_slots: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    decode_slots: npt.NDArray[np.int64] = field(default_factory=lambda: _NO_SLOTS)
     # Static batching: finished sequences still occupy the batch and are computed (padding).
     padding_seqs: int = 0
     padding_ctx_tokens: int = 0
@@ -93,7 +98,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ shared mechanics
     def _num_running_seqs(self) -> int:
-        return sum(len(r.slots) if r.slots else r.fanout for r in self.replica.running)
+        n = 0
+        for r in self.replica.running:
+            n += len(r.slots) if r.slots else r.fanout
+        return n
 
     def _continue_prefills(self, plan: StepPlan, budget: int, now_s: float) -> int:
         """Schedule the next chunks of admitted, partially computed prompts (FCFS)."""
@@ -129,6 +137,8 @@ class Scheduler:
         step's first (otherwise it could never run).
         """
         rep = self.replica
+        if not rep.waiting:
+            return budget
         queue = order if order is not None else list(rep.waiting)
         seats = self.max_num_seqs - self._num_running_seqs()
         for req in queue:
