@@ -19,9 +19,11 @@ models of this size) plus 0.5 GiB of NCCL buffers when the replica spans several
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,7 @@ from hwmodels.quant import (
 from hwmodels.units import GiB
 from simulator.cluster import Cluster
 from simulator.engine import Replica
-from simulator.errors import CapacityError, ConfigError
+from simulator.errors import CapacityError, ConfigError, SimulatorError
 from simulator.memory import make_kv_manager
 from simulator.results import Recorder, Results, VariantResult, summarize
 from simulator.scenario import HardwareCfg, ScenarioCfg, resolve_variants
@@ -157,10 +159,51 @@ def _make_cost_model(cfg: ScenarioCfg, gpu: GpuSpec, model: ModelSpec, scheme: Q
     if cfg.engine.step_overhead_s is not None:
         kwargs["step_overhead_s"] = cfg.engine.step_overhead_s
     if cfg.engine.cost_model == "cycle":
-        from hwmodels.cyclesim.cache import CycleCostModel
-
-        kwargs["op_timer"] = CycleCostModel(gpu)
+        kwargs["op_timer"] = _cycle_timer(gpu)
     return StepCostModel(**kwargs)
+
+
+def cycle_cache_dir() -> Path:
+    """Where cycle-model operator times persist between runs (``SERVESIM_CACHE_DIR`` overrides).
+
+    The cache only memoises deterministic simulations keyed by shape and by a fingerprint of
+    the GPU and model parameters, so results are the same with or without it.
+    """
+    root = os.environ.get("SERVESIM_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "servesim" / "cycle"
+
+
+_CYCLE_TIMERS: dict[str, Any] = {}
+
+
+def _cycle_timer(gpu: GpuSpec) -> Any:
+    """One cycle-model timer per GPU and process, preloaded from the on-disk cache."""
+    from hwmodels.cyclesim.cache import CycleCostModel
+
+    timer = _CYCLE_TIMERS.get(gpu.name)
+    if timer is None:
+        timer = CycleCostModel(gpu)
+        path = cycle_cache_dir() / f"{gpu.name}-{timer.fingerprint}.json"
+        if path.is_file():
+            try:
+                timer.load(path)
+            except SimulatorError:
+                pass  # a stale or foreign cache is recomputed, never trusted
+        _CYCLE_TIMERS[gpu.name] = timer
+    return timer
+
+
+def save_cycle_caches() -> None:
+    """Persist the cycle timers' operator times (best effort: a read-only home is fine)."""
+    for timer in _CYCLE_TIMERS.values():
+        path = cycle_cache_dir() / f"{timer.gpu_name}-{timer.fingerprint}.json"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            timer.save(tmp)
+            os.replace(tmp, path)
+        except OSError:
+            pass
 
 
 @dataclass
@@ -389,6 +432,8 @@ def run_scenario(
     results = Results(scenario_name=cfg.name, seed=cfg.seed, description=cfg.description)
     for name, vcfg in variants:
         vr = run_variant(name, vcfg, workload)
+        if vcfg.engine.cost_model == "cycle":
+            save_cycle_caches()
         results.variants.append(vr)
         if on_variant_done is not None:
             on_variant_done(vr)
