@@ -98,6 +98,23 @@ _STRETCH_COLS = (
     "prefix_query_tokens",
 )
 _SCOL = {c: i for i, c in enumerate(_STRETCH_COLS)}
+#: The steps frame's columns but the split by bound (float32, inserted before the memory
+#: split), in order, with their dtypes.
+_STEP_DTYPES = {
+    "replica_id": np.int32,
+    "step": np.int64,
+    "t_s": np.float64,
+    "duration_s": np.float64,
+    "num_running": np.int32,
+    "num_prefill_seqs": np.int32,
+    "prefill_tokens": np.int32,
+    "decode_tokens": np.int32,
+    "queue_len": np.int32,
+    "num_preemptions": np.int32,
+    **{c: np.int32 for c, _ in _MEM_FIELDS},
+    "prefix_hit_tokens": np.int64,
+    "prefix_query_tokens": np.int64,
+}
 #: Buffered tuples per float64 block (bounds the Python objects alive at once).
 _BLOCK_ROWS = 4096
 #: Rows per vectorised step-cost evaluation when splitting step time by bound (bounds the
@@ -324,7 +341,10 @@ class Recorder:
 
     def _flush_stretches(self) -> None:
         if self._stretches:
-            self._stretch_blocks.append(np.asarray(self._stretches, dtype=np.float64))
+            block = np.asarray(self._stretches, dtype=np.int64)  # every field is an integer
+            if block.max() < 2**31 and block.min() >= -(2**31):
+                block = block.astype(np.int32)
+            self._stretch_blocks.append(block)
             self._stretches = []
 
     @property
@@ -340,36 +360,32 @@ class Recorder:
             return np.zeros((0, _NUM_RAW + 1))
         return np.concatenate(blocks)
 
-    def _stretch_columns(self) -> dict[str, npt.NDArray[Any]]:
-        """The stretches' rows, expanded (vectorised) into step columns."""
-        self._flush_stretches()
-        cols: dict[str, Any] = {}
-        if not self._stretch_blocks:
-            return cols
-        rec = np.concatenate(self._stretch_blocks)
+    def _stretch_block_columns(self, rec: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+        """One block of stretch records, expanded (vectorised) into step columns."""
         k = rec[:, _SCOL["num_steps"]].astype(np.int64)
-        row0 = rec[:, _SCOL["row0"]].astype(np.int64)
         n = int(k.sum())
         # Position of each row within its stretch.
-        first = np.repeat(np.cumsum(k) - k, k)
-        j = np.arange(n, dtype=np.int64) - first
-        idx = np.repeat(row0, k) + j
-        cols["t_s"] = np.frombuffer(self._st_start_s, dtype=np.float64)[idx]
-        cols["duration_s"] = np.frombuffer(self._st_duration_s, dtype=np.float64)[idx]
-        cols["_ordinal"] = np.repeat(rec[:, _SCOL["ordinal"]].astype(np.int64), k) + j
+        j = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(k) - k, k)
+        idx = np.repeat(rec[:, _SCOL["row0"]].astype(np.int64), k) + j
 
         def rep(name: str) -> npt.NDArray[np.float64]:
-            return np.repeat(rec[:, _SCOL[name]], k)
+            return np.repeat(rec[:, _SCOL[name]].astype(np.float64), k)
 
-        cols["replica_id"] = rep("replica_id")
-        cols["num_running"] = rep("num_running")
+        cols: dict[str, Any] = {
+            "t_s": np.frombuffer(self._st_start_s, dtype=np.float64)[idx],
+            "duration_s": np.frombuffer(self._st_duration_s, dtype=np.float64)[idx],
+            "_ordinal": np.repeat(rec[:, _SCOL["ordinal"]].astype(np.int64), k) + j,
+            "replica_id": rep("replica_id"),
+            "num_running": rep("num_running"),
+            "in_decode_seqs": rep("decode_seqs"),
+            "prefix_hit_tokens": rep("prefix_hit_tokens"),
+            "prefix_query_tokens": rep("prefix_query_tokens"),
+        }
         cols["decode_tokens"] = cols["num_running"]
-        cols["queue_len"] = np.where(j == np.repeat(k - 1, k), rep("queue_len"), rep("queue_len0"))
-        cols["in_decode_seqs"] = rep("decode_seqs")
+        last = j == np.repeat(k - 1, k)
+        cols["queue_len"] = np.where(last, rep("queue_len"), rep("queue_len0"))
         jf = j.astype(np.float64)
         cols["in_ctx_tokens"] = rep("ctx_tokens0") + cols["num_running"] * jf
-        cols["prefix_hit_tokens"] = rep("prefix_hit_tokens")
-        cols["prefix_query_tokens"] = rep("prefix_query_tokens")
         # The memory split, as (start + (end - start) * (j + 1) / k) rounded; the rounding
         # residual goes to each row's largest category, so rows sum to capacity and stay
         # non-negative.
@@ -384,97 +400,92 @@ class Recorder:
             cols[col] = grid[:, i]
         return cols
 
-    def steps_frame(self) -> pd.DataFrame:
-        """The per-step timeline, with the step time split by bound.
-
-        The split comes from one vectorised step-cost evaluation per cost model over the
-        recorded step inputs, scaled to the step's duration (the engine times steps with the
-        cost model's scalar path; the two agree to rounding).
-        """
-        raw = self._stepped_raw()
-        stretch = self._stretch_columns()
-        n_raw = len(raw)
-        n_st = len(stretch["t_s"]) if stretch else 0
-        n = n_raw + n_st
-
-        def col(name: str, fill: float = 0.0) -> npt.NDArray[np.float64]:
-            a = raw[:, _COL[name]] if name in _COL else raw[:, _NUM_RAW]
-            if not n_st:
-                return np.ascontiguousarray(a)
-            b = stretch.get(name)
-            if b is None:
-                b = np.full(n_st, fill)
-            return np.concatenate((a, b))
-
-        ordinal = col("_ordinal").astype(np.int64)
-        replica = col("replica_id").astype(np.int32)
-        t_s = col("t_s")
-        # Stable order by (time, replica), ties in the order the steps were logged.
-        order = np.lexsort((ordinal, replica, t_s))
-        del ordinal
-        duration = col("duration_s")
-        split = np.zeros((n, len(_SPLIT_COLS)))
+    def _split_into(
+        self, out: npt.NDArray[np.float32], lo: int, cols: dict[str, npt.NDArray[Any]], m: int
+    ) -> None:
+        """Step time by bound of ``m`` rows given as ``cols``, into ``out[lo:lo + m]``."""
+        replica = cols["replica_id"]
         by_model: dict[int, list[int]] = {}
         for rid, model in self.cost_models.items():
             by_model.setdefault(id(model), []).append(rid)
+        zeros = np.zeros(m)
         for rids in by_model.values():
             model = self.cost_models[rids[0]]
             sel = np.flatnonzero(np.isin(replica, rids))
-            for lo in range(0, len(sel), _COST_CHUNK_ROWS):
-                rows = sel[lo : lo + _COST_CHUNK_ROWS]
-                split[rows] = self._split(model, rows, raw, stretch, n_raw, duration)
-        cols: dict[str, Any] = {
-            "replica_id": replica[order],
-            "step": np.arange(n, dtype=np.int64),
-            "t_s": t_s[order],
-            "duration_s": duration[order],
-        }
-        del t_s, duration
-        for c in ("num_running", "num_prefill_seqs", "prefill_tokens", "decode_tokens", "queue_len", "num_preemptions"):
-            cols[c] = col(c).astype(np.int64)[order]
-        for j, c in enumerate(_SPLIT_COLS):
-            cols[c] = split[order, j]
-        del split
-        for c, _ in _MEM_FIELDS:
-            cols[c] = col(c).astype(np.int64)[order]
-        cols["prefix_hit_tokens"] = col("prefix_hit_tokens").astype(np.int64)[order]
-        cols["prefix_query_tokens"] = col("prefix_query_tokens").astype(np.int64)[order]
-        return pd.DataFrame(cols, copy=False)
+            if not len(sel):
+                continue
 
-    @staticmethod
-    def _split(
-        model: Any,
-        rows: npt.NDArray[np.int64],
-        raw: npt.NDArray[np.float64],
-        stretch: dict[str, npt.NDArray[Any]],
-        n_raw: int,
-        duration: npt.NDArray[np.float64],
-    ) -> npt.NDArray[np.float64]:
-        """Step time by bound for ``rows`` (indices into stepped rows, then stretch rows)."""
-        in_raw = rows[rows < n_raw]
-        in_st = rows[rows >= n_raw] - n_raw
+            def inp(name: str, sel: npt.NDArray[np.int64] = sel) -> npt.NDArray[np.float64]:
+                return (cols[name] if name in cols else zeros)[sel]
 
-        def inp(name: str) -> npt.NDArray[np.float64]:
-            a = raw[in_raw, _COL[name]]
-            if not len(in_st):
-                return a
-            b = stretch[name][in_st] if name in stretch else np.zeros(len(in_st))
-            return np.concatenate((a, b))
+            c = model.cost(
+                prefill_tokens=inp("in_prefill_tokens"),
+                prefill_attn_pairs=inp("in_attn_pairs"),
+                prefill_kv_tokens=inp("in_kv_tokens"),
+                num_prefill_seqs=inp("in_sampling_seqs"),
+                num_decode_seqs=inp("in_decode_seqs"),
+                decode_ctx_tokens=inp("in_ctx_tokens"),
+            )
+            r = len(sel)
+            parts = np.stack([np.asarray(getattr(c, f), dtype=np.float64) * np.ones(r) for f in _SPLIT_COLS], axis=1)
+            parts[:, 3] += inp("swap_s")
+            total = parts.sum(axis=1)
+            total[total == 0] = 1.0
+            out[lo + sel] = parts * (cols["duration_s"][sel] / total)[:, None]
 
-        c = model.cost(
-            prefill_tokens=inp("in_prefill_tokens"),
-            prefill_attn_pairs=inp("in_attn_pairs"),
-            prefill_kv_tokens=inp("in_kv_tokens"),
-            num_prefill_seqs=inp("in_sampling_seqs"),
-            num_decode_seqs=inp("in_decode_seqs"),
-            decode_ctx_tokens=inp("in_ctx_tokens"),
-        )
-        m = len(rows)
-        parts = np.stack([np.asarray(getattr(c, f), dtype=np.float64) * np.ones(m) for f in _SPLIT_COLS], axis=1)
-        parts[:, 3] += inp("swap_s")
-        total = parts.sum(axis=1)
-        total[total == 0] = 1.0
-        return parts * (duration[rows] / total)[:, None]
+    def steps_frame(self) -> pd.DataFrame:
+        """The per-step timeline, with the step time split by bound.
+
+        The split comes from vectorised step-cost evaluations over the recorded step inputs,
+        scaled to the step's duration (the engine times steps with the cost model's scalar
+        path; the two agree to rounding). Counts are int32 (the split by bound float32), so
+        a ten-million-step run's frame stays near 1 GB; columns are built one at a time.
+        """
+        self._flush_stretches()
+        raw = self._stepped_raw()
+        n_raw = len(raw)
+        blocks = self._stretch_blocks
+        n = n_raw + sum(int(b[:, _SCOL["num_steps"]].sum()) for b in blocks)
+        out: dict[str, npt.NDArray[Any]] = {name: np.empty(n, dtype) for name, dtype in _STEP_DTYPES.items()}
+        ordinal = np.empty(n, np.int64)
+        split = np.empty((n, len(_SPLIT_COLS)), np.float32)
+
+        def fill(lo: int, cols: dict[str, npt.NDArray[Any]], m: int) -> None:
+            for name, arr in out.items():
+                if name in cols:
+                    arr[lo : lo + m] = cols[name]
+                elif name != "step":
+                    arr[lo : lo + m] = 0
+            ordinal[lo : lo + m] = cols["_ordinal"]
+            self._split_into(split, lo, cols, m)
+
+        for lo in range(0, n_raw, _COST_CHUNK_ROWS):
+            chunk = raw[lo : lo + _COST_CHUNK_ROWS]
+            cols = {c: chunk[:, i] for c, i in _COL.items()}
+            cols["_ordinal"] = chunk[:, _NUM_RAW]
+            fill(lo, cols, len(chunk))
+        lo = n_raw
+        del raw
+        for rec in blocks:
+            cols = self._stretch_block_columns(rec)
+            m = len(cols["t_s"])
+            fill(lo, cols, m)
+            lo += m
+        # Stable order by (time, replica), ties in the order the steps were logged.
+        order = np.lexsort((ordinal, out["replica_id"], out["t_s"]))
+        del ordinal
+        frame: dict[str, Any] = {}
+        for name in _STEP_DTYPES:
+            if name == "step":
+                frame[name] = np.arange(n, dtype=np.int64)
+            elif name == "kv_token_state_slots":
+                for j, c in enumerate(_SPLIT_COLS):
+                    frame[c] = split[order, j]
+                del split
+                frame[name] = out.pop(name)[order]
+            else:
+                frame[name] = out.pop(name)[order]
+        return pd.DataFrame(frame, copy=False)
 
     def requests_frame(self, workload: Any, slo: dict[str, float | None]) -> pd.DataFrame:
         arrival = self.arrival_s
