@@ -127,7 +127,7 @@ class BlockState(NamedTuple):
     access_tick: np.ndarray  # int64[NN]
     node_free: np.ndarray  # int32[NN]
     buf: np.ndarray  # int32[MB] scratch (matched blocks)
-    res: np.ndarray  # int64[3] scratch (match result)
+    res: np.ndarray  # int64[4] scratch (match result, cached blocks matched)
     cow: np.ndarray  # int8[S] scratch (per-seq copy-on-write flags of a grow batch)
 
 
@@ -138,7 +138,7 @@ def _layout(nb: int, s: int, mb: int, nn: int) -> tuple[dict[int, int], int]:
         (O_BLOCK_KEY, nb, 8),
         (O_SEQ_TOKENS, s, 8),
         (O_ACCESS_TICK, nn, 8),
-        (O_RES, 3, 8),
+        (O_RES, 4, 8),
         (O_LAST_ACCESS_S, nn, 8),
         (O_FREE_STACK, nb, 4),
         (O_REFCOUNT, nb, 4),
@@ -228,7 +228,7 @@ def _views(arena: np.ndarray) -> BlockState:
         _f64(arena, O_ACCESS_TICK, nn),
         _f32(arena, O_NODE_FREE, nn),
         _f32(arena, O_BUF, mb),
-        _f64(arena, O_RES, 3),
+        _f64(arena, O_RES, 4),
         _f8(arena, O_COW, s),
     )
 
@@ -491,7 +491,7 @@ def match_len(arena, keys, n):
     block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
     block_next = _f32(arena, O_BLOCK_NEXT, arena[C_NB])
     buf = _f32(arena, O_BUF, arena[C_MB])
-    res = _f64(arena, O_RES, 3)
+    res = _f64(arena, O_RES, 4)
     if n == 0:
         return 0
     _match(
@@ -638,6 +638,72 @@ def _insert(arena, s, keys, n, now_s):
 
 
 @njit(cache=True)
+def _match_counted(arena, keys, n):
+    """``_match`` into the scratch ``buf``/``res``, plus ``res[3]`` = matched blocks that
+    are cached (refcount 0). Returns the pages matched."""
+    nn = arena[C_NN]
+    nb = arena[C_NB]
+    buf = _f32(arena, O_BUF, arena[C_MB])
+    res = _f64(arena, O_RES, 4)
+    _match(
+        _f32(arena, O_FIRST_CHILD, nn),
+        _f32(arena, O_NEXT_SIBLING, nn),
+        _f32(arena, O_EDGE_FIRST, nn),
+        _f32(arena, O_EDGE_LEN, nn),
+        _f64(arena, O_BLOCK_KEY, nb),
+        _f32(arena, O_BLOCK_NEXT, nb),
+        keys,
+        n,
+        buf,
+        res,
+    )
+    refcount = _f32(arena, O_REFCOUNT, nb)
+    cached_hit = 0
+    for i in range(res[2]):
+        if refcount[buf[i]] == 0:
+            cached_hit += 1
+    res[3] = cached_hit
+    return res[2]
+
+
+@njit(cache=True)
+def _share_prefix(arena, s, now_s):
+    """Seq ``s`` takes the ``res[2]`` blocks ``_match_counted`` found: split a partly
+    matched edge, lock and stamp the path, take references. Returns the locked node."""
+    nn = arena[C_NN]
+    nb = arena[C_NB]
+    buf = _f32(arena, O_BUF, arena[C_MB])
+    res = _f64(arena, O_RES, 4)
+    node = res[0]
+    m = res[2]
+    if res[1] > 0:
+        node = _split(arena, node, res[1])
+    parent = _f32(arena, O_PARENT, nn)
+    _lock_path(_f32(arena, O_LOCK_REF, nn), parent, node, 1)
+    _touch_path(
+        parent,
+        _f64(arena, O_LAST_ACCESS_S, nn).view(np.float64),
+        _f64(arena, O_ACCESS_TICK, nn),
+        arena[:HEADER],
+        node,
+        now_s,
+    )
+    refcount = _f32(arena, O_REFCOUNT, nb)
+    block_fill = _f32(arena, O_BLOCK_FILL, nb)
+    table = _table(arena)
+    gained = 0
+    for i in range(m):  # _inc_ref spelled out
+        b = buf[i]
+        if refcount[b] == 0:
+            gained += block_fill[b]
+        refcount[b] += 1
+        table[s, i] = b
+    arena[C_CACHED] -= res[3]
+    arena[C_TOKENS] += gained
+    return node
+
+
+@njit(cache=True)
 def admit(arena, s, keys, n, prompt_tokens, now_s):
     """Register seq ``s``, sharing (and locking) the cached prefix of ``keys[:n]``.
 
@@ -654,79 +720,28 @@ def admit(arena, s, keys, n, prompt_tokens, now_s):
         Pages matched (>= 0), or -1 (no room: fewer than the watermark would stay free
         after the prompt; nothing changed).
     """
-    buf = _f32(arena, O_BUF, arena[C_MB])
-    res = _f64(arena, O_RES, 3)
-    refcount = _f32(arena, O_REFCOUNT, arena[C_NB])
-    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
-    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
-    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
-    edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
-    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
-    block_next = _f32(arena, O_BLOCK_NEXT, arena[C_NB])
-    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
-    parent = _f32(arena, O_PARENT, arena[C_NN])
-    last_access_s = _f64(arena, O_LAST_ACCESS_S, arena[C_NN]).view(np.float64)
-    access_tick = _f64(arena, O_ACCESS_TICK, arena[C_NN])
-    counters = arena[:HEADER]
-    table = _table(arena)
-    in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
-    block_fill = _f32(arena, O_BLOCK_FILL, arena[C_NB])
-    table_len = _f32(arena, O_TABLE_LEN, arena[C_S])
-    seq_tokens = _f64(arena, O_SEQ_TOKENS, arena[C_S])
-    seq_live = _f8(arena, O_SEQ_LIVE, arena[C_S])
-    seq_node = _f32(arena, O_SEQ_NODE, arena[C_S])
     page_tokens = arena[C_PAGE]
     m = 0
-    node = 0
-    partial = 0
-    if n > 0:
-        _match(
-            first_child,
-            next_sibling,
-            edge_first,
-            edge_len,
-            block_key,
-            block_next,
-            keys,
-            n,
-            buf,
-            res,
-        )
-        node = res[0]
-        partial = res[1]
-        m = res[2]
     cached_hit = 0
-    for i in range(m):
-        if refcount[buf[i]] == 0:
-            cached_hit += 1
+    if n > 0:
+        m = _match_counted(arena, keys, n)
+        cached_hit = arena[arena[O_RES] + 3]
     need = (prompt_tokens + page_tokens - 1) // page_tokens - m
     avail = arena[C_FREE_TOP] + arena[C_CACHED] - cached_hit
     if avail - need < arena[C_WATERMARK]:
         return -1
+    node = 0
     if m > 0:
-        if partial > 0:
-            node = _split(arena, node, partial)
-        _lock_path(lock_ref, parent, node, 1)
-        _touch_path(parent, last_access_s, access_tick, counters, node, now_s)
-    else:
-        node = 0
-    gained = 0
-    for i in range(m):  # _inc_ref spelled out
-        b = buf[i]
-        if refcount[b] == 0:
-            gained += block_fill[b]
-        refcount[b] += 1
-        table[s, i] = b
-    arena[C_CACHED] -= cached_hit
-    arena[C_TOKENS] += gained
-    table_len[s] = m
-    seq_tokens[s] = m * page_tokens
-    seq_live[s] = 1
-    seq_node[s] = node
+        node = _share_prefix(arena, s, now_s)
+    num_seqs = arena[C_S]
+    _f32(arena, O_TABLE_LEN, num_seqs)[s] = m
+    _f64(arena, O_SEQ_TOKENS, num_seqs)[s] = m * page_tokens
+    _f8(arena, O_SEQ_LIVE, num_seqs)[s] = 1
+    _f32(arena, O_SEQ_NODE, num_seqs)[s] = node
     return m
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def plan_grow(
     seq_tokens,
     table,
@@ -801,7 +816,7 @@ def plan_grow(
     return need
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _apply_grow(
     free_stack,
     free_top,
@@ -951,9 +966,15 @@ def slots_needed(arena, seq_ids, new_totals):
 
 
 @njit(cache=True)
+def _unlock(arena, node):
+    """Drop one lock from ``node`` and its ancestors."""
+    _lock_path(_f32(arena, O_LOCK_REF, arena[C_NN]), _f32(arena, O_PARENT, arena[C_NN]), node, -1)
+
+
+@njit(cache=True)
 def _release(arena, s, keys, n, now_s):
-    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
-    parent = _f32(arena, O_PARENT, arena[C_NN])
+    # NOTE(speed): every view made here costs two atomic refcount updates; the tree's
+    # views are made only where the tree is used (never when paged)
     seq_node = _f32(arena, O_SEQ_NODE, arena[C_S])
     refcount = _f32(arena, O_REFCOUNT, arena[C_NB])
     in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
@@ -967,7 +988,8 @@ def _release(arena, s, keys, n, now_s):
     seq_live = _f8(arena, O_SEQ_LIVE, arena[C_S])
     if n > 0:
         _insert(arena, s, keys, n, now_s)
-    _lock_path(lock_ref, parent, seq_node[s], -1)
+    if seq_node[s] > 0:
+        _unlock(arena, seq_node[s])
     # NOTE(speed): _dec_ref spelled out (no call per block)
     top = free_top[0]
     dropped = 0
