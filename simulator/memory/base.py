@@ -49,7 +49,6 @@ class MemoryStats:
         return self.prefix_hit_tokens / self.prefix_query_tokens
 
 
-
 _I64 = np.dtype(np.int64)
 _NDARRAY = np.ndarray
 

@@ -142,9 +142,7 @@ class ContiguousKVCache(KVCacheManager):
         status = _contiguous.grow(self._arena, ids, totals)
         if status < 0:
             if status == _contiguous.BAD_SHAPE:
-                raise ValueError(
-                    f"seq_ids {ids.shape} and new_total_tokens {totals.shape} differ"
-                )
+                raise ValueError(f"seq_ids {ids.shape} and new_total_tokens {totals.shape} differ")
             raise ValueError(f"grow on a seq id that is not live: {ids.tolist()}")
         return status == _contiguous.OK
 
@@ -246,7 +244,7 @@ class ContiguousKVCache(KVCacheManager):
         s = self.stats(min_pending_slots=7)
         _contiguous.recount_slots(self._arena, 7, self._out5)
         got = (s.token_slots, s.reserved_slots, s.internal_frag_slots, s.external_frag_slots)
-        if got + (s.free_slots,) != tuple(self._out5.tolist()):
+        if (*got, s.free_slots) != tuple(self._out5.tolist()):
             raise InvariantError(f"category counters {got} != recount {self._out5.tolist()}")
         total = (
             s.token_slots

@@ -447,7 +447,9 @@ def _touch_path(parent, last_access_s, access_tick, counters, node, now_s):
 
 
 @njit(cache=True)
-def _match(first_child, next_sibling, edge_first, edge_len, block_key, block_next, keys, n, out_blocks, res):  # noqa: E501
+def _match(
+    first_child, next_sibling, edge_first, edge_len, block_key, block_next, keys, n, out_blocks, res
+):
     """Longest cached prefix of ``keys[:n]``.
 
     Args:

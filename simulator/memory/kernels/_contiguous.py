@@ -98,7 +98,9 @@ def _views(arena: np.ndarray) -> ContigState:
     )
 
 
-def make_state(capacity_slots: int, max_seqs: int, *, best_fit: bool) -> tuple[np.ndarray, ContigState]:
+def make_state(
+    capacity_slots: int, max_seqs: int, *, best_fit: bool
+) -> tuple[np.ndarray, ContigState]:
     """Empty state: one free extent covering the whole space.
 
     Returns:
