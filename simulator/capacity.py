@@ -848,9 +848,13 @@ def _rank(
     table = pd.DataFrame(rows)
     feasible = (table["status"] == "ok") & (table.get("max_rate_per_replica", 0) > 0)
     table["_feasible"] = ~feasible
+    # Ties on cost go to the candidate with the most headroom (highest max rate).
+    table["_neg_rate"] = -table.get("max_rate_per_replica", pd.Series(0.0, index=table.index))
     sort_cols = ["_feasible"] + [c for c in ("usd_per_hour", "usd_per_million_output_tokens",
-                                             "num_gpus") if c in table] + ["point_index"]
+                                             "num_gpus") if c in table] + ["_neg_rate",
+                                                                          "point_index"]
     table = table.sort_values(sort_cols, kind="stable", na_position="last").reset_index(drop=True)
+    table = table.drop(columns="_neg_rate")
     ranks = [float(i + 1) if not infeasible else math.nan
              for i, infeasible in enumerate(table["_feasible"])]
     table["rank"] = ranks

@@ -144,7 +144,13 @@ def _print_plan(result: object) -> None:
                 cells.append("" if v != v else f"{v:.4g}")
             else:
                 cells.append("" if v is None else str(v))
-        if rec.get("status") not in ("ok",):
-            cells[-1] = f"{rec.get('status')}: {str(rec.get('error') or '')[:60]}"
+        if rec.get("status") != "ok":
+            cells[-2:] = [str(rec.get("status")), ""]
         table.add_row(*cells)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for rec in result.table.to_dict(orient="records"):
+        if rec.get("status") != "ok":
+            why = rec.get("error") or f"{rec.get('binding_constraint')}: {rec.get('binding_reason')}"
+            console.print(f"[yellow]{rec.get('label')}[/yellow] ({rec.get('status')}): {why}",
+                          soft_wrap=True)
