@@ -1,6 +1,6 @@
 """Sweep throughput: points per minute on one 32-point sweep, by executor.
 
-    .venv/bin/python benchmarks/bench_sweep.py [--requests 300] [--skip-dask]
+    .venv/bin/python benchmarks/bench_sweep.py [--requests 1000] [--repeat 3] [--skip-dask]
 
 The sweep: the quickstart scenario (Llama-3.1-8B, paged KV, vLLM scheduler, Poisson chat
 traffic), 4 GPUs x 8 request rates = 32 points, ``--requests`` requests each. Every
@@ -54,7 +54,7 @@ def _startup_s(executor: str, workers: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=300, help="Requests per point.")
+    parser.add_argument("--requests", type=int, default=1000, help="Requests per point.")
     parser.add_argument("--skip-dask", action="store_true")
     parser.add_argument("--repeat", type=int, default=1,
                         help="Runs per executor; the fastest is reported (shared machines).")
