@@ -44,6 +44,17 @@ MAX_STRETCH_STEPS = 4096
 #: memo is cleared when it grows past this many entries (about 100 MB).
 MAX_MEMO_ENTRIES = 1 << 20
 _MEMO_CTX_LIMIT = 1 << 40
+_min_reduce = np.minimum.reduce
+_add_reduce = np.add.reduce
+
+
+def _order_key(req: ReqState) -> int:
+    return req.order
+
+#: Stretches of at least this many steps are costed with the vectorised twin of the cost
+#: model's decode step time (shorter ones through the memo, where numpy's per-call cost
+#: would dominate).
+VECTOR_MIN_STEPS = 24
 
 
 class Replica:
@@ -122,7 +133,10 @@ class Replica:
         # Decode-only step times depend only on (batch, context tokens): memoised per cost
         # model (replicas of one group share it), the very floats the cost model returns.
         self._step_memo: dict[int, float] = recorder.step_time_memos.setdefault(id(cost), {})
+        self._twins: dict[int, DecodeTwin | None] = recorder.decode_twins.setdefault(id(cost), {})
         self._swapped_slots_count: dict[int, int] = {}
+        # Paged managers' block size (0: ask the manager for every stretch's memory check).
+        self._block_tokens = int(getattr(kv, "block_size_tokens", 0)) if kv.kind in ("paged", "radix") else 0
         self._arrival_hint: Callable[[], float] | None = None
         self.scheduler = scheduler_factory(self)
         recorder.cost_models[replica_id] = cost
@@ -386,7 +400,11 @@ class Replica:
         key = (num_decode_seqs << 40) + decode_ctx_tokens
         d = self._step_memo.get(key)
         if d is None:
-            d = self.cost.step_time_s(num_decode_seqs=num_decode_seqs, decode_ctx_tokens=decode_ctx_tokens)
+            twin = self._twin(num_decode_seqs)
+            if twin is not None:
+                d = twin.at(decode_ctx_tokens)
+            else:
+                d = self.cost.step_time_s(num_decode_seqs=num_decode_seqs, decode_ctx_tokens=decode_ctx_tokens)
             if len(self._step_memo) >= MAX_MEMO_ENTRIES:
                 self._step_memo.clear()
             self._step_memo[key] = d
@@ -439,6 +457,14 @@ class Replica:
         hint = self._arrival_hint
         return hint() if hint is not None else math.inf
 
+    def _twin(self, b: int) -> DecodeTwin | None:
+        """The checked decode twin of the cost model for batch ``b`` (None: scalar path)."""
+        twins = self._twins
+        if b in twins:
+            return twins[b]
+        twin = twins[b] = decode_twin(self.cost, b)
+        return twin
+
     def _decode_stretch_times(
         self, b: int, ctx_sum0: int, n_dec: int, k: int, stop_s: float
     ) -> tuple[list[float], list[float]]:
@@ -446,10 +472,26 @@ class Replica:
         ``self.t``, stopping before a step that would start at or after ``stop_s`` (a known
         arrival or policy clock); ``times[j + 1] = times[j] + durations[j]``.
 
-        Each step is timed with the cost model's scalar path - the very call stepping makes -
-        and the times are the same sequential additions, so both modes produce the same floats.
+        Each step's time is the cost model's scalar ``step_time_s`` (through the memo) or,
+        for a long stretch, its vectorised twin (:class:`DecodeTwin`, the same floats); the
+        times are the same sequential additions as stepping, so both modes agree bit for bit.
         """
         t = self.t
+        if k >= VECTOR_MIN_STEPS and ctx_sum0 + n_dec * k < _MEMO_CTX_LIMIT:
+            twin = self._twin(b)
+            if twin is not None:
+                acc = np.empty(k + 1, np.float64)
+                acc[0] = t
+                acc[1:] = twin.many(np.arange(ctx_sum0, ctx_sum0 + n_dec * k, n_dec, dtype=np.int64)
+                                    if n_dec else np.full(k, ctx_sum0, np.int64))
+                durations = acc[1:].tolist()
+                np.add.accumulate(acc, out=acc)  # sequential: acc[j + 1] = acc[j] + d[j]
+                times = acc.tolist()
+                m = bisect_left(times, stop_s, 1, k)
+                if m < k:
+                    del times[m + 1 :]
+                    del durations[m:]
+                return times, durations
         times = [t]
         durations: list[float] = []
         append, append_d = times.append, durations.append
@@ -465,7 +507,15 @@ class Replica:
             return times, durations
         memo = self._step_memo
         get = memo.get
-        step_time = self.cost.step_time_s
+        twin = self._twin(b)
+        if twin is not None:
+            at = twin.at
+        else:
+            step_time = self.cost.step_time_s
+
+            def at(ctx: int) -> float:
+                return step_time(num_decode_seqs=b, decode_ctx_tokens=ctx)
+
         key = (b << 40) + ctx_sum0
         ctx = ctx_sum0
         for j in range(k):
@@ -473,7 +523,7 @@ class Replica:
                 break
             d = get(key)
             if d is None:
-                d = step_time(num_decode_seqs=b, decode_ctx_tokens=ctx)
+                d = at(ctx)
                 if len(memo) >= MAX_MEMO_ENTRIES:
                     memo.clear()
                 memo[key] = d
@@ -487,9 +537,15 @@ class Replica:
     def _plan_stretch_length(self, d: npt.NDArray[np.int64], ctx0: npt.NDArray[np.int64], k: int) -> int:
         """Longest stretch of at most ``k`` steps whose KV growth fits the free memory."""
         if k > 1:
-            free = self.kv.num_free_slots
-            slots_needed = self.kv.slots_needed
-
+            kv = self.kv
+            free = kv.num_free_slots
+            bs = self._block_tokens
+            # Growing each of the n sequences from ctx0 + 1 (step 0 is already grown) to
+            # ctx0 + k takes at most ceil((k - 1) / B) new blocks plus one copy-on-write copy:
+            # when that fits, so does the exact count (no need to ask the manager).
+            if bs and len(d) * (-(-(k - 1) // bs) + 1) * bs <= free:
+                return k
+            slots_needed = kv.slots_needed
             if slots_needed(d, ctx0 + k) > free:
                 lo, hi = 1, k  # fits(lo) holds (step 0 is already grown), fits(hi) fails
                 while hi - lo > 1:
@@ -504,12 +560,18 @@ class Replica:
     def _run_stretch(self, plan: StepPlan):  # noqa: ANN202
         d = plan.decode_slots
         n = len(d)
-        ctx0 = self.ctx_tokens[d]  # a copy (fancy indexing)
+        ctx0 = self.ctx_tokens[d]  # copies (fancy indexing)
+        rem = self.target_tokens[d]
+        rem -= self.gen_tokens[d]  # tokens each sequence still generates
         # Steps until the first sequence finishes.
-        k_finish = int((self.target_tokens[d] - self.gen_tokens[d]).min())
-        k = self._plan_stretch_length(d, ctx0, max(1, min(k_finish, MAX_STRETCH_STEPS)))
+        k_finish = int(_min_reduce(rem))
+        k = k_finish if k_finish < MAX_STRETCH_STEPS else MAX_STRETCH_STEPS
+        if k > 1:
+            k = self._plan_stretch_length(d, ctx0, k)
+        elif k < 1:
+            k = 1
         b = n + plan.padding_seqs
-        ctx_sum0 = int(ctx0.sum()) + plan.padding_ctx_tokens
+        ctx_sum0 = int(_add_reduce(ctx0)) + plan.padding_ctx_tokens
         hint = self._arrival_hint
         stop_s = plan.stretch_until_s
         if hint is not None:
@@ -517,7 +579,7 @@ class Replica:
             if nxt < stop_s:
                 stop_s = nxt
         times, durations = self._decode_stretch_times(b, ctx_sum0, n, k, stop_s)
-        k = len(times) - 1
+        k = len(durations)
         mem_start = self._mem_stats()
         # Nothing leaves the queue mid-stretch, and an arrival routed here cuts the stretch
         # short unless it comes during its last step: so every row but the last sees the
@@ -542,25 +604,21 @@ class Replica:
                     self._stretch_k = k
         self._in_stretch = False
         self._interrupt_s = math.inf
-        if k > 1 and not self.kv.grow(d, ctx0 + k, now_s=times[k - 1]):
+        ctx0 += k  # the context after the stretch
+        if k > 1 and not self.kv.grow(d, ctx0, now_s=times[k - 1]):
             raise InvariantError(f"replica {self.replica_id}: stretch grow of {k} steps failed")
         end = times[k]
         self.t = end
         self.num_steps += k
-        self._commit_decode(d, times[1], end, k, k >= k_finish)
+        self._commit_decode(d, times[1], end, k, k >= k_finish, ctx0, rem)
         if k < len(durations):
             del durations[k:]
+            del times[k:]
+        else:
+            times.pop()
         self.recorder.steps_many(
-            replica_id=self.replica_id,
-            t_s=times[:k],
-            duration_s=durations,
-            num_running=n,
-            queue_len0=queue_len0,
-            queue_len=len(self.waiting) + len(self.swapped),
-            decode_seqs=b,
-            ctx_tokens0=ctx_sum0,
-            mem_start=mem_start,
-            mem_end=self._mem_stats(),
+            self.replica_id, times, durations, n, queue_len0, len(self.waiting) + len(self.swapped), b,
+            ctx_sum0, mem_start, self._mem_stats(),
         )
         if self.static_batching:
             self._finish_static_batch(end)
@@ -605,28 +663,40 @@ class Replica:
         end_s: float,
         k: int,
         may_finish: bool,
+        new_ctx: npt.NDArray[np.int64] | None = None,
+        remaining: npt.NDArray[np.int64] | None = None,
     ) -> None:
         """Commit ``k`` decode steps of ``slots``: the first ends at ``first_end_s``, the last
         at ``end_s``. ``may_finish`` is False when no sequence can reach its target in ``k``
-        steps (the check is skipped)."""
+        steps (the check is skipped). ``new_ctx`` (the slots' contexts after the steps) and
+        ``remaining`` (their tokens still to generate before the steps) save recomputing
+        them when the caller has them."""
         last = self.last_token_s
         # The gap before each sequence's first token of these steps; the later gaps are the
         # steps' durations, which the recorder takes from the stretch's step rows.
         self.recorder.itl(first_end_s - last[slots])
         ctx, gen = self.ctx_tokens, self.gen_tokens
-        ctx[slots] += k
+        if new_ctx is None:
+            ctx[slots] += k
+        else:
+            ctx[slots] = new_ctx
         gen[slots] += k
         last[slots] = end_s
         if not may_finish:
             return
-        done = slots[gen[slots] >= self.target_tokens[slots]]
+        if remaining is None:
+            done = slots[gen[slots] >= self.target_tokens[slots]]
+        else:
+            done = slots[remaining <= k]
         if len(done):
             finished: list[ReqState] = []
             for s in done.tolist():
                 owner = self.slot_owner[s]
                 if owner is not None and owner.phase == DECODE and owner not in finished:
                     finished.append(owner)
-            for req in sorted(finished, key=lambda r: r.order):
+            if len(finished) > 1:
+                finished.sort(key=_order_key)
+            for req in finished:
                 req.generated_tokens = int(gen[req.slots[0]])
                 self._finish(req, end_s)
 
@@ -661,3 +731,124 @@ class Replica:
             head = self.waiting[0]
             pending = self.kv.reservation_slots(head.prefill_target_tokens, head.final_tokens)
         return self.kv.stats(min_pending_slots=pending)
+
+
+# ==================================================================== decode step-time twin
+class DecodeTwin:
+    """A decode-only step's time for a fixed batch ``b``, for many context sizes at once.
+
+    The very float operations of :meth:`hwmodels.stepcost.StepCostModel.step_time_s` with
+    ``num_decode_seqs=b`` and ``decode_ctx_tokens=ctx`` (and nothing else), in the same order:
+    the parts that depend on ``b`` only are computed once, in Python, exactly as the cost
+    model computes them; the parts that depend on ``ctx`` are done elementwise (numpy float64
+    ``+ - * /`` and comparisons are the same IEEE operations as Python's, and
+    ``np.add.accumulate`` adds sequentially). :func:`decode_twin` builds one only for the
+    cost model's plain roofline path and checks it bit for bit against ``step_time_s`` on
+    probe inputs first (``None`` = use the scalar path); ``tests/engine/test_twin.py`` checks
+    many random inputs and model shapes.
+    """
+
+    __slots__ = ("_attn", "_h", "_kinds", "_lc0", "_ovh", "_p2p", "_wcap")
+
+    def __init__(self, cost: Any, b: int) -> None:
+        c = cost
+        ndec = float(b)
+        T = 0.0 + ndec
+        launch, tile, ceil = c._launch_s, c._tile, math.ceil
+        tiles = ceil(T / tile)
+        mp = tiles * tile if T > tile else ceil(T / 16.0) * 16.0
+        kvl, qo, bw, bh = c._kv_layer_gpu, c._attn_qo_bytes, c._hbm_eff_bw, c._bytes_half_s
+        fh, peak = c._attn_flops_half_s, c._attn_peak
+        lc0 = c._ew_const_s + c._ew_s_per_byte * c._ew_bytes * T
+        lc0 += 2.0 * (c._ar_const_s + c._ar_s_per_token * T)
+        self._lc0 = lc0
+        self._wcap = ndec * c._window if c._window else None
+        # tc = fpp * ctx / peak + fh; tm = (kvl * (ctx + ndec) + qo * ndec) / bw + bh
+        self._attn = (c._attn_fpp_decode, peak, fh, kvl, ndec, qo * ndec, bw, bh, launch)
+        kinds = []
+        for n_layers, coefs in c._fast_kinds:
+            gs = []
+            for routed, s_tok, s_c0, s_dq, s_m0, s_mw, s_mt, e, k in coefs:
+                if routed:
+                    touched = e * (1.0 - (1.0 - k / e) ** T)
+                    m_e = T * k / touched
+                    t_e = ceil(m_e / tile)
+                    mp_e = t_e * tile if m_e > tile else ceil(m_e / 16.0) * 16.0
+                    tc = touched * (s_tok * mp_e + s_c0 + s_dq * t_e)
+                    tm = touched * s_mw + bh + s_mt * T * k
+                else:
+                    tc = s_tok * mp + s_c0 + s_dq * tiles
+                    tm = s_m0 + s_mt * T
+                gs.append(launch + (tc if tc > tm else tm))
+            kinds.append((n_layers, tuple(gs)))
+        self._kinds = tuple(kinds)
+        rows = 0.0 + ndec
+        h = c._head
+        h_tiles = ceil(rows / tile)
+        h_mp = h_tiles * tile if rows > tile else ceil(rows / 16.0) * 16.0
+        tc = h.s_per_padded_token * h_mp + h.s_compute_const + h.s_dequant_per_tile * h_tiles
+        tm = h.s_mem_const + h.s_mem_per_token * rows
+        self._h = launch + (tc if tc > tm else tm)
+        self._p2p = (c.pp - 1) * (c._p2p_const_s + c._p2p_s_per_token * T)
+        self._ovh = c.step_overhead_s
+
+    def at(self, ctx_tokens: int) -> float:
+        """One step's time (Python floats)."""
+        ctx = float(ctx_tokens)
+        if self._wcap is not None:
+            ctx = min(ctx, self._wcap)
+        fpp, peak, fh, kvl, ndec, qon, bw, bh, launch = self._attn
+        tc = fpp * ctx / peak + fh
+        tm = (kvl * (ctx + ndec) + qon) / bw + bh
+        lc = self._lc0 + (launch + (tc if tc > tm else tm))
+        total = 0.0
+        for n_layers, gs in self._kinds:
+            layer = lc
+            for g in gs:
+                layer += g
+            total += n_layers * layer
+        total += self._h
+        total += self._p2p
+        return total + self._ovh
+
+    def many(self, ctx_tokens: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """Step times for an array of context sizes (numpy, elementwise; same floats)."""
+        ctx = ctx_tokens.astype(np.float64)
+        if self._wcap is not None:
+            ctx = np.minimum(ctx, self._wcap)
+        fpp, peak, fh, kvl, ndec, qon, bw, bh, launch = self._attn
+        tc = fpp * ctx / peak + fh
+        tm = (kvl * (ctx + ndec) + qon) / bw + bh
+        lc = self._lc0 + (launch + np.where(tc > tm, tc, tm))
+        total = 0.0
+        for n_layers, gs in self._kinds:
+            layer = lc
+            for g in gs:
+                layer = layer + g
+            total = total + n_layers * layer
+        total = total + self._h
+        total = total + self._p2p
+        return total + self._ovh
+
+
+#: Context sizes (as multiples of the batch, plus offsets) a twin is checked on before use.
+_TWIN_PROBE_PER_SEQ = (1, 2, 3, 7, 16, 31, 64, 100, 128, 255, 511, 777, 1024, 2048, 3000, 4096, 8191,
+                       16384, 32768, 65536, 131072, 1 << 20)
+
+
+def decode_twin(cost: Any, b: int) -> DecodeTwin | None:
+    """A checked :class:`DecodeTwin` of ``cost`` for batch ``b``, or None (scalar path only)."""
+    if b <= 0 or getattr(cost, "op_timer", None) is not None:
+        return None
+    try:
+        twin = DecodeTwin(cost, b)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    probes = [b * m + off for m in _TWIN_PROBE_PER_SEQ for off in (0, 1, b // 2)]
+    want = [cost.step_time_s(num_decode_seqs=b, decode_ctx_tokens=x) for x in probes]
+    arr = np.asarray(probes, dtype=np.int64)
+    got_many = twin.many(arr).tolist()
+    got_at = [twin.at(x) for x in probes]
+    if got_many != want or got_at != want:
+        return None
+    return twin

@@ -183,6 +183,8 @@ class Recorder:
         # Per cost model (by id; ``cost_models`` keeps it alive): memoised decode step times,
         # shared by the replicas of one group (see ``Replica._decode_step_time_s``).
         self.step_time_memos: dict[int, dict[int, float]] = {}
+        # Per cost model (by id): checked decode step-time twins by batch (``engine.DecodeTwin``).
+        self.decode_twins: dict[int, dict[int, Any]] = {}
         self.max_concurrent = 0
         self._concurrent = 0
 
@@ -302,7 +304,6 @@ class Recorder:
 
     def steps_many(
         self,
-        *,
         replica_id: int,
         t_s: list[float],
         duration_s: list[float],

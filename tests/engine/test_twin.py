@@ -1,0 +1,81 @@
+"""The engine's vectorised twin of the decode step time is bit-identical to the cost model.
+
+A long decode stretch is costed with :class:`simulator.engine.DecodeTwin` (numpy over the
+stretch's context sizes); stepping uses ``StepCostModel.step_time_s``. Fast-forwarding is
+exact only if both give the same floats for every input, so this checks many random inputs
+on model shapes that take every branch of the formula (dense, MoE with routed experts,
+sliding window, tensor and pipeline parallelism, quantized weights and KV).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hwmodels.stepcost import StepCostModel
+from simulator.engine import DecodeTwin, decode_twin
+
+SHAPES = [
+    {"gpu": "h100-sxm", "model": "llama-3.1-8b"},
+    {"gpu": "h100-sxm", "model": "llama-3.1-70b", "tensor_parallel": 4, "pipeline_parallel": 2},
+    {"gpu": "a100-sxm4-80gb", "model": "mistral-7b"},  # sliding window
+    {"gpu": "h100-sxm", "model": "mixtral-8x7b", "tensor_parallel": 2},  # routed experts
+    {"gpu": "h200", "model": "deepseek-v2", "tensor_parallel": 8, "scheme": "fp8"},  # MLA + MoE
+    {"gpu": "l40s", "model": "qwen2.5-7b", "scheme": "w4a16", "kv_dtype": "int8"},
+    {"gpu": "h100-sxm", "model": "llama-2-7b", "step_overhead_s": 0.0},
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s['model']}-{s['gpu']}")
+def test_twin_matches_step_time_bit_for_bit(shape: dict) -> None:
+    cost = StepCostModel(**shape)
+    rng = np.random.default_rng(7)
+    batches = sorted({1, 2, 3, 7, 8, 15, 16, 17, 31, 33, 64, 65, 127, 128, 129, 255, 256,
+                      *rng.integers(1, 1024, 20).tolist()})
+    for b in batches:
+        twin = decode_twin(cost, b)
+        assert twin is not None, f"twin refused batch {b}"
+        ctx = np.concatenate([
+            b * rng.integers(1, 200_000, 300),
+            rng.integers(b, b * 300, 300),
+            np.arange(b, b + 64),
+        ]).astype(np.int64)
+        want = [cost.step_time_s(num_decode_seqs=b, decode_ctx_tokens=int(c)) for c in ctx]
+        assert twin.many(ctx).tolist() == want
+        assert [twin.at(int(c)) for c in ctx] == want
+
+
+def test_twin_refuses_op_timer_and_checks_itself() -> None:
+    cost = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b")
+    assert decode_twin(cost, 0) is None
+
+    class Timed(StepCostModel):
+        pass
+
+    timed = Timed(gpu="h100-sxm", model="llama-3.1-8b")
+    timed.op_timer = object()  # type: ignore[assignment]
+    assert decode_twin(timed, 4) is None
+
+    # A cost model whose scalar path no longer matches the twin's formula is refused (the
+    # engine then costs every step through ``step_time_s``).
+    class Drifted(StepCostModel):
+        def step_time_s(self, **kw: float) -> float:
+            return super().step_time_s(**kw) * (1.0 + 1e-15)
+
+    assert decode_twin(Drifted(gpu="h100-sxm", model="llama-3.1-8b"), 4) is None
+    assert isinstance(decode_twin(cost, 4), DecodeTwin)
+
+
+def test_stretch_times_are_sequential_sums() -> None:
+    """``np.add.accumulate`` adds left to right, as the stepping loop does."""
+    rng = np.random.default_rng(3)
+    d = rng.uniform(1e-3, 5e-2, 4096)
+    acc = np.empty(len(d) + 1)
+    acc[0] = 1234.5678
+    acc[1:] = d
+    np.add.accumulate(acc, out=acc)
+    t, want = 1234.5678, [1234.5678]
+    for x in d.tolist():
+        t = t + x
+        want.append(t)
+    assert acc.tolist() == want
