@@ -331,6 +331,105 @@ class StepCostModel:
         self._ar_bytes_per_token = 2.0 * (tp - 1) / tp * hidden_bytes if tp > 1 else 0.0
         self._p2p_const_s = P2P_LATENCY_S
         self._p2p_s_per_token = hidden_bytes / link
+        if self.op_timer is not None:
+            self._precompute_timer()
+
+    def _attn_geometry(self) -> tuple[int, int, int, float]:
+        """(heads, kv heads, head dim, KV bytes per element) per GPU, as the op timer takes them."""
+        m = self.model
+        kvh = max(m.num_kv_heads // min(self.tp, m.num_kv_heads), 1)
+        kvb = self.kv_dtype.bytes_per_elem
+        kvb = int(kvb) if float(kvb).is_integer() else kvb  # int4 KV: 0.5 bytes
+        return m.num_heads // self.tp, kvh, m.attn_qk_dim, kvb
+
+    def _precompute_timer(self) -> None:
+        """Batch-independent parts of the op-timer fast path and its exact-key memos.
+
+        A step's time with an op timer is ``tok[T] + L (t_p + t_d) + head[rows] + overhead``:
+        everything that depends on the token count ``T`` only (every GEMM, elementwise
+        kernels, all-reduces, pipeline transfers) is one memo entry per ``T``, the lm_head one
+        per sampled-row count, and attention one per exact timer argument tuple. The memos hold
+        what the timer returned (the timer must be a pure function of its arguments, as the
+        cycle model's cache is), so a repeated input gives the same float every call.
+        """
+        m = self.model
+        self._timer_kinds = [
+            (float(m.num_moe_layers if moe_layer else m.num_dense_layers), tuple(
+                (c.is_routed, c.n, c.k, c.compute_type, c.weight_bits, float(c.num_copies), float(c.active_copies))
+                for c in gemms
+            ))
+            for moe_layer, gemms in self._layer_kinds if gemms
+        ]
+        self._timer_layers = sum(n for n, _ in self._timer_kinds)
+        self._timer_geom = self._attn_geometry()
+        self._memo_tok: dict[float, float] = {}
+        self._memo_rows: dict[float, float] = {}
+        self._memo_dec: dict[tuple[int, int], float] = {}
+        self._memo_pre: dict[tuple[int, int, int], float] = {}
+        self._memo_gemm: dict[tuple[int, int, str, int], dict[int, float]] = {}  # vector path
+
+    def _timer_tok_s(self, T: float) -> float:
+        """Seconds of the parts that depend only on the token count ``T > 0`` (op timer)."""
+        gemm = self.op_timer.gemm_time_s  # type: ignore[union-attr]
+        ceil = math.ceil
+        total = 0.0
+        layer_common = self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * T
+        layer_common += 2.0 * (self._ar_const_s + self._ar_s_per_token * T)
+        mm = max(int(T), 1)
+        for n_layers, gemms in self._timer_kinds:
+            layer = layer_common
+            for routed, n, k, ct, wb, e, ka in gemms:
+                if routed:
+                    touched = e * (1.0 - (1.0 - ka / e) ** T)
+                    m_e = T * ka / max(touched, 1e-9)
+                    layer += touched * float(gemm(max(int(ceil(m_e)), 1), n, k, ct, wb))
+                else:
+                    layer += float(gemm(mm, n, k, ct, wb))
+            total += n_layers * layer
+        return total + (self.pp - 1) * (self._p2p_const_s + self._p2p_s_per_token * T)
+
+    def _timer_step_time_s(self, pf: float, kvt: float, nsamp: float, ndec: float, ctx: float) -> float:
+        """The op-timer fast path of :meth:`step_time_s` (a few dict lookups on a memo hit)."""
+        T = pf + ndec
+        if T <= 0:
+            return self.step_overhead_s
+        total = self._memo_tok.get(T)
+        if total is None:
+            total = self._timer_tok_s(T)
+            _memo_put(self._memo_tok, T, total)
+        attn = 0.0
+        if pf > 0:
+            chunks = nsamp if nsamp > 1.0 else 1.0
+            key = (max(int(chunks), 1), max(math.ceil(pf / chunks), 1), max(math.ceil(kvt / chunks), 1))
+            t = self._memo_pre.get(key)
+            if t is None:
+                heads, kvh, hd, kvb = self._timer_geom
+                t = float(self.op_timer.prefill_attention_time_s(  # type: ignore[union-attr]
+                    key[0], key[1], heads, kvh, hd, key[2], kvb))
+                _memo_put(self._memo_pre, key, t)
+            attn = t
+        if ndec > 0:
+            if self._window:
+                ctx = min(ctx, ndec * self._window)
+            dkey = (max(int(ndec), 1), max(math.ceil(ctx / (ndec if ndec > 1.0 else 1.0)), 1))
+            t = self._memo_dec.get(dkey)
+            if t is None:
+                heads, kvh, hd, kvb = self._timer_geom
+                t = float(self.op_timer.decode_attention_time_s(  # type: ignore[union-attr]
+                    dkey[0], dkey[1], heads, kvh, hd, kvb, 16))
+                _memo_put(self._memo_dec, dkey, t)
+            attn += t
+        total += self._timer_layers * attn
+        rows = nsamp + ndec
+        if rows > 0:
+            h = self._memo_rows.get(rows)
+            if h is None:
+                c = self._head
+                h = float(self.op_timer.gemm_time_s(  # type: ignore[union-attr]
+                    max(int(rows), 1), c.n, c.k, c.compute_type, c.weight_bits))
+                _memo_put(self._memo_rows, rows, h)
+            total += h
+        return total + self.step_overhead_s
 
     # ------------------------------------------------------------------ evaluation
     def _padded(self, B: Any, m: Any) -> Any:
@@ -356,11 +455,12 @@ class StepCostModel:
             flops_m, bytes_w, act_m = m, c.weight_bytes, m
         if self.op_timer is not None:
             gemm = self.op_timer.gemm_time_s
+            memo = self._memo_gemm.setdefault((c.n, c.k, c.compute_type, c.weight_bits), {})
             if c.is_routed:
                 t = touched * _call_timer(B, lambda mm: gemm(mm, c.n, c.k, c.compute_type, c.weight_bits),
-                                          B.ceil(per_expert_m))
+                                          B.ceil(per_expert_m), memo=memo)
             else:
-                t = _call_timer(B, lambda mm: gemm(mm, c.n, c.k, c.compute_type, c.weight_bits), m)
+                t = _call_timer(B, lambda mm: gemm(mm, c.n, c.k, c.compute_type, c.weight_bits), m, memo=memo)
             t = t * B.pos(m)
         else:
             t = (self._launch_s + B.mx(tc, tm)) * B.pos(m)
@@ -388,20 +488,16 @@ class StepCostModel:
         tc_d = fl_d / self._attn_peak + self._attn_flops_half_s
         tm_d = by_d / self._hbm_eff_bw + self._bytes_half_s
         if self.op_timer is not None:
-            m = self.model
-            hd = m.attn_qk_dim
-            kvh = max(m.num_kv_heads // min(self.tp, m.num_kv_heads), 1)
-            heads, kvb = m.num_heads // self.tp, self.kv_dtype.bytes_per_elem
-            kvb = int(kvb) if float(kvb).is_integer() else kvb  # int4 KV: 0.5 bytes
+            heads, kvh, hd, kvb = self._attn_geometry()
             # Aggregates only: chunks are taken as equal (mean new and context tokens).
             chunks = B.mx(nsamp_chunks, 1.0)
             t_p = _call_timer(
                 B, lambda b, q, c: self.op_timer.prefill_attention_time_s(b, q, heads, kvh, hd, c, kvb),
-                chunks, B.ceil(pf / chunks), B.ceil(kvt / chunks),
+                chunks, B.ceil(pf / chunks), B.ceil(kvt / chunks), memo=self._memo_pre,
             ) * B.pos(pf)
             t_d = _call_timer(
                 B, lambda b, c: self.op_timer.decode_attention_time_s(b, c, heads, kvh, hd, kvb, 16),
-                ndec, B.ceil(ctx / B.mx(ndec, 1.0)),
+                ndec, B.ceil(ctx / B.mx(ndec, 1.0)), memo=self._memo_dec,
             ) * B.pos(ndec)
         else:
             t_p = (self._launch_s + B.mx(tc_p, tm_p)) * B.pos(pf)
@@ -526,15 +622,16 @@ class StepCostModel:
 
         Hand-inlined float arithmetic over precomputed coefficients (no split by bound, no
         per-stage maximum); :meth:`cost` is its slow twin and the tests check they agree.
+        With an op timer, the timer's per-operator times are memoised on their exact
+        arguments (see :meth:`_precompute_timer`), so a step is a few dict lookups.
         """
-        if self.op_timer is not None:
-            return float(self.cost(
-                prefill_tokens=prefill_tokens, prefill_attn_pairs=prefill_attn_pairs,
-                prefill_kv_tokens=prefill_kv_tokens, num_prefill_seqs=num_prefill_seqs,
-                num_decode_seqs=num_decode_seqs, decode_ctx_tokens=decode_ctx_tokens,
-            ).time_s)
         pf = float(prefill_tokens)
         ndec = float(num_decode_seqs)
+        if self.op_timer is not None:
+            vals = (pf, float(prefill_kv_tokens), float(num_prefill_seqs), ndec, float(decode_ctx_tokens))
+            if min(vals) < 0 or prefill_attn_pairs < 0:
+                raise ConfigError(f"step-cost inputs must be >= 0, got {vals}")
+            return self._timer_step_time_s(*vals)
         T = pf + ndec
         if T <= 0:
             return self.step_overhead_s
@@ -661,17 +758,38 @@ def _record(rec: dict, op: str, t: float, flops: float, nbytes: float, bound: st
     entry[3][bound] = entry[3].get(bound, 0.0) + float(t)
 
 
-def _call_timer(B: Any, fn: Callable[..., float], *args: Any) -> Any:
+#: Entries an op-timer memo of :class:`StepCostModel` holds before it is cleared (values are
+#: recomputed identically after a clear, so results never depend on it).
+_MEMO_MAX_ENTRIES = 1 << 18
+
+
+def _memo_put(memo: dict, key: Any, value: float) -> None:
+    if len(memo) >= _MEMO_MAX_ENTRIES:
+        memo.clear()
+    memo[key] = value
+
+
+def _call_timer(B: Any, fn: Callable[..., float], *args: Any, memo: dict | None = None) -> Any:
     """Evaluate a scalar operator timer on scalars, or once per distinct row of arrays.
 
-    Arguments are clamped to >= 1 (entries with no work are zeroed by the caller).
+    Arguments are clamped to >= 1 (entries with no work are zeroed by the caller). With
+    arrays, rows are keyed by their integer arguments (one int, or a tuple of ints: the keys
+    of :meth:`StepCostModel.step_time_s`'s memos) and looked up in ``memo`` first.
     """
     if B is _ScalarBackend:
         return float(fn(*(max(int(a), 1) for a in args)))
-    stacked = np.stack([np.broadcast_to(np.asarray(a, dtype=np.float64), np.shape(args[0])) for a in args], axis=1)
-    uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
-    values = np.array([float(fn(*(max(int(v), 1) for v in row))) for row in uniq])
-    return values[inverse.reshape(-1)]
+    shape = np.shape(args[0])
+    cols = [np.maximum(np.broadcast_to(np.asarray(a, dtype=np.float64), shape).astype(np.int64), 1).ravel().tolist()
+            for a in args]
+    keys = cols[0] if len(cols) == 1 else list(zip(*cols, strict=True))
+    if memo is None:
+        memo = {}
+    elif len(memo) >= _MEMO_MAX_ENTRIES:
+        memo.clear()
+    for key in dict.fromkeys(keys):
+        if key not in memo:
+            memo[key] = float(fn(key) if len(cols) == 1 else fn(*key))
+    return np.fromiter(map(memo.__getitem__, keys), dtype=np.float64, count=len(keys)).reshape(shape)
 
 
 def prefill_chunk_aggregates(chunks: list[tuple[int, int]]) -> dict[str, float]:

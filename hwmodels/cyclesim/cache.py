@@ -84,6 +84,9 @@ def _interp(x: float, lo: int, hi: int, t_lo: float, t_hi: float) -> float:
 DECODE_BATCH_SIM_MAX = 64
 GEMM_M_SIM_MAX = 2048
 
+#: Entries the exact-argument memo (and the decode segment table) hold before being cleared.
+MEMO_MAX_ENTRIES = 1 << 18
+
 _Key = tuple[object, ...]
 
 
@@ -91,7 +94,8 @@ class CycleCostModel:
     """Cached cycle-model operator times for one GPU (an ``OpTimer`` for the step-cost model).
 
     Two levels: an exact-argument memo (the hit path of a serving loop: one tuple hash) in front
-    of the bucket grid, whose points are each simulated once.
+    of the bucket grid, whose points are each simulated once; decode attention also keeps the
+    end points of each context segment per batch (:meth:`_decode_over_ctx`).
 
     Args:
         gpu: catalogue name or spec.
@@ -104,6 +108,7 @@ class CycleCostModel:
         self._mach: Machine = machine_for(get_gpu(gpu))
         self._times_s: dict[_Key, float] = {}
         self._memo: dict[_Key, float] = {}
+        self._segments: dict[_Key, tuple[int, int, float, float]] = {}
         self.num_simulations = 0
 
     @property
@@ -134,7 +139,7 @@ class CycleCostModel:
         if t is not None:
             return t
         t = self._gemm(m, int(n), int(k), compute_type, int(weight_bits)) if m > 0 else 0.0
-        self._memo[memo_key] = t
+        self._remember(memo_key, t)
         return t
 
     def decode_attention_time_s(
@@ -154,10 +159,10 @@ class CycleCostModel:
             return t
         if batch > 0 and context_tokens > 0:
             geom = (int(num_heads), int(num_kv_heads), int(head_dim), kv_bytes_per_elem, block_size)
-            t = self._decode(batch, context_tokens, geom)
+            t = self._decode_over_ctx(batch, context_tokens, geom)
         else:
             t = 0.0
-        self._memo[memo_key] = t
+        self._remember(memo_key, t)
         return t
 
     def prefill_attention_time_s(
@@ -187,8 +192,13 @@ class CycleCostModel:
             t = self._prefill(max(1, round(batch)), float(query_tokens), prefix, geom)
         else:
             t = 0.0
-        self._memo[memo_key] = t
+        self._remember(memo_key, t)
         return t
+
+    def _remember(self, key: _Key, t: float) -> None:
+        if len(self._memo) >= MEMO_MAX_ENTRIES:
+            self._memo.clear()  # values are recomputed identically: results never depend on it
+        self._memo[key] = t
 
     # ------------------------------------------------------------------ grid evaluation
     def _gemm(self, m: float, n: int, k: int, ct: str, wb: int) -> float:
@@ -208,6 +218,32 @@ class CycleCostModel:
             t = simulate_gemm(self._mach, m=m, n=n, k=k, compute_type=ct, weight_bits=wb).time_s
             self._store(key, t)
         return t
+
+    def _decode_over_ctx(self, batch: float, ctx: float, geom: tuple[object, ...]) -> float:
+        """Decode time, linear in the context between two context grid points.
+
+        The serving loop asks for a new mean context nearly every step, so the two end points
+        of the context segment at this ``batch`` (each already interpolated over the batch) are
+        kept per segment, and a new context costs one bisection and one interpolation. Same
+        bilinear model as :meth:`_decode`; the grid points themselves are returned exactly.
+        """
+        x = float(ctx) if ctx > 1.0 else 1.0
+        i = bisect.bisect_left(_GRID, x)
+        seg_key = (batch, i, geom)
+        seg = self._segments.get(seg_key)
+        if seg is None:
+            if i >= len(_GRID):
+                raise ConfigError(f"dimension {x} beyond the cycle cache's grid ({_GRID[-1]})")
+            hi = _GRID[i]
+            lo = _GRID[i - 1] if i else hi
+            seg = (lo, hi, self._decode(batch, lo, geom), self._decode(batch, hi, geom))
+            if len(self._segments) >= MEMO_MAX_ENTRIES:
+                self._segments.clear()
+            self._segments[seg_key] = seg
+        lo, hi, t_lo, t_hi = seg
+        if x == hi:
+            return t_hi
+        return t_lo + (t_hi - t_lo) * (x - lo) / (hi - lo)
 
     def _decode(self, batch: float, ctx: float, geom: tuple[object, ...]) -> float:
         if batch > DECODE_BATCH_SIM_MAX:
@@ -299,4 +335,5 @@ class CycleCostModel:
         for entry in entries:
             self._times_s[tuple(entry[:-1])] = float(entry[-1])
         self._memo.clear()
+        self._segments.clear()
         return len(entries)

@@ -51,3 +51,34 @@ def test_foreign_cache_refused(tmp_path) -> None:
     path.write_text("not json")
     with pytest.raises(ConfigError):
         CycleCostModel("h100-sxm").load(path)
+
+
+def test_decode_segments_match_the_bilinear_grid() -> None:
+    """The per-segment decode path (one bisection per new context) is the same bilinear model
+    as the grid walk: exact on grid points, equal to 1e-12 between them and above batch 64."""
+    model = CycleCostModel("h100-sxm")
+    geom = (8, 2, 64, 2, 16)
+    ctxs = [1, 0.5, 8, 9, 13.5, 100, 127, 128, 129, 700]
+    for batch in (1, 5, 9, 40, 64, 100):
+        for ctx in ctxs:
+            seg = model._decode_over_ctx(batch, ctx, geom)
+            assert seg == pytest.approx(model._decode(batch, ctx, geom), rel=1e-12)
+            assert model._decode_over_ctx(batch, ctx, geom) == seg  # deterministic
+        for c in (1, 8, 10, 128):  # grid points: exactly the grid walk's value
+            assert model._decode_over_ctx(batch, c, geom) == model._decode(batch, c, geom)
+    t = model.decode_attention_time_s(9, 100, 8, 2, 64, 2, 16)
+    assert t == model._decode_over_ctx(9, 100, geom)
+
+
+def test_cycle_timer_step_fast_path_equals_cost() -> None:
+    """``StepCostModel.step_time_s`` with the cycle model: the memoised fast path equals ``cost()``."""
+    from hwmodels.stepcost import StepCostModel
+
+    m = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b", op_timer=CycleCostModel("h100-sxm"))
+    steps = [{"num_decode_seqs": b, "decode_ctx_tokens": b * c} for b, c in ((1, 10), (7, 300), (70, 1000))]
+    steps.append({"prefill_tokens": 200, "prefill_attn_pairs": 200 * 100.5, "prefill_kv_tokens": 200,
+                  "num_prefill_seqs": 1, "num_decode_seqs": 7, "decode_ctx_tokens": 7 * 301})
+    for s in steps:
+        fast = m.step_time_s(**s)
+        assert fast == pytest.approx(m.cost(**s).time_s, rel=1e-12)
+        assert m.step_time_s(**s) == fast
