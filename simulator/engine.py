@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 #: Longest stretch computed in one go (bounds the arrays; a longer run is several stretches).
 MAX_STRETCH_STEPS = 4096
 #: Decode step times memoised per cost model, keyed ``(batch << 40) + context tokens``; the
-#: memo is cleared when it grows past this many entries (about 100 MB).
-MAX_MEMO_ENTRIES = 1 << 20
+#: memo is cleared when it grows past this many entries (about 12 MB; a miss costs a
+#: :class:`DecodeTwin` evaluation, about 1.5 us).
+MAX_MEMO_ENTRIES = 1 << 17
 _MEMO_CTX_LIMIT = 1 << 40
 _min_reduce = np.minimum.reduce
 _add_reduce = np.add.reduce
@@ -477,21 +478,14 @@ class Replica:
         times are the same sequential additions as stepping, so both modes agree bit for bit.
         """
         t = self.t
-        if k >= VECTOR_MIN_STEPS and ctx_sum0 + n_dec * k < _MEMO_CTX_LIMIT:
+        if k >= VECTOR_MIN_STEPS and n_dec > 0 and ctx_sum0 + n_dec * k < _MEMO_CTX_LIMIT:
             twin = self._twin(b)
             if twin is not None:
-                acc = np.empty(k + 1, np.float64)
-                acc[0] = t
-                acc[1:] = twin.many(np.arange(ctx_sum0, ctx_sum0 + n_dec * k, n_dec, dtype=np.int64)
-                                    if n_dec else np.full(k, ctx_sum0, np.int64))
-                durations = acc[1:].tolist()
-                np.add.accumulate(acc, out=acc)  # sequential: acc[j + 1] = acc[j] + d[j]
-                times = acc.tolist()
-                m = bisect_left(times, stop_s, 1, k)
-                if m < k:
-                    del times[m + 1 :]
-                    del durations[m:]
-                return times, durations
+                # Steps before ``stop_s`` at the first step's duration: durations grow with
+                # the context, so this is usually enough; chunks are added until it is.
+                est = k if stop_s == math.inf else int((stop_s - t) / twin.at(ctx_sum0)) + 2
+                if est >= VECTOR_MIN_STEPS:
+                    return self._decode_stretch_times_vec(twin, t, ctx_sum0, n_dec, k, stop_s, min(est, k))
         times = [t]
         durations: list[float] = []
         append, append_d = times.append, durations.append
@@ -532,6 +526,34 @@ class Replica:
             append_d(d)
             key += n_dec
             ctx += n_dec
+        return times, durations
+
+    @staticmethod
+    def _decode_stretch_times_vec(
+        twin: DecodeTwin, t: float, ctx_sum0: int, n_dec: int, k: int, stop_s: float, chunk: int
+    ) -> tuple[list[float], list[float]]:
+        """:meth:`_decode_stretch_times` with the twin, ``chunk`` steps at a time."""
+        times = [t]
+        durations: list[float] = []
+        j0 = 0
+        while True:
+            c = min(chunk, k - j0)
+            acc = np.empty(c + 1, np.float64)
+            acc[0] = times[-1]
+            acc[1:] = twin.many(np.arange(ctx_sum0 + n_dec * j0, ctx_sum0 + n_dec * (j0 + c), n_dec, dtype=np.int64))
+            durations.extend(acc[1:].tolist())
+            np.add.accumulate(acc, out=acc)  # sequential: acc[j + 1] = acc[j] + d[j]
+            times.extend(acc[1:].tolist())
+            j0 += c
+            # Steps 1.. start at times[1..]: the first starting at or after stop_s is not run.
+            hi = min(j0 + 1, k)
+            m = bisect_left(times, stop_s, 1, hi)
+            if m < hi or j0 >= k:
+                break
+            chunk *= 2
+        if m < j0:
+            del times[m + 1 :]
+            del durations[m:]
         return times, durations
 
     def _plan_stretch_length(self, d: npt.NDArray[np.int64], ctx0: npt.NDArray[np.int64], k: int) -> int:

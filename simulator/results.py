@@ -179,6 +179,9 @@ class Recorder:
         self._st_start_s = array("d")
         self._st_duration_s = array("d")
         self._num_rows = 0  # also the ordinal of the next row (the log's insertion order)
+        # The steps frame, once built (the compact stores are released then).
+        self._frame: pd.DataFrame | None = None
+        self._frame_rows = 0
         self.cost_models: dict[int, Any] = {}
         # Per cost model (by id; ``cost_models`` keeps it alive): memoised decode step times,
         # shared by the replicas of one group (see ``Replica._decode_step_time_s``).
@@ -442,10 +445,21 @@ class Recorder:
         path; the two agree to rounding). Counts are int32 (the split by bound float32), so
         a ten-million-step run's frame stays near 1 GB; columns are built one at a time.
         """
-        self._flush_stretches()
-        raw = self._stepped_raw()
-        n_raw = len(raw)
+        if self._frame is not None:
+            if self._frame_rows != self._num_rows:
+                raise RuntimeError("steps recorded after steps_frame() released the step stores")
+            return self._frame
+        # The inter-token gaps a stretch implies are binned from the stores: do it now, then
+        # hand the stores over to this method, which frees each part once expanded (a
+        # multi-million-step run would otherwise hold them next to the frame).
+        self._flush_itl()
+        row_blocks = self._row_blocks
+        if self._rows:
+            row_blocks.append(np.asarray(self._rows, dtype=np.float64))
+        self._row_blocks, self._rows = [], []
+        n_raw = sum(len(b) for b in row_blocks)
         blocks = self._stretch_blocks
+        self._stretch_blocks, self._itl_stretch_done = [], 0
         n = n_raw + sum(int(b[:, _SCOL["num_steps"]].sum()) for b in blocks)
         out: dict[str, npt.NDArray[Any]] = {name: np.empty(n, dtype) for name, dtype in _STEP_DTYPES.items()}
         ordinal = np.empty(n, np.int64)
@@ -460,18 +474,30 @@ class Recorder:
             ordinal[lo : lo + m] = cols["_ordinal"]
             self._split_into(split, lo, cols, m)
 
-        for lo in range(0, n_raw, _COST_CHUNK_ROWS):
-            chunk = raw[lo : lo + _COST_CHUNK_ROWS]
+        # Stepped rows, a chunk of float64 blocks at a time (freed as they go).
+        row_blocks.reverse()
+        lo = 0
+        while row_blocks:
+            group = [row_blocks.pop()]
+            rows = len(group[0])
+            while row_blocks and rows + len(row_blocks[-1]) <= _COST_CHUNK_ROWS:
+                group.append(row_blocks.pop())
+                rows += len(group[-1])
+            chunk = np.concatenate(group) if len(group) > 1 else group[0]
+            del group
             cols = {c: chunk[:, i] for c, i in _COL.items()}
             cols["_ordinal"] = chunk[:, _NUM_RAW]
             fill(lo, cols, len(chunk))
-        lo = n_raw
-        del raw
-        for rec in blocks:
-            cols = self._stretch_block_columns(rec)
+            lo += len(chunk)
+            del cols, chunk
+        blocks.reverse()
+        while blocks:
+            cols = self._stretch_block_columns(blocks.pop())
             m = len(cols["t_s"])
             fill(lo, cols, m)
             lo += m
+            del cols
+        self._st_start_s, self._st_duration_s = array("d"), array("d")
         # Stable order by (time, replica), ties in the order the steps were logged.
         order = np.lexsort((ordinal, out["replica_id"], out["t_s"]))
         del ordinal
@@ -486,7 +512,9 @@ class Recorder:
                 frame[name] = out.pop(name)[order]
             else:
                 frame[name] = out.pop(name)[order]
-        return pd.DataFrame(frame, copy=False)
+        self._frame = pd.DataFrame(frame, copy=False)
+        self._frame_rows = self._num_rows
+        return self._frame
 
     def requests_frame(self, workload: Any, slo: dict[str, float | None]) -> pd.DataFrame:
         arrival = self.arrival_s
@@ -602,10 +630,21 @@ def summarize(
     w = steps["duration_s"].to_numpy() if len(steps) else np.zeros(0)
     wsum = float(w.sum())
     s["num_steps"] = len(steps)
-    s["mean_batch_size"] = float((steps["num_running"].to_numpy() * w).sum() / wsum) if wsum else 0.0
+    # Time-weighted means over a multi-million-row frame: one float64 buffer reused for
+    # every product (the same elementwise values and sums as the plain expressions).
+    buf = np.empty(len(w))
+
+    def weighted_sum(col: str) -> float:
+        np.multiply(steps[col].to_numpy(), w, out=buf)
+        return float(buf.sum())
+
+    s["mean_batch_size"] = weighted_sum("num_running") / wsum if wsum else 0.0
     mem_cols = [c for c, _ in _MEM_FIELDS]
     if wsum:
-        cap = steps[mem_cols].sum(axis=1).to_numpy(dtype=np.float64)
+        # Capacity per row: the categories' integer sum (exact in float64).
+        cap = np.zeros(len(w))
+        for col in mem_cols:
+            cap += steps[col].to_numpy()
         cap[cap == 0] = 1.0
         for col, name in zip(
             mem_cols,
@@ -613,7 +652,10 @@ def summarize(
              "kv_cached_frac", "kv_free_frac"),
             strict=True,
         ):
-            s[name] = float(((steps[col].to_numpy() / cap) * w).sum() / wsum)
+            np.divide(steps[col].to_numpy(), cap, out=buf)
+            buf *= w
+            s[name] = float(buf.sum() / wsum)
+        del cap
         split_total = float(steps[["compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s"]].to_numpy().sum())
         for col in ("compute", "weight_read", "kv_read", "comm", "overhead"):
             s[f"step_time_{col}_frac"] = float(steps[f"{col}_s"].sum()) / split_total if split_total else 0.0
@@ -630,7 +672,7 @@ def summarize(
     s["prefix_hit_rate"] = h / q if q else 0.0
     s["cached_prompt_tokens"] = int(requests["cached_prompt_tokens"].sum())
     s["num_preemptions"] = int(requests["num_preemptions"].sum())
-    s["mean_queue_len"] = float((steps["queue_len"].to_numpy() * w).sum() / wsum) if wsum else 0.0
+    s["mean_queue_len"] = weighted_sum("queue_len") / wsum if wsum else 0.0
     return s
 
 

@@ -79,3 +79,32 @@ def test_stretch_times_are_sequential_sums() -> None:
         t = t + x
         want.append(t)
     assert acc.tolist() == want
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 24, 100, 1000])
+def test_vectorised_stretch_times_match_the_stepping_loop(chunk: int) -> None:
+    """Chunked, vectorised stretch times == the scalar loop, for every stop time."""
+    from simulator.engine import Replica
+
+    cost = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b")
+    b, n_dec, ctx0, k, t0 = 12, 10, 23_456, 300, 17.25
+    twin = decode_twin(cost, b)
+    assert twin is not None
+
+    def scalar(stop_s: float) -> tuple[list[float], list[float]]:
+        t, times, durs = t0, [t0], []
+        for j in range(k):
+            if j > 0 and t >= stop_s:
+                break
+            d = cost.step_time_s(num_decode_seqs=b, decode_ctx_tokens=ctx0 + n_dec * j)
+            t = t + d
+            times.append(t)
+            durs.append(d)
+        return times, durs
+
+    full = scalar(float("inf"))[0]
+    stops = [float("inf"), t0 - 1.0, t0, *full[1:5], *full[chunk - 1 : chunk + 2], full[-2], full[-1],
+             (full[50] + full[51]) / 2]
+    for stop in stops:
+        got = Replica._decode_stretch_times_vec(twin, t0, ctx0, n_dec, k, stop, chunk)
+        assert got == scalar(stop), stop
