@@ -35,7 +35,7 @@ def bare_simpy_s(num_events: int) -> float:
     """Wall time of a SimPy process yielding ``num_events`` timeouts (the floor per event)."""
     env = simpy.Environment()
 
-    def proc(env: simpy.Environment):  # noqa: ANN202
+    def proc(env: simpy.Environment):
         for _ in range(num_events):
             yield env.timeout(0.01)
 

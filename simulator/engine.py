@@ -251,9 +251,9 @@ class Replica:
         self.waiting.appendleft(req)
 
     def grow_prefill(self, req: ReqState, new_tokens: int, now_s: float) -> bool:
-        slots = np.asarray(req.slots, dtype=np.int64)
-        totals = np.full(len(slots), req.computed_tokens + new_tokens, dtype=np.int64)
-        return self.kv.grow(slots, totals, now_s=now_s)
+        slots = req.slots
+        totals = np.array([req.computed_tokens + new_tokens] * len(slots), dtype=np.int64)
+        return self.kv.grow(np.array(slots, dtype=np.int64), totals, now_s=now_s)
 
     def grow_decode(self, slots: npt.NDArray[np.int64], now_s: float) -> bool:
         return self.kv.grow(slots, self.ctx_tokens[slots] + 1, now_s=now_s)
@@ -349,7 +349,7 @@ class Replica:
                 self.t = max(self.t, float(woke))
                 continue
             plan = self.scheduler.schedule(self.t)
-            if plan.is_empty:
+            if not plan.prefill and not len(plan.decode_slots):
                 if self.running or self.swapped:
                     raise InvariantError(
                         f"replica {self.replica_id}: scheduler produced an empty step with "

@@ -98,6 +98,7 @@ _STRETCH_COLS = (
     "prefix_query_tokens",
 )
 _SCOL = {c: i for i, c in enumerate(_STRETCH_COLS)}
+_NUM_SCOLS = len(_STRETCH_COLS)
 #: The steps frame's columns but the split by bound (float32, inserted before the memory
 #: split), in order, with their dtypes.
 _STEP_DTYPES = {
@@ -174,7 +175,7 @@ class Recorder:
         self._row_blocks: list[npt.NDArray[np.float64]] = []
         # Stretches: records of _STRETCH_COLS, flushed into float64 blocks; steps' start
         # times and durations in flat columns.
-        self._stretches: list[tuple[float, ...]] = []
+        self._stretches = array("q")  # flat: _STRETCH_COLS per record
         self._stretch_blocks: list[npt.NDArray[np.float64]] = []
         self._st_start_s = array("d")
         self._st_duration_s = array("d")
@@ -328,7 +329,7 @@ class Recorder:
         """
         k = len(t_s)
         s, e = mem_start, mem_end
-        self._stretches.append((
+        self._stretches.extend((
             self._num_rows, replica_id, k, num_running, queue_len0, queue_len, decode_seqs, ctx_tokens0,
             len(self._st_start_s),
             s.token_slots, s.reserved_slots, s.internal_frag_slots, s.external_frag_slots, s.cached_slots,
@@ -340,16 +341,17 @@ class Recorder:
         self._st_start_s.extend(t_s)
         self._st_duration_s.extend(duration_s)
         self._num_rows += k
-        if len(self._stretches) >= _BLOCK_ROWS:
+        if len(self._stretches) >= _BLOCK_ROWS * _NUM_SCOLS:
             self._flush_stretches()
 
     def _flush_stretches(self) -> None:
         if self._stretches:
-            block = np.asarray(self._stretches, dtype=np.int64)  # every field is an integer
-            if block.max() < 2**31 and block.min() >= -(2**31):
-                block = block.astype(np.int32)
+            # Every field is an integer (``array('q')`` refuses anything else).
+            block = np.frombuffer(self._stretches, dtype=np.int64).reshape(-1, _NUM_SCOLS)
+            small = block.max() < 2**31 and block.min() >= -(2**31)
+            block = block.astype(np.int32 if small else np.int64)  # a copy, off the array
             self._stretch_blocks.append(block)
-            self._stretches = []
+            self._stretches = array("q")
 
     @property
     def num_step_rows(self) -> int:

@@ -22,6 +22,14 @@ class VllmScheduler(Scheduler):
     def schedule(self, now_s: float) -> StepPlan:
         plan = StepPlan()
         rep = self.replica
+        if not rep.waiting and not rep.swapped and not rep.has_pending_prefill():
+            # Nothing to admit, swap in or continue: a decode step (the general path below
+            # would come to the same plan).
+            self._decode_with_preemption(plan, now_s)
+            plan.stretchable = (
+                plan.num_preemptions == 0 and plan.swap_bytes == 0 and not rep.has_pending_prefill()
+            )
+            return plan
         still_swapped = self._swap_in(plan, now_s)
         if not still_swapped:
             budget = self._continue_prefills(plan, self.max_num_batched_tokens, now_s)
