@@ -282,17 +282,6 @@ def make_state(
 
 
 @njit(cache=True)
-def _pop_block(free_stack, free_top, refcount, block_fill):
-    """Pop the top free block and give it refcount 1 (caller checked there is one)."""
-    top = free_top[0] - 1
-    free_top[0] = top
-    b = free_stack[top]
-    refcount[b] = 1
-    block_fill[b] = 0
-    return b
-
-
-@njit(cache=True)
 def _inc_ref(refcount, in_tree, block_fill, counters, b):
     """A table takes a reference to block ``b`` (a cached block becomes used)."""
     if refcount[b] == 0:
@@ -300,19 +289,6 @@ def _inc_ref(refcount, in_tree, block_fill, counters, b):
             counters[C_CACHED] -= 1
         counters[C_TOKENS] += block_fill[b]
     refcount[b] += 1
-
-
-@njit(cache=True)
-def _dec_ref(refcount, in_tree, block_fill, counters, free_stack, free_top, b):
-    """A table drops block ``b``; at refcount 0 it is cached (in tree) or pushed free."""
-    refcount[b] -= 1
-    if refcount[b] == 0:
-        counters[C_TOKENS] -= block_fill[b]
-        if in_tree[b] == 1:
-            counters[C_CACHED] += 1
-        else:
-            free_stack[free_top[0]] = b
-            free_top[0] += 1
 
 
 # ----------------------------------------------------------------------------- tree helpers
@@ -729,8 +705,7 @@ def admit(arena, s, keys, n, prompt_tokens, now_s):
         m = _match_counted(arena, keys, n)
         cached_hit = arena[arena[O_RES] + 3]
     need = (prompt_tokens + page_tokens - 1) // page_tokens - m
-    avail = arena[C_FREE_TOP] + arena[C_CACHED] - cached_hit
-    if avail - need < arena[C_WATERMARK]:
+    if arena[C_FREE_TOP] + arena[C_CACHED] - cached_hit - need < arena[C_WATERMARK]:
         return -1
     node = 0
     if m > 0:
@@ -820,12 +795,11 @@ def plan_grow(
 
 @njit(cache=True, inline="always")
 def _apply_grow(
+    arena,
     free_stack,
-    free_top,
     refcount,
     in_tree,
     block_fill,
-    counters,
     table,
     table_len,
     seq_tokens,
@@ -834,8 +808,14 @@ def _apply_grow(
     page_tokens,
     cow,
 ):
-    """Second half of ``grow``: take the planned blocks (caller checked they are free)."""
+    """Second half of ``grow``: take the planned blocks (caller checked they are free).
+
+    NOTE(speed): popping a block and dropping a reference are spelled out, and the
+    free-stack top and counters are read and written as arena words (a call per block, or
+    a view of the header, costs reference counting of its arrays).
+    """
     added = 0
+    top = arena[C_FREE_TOP]
     for t in range(seq_ids.shape[0]):
         s = seq_ids[t]
         new = new_totals[t]
@@ -852,10 +832,20 @@ def _apply_grow(
                 f = page_tokens
             if cow[t] == 1:
                 old = table[s, i]
-                b = _pop_block(free_stack, free_top, refcount, block_fill)
+                top -= 1
+                b = free_stack[top]
+                refcount[b] = 1
                 table[s, i] = b
-                _dec_ref(refcount, in_tree, block_fill, counters, free_stack, free_top, old)
-                counters[C_COW] += 1
+                r = refcount[old] - 1  # drop old's reference
+                refcount[old] = r
+                if r == 0:
+                    added -= block_fill[old]
+                    if in_tree[old] == 1:
+                        arena[C_CACHED] += 1
+                    else:
+                        free_stack[top] = old
+                        top += 1
+                arena[C_COW] += 1
                 block_fill[b] = f
                 added += f
             else:
@@ -864,28 +854,27 @@ def _apply_grow(
                 block_fill[b] = f
         if new > cap:
             want = nb + (new - cap + page_tokens - 1) // page_tokens
-            # NOTE(speed): _pop_block spelled out; a call per block costs ~100 ns of
-            # reference counting of its array arguments
-            top = free_top[0]
+            f = new - nb * page_tokens  # tokens from block nb on
             for i in range(nb, want):
                 top -= 1
                 b = free_stack[top]
                 refcount[b] = 1
-                f = new - i * page_tokens
                 if f > page_tokens:
-                    f = page_tokens
-                block_fill[b] = f
-                added += f
+                    block_fill[b] = page_tokens
+                    f -= page_tokens
+                else:
+                    block_fill[b] = f
                 table[s, i] = b
-            free_top[0] = top
+            added += new - cap
             table_len[s] = want
         seq_tokens[s] = new
-    counters[C_TOKENS] += added
+    arena[C_FREE_TOP] = top
+    arena[C_TOKENS] += added
 
 
 @njit(cache=True)
 def _grow(arena, seq_ids, new_totals, cow):
-    """``grow`` on the few views it needs; the full views only to evict."""
+    """``grow`` on the few views it needs; the tree's views only to evict (radix)."""
     nb = arena[C_NB]
     s = arena[C_S]
     page_tokens = arena[C_PAGE]
@@ -913,12 +902,11 @@ def _grow(arena, seq_ids, new_totals, cow):
             return NO_SPACE
         _evict(arena, need - free, page_tokens)
     _apply_grow(
+        arena,
         _f32(arena, O_FREE_STACK, nb),
-        arena[C_FREE_TOP : C_FREE_TOP + 1],
         refcount,
         _f8(arena, O_IN_TREE, nb),
         _f32(arena, O_BLOCK_FILL, nb),
-        arena[:HEADER],
         table,
         table_len,
         seq_tokens,
@@ -974,26 +962,29 @@ def _unlock(arena, node):
 
 
 @njit(cache=True)
-def _release(arena, s, keys, n, now_s):
-    # NOTE(speed): every view made here costs two atomic refcount updates; the tree's
-    # views are made only where the tree is used (never when paged)
-    seq_node = _f32(arena, O_SEQ_NODE, arena[C_S])
-    refcount = _f32(arena, O_REFCOUNT, arena[C_NB])
-    in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
-    block_fill = _f32(arena, O_BLOCK_FILL, arena[C_NB])
-    counters = arena[:HEADER]
-    free_stack = _f32(arena, O_FREE_STACK, arena[C_NB])
-    free_top = arena[C_FREE_TOP : C_FREE_TOP + 1]
-    table = _table(arena)
-    table_len = _f32(arena, O_TABLE_LEN, arena[C_S])
-    seq_tokens = _f64(arena, O_SEQ_TOKENS, arena[C_S])
-    seq_live = _f8(arena, O_SEQ_LIVE, arena[C_S])
+def release(arena, s, keys, n, now_s):
+    """Free seq ``s``: insert its first ``n`` pages (keys) into the tree, unlock, drop refs.
+
+    Blocks are dropped tail first, so the head block ends on top of the free stack.
+    NOTE(speed): the tree is touched (and its views made) only when there are pages to
+    insert or a locked prefix, never when paged; dropping references is spelled out, and
+    the free-stack top and counters are arena words (every view costs reference counting).
+    """
+    nb = arena[C_NB]
+    num_seqs = arena[C_S]
+    seq_node = _f32(arena, O_SEQ_NODE, num_seqs)
     if n > 0:
         _insert(arena, s, keys, n, now_s)
-    if seq_node[s] > 0:
-        _unlock(arena, seq_node[s])
-    # NOTE(speed): _dec_ref spelled out (no call per block)
-    top = free_top[0]
+    node = seq_node[s]
+    if node > 0:
+        _unlock(arena, node)
+    refcount = _f32(arena, O_REFCOUNT, nb)
+    in_tree = _f8(arena, O_IN_TREE, nb)
+    block_fill = _f32(arena, O_BLOCK_FILL, nb)
+    free_stack = _f32(arena, O_FREE_STACK, nb)
+    table = _table(arena)
+    table_len = _f32(arena, O_TABLE_LEN, num_seqs)
+    top = arena[C_FREE_TOP]
     dropped = 0
     newly_cached = 0
     for i in range(table_len[s] - 1, -1, -1):
@@ -1008,22 +999,13 @@ def _release(arena, s, keys, n, now_s):
             else:
                 free_stack[top] = b
                 top += 1
-    free_top[0] = top
-    counters[C_TOKENS] -= dropped
-    counters[C_CACHED] += newly_cached
+    arena[C_FREE_TOP] = top
+    arena[C_TOKENS] -= dropped
+    arena[C_CACHED] += newly_cached
     table_len[s] = 0
-    seq_tokens[s] = 0
-    seq_live[s] = 0
+    _f64(arena, O_SEQ_TOKENS, num_seqs)[s] = 0
+    _f8(arena, O_SEQ_LIVE, num_seqs)[s] = 0
     seq_node[s] = 0
-
-
-@njit(cache=True)
-def release(arena, s, keys, n, now_s):
-    """Free seq ``s``: insert its first ``n`` pages (keys) into the tree, unlock, drop refs.
-
-    Blocks are dropped tail first, so the head block ends on top of the free stack.
-    """
-    _release(arena, s, keys, n, now_s)
 
 
 @njit(cache=True)
@@ -1113,82 +1095,143 @@ def run_trace(arena, ops, keys, results):
         results: int64[n] out; admit: pages matched or -1; grow: status; free: 0;
             SKIPPED for skipped ops. Op ``i`` runs at simulation time ``i`` seconds.
     """
-    cow = _f8(arena, O_COW, arena[C_S])
-    seq_live = _f8(arena, O_SEQ_LIVE, arena[C_S])
-    seq_tokens = _f64(arena, O_SEQ_TOKENS, arena[C_S])
+    num_seqs = arena[C_S]
+    nb = arena[C_NB]
     page_tokens = arena[C_PAGE]
     max_seq_len = arena[C_MAX_SEQ_LEN]
     can_evict = arena[C_CAN_EVICT]
-    nb = arena[C_NB]
+    watermark = arena[C_WATERMARK]
+    # NOTE(speed): every view is made once here, and the paged work of an op (admit without
+    # page keys, a single-seq grow, release without tree work) is spelled out in this loop:
+    # passing the views to a helper, even an ``inline="always"`` one, costs two atomic
+    # reference-count updates per array per op (~25 arrays per grow, which was most of the
+    # time), as numba's reference-count pruning does not remove them here. Tree work (radix)
+    # goes through the ``admit`` / ``release`` / ``_evict`` kernels. The spelled-out code is
+    # ``admit`` / ``plan_grow`` + ``_apply_grow`` / ``release`` for one seq (a seq that
+    # grows takes at most one copy-on-write copy: its own partial last block); the
+    # benchmark and tests/memory check it against the twin.
+    seq_live = _f8(arena, O_SEQ_LIVE, num_seqs)
+    seq_tokens = _f64(arena, O_SEQ_TOKENS, num_seqs)
+    seq_node = _f32(arena, O_SEQ_NODE, num_seqs)
     table = _table(arena)
-    table_len = _f32(arena, O_TABLE_LEN, arena[C_S])
+    table_len = _f32(arena, O_TABLE_LEN, num_seqs)
     refcount = _f32(arena, O_REFCOUNT, nb)
     free_stack = _f32(arena, O_FREE_STACK, nb)
-    free_top = arena[C_FREE_TOP : C_FREE_TOP + 1]
     in_tree = _f8(arena, O_IN_TREE, nb)
     block_fill = _f32(arena, O_BLOCK_FILL, nb)
-    counters = arena[:HEADER]
-    one_seq = np.zeros(1, dtype=np.int64)
-    one_total = np.zeros(1, dtype=np.int64)
     for i in range(ops.shape[0]):
         op = ops[i, 0]
         s = ops[i, 1]
-        now_s = float(i)
-        k0 = ops[i, 3]
-        kn = ops[i, 4]
         if op == OP_ADMIT:
             if seq_live[s] == 1:
                 results[i] = SKIPPED
                 continue
-            prompt = ops[i, 2]
-            n = min(kn, (prompt - 1) // page_tokens)
-            m = admit(arena, s, keys[k0 : k0 + kn], n, prompt, now_s)
+            new = ops[i, 2]  # the prompt; on success the seq grows to it below
+            n = min(ops[i, 4], (new - 1) // page_tokens)
+            if n > 0:
+                k0 = ops[i, 3]
+                m = admit(arena, s, keys[k0 : k0 + n], n, new, float(i))
+            elif (
+                arena[C_FREE_TOP] + arena[C_CACHED] - (new + page_tokens - 1) // page_tokens
+                < watermark
+            ):
+                m = -1
+            else:
+                m = 0
+                table_len[s] = 0
+                seq_tokens[s] = 0
+                seq_live[s] = 1
+                seq_node[s] = 0
             results[i] = m
-            if m >= 0:
-                one_seq[0] = s
-                one_total[0] = prompt
-                _grow(arena, one_seq, one_total, cow)
+            if m < 0:
+                continue
         elif seq_live[s] == 0:
             results[i] = SKIPPED
+            continue
         elif op == OP_GROW:
-            one_seq[0] = s
-            one_total[0] = min(seq_tokens[s] + ops[i, 2], max_seq_len)
-            # NOTE(speed): _grow spelled out on views made once, not per op
-            need = plan_grow(
-                seq_tokens,
-                table,
-                table_len,
-                refcount,
-                seq_live,
-                one_seq,
-                one_total,
-                page_tokens,
-                max_seq_len,
-                cow,
-            )
-            free = arena[C_FREE_TOP]
-            if need > free:
-                if can_evict == 0 or free + arena[C_CACHED] < need:
+            new = min(seq_tokens[s] + ops[i, 2], max_seq_len)
+        else:
+            n = min(ops[i, 4], seq_tokens[s] // page_tokens)
+            results[i] = 0
+            if n > 0 or seq_node[s] > 0:
+                k0 = ops[i, 3]
+                release(arena, s, keys[k0 : k0 + n], n, float(i))
+                continue
+            # release without tree work: drop refs tail first
+            top = arena[C_FREE_TOP]
+            dropped = 0
+            newly_cached = 0
+            for j in range(table_len[s] - 1, -1, -1):
+                b = table[s, j]
+                table[s, j] = -1
+                r = refcount[b] - 1
+                refcount[b] = r
+                if r == 0:
+                    dropped += block_fill[b]
+                    if in_tree[b] == 1:
+                        newly_cached += 1
+                    else:
+                        free_stack[top] = b
+                        top += 1
+            arena[C_FREE_TOP] = top
+            arena[C_TOKENS] -= dropped
+            arena[C_CACHED] += newly_cached
+            table_len[s] = 0
+            seq_tokens[s] = 0
+            seq_live[s] = 0
+            continue
+        # grow seq s to `new` tokens (plan, evict if radix, apply)
+        cur = seq_tokens[s]
+        if new > cur:
+            nbk = table_len[s]
+            cap = nbk * page_tokens
+            last = -1
+            need = 0
+            if cur < cap:
+                last = table[s, nbk - 1]
+                if refcount[last] > 1:
+                    need = 1
+            if new > cap:
+                need += (new - cap + page_tokens - 1) // page_tokens
+            top = arena[C_FREE_TOP]
+            if need > top:
+                if can_evict == 0 or top + arena[C_CACHED] < need:
                     results[i] = NO_SPACE
                     continue
-                _evict(arena, need - free, page_tokens)
-            _apply_grow(
-                free_stack,
-                free_top,
-                refcount,
-                in_tree,
-                block_fill,
-                counters,
-                table,
-                table_len,
-                seq_tokens,
-                one_seq,
-                one_total,
-                page_tokens,
-                cow,
-            )
+                _evict(arena, need - top, page_tokens)
+                top = arena[C_FREE_TOP]
+            added = new - cap if new > cap else 0
+            if last >= 0:
+                f = new - cap + page_tokens  # tokens in the partial last block
+                if f > page_tokens:
+                    f = page_tokens
+                if refcount[last] > 1:
+                    # copy-on-write: a private copy; the shared original keeps a holder
+                    top -= 1
+                    b = free_stack[top]
+                    refcount[b] = 1
+                    table[s, nbk - 1] = b
+                    refcount[last] -= 1
+                    arena[C_COW] += 1
+                    block_fill[b] = f
+                    added += f
+                else:
+                    added += f - block_fill[last]
+                    block_fill[last] = f
+            if new > cap:
+                f = new - cap
+                j = nbk
+                while f > 0:
+                    top -= 1
+                    b = free_stack[top]
+                    refcount[b] = 1
+                    block_fill[b] = f if f < page_tokens else page_tokens
+                    f -= page_tokens
+                    table[s, j] = b
+                    j += 1
+                table_len[s] = j
+            arena[C_FREE_TOP] = top
+            arena[C_TOKENS] += added
+            seq_tokens[s] = new
+        if op == OP_GROW:
             results[i] = OK
-        else:
-            n = min(kn, seq_tokens[s] // page_tokens)
-            _release(arena, s, keys[k0 : k0 + kn], n, now_s)
-            results[i] = 0
