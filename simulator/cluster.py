@@ -18,11 +18,10 @@ Routers (``router.policy``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import heapq
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import simpy
@@ -132,7 +131,7 @@ class Cluster:
         self.env.process(self._open_arrivals())
 
     # ------------------------------------------------------------------ arrivals
-    def _open_arrivals(self):  # noqa: ANN202 - SimPy generator
+    def _open_arrivals(self):
         env = self.env
         times = self._arrival[self._open]
         i, n = 0, len(self._open)

@@ -339,7 +339,7 @@ class Replica:
         return moved
 
     # ================================================================ the process
-    def _run(self):  # noqa: ANN202 - SimPy generator
+    def _run(self):
         env = self.env
         while True:
             if not self.waiting and not self.running and not self.swapped:
@@ -411,7 +411,7 @@ class Replica:
             self._step_memo[key] = d
         return d
 
-    def _run_step(self, plan: StepPlan):  # noqa: ANN202
+    def _run_step(self, plan: StepPlan):
         inputs = self._step_inputs(plan)
         prefill_tokens, _pairs, _kv, _sampling, num_decode_seqs, decode_ctx_tokens = inputs
         swap_s = self._swap_time_s(plan.swap_bytes)
@@ -579,7 +579,7 @@ class Replica:
                 k = lo
         return k
 
-    def _run_stretch(self, plan: StepPlan):  # noqa: ANN202
+    def _run_stretch(self, plan: StepPlan):
         d = plan.decode_slots
         n = len(d)
         ctx0 = self.ctx_tokens[d]  # copies (fancy indexing)

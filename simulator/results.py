@@ -502,7 +502,7 @@ class Recorder:
         self._st_start_s, self._st_duration_s = array("d"), array("d")
         # Stable order by (time, replica), ties in the order the steps were logged.
         order = np.lexsort((ordinal, out["replica_id"], out["t_s"]))
-        del ordinal
+        ordinal = np.empty(0, np.int64)  # free it before the permutation
         frame: dict[str, Any] = {}
         for name in _STEP_DTYPES:
             if name == "step":

@@ -23,7 +23,7 @@ class SglangScheduler(Scheduler):
     name = "sglang"
     mixes_prefill_and_decode = False
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # SGLang retracts (recomputes) requests; it has no swap space.
         self.preemption = "recompute"
