@@ -867,10 +867,12 @@ def decode_twin(cost: Any, b: int) -> DecodeTwin | None:
     except (AttributeError, TypeError, ValueError):
         return None
     probes = [b * m + off for m in _TWIN_PROBE_PER_SEQ for off in (0, 1, b // 2)]
-    want = [cost.step_time_s(num_decode_seqs=b, decode_ctx_tokens=x) for x in probes]
-    arr = np.asarray(probes, dtype=np.int64)
-    got_many = twin.many(arr).tolist()
-    got_at = [twin.at(x) for x in probes]
+    try:
+        want = [cost.step_time_s(num_decode_seqs=b, decode_ctx_tokens=x) for x in probes]
+        got_many = twin.many(np.asarray(probes, dtype=np.int64)).tolist()
+        got_at = [twin.at(x) for x in probes]
+    except Exception:  # any failure on a probe: keep to the scalar path
+        return None
     if got_many != want or got_at != want:
         return None
     return twin
