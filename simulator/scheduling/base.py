@@ -177,6 +177,26 @@ class Scheduler:
             plan.swap_bytes += rep.preempt(victim, now_s, mode=self.preemption)
             plan.num_preemptions += 1
 
+    def _decode_then_prefill(self, now_s: float, *, budget_tokens: int, chunked: bool) -> StepPlan:
+        """A mixed step: every decode gets its token first, then prompts fill the budget.
+
+        Shared by Orca (whole prompts, ``max_num_batched_tokens``) and Sarathi-Serve (chunks,
+        ``chunk_size_tokens``); decodes never pause for a prefill.
+        """
+        plan = StepPlan()
+        self._swap_in(plan, now_s)
+        self._decode_with_preemption(plan, now_s)
+        budget = self._continue_prefills(plan, budget_tokens - len(plan.decode_slots), now_s)
+        if not self.replica.swapped:
+            self._admit_waiting(plan, budget, now_s, chunked=chunked)
+        plan.stretchable = (
+            not plan.prefill
+            and plan.num_preemptions == 0
+            and plan.swap_bytes == 0
+            and not self.replica.has_pending_prefill()
+        )
+        return plan
+
     def _pick_victim(self) -> ReqState | None:
         """The latest-arrived running request (vLLM's recompute/swap victim)."""
         candidates = [r for r in self.replica.running if r.phase in (DECODE, PREFILL)]

@@ -17,17 +17,4 @@ class SarathiScheduler(Scheduler):
     name = "sarathi"
 
     def schedule(self, now_s: float) -> StepPlan:
-        plan = StepPlan()
-        self._swap_in(plan, now_s)
-        self._decode_with_preemption(plan, now_s)
-        budget = self.chunk_size_tokens - len(plan.decode_slots)
-        budget = self._continue_prefills(plan, budget, now_s)
-        if not self.replica.swapped:
-            self._admit_waiting(plan, budget, now_s, chunked=True)
-        plan.stretchable = (
-            not plan.prefill
-            and plan.num_preemptions == 0
-            and plan.swap_bytes == 0
-            and not self.replica.has_pending_prefill()
-        )
-        return plan
+        return self._decode_then_prefill(now_s, budget_tokens=self.chunk_size_tokens, chunked=True)
