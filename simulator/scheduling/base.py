@@ -16,6 +16,7 @@ Contract with the replica (``simulator.engine.Replica``):
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,7 @@ class StepPlan:
         return not self.prefill and len(self.decode_slots) == 0
 
 
-class Scheduler:
+class Scheduler(ABC):
     """Base class: shared admission, prefill chunking and preemption mechanics."""
 
     name = "base"
@@ -93,8 +94,9 @@ class Scheduler:
         self.starvation_limit_s = starvation_limit_s
 
     # ------------------------------------------------------------------ policy hook
-    def schedule(self, now_s: float) -> StepPlan:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def schedule(self, now_s: float) -> StepPlan:
+        """Plan the step starting at ``now_s`` (admitting and preempting through the replica)."""
 
     # ------------------------------------------------------------------ shared mechanics
     def _num_running_seqs(self) -> int:
