@@ -62,7 +62,6 @@ class ReqState:
         "phase",
         "prefill_target_tokens",
         "prompt_tokens",
-        "skipped",
         "slots",
         "swapped_tokens",
     )
@@ -98,7 +97,6 @@ class ReqState:
         self.num_preemptions = 0
         self.first_token_done = False
         self.swapped_tokens = 0
-        self.skipped = 0
 
     @property
     def final_tokens(self) -> int:

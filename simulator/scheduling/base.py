@@ -73,8 +73,6 @@ class Scheduler(ABC):
     """Base class: shared admission, prefill chunking and preemption mechanics."""
 
     name = "base"
-    #: Whether decoding sequences keep running in steps that also compute prefills.
-    mixes_prefill_and_decode = True
 
     def __init__(
         self,

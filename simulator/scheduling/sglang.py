@@ -21,7 +21,6 @@ class SglangScheduler(Scheduler):
     """Prefill-first, cache-aware ordering, chunked prefill."""
 
     name = "sglang"
-    mixes_prefill_and_decode = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

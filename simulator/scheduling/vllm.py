@@ -17,7 +17,6 @@ class VllmScheduler(Scheduler):
     """Prefill-first continuous batching with recompute or swap preemption."""
 
     name = "vllm"
-    mixes_prefill_and_decode = False
 
     def schedule(self, now_s: float) -> StepPlan:
         plan = StepPlan()
