@@ -57,6 +57,7 @@ from simulator.sweep import (
     apply_params,
     execute_points,
     expand_points,
+    read_yaml_mapping,
     set_dotted,
     summary_row,
     sweep_from_dict,
@@ -532,16 +533,7 @@ class PlanSpec:
 def load_plan(path: str | Path) -> PlanSpec:
     """Read and validate a plan YAML (see :func:`plan_from_dict`)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such plan file") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ScenarioError(f"{path}: a plan file must be a mapping")
-    raw.setdefault("name", path.stem)
-    return plan_from_dict(raw, base_dir=path.parent, where=str(path))
+    return plan_from_dict(read_yaml_mapping(path, "plan"), base_dir=path.parent, where=str(path))
 
 
 def plan_from_dict(

@@ -217,16 +217,25 @@ def load_sweep(path: str | Path) -> SweepSpec:
         ScenarioError: unreadable YAML, unknown keys, inconsistent lists, missing base.
     """
     path = Path(path)
+    return sweep_from_dict(read_yaml_mapping(path, "sweep"), base_dir=path.parent, where=str(path))
+
+
+def read_yaml_mapping(path: Path, kind: str) -> dict[str, Any]:
+    """Read a sweep/plan YAML file as a mapping (``name`` defaults to the file stem).
+
+    Raises:
+        ScenarioError: the file is missing, not valid YAML, or not a mapping.
+    """
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such sweep file") from None
+        raise ScenarioError(f"{path}: no such {kind} file") from None
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ScenarioError(f"{path}: a sweep file must be a mapping, got {type(raw).__name__}")
+        raise ScenarioError(f"{path}: a {kind} file must be a mapping, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
-    return sweep_from_dict(raw, base_dir=path.parent, where=str(path))
+    return raw
 
 
 def sweep_from_dict(

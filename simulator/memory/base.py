@@ -219,6 +219,14 @@ class KVCacheManager(ABC):
     def num_tokens(self, seq_id: int) -> int:
         """Tokens the live sequence currently holds slots for."""
 
+    @staticmethod
+    def _check_admit_lengths(prompt_tokens: int, final_tokens: int) -> None:
+        """Misuse guard shared by every manager's ``admit``."""
+        if prompt_tokens < 1 or final_tokens < prompt_tokens:
+            raise ValueError(
+                f"need 1 <= prompt_tokens <= final_tokens, got {prompt_tokens}, {final_tokens}"
+            )
+
     def reservation_slots(self, prompt_tokens: int, final_tokens: int) -> int:
         """Slots ``admit`` must find free for this request (for ``min_pending_slots``)."""
         b = self.block_size_tokens

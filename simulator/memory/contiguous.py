@@ -116,10 +116,7 @@ class ContiguousKVCache(KVCacheManager):
     ) -> int | None:
         """Reserve the request's region now; 0 on success, None if no extent is big enough."""
         self._check_seq(seq_id, live=False)
-        if prompt_tokens < 1 or final_tokens < prompt_tokens:
-            raise ValueError(
-                f"need 1 <= prompt_tokens <= final_tokens, got {prompt_tokens}, {final_tokens}"
-            )
+        self._check_admit_lengths(prompt_tokens, final_tokens)
         size = self.reservation_slots(prompt_tokens, final_tokens)
         if size < prompt_tokens:
             return None

@@ -135,10 +135,7 @@ class PagedKVCache(KVCacheManager):
     ) -> int | None:
         """Register ``seq_id``; return its cached prompt tokens or None (no room, no change)."""
         self._check_seq(seq_id, live=False)
-        if prompt_tokens < 1 or final_tokens < prompt_tokens:
-            raise ValueError(
-                f"need 1 <= prompt_tokens <= final_tokens, got {prompt_tokens}, {final_tokens}"
-            )
+        self._check_admit_lengths(prompt_tokens, final_tokens)
         if prompt_tokens > self.max_seq_len:
             raise ValueError(f"prompt_tokens {prompt_tokens} > max_seq_len {self.max_seq_len}")
         keys = self._page_keys(block_ids, block_tokens, prompt_tokens)
