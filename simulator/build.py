@@ -40,8 +40,10 @@ from hwmodels.quant import (
     kv_bytes_per_token,
     weight_bytes,
 )
+from hwmodels.stepkernel import checked_pack
 from hwmodels.units import GiB
 from simulator.cluster import Cluster
+from simulator.compiled import CompiledCluster, CompiledReplica, unsupported_reason
 from simulator.engine import Replica
 from simulator.errors import CapacityError, ConfigError, SimulatorError
 from simulator.memory import make_kv_manager
@@ -281,7 +283,9 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
         arrivals = np.asarray(workload.arrival_s, dtype=np.float64)
         horizon = float(np.nanmax(arrivals)) if np.isfinite(arrivals).any() else 0.0
         progress, bar = _progress_callback(env, len(workload), horizon, name)
-    cluster = Cluster(
+    loop, packs = _choose_loop(cfg, groups, workload)
+    cluster_cls = CompiledCluster if loop == "compiled" else Cluster
+    cluster = cluster_cls(
         env,
         workload=workload,
         router=cfg.router.policy,
@@ -292,7 +296,7 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
     sched_cls = scheduler_class(cfg.scheduler.policy)
     sc = cfg.scheduler
     replica_id = 0
-    for g in groups:
+    for gi, g in enumerate(groups):
         pcie = g.gpu.pcie_bw_bytes_per_s_per_direction or 16e9
         pp = g.hw.pipeline_parallel
         # Pipeline parallelism as vLLM runs it: pp virtual engines per replica, each with its
@@ -311,6 +315,16 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
                 placement=cfg.kv_cache.placement,
                 watermark_frac=cfg.kv_cache.watermark_frac,
             )
+
+            if loop == "compiled":
+                recorder.cost_models[replica_id] = g.cost
+                cluster.add_replica(CompiledReplica(
+                    replica_id=replica_id, kv=kv, cost_pack=packs[gi], cost=g.cost,
+                    max_num_seqs=sc.max_num_seqs, max_num_batched_tokens=sc.max_num_batched_tokens,
+                    slots=sc.max_num_seqs + 1, rq=cluster.rq, rqf=cluster.rqf,  # type: ignore[attr-defined]
+                ))
+                replica_id += 1
+                continue
 
             def factory(rep: Replica, cls: Any = sched_cls) -> Any:
                 return cls(
@@ -347,6 +361,9 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
             env.run(until=cfg.engine.max_sim_time_s)
         else:
             env.run()
+        if loop == "compiled":
+            until = cfg.engine.max_sim_time_s
+            cluster.finish(math.inf if until is None else until, recorder)  # type: ignore[attr-defined]
     finally:
         if bar is not None:
             bar.stop()
@@ -375,6 +392,7 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
         "preemption": sc.preemption,
         "router": cfg.router.policy,
         "cost_model": cfg.engine.cost_model,
+        "engine_loop": loop,
         "max_model_len_tokens": g0.max_model_len_tokens,
     }
     summary["memory_budget"] = {**g0.budget.to_dict(), "gpu_memory_utilization": g0.hw.gpu_memory_utilization}
@@ -384,6 +402,26 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
     # the bubble is the idle share of the stages in a representative step.
     summary["pipeline_bubble_frac"] = summary["roofline"]["pipeline_bubble_frac"]
     return VariantResult(name=name, summary=summary, requests=requests, steps=steps)
+
+
+def _choose_loop(cfg: ScenarioCfg, groups: list[_Group], workload: Any) -> tuple[str, list[Any]]:
+    """``engine.loop`` resolved to "compiled" or "python", with the step-cost packs."""
+    mode = cfg.engine.loop
+    if mode == "python" or (mode == "auto" and not cfg.engine.fast_forward):
+        return "python", []
+    packs = [checked_pack(g.cost) for g in groups]
+    reason = unsupported_reason(
+        policy=cfg.scheduler.policy,
+        kv_manager=cfg.kv_cache.manager,
+        preemption=cfg.scheduler.preemption,
+        cost_packs=packs,
+        workload=workload,
+    )
+    if reason is None:
+        return "compiled", packs
+    if mode == "compiled":
+        raise ConfigError(f"engine.loop: 'compiled' cannot run this variant: {reason}; valid: 'auto' or 'python'")
+    return "python", []
 
 
 def _representative_roofline(g: _Group, summary: dict[str, Any], requests: Any) -> dict[str, Any]:

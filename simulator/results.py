@@ -179,6 +179,8 @@ class Recorder:
         self._stretch_blocks: list[npt.NDArray[np.float64]] = []
         self._st_start_s = array("d")
         self._st_duration_s = array("d")
+        # Column chunks of the compiled loop: (replica, ordinal of the first row, columns).
+        self._col_chunks: list[tuple[int, int, dict[str, npt.NDArray[Any]]]] = []
         self._num_rows = 0  # also the ordinal of the next row (the log's insertion order)
         # The steps frame, once built (the compact stores are released then).
         self._frame: pd.DataFrame | None = None
@@ -353,6 +355,22 @@ class Recorder:
             self._stretch_blocks.append(block)
             self._stretches = array("q")
 
+    def add_step_columns(self, replica_id: int, cols: dict[str, npt.NDArray[Any]]) -> None:
+        """Rows of one replica as columns (the compiled loop's step rows, in time order):
+        names from the raw step layout; absent ones are zero."""
+        m = len(cols["t_s"])
+        if not m:
+            return
+        self._col_chunks.append((replica_id, self._num_rows, cols))
+        self._num_rows += m
+
+    def add_itl(self, counts: npt.NDArray[np.int64], sum_s: float, sumsq_s2: float, n: int) -> None:
+        """Inter-token gaps already binned (the compiled loop's histogram and sums)."""
+        self.itl_counts += counts
+        self._itl_sum_s += sum_s
+        self._itl_sumsq_s2 += sumsq_s2
+        self._itl_n += n
+
     @property
     def num_step_rows(self) -> int:
         return self._num_rows
@@ -422,7 +440,7 @@ class Recorder:
                 continue
 
             def inp(name: str, sel: npt.NDArray[np.int64] = sel) -> npt.NDArray[np.float64]:
-                return (cols[name] if name in cols else zeros)[sel]
+                return np.asarray((cols[name] if name in cols else zeros)[sel], dtype=np.float64)
 
             c = model.cost(
                 prefill_tokens=inp("in_prefill_tokens"),
@@ -462,7 +480,10 @@ class Recorder:
         n_raw = sum(len(b) for b in row_blocks)
         blocks = self._stretch_blocks
         self._stretch_blocks, self._itl_stretch_done = [], 0
+        chunks = self._col_chunks
+        self._col_chunks = []
         n = n_raw + sum(int(b[:, _SCOL["num_steps"]].sum()) for b in blocks)
+        n += sum(len(c["t_s"]) for _r, _o, c in chunks)
         out: dict[str, npt.NDArray[Any]] = {name: np.empty(n, dtype) for name, dtype in _STEP_DTYPES.items()}
         ordinal = np.empty(n, np.int64)
         split = np.empty((n, len(_SPLIT_COLS)), np.float32)
@@ -500,6 +521,15 @@ class Recorder:
             lo += m
             del cols
         self._st_start_s, self._st_duration_s = array("d"), array("d")
+        chunks.reverse()
+        while chunks:
+            rid, first, cols = chunks.pop()
+            m = len(cols["t_s"])
+            cols["replica_id"] = np.full(m, rid, dtype=np.int32)
+            cols["_ordinal"] = np.arange(first, first + m, dtype=np.int64)
+            fill(lo, cols, m)
+            lo += m
+            del cols
         # Stable order by (time, replica), ties in the order the steps were logged.
         order = np.lexsort((ordinal, out["replica_id"], out["t_s"]))
         ordinal = np.empty(0, np.int64)  # free it before the permutation

@@ -243,6 +243,13 @@ class EngineCfg(_Cfg):
         description="Advance through stretches of decode-only steps in one go (identical "
         "results, much faster).",
     )
+    loop: Literal["auto", "compiled", "python"] = Field(
+        "auto",
+        description="Which replica loop runs: 'compiled' (numba; vllm scheduler, paged KV, "
+        "recompute preemption, roofline costs, no fan-out or dependent requests), 'python' "
+        "(every configuration), or 'auto' (compiled when supported and fast_forward is on). "
+        "Both give the same results; compiled is 5-20x faster.",
+    )
     max_sim_time_s: PositiveFloat | None = Field(
         None, description="Stop the simulation at this simulated time; null = run to the end."
     )

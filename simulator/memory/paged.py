@@ -113,6 +113,20 @@ class PagedKVCache(KVCacheManager):
             and -(-(prompt_tokens + 1) // b) <= self.num_blocks
         )
 
+    def fits_ever_many(
+        self, prompt_tokens: npt.NDArray[np.int64], final_tokens: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.bool_]:
+        """:meth:`fits_ever` of many requests at once (vectorised, same arithmetic)."""
+        b = self.block_size_tokens
+        p = np.asarray(prompt_tokens, dtype=np.int64)
+        f = np.asarray(final_tokens, dtype=np.int64)
+        return (
+            (p + 1 <= self.max_seq_len)
+            & (f <= self.max_seq_len)
+            & (-(-p // b) + self.watermark_blocks <= self.num_blocks)
+            & (-(-(p + 1) // b) <= self.num_blocks)
+        )
+
     def match_prefix(
         self, block_ids: npt.NDArray[np.int64] | None, block_tokens: int, prompt_tokens: int
     ) -> int:

@@ -1,0 +1,289 @@
+"""Python facades of the compiled loop: a replica (state arrays, row chunks) and a cluster
+(arrivals as SimPy events, routing, rejections) that drives it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import simpy
+
+from simulator.cluster import Cluster
+from simulator.compiled import _loop as L
+from simulator.errors import InvariantError
+from simulator.request import REJECT_KV, REJECT_MAX_LEN
+from simulator.results import STATUS_COMPLETED, Recorder
+
+#: Step rows per chunk: the first chunk of a replica is small (tests, short runs), later
+#: ones double up to the cap (about 13 MB each).
+FIRST_CHUNK_ROWS = 1 << 12
+MAX_CHUNK_ROWS = 1 << 17
+
+
+def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_packs: list[Any],
+                       workload: Any) -> str | None:
+    """Why the compiled loop cannot run this variant, or None when it can."""
+    if policy != "vllm":
+        return f"scheduler.policy is {policy!r} (the compiled loop runs 'vllm')"
+    if kv_manager != "paged":
+        return f"kv_cache.manager is {kv_manager!r} (the compiled loop runs 'paged')"
+    if preemption != "recompute":
+        return f"scheduler.preemption is {preemption!r} (the compiled loop runs 'recompute')"
+    if any(cf is None for cf in cost_packs):
+        return "the step-cost model has no compiled twin (engine.cost_model 'cycle', or a model shape it does not cover)"
+    if len(workload):
+        if int(np.max(workload.num_samples)) > 1 or int(np.max(workload.beam_width)) > 1:
+            return "the workload has parallel sampling or beam search (fan-out)"
+        if int(np.max(workload.depends_on)) >= 0:
+            return "the workload has dependent requests (closed-loop clients or multi-turn sessions)"
+    return None
+
+
+class CompiledReplica:
+    """One replica whose loop is :func:`simulator.compiled._loop.advance`.
+
+    Offers what the router reads (``replica_id``, ``num_outstanding``, ``kv_load_frac``,
+    ``match_prefix_tokens``) and :meth:`enqueue` / :meth:`advance` for the cluster.
+    """
+
+    def __init__(
+        self,
+        *,
+        replica_id: int,
+        kv: Any,
+        cost_pack: npt.NDArray[np.float64],
+        cost: Any,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        slots: int,
+        rq: npt.NDArray[np.int64],
+        rqf: npt.NDArray[np.float64],
+    ) -> None:
+        self.replica_id = replica_id
+        self.kv = kv
+        self.cost = cost
+        self.cf = cost_pack
+        self.rq, self.rqf = rq, rqf
+        self.kva = kv._arena
+        self.slots = slots
+        ri = np.zeros(L.ri_words(slots), dtype=np.int64)
+        ri[L.H_S] = slots
+        ri[L.H_MAX_SEQS] = max_num_seqs
+        ri[L.H_MAX_TOKENS] = max_num_batched_tokens
+        ri[L.H_IDLE] = 1
+        o_free = L.H_HEADER + L.K_FREE * slots
+        ri[o_free : o_free + slots] = np.arange(slots - 1, -1, -1)  # slot 0 is taken first
+        ri[L.H_FREE_TOP] = slots
+        o_owner = L.H_HEADER + L.K_OWNER * slots
+        ri[o_owner : o_owner + slots] = -1
+        self.ri = ri
+        self.rf = np.zeros(L.F_HEADER + slots, dtype=np.float64)
+        self.rf[L.F_LASTGAP] = math.nan
+        self.wq = np.zeros(max(64, 4 * slots), dtype=np.int64)
+        self._chunks: list[tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]] = []
+        self._chunk_rows = FIRST_CHUNK_ROWS
+        self._new_chunk()
+
+    # ------------------------------------------------------------------ router-facing state
+    @property
+    def num_outstanding(self) -> int:
+        return int(self.ri[L.H_NWAIT] + self.ri[L.H_NRUN])
+
+    def kv_load_frac(self, now_s: float) -> float:
+        return int(L.kv_tokens_held(self.ri, self.rq)) / max(self.kv.capacity_tokens, 1)
+
+    def match_prefix_tokens(self, req: Any) -> int:
+        return 0  # paged KV caches no prefixes
+
+    @property
+    def next_event_s(self) -> float:
+        """When this replica next changes state by itself (inf: idle until an arrival)."""
+        if self.ri[L.H_INFLIGHT]:
+            return float(self.rf[L.F_ECUR])
+        if self.ri[L.H_IDLE]:
+            return math.inf
+        return float(self.rf[L.F_T])
+
+    # ------------------------------------------------------------------ driving the kernel
+    def _new_chunk(self) -> None:
+        c = self._chunk_rows
+        self._sf = np.empty((L.SF_NUM, c), dtype=np.float64)
+        self._si = np.empty((L.SI_NUM, c), dtype=np.int32)
+        self._sq = np.empty((L.SQ_NUM, c), dtype=np.int64)
+        self.ri[L.H_ROW] = 0
+        self.ri[L.H_ROWCAP] = c
+        self._chunk_rows = min(2 * c, MAX_CHUNK_ROWS)
+
+    def _retire_chunk(self) -> None:
+        n = int(self.ri[L.H_ROW])
+        if n == self._sf.shape[1]:
+            self._chunks.append((self._sf, self._si, self._sq))
+        elif n:
+            self._chunks.append((self._sf[:, :n].copy(), self._si[:, :n].copy(), self._sq[:, :n].copy()))
+        self.ri[L.H_ROW] = 0
+
+    def advance(self, until_s: float, new_req: int = -1) -> None:
+        """Run up to ``until_s`` (steps ending before it commit), then queue ``new_req``."""
+        while True:
+            status = L.advance(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.cf,
+                               self._sf, self._si, self._sq, until_s, new_req)
+            if status == L.DONE_OK:
+                return
+            if status == L.ROWS_FULL:
+                self._retire_chunk()
+                self._new_chunk()
+                continue
+            what = "a KV grow or admission was misused" if status == L.ERR_GROW else (
+                "the scheduler produced an empty step with running requests")
+            raise InvariantError(f"replica {self.replica_id}: {what} (compiled loop status {status})")
+
+    def enqueue(self, idx: int, now_s: float) -> None:
+        """A request routed here at ``now_s``: run up to then, then queue it."""
+        ri = self.ri
+        need = int(ri[L.H_NWAIT]) + self.slots + 2
+        cap = len(self.wq)
+        if need > cap:
+            n, h = int(ri[L.H_NWAIT]), int(ri[L.H_WHEAD])
+            wq = np.zeros(max(2 * cap, need), dtype=np.int64)
+            wq[:n] = np.take(self.wq, np.arange(h, h + n), mode="wrap")
+            self.wq = wq
+            ri[L.H_WHEAD] = 0
+        self.advance(now_s, idx)
+
+    def drain_into(self, recorder: Recorder) -> None:
+        """Hand the step rows and inter-token gaps to the recorder (once, at the end)."""
+        self._retire_chunk()
+        rid = self.replica_id
+        for sf, si, sq in self._chunks:
+            recorder.add_step_columns(rid, {
+                "t_s": sf[L.SF_T],
+                "duration_s": sf[L.SF_D],
+                "in_attn_pairs": sf[L.SF_A],
+                "num_running": si[L.SI_RUN],
+                "num_prefill_seqs": si[L.SI_NPF],
+                "prefill_tokens": si[L.SI_PT],
+                "in_prefill_tokens": si[L.SI_PT],
+                "decode_tokens": si[L.SI_DT],
+                "in_decode_seqs": si[L.SI_DT],
+                "queue_len": si[L.SI_Q],
+                "num_preemptions": si[L.SI_PRE],
+                "kv_token_state_slots": si[L.SI_TOK],
+                "kv_reserved_slots": si[L.SI_RES],
+                "kv_internal_frag_slots": si[L.SI_INT],
+                "kv_external_frag_slots": si[L.SI_EXT],
+                "kv_cached_slots": si[L.SI_CACHED],
+                "kv_free_slots": si[L.SI_FREE],
+                "in_sampling_seqs": si[L.SI_SAMP],
+                "in_kv_tokens": sq[L.SQ_KV],
+                "in_ctx_tokens": sq[L.SQ_CTX],
+                "prefix_query_tokens": sq[L.SQ_PQ],
+            })
+        self._chunks = []
+        o_itl = L.itl_offset(self.slots)
+        recorder.add_itl(self.ri[o_itl : o_itl + L.ITL_NUM_BINS], float(self.rf[L.F_ITL_SUM]),
+                         float(self.rf[L.F_ITL_SQ]), int(self.ri[L.H_ITL_N]))
+        # The manager's own prefix-query counter, as the Python engine leaves it.
+        self.kv._prefix_query_tokens = int(self.ri[L.H_PQ])
+
+
+class CompiledCluster(Cluster):
+    """:class:`simulator.cluster.Cluster` for compiled replicas (open arrivals, fan-out 1)."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        *,
+        workload: Any,
+        router: str,
+        recorder: Recorder,
+        max_model_len_tokens: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(env, workload=workload, router=router, recorder=recorder,
+                         max_model_len_tokens=max_model_len_tokens, progress=progress)
+        n = len(workload)
+        rq = np.zeros((L.R_NUM, n), dtype=np.int64)
+        rq[L.R_PROMPT] = self._prompt
+        rq[L.R_OUTPUT] = self._output
+        rq[L.R_TARGET] = self._prompt
+        rq[L.R_SLOT] = -1
+        self.rq = rq
+        self.rqf = np.full((L.Q_NUM, n), np.nan)
+        self._too_long = (self._prompt + self._output > max_model_len_tokens).tolist()
+        self._fits: list[npt.NDArray[np.bool_]] = []  # per replica, per request
+        self._fits_by_kv: dict[tuple[int, ...], npt.NDArray[np.bool_]] = {}
+        self._all_fit: list[bool] | None = None
+        self._stateful = router != "round_robin"
+
+    def add_replica(self, replica: Any) -> None:  # type: ignore[override]
+        kv = replica.kv
+        key = (kv.num_blocks, kv.block_size_tokens, kv.watermark_blocks, kv.max_seq_len)
+        fits = self._fits_by_kv.get(key)
+        if fits is None:
+            fits = kv.fits_ever_many(self._prompt, self._prompt + self._output)
+            self._fits_by_kv[key] = fits
+        self.replicas.append(replica)
+        self._fits.append(fits)
+        self._all_fit = None
+
+    def _release(self, idx: int, t_s: float) -> None:
+        self.num_released += 1
+        if self.progress is not None:
+            self.progress(self.num_released)
+        if self._too_long[idx]:
+            self.recorder.rejected(idx, t_s, REJECT_MAX_LEN)
+            return
+        if self._all_fit is None:
+            self._all_fit = np.logical_and.reduce(list(self._fits_by_kv.values())).tolist()
+        if self._all_fit[idx]:
+            eligible = self.replicas
+        else:
+            eligible = [r for r, f in zip(self.replicas, self._fits, strict=True) if f[idx]]
+            if not eligible:
+                self.recorder.rejected(idx, t_s, REJECT_KV)
+                return
+        self.rq[L.R_ORDER, idx] = self._order
+        self._order += 1
+        if self._stateful and len(eligible) > 1:
+            # The router reads every replica's state as of now: bring them up to now.
+            for r in self.replicas:
+                if r.next_event_s < t_s:
+                    r.advance(t_s)
+        replica = self._route(None, eligible, t_s)  # type: ignore[arg-type]
+        self.recorder.released(idx, t_s, replica.replica_id)
+        replica.enqueue(idx, t_s)
+
+    def finish(self, until_s: float, recorder: Recorder) -> None:
+        """Run every replica to ``until_s`` (inf: to the end), then fill ``recorder``."""
+        for r in self.replicas:
+            r.advance(until_s)
+        rec = recorder
+        rec.first_scheduled_s = self.rqf[L.Q_FIRST_SCHED].copy()
+        rec.first_token_s = self.rqf[L.Q_FIRST_TOKEN].copy()
+        rec.finish_s = self.rqf[L.Q_FINISH].copy()
+        done = ~np.isnan(rec.finish_s)
+        rec.status[done] = STATUS_COMPLETED
+        rec.num_preemptions = self.rq[L.R_NPRE].copy()
+        rec.cached_prompt_tokens = self.rq[L.R_CACHED].copy()
+        rec.max_concurrent = _max_concurrent(rec.arrival_s, rec.replica_id >= 0, rec.finish_s)
+        for r in self.replicas:
+            r.drain_into(rec)
+
+
+def _max_concurrent(arrival_s: npt.NDArray[np.float64], routed: npt.NDArray[np.bool_],
+                    finish_s: npt.NDArray[np.float64]) -> int:
+    """Most requests routed and not finished at once; at equal times arrivals count first
+    (SimPy processes them, URGENT, before a step's end)."""
+    a = arrival_s[routed]
+    f = finish_s[routed]
+    f = f[~np.isnan(f)]
+    if not len(a):
+        return 0
+    t = np.concatenate([a, f])
+    kind = np.concatenate([np.zeros(len(a), np.int8), np.ones(len(f), np.int8)])
+    delta = np.concatenate([np.ones(len(a), np.int64), -np.ones(len(f), np.int64)])
+    order = np.lexsort((kind, t))
+    return int(np.cumsum(delta[order]).max())
