@@ -89,7 +89,7 @@ class Cluster:
         self._dep_ids = order.astype(np.int64)
         self._open = np.flatnonzero(deps < 0)
         self._arrival = np.asarray(workload.arrival_s, dtype=np.float64)
-        self._open_times: list[float] = self._arrival[self._open].tolist()
+        self._open_times: list[float] | None = None  # built on first use (Python replicas only)
         self._num_open = len(self._open)
         self._think = np.asarray(workload.think_time_s, dtype=np.float64)
         self._prompt = np.asarray(workload.prompt_tokens, dtype=np.int64)
@@ -122,6 +122,8 @@ class Cluster:
         t = heap[0] if heap else math.inf
         pos = self._open_pos + len(self.replicas) - 1
         if pos < self._num_open:
+            if self._open_times is None:
+                self._open_times = self._arrival[self._open].tolist()
             t_open = self._open_times[pos]
             if t_open < t:
                 t = t_open

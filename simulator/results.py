@@ -70,6 +70,7 @@ _RAW_COLS = (
 _COL = {c: i for i, c in enumerate(_RAW_COLS)}
 _NUM_RAW = len(_RAW_COLS)
 _SPLIT_COLS = ("compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s")
+_SPLIT_NAMES = tuple(c[: -len("_s")] for c in _SPLIT_COLS)
 _MEM_FIELDS = (
     ("kv_token_state_slots", "token_slots"),
     ("kv_reserved_slots", "reserved_slots"),
@@ -482,6 +483,8 @@ class Recorder:
         self._stretch_blocks, self._itl_stretch_done = [], 0
         chunks = self._col_chunks
         self._col_chunks = []
+        if chunks and not row_blocks and not blocks:
+            return self._frame_from_column_chunks(chunks)
         n = n_raw + sum(int(b[:, _SCOL["num_steps"]].sum()) for b in blocks)
         n += sum(len(c["t_s"]) for _r, _o, c in chunks)
         out: dict[str, npt.NDArray[Any]] = {name: np.empty(n, dtype) for name, dtype in _STEP_DTYPES.items()}
@@ -544,6 +547,55 @@ class Recorder:
                 frame[name] = out.pop(name)[order]
             else:
                 frame[name] = out.pop(name)[order]
+        self._frame = pd.DataFrame(frame, copy=False)
+        self._frame_rows = self._num_rows
+        return self._frame
+
+    def _frame_from_column_chunks(self, chunks: list[tuple[int, int, dict[str, npt.NDArray[Any]]]]) -> pd.DataFrame:
+        """The steps frame of a run recorded as column chunks only (the compiled loop).
+
+        Each replica's rows are in time order and the chunks come replica by replica, so a
+        stable sort of the start times gives the frame's order (time, then replica, then log
+        order, as :meth:`steps_frame`). Each chunk is then scattered straight into its rows of
+        the final columns and released, chunks taken in order of their first start time, so
+        memory holds the frame plus the chunks not yet placed rather than the chunks, an
+        unsorted copy and the frame (a ten-million-step run stays near 1 GB).
+        """
+        n = sum(len(c["t_s"]) for _r, _o, c in chunks)
+        starts = np.empty(n, np.float64)
+        offsets = []
+        lo = 0
+        for _rid, _first, cols in chunks:
+            m = len(cols["t_s"])
+            starts[lo : lo + m] = cols["t_s"]
+            offsets.append(lo)
+            lo += m
+        order = np.argsort(starts, kind="stable")
+        del starts
+        pos = np.empty(n, np.int64)
+        pos[order] = np.arange(n, dtype=np.int64)
+        del order
+        frame: dict[str, npt.NDArray[Any]] = {}
+        for name, dtype in _STEP_DTYPES.items():
+            if name == "kv_token_state_slots":
+                for c in _SPLIT_COLS:
+                    frame[c] = np.empty(n, np.float32)
+            frame[name] = np.arange(n, dtype=dtype) if name == "step" else np.empty(n, dtype)
+        by_time = sorted(range(len(chunks)), key=lambda i: (float(chunks[i][2]["t_s"][0]), i))
+        for i in by_time:
+            rid, _first, cols = chunks[i]
+            chunks[i] = (rid, _first, {})  # the only other reference: released after this
+            m = len(cols["t_s"])
+            rows = pos[offsets[i] : offsets[i] + m]
+            cols["replica_id"] = np.full(m, rid, dtype=np.int32)
+            for name in _STEP_DTYPES:
+                if name != "step":
+                    frame[name][rows] = cols[name] if name in cols else 0
+            split = np.empty((m, len(_SPLIT_COLS)), np.float32)
+            self._split_into(split, 0, cols, m)
+            for j, c in enumerate(_SPLIT_COLS):
+                frame[c][rows] = split[:, j]
+            del cols, split, rows
         self._frame = pd.DataFrame(frame, copy=False)
         self._frame_rows = self._num_rows
         return self._frame
@@ -688,11 +740,18 @@ def summarize(
             buf *= w
             s[name] = float(buf.sum() / wsum)
         del cap
-        split_total = float(steps[["compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s"]].to_numpy().sum())
-        for col in ("compute", "weight_read", "kv_read", "comm", "overhead"):
-            s[f"step_time_{col}_frac"] = float(steps[f"{col}_s"].sum()) / split_total if split_total else 0.0
-        q = int(steps["prefix_query_tokens"].groupby(steps["replica_id"]).max().sum())
-        h = int(steps["prefix_hit_tokens"].groupby(steps["replica_id"]).max().sum())
+        # Column by column in float64 (no 2-D copy of the split, no groupby temporaries).
+        parts = {c: float(steps[f"{c}_s"].to_numpy().sum(dtype=np.float64)) for c in _SPLIT_NAMES}
+        split_total = sum(parts.values())
+        for col in _SPLIT_NAMES:
+            s[f"step_time_{col}_frac"] = parts[col] / split_total if split_total else 0.0
+        # Prefix counters are cumulative per replica: their per-replica maxima, summed.
+        rid = steps["replica_id"].to_numpy()
+        q = h = 0
+        for r in np.unique(rid):
+            sel = rid == r
+            q += int(steps["prefix_query_tokens"].to_numpy()[sel].max())
+            h += int(steps["prefix_hit_tokens"].to_numpy()[sel].max())
     else:
         for name in ("kv_token_state_frac", "kv_reserved_frac", "kv_internal_frag_frac", "kv_external_frag_frac",
                      "kv_cached_frac", "kv_free_frac"):

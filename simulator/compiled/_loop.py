@@ -96,9 +96,9 @@ F_HEADER = 8
 # Step-row columns.
 SF_T, SF_D, SF_A = 0, 1, 2
 SF_NUM = 3
-(SI_RUN, SI_NPF, SI_PT, SI_DT, SI_Q, SI_PRE, SI_TOK, SI_RES, SI_INT, SI_EXT, SI_CACHED, SI_FREE,
- SI_SAMP) = range(13)
-SI_NUM = 13
+# (Paged KV has no reserved, externally fragmented or cached slots: those columns are zero.)
+SI_RUN, SI_NPF, SI_PT, SI_DT, SI_Q, SI_PRE, SI_TOK, SI_INT, SI_FREE, SI_SAMP = range(10)
+SI_NUM = 10
 SQ_KV, SQ_CTX, SQ_PQ = 0, 1, 2
 SQ_NUM = 3
 
@@ -459,8 +459,7 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
     page = kva[_blocks.C_PAGE]
     tokens = kva[_blocks.C_TOKENS]
     free_b = kva[_blocks.C_FREE_TOP]
-    cached_b = kva[_blocks.C_CACHED]
-    used_b = kva[_blocks.C_NB] - free_b - cached_b
+    used_b = kva[_blocks.C_NB] - free_b
     si[SI_RUN, row] = running
     si[SI_NPF, row] = npf
     si[SI_PT, row] = ri[H_P]
@@ -468,10 +467,7 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
     si[SI_Q, row] = ri[H_NWAIT]
     si[SI_PRE, row] = ri[H_NPRE]
     si[SI_TOK, row] = tokens
-    si[SI_RES, row] = 0
     si[SI_INT, row] = used_b * page - tokens
-    si[SI_EXT, row] = 0
-    si[SI_CACHED, row] = cached_b * page
     si[SI_FREE, row] = free_b * page
     si[SI_SAMP, row] = ri[H_SAMP]
     sq[SQ_KV, row] = ri[H_K]

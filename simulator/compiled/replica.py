@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +19,21 @@ from simulator.request import REJECT_KV, REJECT_MAX_LEN
 from simulator.results import STATUS_COMPLETED, Recorder
 
 #: Step rows per chunk: the first chunk of a replica is small (tests, short runs), later
-#: ones double up to the cap (about 13 MB each).
+#: ones double up to the cap (about 3 MB each: the steps frame places and frees them one by
+#: one, so smaller chunks keep its peak memory closer to the frame alone).
 FIRST_CHUNK_ROWS = 1 << 12
-MAX_CHUNK_ROWS = 1 << 17
+MAX_CHUNK_ROWS = 1 << 15
+
+
+def _mapped_bytes(nbytes: int) -> npt.NDArray[np.uint8]:
+    """A zero-filled byte array in its own anonymous memory map.
+
+    NOTE(memory): a row chunk is freed as soon as the steps frame has placed it; glibc keeps
+    freed mid-sized blocks in its heap (its mmap threshold rises with each free), so a
+    multi-million-step run would keep the chunks' memory next to the frame. A map of its own
+    goes back to the system when the last view of it dies.
+    """
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.uint8)[:nbytes]
 
 
 def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_packs: list[Any],
@@ -110,9 +123,11 @@ class CompiledReplica:
     # ------------------------------------------------------------------ driving the kernel
     def _new_chunk(self) -> None:
         c = self._chunk_rows
-        self._sf = np.empty((L.SF_NUM, c), dtype=np.float64)
-        self._si = np.empty((L.SI_NUM, c), dtype=np.int32)
-        self._sq = np.empty((L.SQ_NUM, c), dtype=np.int64)
+        buf = _mapped_bytes(c * (8 * L.SF_NUM + 4 * L.SI_NUM + 8 * L.SQ_NUM))
+        a, b = 8 * L.SF_NUM * c, 8 * L.SF_NUM * c + 4 * L.SI_NUM * c
+        self._sf = buf[:a].view(np.float64).reshape(L.SF_NUM, c)
+        self._si = buf[a:b].view(np.int32).reshape(L.SI_NUM, c)
+        self._sq = buf[b:].view(np.int64).reshape(L.SQ_NUM, c)
         self.ri[L.H_ROW] = 0
         self.ri[L.H_ROWCAP] = c
         self._chunk_rows = min(2 * c, MAX_CHUNK_ROWS)
@@ -171,10 +186,7 @@ class CompiledReplica:
                 "queue_len": si[L.SI_Q],
                 "num_preemptions": si[L.SI_PRE],
                 "kv_token_state_slots": si[L.SI_TOK],
-                "kv_reserved_slots": si[L.SI_RES],
                 "kv_internal_frag_slots": si[L.SI_INT],
-                "kv_external_frag_slots": si[L.SI_EXT],
-                "kv_cached_slots": si[L.SI_CACHED],
                 "kv_free_slots": si[L.SI_FREE],
                 "in_sampling_seqs": si[L.SI_SAMP],
                 "in_kv_tokens": sq[L.SQ_KV],
@@ -182,6 +194,7 @@ class CompiledReplica:
                 "prefix_query_tokens": sq[L.SQ_PQ],
             })
         self._chunks = []
+        self._sf = self._si = self._sq = None  # type: ignore[assignment]
         o_itl = L.itl_offset(self.slots)
         recorder.add_itl(self.ri[o_itl : o_itl + L.ITL_NUM_BINS], float(self.rf[L.F_ITL_SUM]),
                          float(self.rf[L.F_ITL_SQ]), int(self.ri[L.H_ITL_N]))

@@ -103,14 +103,18 @@ class PagedKVCache(KVCacheManager):
         return int(c[_C_FREE_TOP]) * self.block_size_tokens
 
     def fits_ever(self, prompt_tokens: int, final_tokens: int) -> bool:
-        """Prompt fits an empty cache with the watermark, and so does prompt + 1 token."""
+        """The whole request (prompt + output) fits an empty cache with the watermark.
+
+        NOTE(admission): vLLM checks only the prompt at arrival and drops a request later
+        if, alone, it cannot grow or be re-admitted after a recompute preemption; checking
+        the final length up front gives the same verdict at arrival, so nothing can wait
+        forever (a request alone in the cache always runs to its end).
+        """
         b = self.block_size_tokens
-        prompt_blocks = -(-prompt_tokens // b)
         return (
             prompt_tokens + 1 <= self.max_seq_len
             and final_tokens <= self.max_seq_len
-            and prompt_blocks + self.watermark_blocks <= self.num_blocks
-            and -(-(prompt_tokens + 1) // b) <= self.num_blocks
+            and -(-max(final_tokens, prompt_tokens + 1) // b) + self.watermark_blocks <= self.num_blocks
         )
 
     def fits_ever_many(
@@ -123,8 +127,7 @@ class PagedKVCache(KVCacheManager):
         return (
             (p + 1 <= self.max_seq_len)
             & (f <= self.max_seq_len)
-            & (-(-p // b) + self.watermark_blocks <= self.num_blocks)
-            & (-(-(p + 1) // b) <= self.num_blocks)
+            & (-(-np.maximum(f, p + 1) // b) + self.watermark_blocks <= self.num_blocks)
         )
 
     def match_prefix(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 import numpy as np
 import simpy
 
+from hwmodels.stepkernel import checked_pack
 from simulator.cluster import Cluster
+from simulator.compiled import CompiledCluster, CompiledReplica
 from simulator.engine import Replica
 from simulator.memory import make_kv_manager
 from simulator.results import Recorder, summarize
@@ -94,15 +97,25 @@ def simulate(
     cost: Any = None,
     swap_space_bytes: float = 1e12,
     watermark_frac: float = 0.0,
+    loop: str = "python",
+    until_s: float | None = None,
 ) -> SimpleNamespace:
-    """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects."""
+    """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects.
+
+    ``loop="compiled"`` runs the compiled loop (vllm on paged KV; ``cost`` must be a roofline
+    ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``).
+    """
     cost = cost or LinearCost()
     env = simpy.Environment()
     rec = Recorder(num_requests=len(wl), arrival_s=wl.arrival_s)
-    cluster = Cluster(
+    compiled = loop == "compiled"
+    cluster = (CompiledCluster if compiled else Cluster)(
         env, workload=wl, router=router, recorder=rec, max_model_len_tokens=max_seq_len
     )
     cls = scheduler_class(policy)
+    pack = checked_pack(cost) if compiled else None
+    if compiled and pack is None:
+        raise ValueError("the compiled loop needs a roofline StepCostModel")
     reps = []
     for i in range(replicas):
         kv = make_kv_manager(
@@ -114,6 +127,16 @@ def simulate(
             reservation=reservation,
             watermark_frac=watermark_frac,
         )
+        if compiled:
+            rec.cost_models[i] = cost
+            crep = CompiledReplica(
+                replica_id=i, kv=kv, cost_pack=pack, cost=cost, max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens, slots=max_num_seqs + 1,
+                rq=cluster.rq, rqf=cluster.rqf,
+            )
+            cluster.add_replica(crep)
+            reps.append(crep)
+            continue
         rep = Replica(
             env,
             replica_id=i,
@@ -139,7 +162,9 @@ def simulate(
         cluster.add_replica(rep)
         reps.append(rep)
     cluster.start()
-    env.run()
+    env.run(until=until_s)
+    if compiled:
+        cluster.finish(math.inf if until_s is None else until_s, rec)
     steps = rec.steps_frame()
     req = rec.requests_frame(wl, {"ttft_ms": None, "tpot_ms": None, "e2el_ms": None})
     summary = summarize(req, steps, rec, kv_capacity_tokens=capacity_tokens * replicas)
