@@ -169,3 +169,15 @@ def test_compiled_rejects_like_python():
     assert comp.requests["reject_reason"].tolist() == ["", "exceeds_max_model_len", "exceeds_kv_capacity",
                                                        "exceeds_max_model_len"]
     _assert_same(comp, py)
+
+
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 300)), min_size=1, max_size=30),
+       st.sampled_from([1, 4, 16]), st.sampled_from([0.0, 0.1, 0.5]))
+def test_fits_ever_many_matches_fits_ever(pairs, block, watermark):
+    from simulator.memory import make_kv_manager
+
+    kv = make_kv_manager("paged", capacity_tokens=160, block_size_tokens=block, max_seqs=4, max_seq_len=200,
+                         watermark_frac=watermark)
+    p = np.array([a for a, _ in pairs])
+    f = p + np.array([b for _, b in pairs])
+    assert kv.fits_ever_many(p, f).tolist() == [kv.fits_ever(int(a), int(b)) for a, b in zip(p, f, strict=True)]

@@ -87,7 +87,9 @@ def test_paged_watermark_and_no_room() -> None:
     assert m.grow([0], [40], now_s=0.0)  # uses the watermark blocks
     assert not m.grow([0], [41], now_s=0.0)
     assert m.num_tokens(0) == 40 and m.num_free_slots == 0
-    assert m.fits_ever(32, 40) and not m.fits_ever(33, 40) and not m.fits_ever(10, 65)
+    # fits_ever: the whole request (prompt + output) fits an empty cache with the watermark.
+    assert m.fits_ever(30, 32) and not m.fits_ever(32, 40) and not m.fits_ever(33, 33)
+    assert not m.fits_ever(10, 65)
 
 
 def test_radix_split_share_and_lru_eviction_order() -> None:

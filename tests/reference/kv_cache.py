@@ -225,8 +225,7 @@ class RefBlockCache:
         return (
             prompt_tokens + 1 <= self.max_seq_len
             and final_tokens <= self.max_seq_len
-            and _ceil_div(prompt_tokens, self.page) + self.watermark_blocks <= self.num_blocks
-            and _ceil_div(prompt_tokens + 1, self.page) <= self.num_blocks
+            and _ceil_div(max(final_tokens, prompt_tokens + 1), self.page) + self.watermark_blocks <= self.num_blocks
         )
 
     def _capped_keys(self, block_ids, block_tokens: int, prompt_tokens: int) -> list:
