@@ -155,7 +155,7 @@ def test_auto_falls_back_and_compiled_refuses_unsupported():
     data["workload"]["num_requests"] = 20
     assert run_scenario(scenario_from_dict(data)).variants[0].summary["config"]["engine_loop"] == "python"
     data["engine"]["loop"] = "compiled"
-    with pytest.raises(ConfigError, match="scheduler.policy is 'sarathi'"):
+    with pytest.raises(ConfigError, match=r"scheduler\.policy is 'sarathi'"):
         run_scenario(scenario_from_dict(data))
 
 
