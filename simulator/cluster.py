@@ -164,7 +164,7 @@ class Cluster:
             self.on_finish(idx, t_s)
             return
         fanout = int(self._fanout[idx])
-        eligible = [r for r in self.replicas if r.kv.fits_ever(prompt, prompt + output)]
+        eligible = [r for r in self.replicas if r.kv.fits_ever(prompt, prompt + output, fanout, r.kv_sharing)]
         if not eligible:
             self.recorder.rejected(idx, t_s, REJECT_KV)
             self.on_finish(idx, t_s)

@@ -209,6 +209,7 @@ class Replica:
             return False
         taken: list[int] = []
         cached = None
+        counters = self.kv.prefix_counters()
         for i in range(n):
             slot = self._free_slots.pop()
             got = self.kv.admit(
@@ -224,6 +225,8 @@ class Replica:
                 for s in reversed(taken):
                     self.kv.free(s, now_s=now_s, finished=False)
                     self._free_slots.append(s)
+                # An undone admission was no prefix lookup (else retries would count again).
+                self.kv.restore_prefix_counters(counters)
                 return False
             taken.append(slot)
             cached = got if cached is None else cached
@@ -280,7 +283,10 @@ class Replica:
         req.num_preemptions += 1
         self.recorder.preempted(req.idx)
         self.running.remove(req)
-        if mode == "swap" and req.phase == DECODE:
+        # A fan-out group sharing its prompt's blocks is preempted by recompute: swapping
+        # shared blocks out and back (with their refcounts) is not modelled, and swapping the
+        # sequences as separate copies could need more memory than the group ever held.
+        if mode == "swap" and req.phase == DECODE and not (self.kv_sharing and req.fanout > 1):
             tokens = int(self.ctx_tokens[req.slots].sum())
             swap_bytes = tokens * self.kv_bytes_per_token_per_gpu
             if self.swap_used_bytes + swap_bytes <= self.swap_space_bytes:
@@ -308,6 +314,8 @@ class Replica:
             return None
         taken: list[int] = []
         ok = True
+        # Swapping in restores KV; it is no prefix lookup.
+        counters = self.kv.prefix_counters()
         for _ in range(n):
             slot = self._free_slots.pop()
             if self.kv.admit(slot, prompt_tokens=tokens, final_tokens=req.final_tokens, now_s=now_s) is None:
@@ -318,6 +326,7 @@ class Replica:
         if ok:
             arr = np.asarray(taken, dtype=np.int64)
             ok = self.kv.grow(arr, np.full(n, tokens, np.int64), now_s=now_s)
+        self.kv.restore_prefix_counters(counters)
         if not ok:
             for s in reversed(taken):
                 self.kv.free(s, now_s=now_s, finished=False)

@@ -139,8 +139,14 @@ class KVCacheManager(ABC):
     block_size_tokens: int
 
     @abstractmethod
-    def fits_ever(self, prompt_tokens: int, final_tokens: int) -> bool:
-        """Whether the request could be admitted into an empty cache and run to its end."""
+    def fits_ever(
+        self, prompt_tokens: int, final_tokens: int, num_seqs: int = 1, shared_prompt: bool = True
+    ) -> bool:
+        """Whether the request could be admitted into an empty cache and run to its end.
+
+        ``num_seqs`` sequences (parallel samples or beams) each grow to ``final_tokens``;
+        with ``shared_prompt`` they share the prompt's KV through ``fork``.
+        """
 
     @abstractmethod
     def match_prefix(
@@ -231,6 +237,13 @@ class KVCacheManager(ABC):
         """Slots ``admit`` must find free for this request (for ``min_pending_slots``)."""
         b = self.block_size_tokens
         return -(-prompt_tokens // b) * b
+
+    def prefix_counters(self) -> tuple[int, int]:
+        """The cumulative prefix (query, hit) tokens, to restore after an undone admission."""
+        return self._prefix_query_tokens, self._prefix_hit_tokens
+
+    def restore_prefix_counters(self, counters: tuple[int, int]) -> None:
+        self._prefix_query_tokens, self._prefix_hit_tokens = counters
 
     def reset_prefix_stats(self) -> None:
         """Zero the cumulative prefix query/hit counters (e.g. after a warm-up)."""

@@ -93,10 +93,13 @@ class ContiguousKVCache(KVCacheManager):
         n = int(st.n_ext[0])
         return list(zip(st.ext_start[:n].tolist(), st.ext_len[:n].tolist(), strict=True))
 
-    def fits_ever(self, prompt_tokens: int, final_tokens: int) -> bool:
-        """Its reservation fits the whole space and covers its final length."""
+    def fits_ever(
+        self, prompt_tokens: int, final_tokens: int, num_seqs: int = 1, shared_prompt: bool = True
+    ) -> bool:
+        """Every sequence's reservation fits the whole space and covers its final length
+        (contiguous reservations share nothing)."""
         res = self.reservation_slots(prompt_tokens, final_tokens)
-        return final_tokens <= res <= self.capacity_tokens
+        return final_tokens <= res and max(num_seqs, 1) * res <= self.capacity_tokens
 
     def match_prefix(
         self, block_ids: npt.NDArray[np.int64] | None, block_tokens: int, prompt_tokens: int

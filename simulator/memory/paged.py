@@ -102,25 +102,36 @@ class PagedKVCache(KVCacheManager):
             return int(c[_C_FREE_TOP] + c[_C_CACHED]) * self.block_size_tokens
         return int(c[_C_FREE_TOP]) * self.block_size_tokens
 
-    def fits_ever(self, prompt_tokens: int, final_tokens: int) -> bool:
-        """The whole request (prompt + output) fits an empty cache with the watermark.
+    def fits_ever(
+        self, prompt_tokens: int, final_tokens: int, num_seqs: int = 1, shared_prompt: bool = True
+    ) -> bool:
+        """The whole request (prompt + output of every sequence) fits an empty cache with the
+        watermark.
 
         NOTE(admission): vLLM checks only the prompt at arrival and drops a request later
         if, alone, it cannot grow or be re-admitted after a recompute preemption; checking
         the final length up front gives the same verdict at arrival, so nothing can wait
-        forever (a request alone in the cache always runs to its end).
+        forever (a request alone in the cache always runs to its end). Sequences sharing the
+        prompt share its full blocks; each copies the partial last one (copy-on-write).
         """
         b = self.block_size_tokens
-        return (
-            prompt_tokens + 1 <= self.max_seq_len
-            and final_tokens <= self.max_seq_len
-            and -(-max(final_tokens, prompt_tokens + 1) // b) + self.watermark_blocks <= self.num_blocks
-        )
+        if prompt_tokens + 1 > self.max_seq_len or final_tokens > self.max_seq_len:
+            return False
+        per_seq = -(-max(final_tokens, prompt_tokens + 1) // b)
+        n = max(num_seqs, 1)
+        if n == 1:
+            need = per_seq
+        elif shared_prompt:
+            shared = prompt_tokens // b
+            need = shared + n * (per_seq - shared)
+        else:
+            need = n * per_seq
+        return need + self.watermark_blocks <= self.num_blocks
 
     def fits_ever_many(
         self, prompt_tokens: npt.NDArray[np.int64], final_tokens: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.bool_]:
-        """:meth:`fits_ever` of many requests at once (vectorised, same arithmetic)."""
+        """:meth:`fits_ever` of many single-sequence requests at once (vectorised)."""
         b = self.block_size_tokens
         p = np.asarray(prompt_tokens, dtype=np.int64)
         f = np.asarray(final_tokens, dtype=np.int64)

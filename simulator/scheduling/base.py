@@ -98,9 +98,11 @@ class Scheduler(ABC):
 
     # ------------------------------------------------------------------ shared mechanics
     def _num_running_seqs(self) -> int:
+        # A fan-out group sharing its prompt holds one slot until its prefill completes and
+        # forks: it already counts as all of its sequences.
         n = 0
         for r in self.replica.running:
-            n += len(r.slots) if r.slots else r.fanout
+            n += max(len(r.slots), r.fanout)
         return n
 
     def _continue_prefills(self, plan: StepPlan, budget: int, now_s: float) -> int:

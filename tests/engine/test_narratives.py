@@ -130,6 +130,47 @@ def test_request_that_never_fits_the_kv_cache_is_rejected() -> None:
     assert res.requests["reject_reason"].tolist()[1] == "exceeds_kv_capacity"
 
 
+def test_request_whose_output_outgrows_the_kv_cache_is_rejected() -> None:
+    """The prompt fits but prompt + output never can: rejected at arrival, not preempted
+    and re-queued forever (capacity 48 slots, 25 + 25 tokens)."""
+    wl = workload([0.0, 0.0], [25, 5], [25, 5])
+    res = simulate(wl, capacity_tokens=48, block_size_tokens=1, max_seq_len=64)
+    assert res.requests["reject_reason"].tolist() == ["exceeds_kv_capacity", ""]
+    assert res.requests["status"].tolist() == ["rejected", "completed"]
+
+
+@pytest.mark.parametrize(("kind", "sharing", "fits"), [
+    ("paged", True, True),  # 5 shared prompt blocks + 4 x (8 - 5) own blocks = 17 <= 24
+    ("paged", False, False),  # 4 x 8 blocks = 32 > 24
+    ("contiguous", False, False),  # 4 x 32-slot reservations = 128 > 96
+])
+def test_fan_out_group_is_judged_as_a_whole(kind: str, sharing: bool, fits: bool) -> None:
+    """n = 4 sequences of 20 + 12 tokens on 96 slots (blocks of 4): the group must fit as a
+    whole, or it is rejected at arrival."""
+    wl = workload([0.0], [20], [12], num_samples=4)
+    res = simulate(wl, kv_kind=kind, capacity_tokens=96, block_size_tokens=4, max_seq_len=32,
+                   kv_sharing=sharing)
+    assert res.requests["status"].tolist() == (["completed"] if fits else ["rejected"])
+
+
+def test_fan_out_counts_all_its_sequences_while_its_prompt_is_chunked() -> None:
+    """A sharing group holds one slot until its prefill completes and forks; seats must count
+    all its sequences meanwhile, so the batch never exceeds max_num_seqs."""
+    wl = workload([0.0, 0.0, 0.0], [40, 4, 4], [6, 6, 6], num_samples=[3, 1, 1])
+    res = simulate(wl, policy="sarathi", capacity_tokens=1024, max_num_seqs=4, chunk_size_tokens=16)
+    assert res.steps["num_running"].max() <= 4
+    assert (res.requests["status"] == "completed").all()
+
+
+def test_swap_preempts_a_sharing_fan_out_group_by_recompute() -> None:
+    """Out of blocks, a fan-out group sharing its prompt is recomputed rather than swapped."""
+    wl = workload([0.0, 0.0], [16, 16], [40, 40], num_samples=[2, 2])
+    res = simulate(wl, capacity_tokens=160, block_size_tokens=4, max_seq_len=64, preemption="swap")
+    assert res.summary["num_preemptions"] > 0
+    assert (res.steps["comm_s"] == 0).all()  # no swap traffic was charged
+    assert (res.requests["status"] == "completed").all()
+
+
 def test_parallel_sampling_shares_the_prompt() -> None:
     """n=4 with sharing holds the prompt once; without, four times (more token slots)."""
     wl = workload([0.0], [32], [4], num_samples=4)
