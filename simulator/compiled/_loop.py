@@ -1,11 +1,11 @@
-"""The replica loop of the vLLM scheduler on paged KV, compiled with numba.
+"""The replica loop of the vLLM, Sarathi-Serve and Orca schedulers on paged KV, in numba.
 
 One call, :func:`advance`, runs a replica's steps up to a time: it commits the step in
 flight if it ends before ``until_s``, plans the next step at once (as the Python replica
 does when its step's timeout fires), and stops at the first step that would still be
 running at ``until_s``; then it queues the arriving request, if any. This is the Python
 engine's stepping mode (``simulator.engine.Replica`` with ``fast_forward=False`` and
-``simulator.scheduling.vllm``) operation for operation: the same FCFS admission under
+``simulator.scheduling.vllm`` / ``sarathi`` / ``orca``) operation for operation: the same FCFS admission under
 ``max_num_seqs`` / ``max_num_batched_tokens``, watermark admission and all-or-nothing
 growth through the same block-pool kernels (:mod:`simulator.memory.kernels._blocks`), the
 same recompute preemption of the latest-arrived request, the same step costs (the numba
@@ -83,7 +83,14 @@ H_PQ = 18  # cumulative prompt tokens looked up at admission (prefix query)
 H_ITL_N = 19
 H_LASTBIN = 20
 H_NSTEPS = 21
+H_POLICY = 22  # POLICY_*
+H_BUDGET = 23  # decode-then-prefill policies: token budget per step
 H_HEADER = 24
+# Scheduling policies the kernel runs (``simulator.scheduling``).
+POLICY_VLLM = 0
+POLICY_SARATHI = 1  # decodes first, then prompt chunks under chunk_size_tokens
+POLICY_ORCA = 2  # decodes first, then whole prompts under max_num_batched_tokens
+POLICIES = {"vllm": POLICY_VLLM, "sarathi": POLICY_SARATHI, "orca": POLICY_ORCA}
 # ``rf`` scalars.
 F_T = 0  # when the next step is planned (the replica's clock)
 F_ECUR = 1  # end of the step in flight
@@ -263,32 +270,15 @@ def _add_chunk(ri, o_chunk, req, new, ctx):
 
 
 @njit(cache=True)
-def _plan(ri, rf, wq, rq, rqf, kva):
-    """The vLLM scheduler's plan for a step at ``rf[F_T]`` (``VllmScheduler.schedule``)."""
+def _continue_prefills(ri, rq, kva, budget):
+    """Next chunks of admitted, partly computed prompts, FCFS (``_continue_prefills``).
+
+    Returns (status, budget left)."""
     s = ri[H_S]
     o_run = H_HEADER + K_RUN * s
-    o_free = H_HEADER + K_FREE * s
-    o_ctx = H_HEADER + K_CTX * s
-    o_gen = H_HEADER + K_GEN * s
-    o_tgt = H_HEADER + K_TGT * s
-    o_owner = H_HEADER + K_OWNER * s
     o_chunk = H_HEADER + K_CHUNK * s
     o_ids = H_HEADER + K_IDS * s
     o_tot = H_HEADER + K_TOT * s
-    now_s = rf[F_T]
-    ri[H_NPF] = 0
-    ri[H_NDEC] = 0
-    ri[H_NPRE] = 0
-    pending = False
-    for i in range(ri[H_NRUN]):
-        if rq[R_PHASE, ri[o_run + i]] == PREFILL:
-            pending = True
-            break
-    if ri[H_NWAIT] == 0 and not pending:
-        return _decode_with_preemption(ri, wq, rq, kva, now_s)
-    max_tokens = ri[H_MAX_TOKENS]
-    budget = max_tokens
-    # Next chunks of admitted, partly computed prompts (FCFS).
     for i in range(ri[H_NRUN]):
         if budget <= 0:
             break
@@ -305,19 +295,38 @@ def _plan(ri, rf, wq, rq, rqf, kva):
         ri[o_tot] = comp + new
         status = _blocks.grow(kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
         if status < 0:
-            return ERR_GROW
+            return ERR_GROW, budget
         if status != _blocks.OK:
             continue
         _add_chunk(ri, o_chunk, req, new, comp)
         budget -= new
-    # Admission: FCFS, whole prompts unless a prompt exceeds the whole budget.
+    return DONE_OK, budget
+
+
+@njit(cache=True)
+def _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, chunked):
+    """Admit queued requests FCFS while seats, token budget and memory allow
+    (``Scheduler._admit_waiting`` and ``Replica.admit``); no overtaking."""
+    s = ri[H_S]
+    o_run = H_HEADER + K_RUN * s
+    o_free = H_HEADER + K_FREE * s
+    o_ctx = H_HEADER + K_CTX * s
+    o_gen = H_HEADER + K_GEN * s
+    o_tgt = H_HEADER + K_TGT * s
+    o_owner = H_HEADER + K_OWNER * s
+    o_chunk = H_HEADER + K_CHUNK * s
+    o_ids = H_HEADER + K_IDS * s
+    o_tot = H_HEADER + K_TOT * s
+    now_s = rf[F_T]
+    max_tokens = ri[H_MAX_TOKENS]
     seats = ri[H_MAX_SEQS] - ri[H_NRUN]
     while ri[H_NWAIT] > 0:
         req = wq[ri[H_WHEAD]]
         if budget <= 0 or seats < 1:
             break
         target = rq[R_TARGET, req]
-        if target > budget and (ri[H_NPF] > 0 or budget < max_tokens):
+        # Whole prompts unless one exceeds the whole budget and is the step's first.
+        if not chunked and target > budget and (ri[H_NPF] > 0 or budget < max_tokens):
             break
         if ri[H_FREE_TOP] < 1:
             break
@@ -358,6 +367,39 @@ def _plan(ri, rf, wq, rq, rqf, kva):
         _add_chunk(ri, o_chunk, req, new, 0)
         budget -= new
         seats -= 1
+    return DONE_OK
+
+
+@njit(cache=True)
+def _plan(ri, rf, wq, rq, rqf, kva):
+    """The plan of the step at ``rf[F_T]``: ``VllmScheduler.schedule`` (prefill-first), or
+    ``Scheduler._decode_then_prefill`` (Sarathi-Serve chunks, Orca whole prompts)."""
+    now_s = rf[F_T]
+    ri[H_NPF] = 0
+    ri[H_NDEC] = 0
+    ri[H_NPRE] = 0
+    if ri[H_POLICY] != POLICY_VLLM:
+        status = _decode_with_preemption(ri, wq, rq, kva, now_s)
+        if status < 0:
+            return status
+        status, budget = _continue_prefills(ri, rq, kva, ri[H_BUDGET] - ri[H_NDEC])
+        if status < 0:
+            return status
+        return _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, ri[H_POLICY] == POLICY_SARATHI)
+    o_run = H_HEADER + K_RUN * ri[H_S]
+    pending = False
+    for i in range(ri[H_NRUN]):
+        if rq[R_PHASE, ri[o_run + i]] == PREFILL:
+            pending = True
+            break
+    if ri[H_NWAIT] == 0 and not pending:
+        return _decode_with_preemption(ri, wq, rq, kva, now_s)
+    status, budget = _continue_prefills(ri, rq, kva, ri[H_MAX_TOKENS])
+    if status < 0:
+        return status
+    status = _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, False)
+    if status < 0:
+        return status
     if ri[H_NPF] > 0:
         return DONE_OK
     return _decode_with_preemption(ri, wq, rq, kva, now_s)

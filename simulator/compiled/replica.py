@@ -39,8 +39,8 @@ def _mapped_bytes(nbytes: int) -> npt.NDArray[np.uint8]:
 def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_packs: list[Any],
                        workload: Any) -> str | None:
     """Why the compiled loop cannot run this variant, or None when it can."""
-    if policy != "vllm":
-        return f"scheduler.policy is {policy!r} (the compiled loop runs 'vllm')"
+    if policy not in L.POLICIES:
+        return f"scheduler.policy is {policy!r} (the compiled loop runs {', '.join(map(repr, L.POLICIES))})"
     if kv_manager != "paged":
         return f"kv_cache.manager is {kv_manager!r} (the compiled loop runs 'paged')"
     if preemption != "recompute":
@@ -72,6 +72,8 @@ class CompiledReplica:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         slots: int,
+        policy: str = "vllm",
+        chunk_size_tokens: int = 512,
         rq: npt.NDArray[np.int64],
         rqf: npt.NDArray[np.float64],
     ) -> None:
@@ -86,6 +88,8 @@ class CompiledReplica:
         ri[L.H_S] = slots
         ri[L.H_MAX_SEQS] = max_num_seqs
         ri[L.H_MAX_TOKENS] = max_num_batched_tokens
+        ri[L.H_POLICY] = L.POLICIES[policy]
+        ri[L.H_BUDGET] = chunk_size_tokens if policy == "sarathi" else max_num_batched_tokens
         ri[L.H_IDLE] = 1
         o_free = L.H_HEADER + L.K_FREE * slots
         ri[o_free : o_free + slots] = np.arange(slots - 1, -1, -1)  # slot 0 is taken first

@@ -102,7 +102,7 @@ def simulate(
 ) -> SimpleNamespace:
     """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects.
 
-    ``loop="compiled"`` runs the compiled loop (vllm on paged KV; ``cost`` must be a roofline
+    ``loop="compiled"`` runs the compiled loop (vllm/sarathi/orca on paged KV; ``cost`` a roofline
     ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``).
     """
     cost = cost or LinearCost()
@@ -132,7 +132,7 @@ def simulate(
             crep = CompiledReplica(
                 replica_id=i, kv=kv, cost_pack=pack, cost=cost, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens, slots=max_num_seqs + 1,
-                rq=cluster.rq, rqf=cluster.rqf,
+                policy=policy, chunk_size_tokens=chunk_size_tokens, rq=cluster.rq, rqf=cluster.rqf,
             )
             cluster.add_replica(crep)
             reps.append(crep)

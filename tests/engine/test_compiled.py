@@ -52,6 +52,8 @@ def cases(draw):
     outputs = draw(st.lists(st.integers(1, 40), min_size=n, max_size=n))
     wl = workload(np.cumsum(gaps), prompts, outputs)
     cfg = {
+        "policy": draw(st.sampled_from(["vllm", "vllm", "sarathi", "orca"])),
+        "chunk_size_tokens": draw(st.sampled_from([4, 16, 64])),
         "capacity_tokens": draw(st.sampled_from([48, 64, 96, 160, 1024])),
         "block_size_tokens": draw(st.sampled_from([1, 4, 16])),
         "max_num_seqs": draw(st.sampled_from([1, 2, 4, 8])),
@@ -68,13 +70,13 @@ def cases(draw):
 @given(cases())
 def test_compiled_equals_python_stepping(case):
     wl, cfg = case
-    py = simulate(wl, policy="vllm", kv_kind="paged", cost=COST, fast_forward=False, **cfg)
-    comp = simulate(wl, policy="vllm", kv_kind="paged", cost=COST, loop="compiled", **cfg)
+    py = simulate(wl, kv_kind="paged", cost=COST, fast_forward=False, **cfg)
+    comp = simulate(wl, kv_kind="paged", cost=COST, loop="compiled", **cfg)
     _assert_same(comp, py)
     # Conservation: every request ends completed or rejected.
     assert set(comp.requests["status"]) <= {"completed", "rejected"}
     # The Python engine's fast-forward mode gives the same request timings too.
-    ff = simulate(wl, policy="vllm", kv_kind="paged", cost=COST, fast_forward=True, **cfg)
+    ff = simulate(wl, kv_kind="paged", cost=COST, fast_forward=True, **cfg)
     pd.testing.assert_frame_equal(comp.requests, ff.requests)
 
 
@@ -151,11 +153,12 @@ def test_scenario_compiled_equals_python():
 
 def test_auto_falls_back_and_compiled_refuses_unsupported():
     data = _scenario()
-    data["scheduler"] = {**data["scheduler"], "policy": "sarathi"}
+    data["scheduler"] = {**data["scheduler"], "policy": "sglang"}
+    data["kv_cache"] = {**data["kv_cache"], "manager": "radix"}
     data["workload"]["num_requests"] = 20
     assert run_scenario(scenario_from_dict(data)).variants[0].summary["config"]["engine_loop"] == "python"
     data["engine"]["loop"] = "compiled"
-    with pytest.raises(ConfigError, match=r"scheduler\.policy is 'sarathi'"):
+    with pytest.raises(ConfigError, match=r"scheduler\.policy is 'sglang'"):
         run_scenario(scenario_from_dict(data))
 
 
