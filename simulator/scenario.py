@@ -245,7 +245,7 @@ class EngineCfg(_Cfg):
     )
     loop: Literal["auto", "compiled", "python"] = Field(
         "auto",
-        description="Which replica loop runs: 'compiled' (numba; vllm scheduler, paged KV, "
+        description="Which replica loop runs: 'compiled' (numba; vllm, sarathi or orca on paged KV, "
         "recompute preemption, roofline costs, no fan-out or dependent requests), 'python' "
         "(every configuration), or 'auto' (compiled when supported and fast_forward is on). "
         "Both give the same results; compiled is 5-20x faster.",

@@ -1,4 +1,5 @@
-"""The compiled serving loop: vLLM scheduling on paged KV, one numba kernel per replica.
+"""The compiled serving loop: vLLM, Sarathi-Serve or Orca scheduling on paged KV, one numba
+kernel per replica.
 
 ``engine.loop: auto`` (the default) runs a variant here when it is supported
 (:func:`unsupported_reason` says why not otherwise) and in the Python engine
