@@ -248,7 +248,7 @@ class EngineCfg(_Cfg):
         description="Which replica loop runs: 'compiled' (numba; vllm, sarathi or orca on paged KV, "
         "recompute preemption, roofline costs, no fan-out or dependent requests), 'python' "
         "(every configuration), or 'auto' (compiled when supported and fast_forward is on). "
-        "Both give the same results; compiled is 5-20x faster.",
+        "Both give the same results; compiled was 3.5-15x faster in the benchmarks.",
     )
     max_sim_time_s: PositiveFloat | None = Field(
         None, description="Stop the simulation at this simulated time; null = run to the end."
