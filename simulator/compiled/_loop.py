@@ -4,9 +4,9 @@ One call, :func:`advance`, runs a replica's steps up to a time: it commits the s
 flight if it ends before ``until_s``, plans the next step at once (as the Python replica
 does when its step's timeout fires), and stops at the first step that would still be
 running at ``until_s``; then it queues the arriving request, if any. This is the Python
-engine's stepping mode (``simulator.engine.Replica`` with ``fast_forward=False`` and
-``simulator.scheduling.vllm`` / ``sarathi`` / ``orca``) operation for operation: the same FCFS admission under
-``max_num_seqs`` / ``max_num_batched_tokens``, watermark admission and all-or-nothing
+engine's stepping mode (``simulator.engine.Replica`` with ``fast_forward=False`` and the
+``vllm`` / ``sarathi`` / ``orca`` schedulers) operation for operation: the same plans, FCFS
+admission under ``max_num_seqs`` / ``max_num_batched_tokens``, watermark admission and all-or-nothing
 growth through the same block-pool kernels (:mod:`simulator.memory.kernels._blocks`), the
 same recompute preemption of the latest-arrived request, the same step costs (the numba
 twin of ``step_time_s``), so request times and step rows are identical bit for bit
@@ -19,7 +19,7 @@ State is flat arrays (STYLE section 6):
   decode slots), two scratch arrays and the ITL histogram (offsets from ``S``, the slots).
 * ``rf`` float64: ``F_*`` scalars, then the per-slot time of the last token.
 * ``wq`` int64: the waiting queue, a ring (the facade grows it).
-* ``rq`` int64 ``[R_NUM, N]`` / ``rqf`` float64 ``[Q_NUM, N]``: per request (workload row),
+* ``rq`` int64 ``[R_NUM, N]`` / ``rqf`` float64 ``[Q_NUM, N]``: per request (workload column),
   shared by the replicas of a run.
 * ``kva``: the paged manager's arena; ``cf``: the step-cost pack (``hwmodels.stepkernel``).
 * ``sf`` / ``si`` / ``sq``: the current chunk of step rows (float64, int32, int64 columns).
@@ -34,6 +34,7 @@ from numba import njit
 
 from hwmodels.stepkernel import step_time_s
 from simulator.memory.kernels import _blocks
+from simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS
 
 # Request fields, rows of ``rq``.
 R_PROMPT = 0
@@ -115,10 +116,10 @@ ROWS_FULL = 1
 ERR_GROW = -1  # a grow or admit misuse (the Python engine would raise ValueError)
 ERR_EMPTY = -2  # an empty plan with running requests
 
-# ITL histogram (as simulator.results).
-ITL_LO_S = 1e-6
-ITL_BINS_PER_DECADE = 200
-ITL_NUM_BINS = 9 * ITL_BINS_PER_DECADE + 2
+# ITL histogram: the recorder's bins.
+ITL_LO_S = _ITL_LO_S
+ITL_BINS_PER_DECADE = _ITL_BINS_PER_DECADE
+ITL_NUM_BINS = _ITL_NUM_BINS
 
 _NO_KEYS = np.zeros(0, dtype=np.int64)
 
