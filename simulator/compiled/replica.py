@@ -116,6 +116,11 @@ class CompiledReplica:
         return 0  # paged KV caches no prefixes
 
     @property
+    def num_steps(self) -> int:
+        """Steps committed so far (as ``Replica.num_steps``)."""
+        return int(self.ri[L.H_NSTEPS])
+
+    @property
     def next_event_s(self) -> float:
         """When this replica next changes state by itself (inf: idle until an arrival)."""
         if self.ri[L.H_INFLIGHT]:

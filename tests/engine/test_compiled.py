@@ -101,6 +101,7 @@ def test_row_chunks_and_queue_growth(monkeypatch):
     py = simulate(wl, cost=COST, fast_forward=False, **kw)
     comp = simulate(wl, cost=COST, loop="compiled", **kw)
     assert len(comp.steps) > 200
+    assert sum(r.num_steps for r in comp.replicas) == len(comp.steps) == sum(r.num_steps for r in py.replicas)
     assert comp.summary["completed"] == n
     _assert_same(comp, py)
 
