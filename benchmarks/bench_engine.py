@@ -8,7 +8,9 @@ step events, measured in the same process (ratios are robust to a noisy shared m
     python benchmarks/bench_engine.py --requests 200000   # smaller synthetic case
     python benchmarks/bench_engine.py --skip-synthetic
 
-The Azure case needs ../shared/traces/azure2023 (skipped with a note when absent).
+The Azure case needs ../shared/traces/azure2023 (skipped with a note when absent). Both
+cases run in the compiled replica loop (``engine.loop: auto``); add ``--python`` to time the
+Python engine instead.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def run_case(label: str, data: dict) -> None:
     # with a bare loop of as many step events as the engine simulated steps.
     bare = bare_simpy_s(steps)
     print(f"\n## {label}")
+    print(f"engine loop        {s['config']['engine_loop']:>12s}")
     print(f"requests           {s['num_requests']:>12,d}  (completed {s['completed']:,d}, rejected {s['num_rejected']:,d})")
     print(f"simulated time     {s['duration']:>12,.0f} s")
     print(f"wall time          {wall:>12.2f} s  (CPU {cpu:.2f} s: on a loaded machine the steadier figure)")
@@ -88,6 +91,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1_000_000, help="synthetic case size")
     ap.add_argument("--skip-azure", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--python", action="store_true", help="time the Python engine (engine.loop: python)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}")
     common = {
@@ -95,7 +99,7 @@ def main() -> None:
         "model": {"name": "llama-3.1-8b", "max_model_len_tokens": 16384},
         "kv_cache": {"manager": "paged", "block_size_tokens": 16},
         "scheduler": {"policy": "vllm", "max_num_seqs": 256, "max_num_batched_tokens": 8192},
-        "engine": {"progress": False},
+        "engine": {"progress": False, "loop": "python" if args.python else "auto"},
     }
     if not args.skip_azure:
         if AZURE_CONV.is_file():
