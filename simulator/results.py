@@ -483,10 +483,12 @@ class Recorder:
         self._stretch_blocks, self._itl_stretch_done = [], 0
         chunks = self._col_chunks
         self._col_chunks = []
-        if chunks and not row_blocks and not blocks:
+        if chunks:
+            # A run is compiled or Python throughout, so column chunks never mix with rows.
+            if row_blocks or blocks:
+                raise RuntimeError("column chunks recorded next to stepped rows or stretches")
             return self._frame_from_column_chunks(chunks)
         n = n_raw + sum(int(b[:, _SCOL["num_steps"]].sum()) for b in blocks)
-        n += sum(len(c["t_s"]) for _r, _o, c in chunks)
         out: dict[str, npt.NDArray[Any]] = {name: np.empty(n, dtype) for name, dtype in _STEP_DTYPES.items()}
         ordinal = np.empty(n, np.int64)
         split = np.empty((n, len(_SPLIT_COLS)), np.float32)
@@ -524,15 +526,6 @@ class Recorder:
             lo += m
             del cols
         self._st_start_s, self._st_duration_s = array("d"), array("d")
-        chunks.reverse()
-        while chunks:
-            rid, first, cols = chunks.pop()
-            m = len(cols["t_s"])
-            cols["replica_id"] = np.full(m, rid, dtype=np.int32)
-            cols["_ordinal"] = np.arange(first, first + m, dtype=np.int64)
-            fill(lo, cols, m)
-            lo += m
-            del cols
         # Stable order by (time, replica), ties in the order the steps were logged.
         order = np.lexsort((ordinal, out["replica_id"], out["t_s"]))
         ordinal = np.empty(0, np.int64)  # free it before the permutation
@@ -747,11 +740,13 @@ def summarize(
             s[f"step_time_{col}_frac"] = parts[col] / split_total if split_total else 0.0
         # Prefix counters are cumulative per replica: their per-replica maxima, summed.
         rid = steps["replica_id"].to_numpy()
+        query = steps["prefix_query_tokens"].to_numpy()
+        hit = steps["prefix_hit_tokens"].to_numpy()
         q = h = 0
         for r in np.unique(rid):
             sel = rid == r
-            q += int(steps["prefix_query_tokens"].to_numpy()[sel].max())
-            h += int(steps["prefix_hit_tokens"].to_numpy()[sel].max())
+            q += int(query[sel].max())
+            h += int(hit[sel].max())
     else:
         for name in ("kv_token_state_frac", "kv_reserved_frac", "kv_internal_frag_frac", "kv_external_frag_frac",
                      "kv_cached_frac", "kv_free_frac"):
