@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hwmodels.cyclesim import (
+from servesim.hwmodels.cyclesim import (
     CycleCostModel,
     simulate_decode_attention,
     simulate_gemm,
@@ -82,7 +82,7 @@ def main() -> None:
 
     # Step cost with the roofline vs with the cached cycle model (same random steps).
     try:
-        from hwmodels.stepcost import StepCostModel
+        from servesim.hwmodels.stepcost import StepCostModel
     except ImportError:  # the step-cost model lives in another module of the project
         return
     steps = [
@@ -104,7 +104,7 @@ def main() -> None:
 
 
 def _serving_scenario(cost_model: str, num_requests: int) -> object:
-    from simulator.scenario import scenario_from_dict
+    from servesim.simulator.scenario import scenario_from_dict
 
     return scenario_from_dict({
         "name": "bench-cycle-serving",
@@ -128,7 +128,7 @@ def serving(num_requests: int = 1500, repeat: int = 2) -> dict[str, float]:
     ``cost_model: cycle`` also loads from and saves to disk between runs); then the runs
     alternate and the best CPU time of each is kept.
     """
-    from simulator.build import run_scenario
+    from servesim.simulator.build import run_scenario
 
     for cm in ("roofline", "cycle"):
         run_scenario(_serving_scenario(cm, 300))

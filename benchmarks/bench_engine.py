@@ -27,8 +27,8 @@ import simpy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simulator.build import run_scenario  # noqa: E402
-from simulator.scenario import scenario_from_dict  # noqa: E402
+from servesim.simulator.build import run_scenario  # noqa: E402
+from servesim.simulator.scenario import scenario_from_dict  # noqa: E402
 
 AZURE_CONV = ROOT.parent / "shared" / "traces" / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
 

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from reference.kv_cache import make_ref
 
-from hwmodels.rng import make_rng
-from simulator.memory import make_kv_manager
-from simulator.memory.kernels import _blocks, _contiguous
+from servesim.hwmodels.rng import make_rng
+from servesim.simulator.memory import make_kv_manager
+from servesim.simulator.memory.kernels import _blocks, _contiguous
 
 MAX_SEQS = 256
 MAX_SEQ_LEN = 2048

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from hwmodels.stepcost import StepCostModel
+from servesim.hwmodels.stepcost import StepCostModel
 
 CASES = [
     ("llama-3.1-8b", "h100-sxm", 1, 1, "fp16"),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simulator.sweep import open_executor, run_sweep
+from servesim.simulator.sweep import open_executor, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 GPUS = ["a100-sxm4-80gb", "h100-sxm", "h200", "l40s"]
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="Runs per executor; the fastest is reported (shared machines).")
     args = parser.parse_args()
-    from simulator.sweep import sweep_from_dict
+    from servesim.simulator.sweep import sweep_from_dict
 
     spec = sweep_from_dict(sweep_spec(args.requests), base_dir=ROOT / "scenarios")
     configs = [("serial", 1), ("local", 1), ("local", 2)]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from workloads import WorkloadCfg, build_workload, read_trace
+from servesim.workloads import WorkloadCfg, build_workload, read_trace
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 

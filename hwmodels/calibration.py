@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from hwmodels.gpus import get_gpu
-from hwmodels.roofline import GemmParams, gemm_params_for, gemm_time_s
+from servesim.hwmodels.gpus import get_gpu
+from servesim.hwmodels.roofline import GemmParams, gemm_params_for, gemm_time_s
 
 DATA_DIR = Path(__file__).parent / "data" / "calibration"
 PARAMS_PATH = Path(__file__).parent / "data" / "roofline_calibration.json"

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
-from hwmodels.errors import ConfigError, unknown_name
-from hwmodels.units import GiB
+from servesim.hwmodels.errors import ConfigError, unknown_name
+from servesim.hwmodels.units import GiB
 
 #: Compute types a GPU may list a dense tensor-core peak for.
 COMPUTE_TYPES: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4", "fp4")

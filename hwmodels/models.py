@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hwmodels.errors import ConfigError, unknown_name
+from servesim.hwmodels.errors import ConfigError, unknown_name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

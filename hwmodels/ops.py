@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hwmodels.errors import ConfigError
-from hwmodels.models import Linear, ModelSpec
-from hwmodels.quant import KvDtype, QuantScheme
+from servesim.hwmodels.errors import ConfigError
+from servesim.hwmodels.models import Linear, ModelSpec
+from servesim.hwmodels.quant import KvDtype, QuantScheme
 
 #: Operator names in report order. ``up_proj`` replaces ``gate_up_proj`` for non-gated MLPs.
 OP_ORDER: tuple[str, ...] = (

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from hwmodels.errors import ConfigError, unknown_name
+from servesim.hwmodels.errors import ConfigError, unknown_name
 
 #: Bits of each storage dtype.
 DTYPE_BITS: Mapping[str, int] = MappingProxyType(

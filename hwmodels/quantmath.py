@@ -35,8 +35,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from hwmodels.errors import ConfigError
-from hwmodels.rng import make_rng
+from servesim.hwmodels.errors import ConfigError
+from servesim.hwmodels.rng import make_rng
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -55,8 +55,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from hwmodels.errors import ConfigError
-from hwmodels.gpus import GpuSpec
+from servesim.hwmodels.errors import ConfigError
+from servesim.hwmodels.gpus import GpuSpec
 
 ArrayLike = float | npt.NDArray[np.float64]
 

@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hwmodels.errors import CapacityError, ConfigError
-from hwmodels.gpus import GpuSpec, get_gpu
-from hwmodels.models import ModelSpec, get_model
-from hwmodels.ops import (
+from servesim.hwmodels.errors import CapacityError, ConfigError
+from servesim.hwmodels.gpus import GpuSpec, get_gpu
+from servesim.hwmodels.models import ModelSpec, get_model
+from servesim.hwmodels.ops import (
     ACT_BYTES,
     OP_ORDER,
     GemmOp,
@@ -55,7 +55,7 @@ from hwmodels.ops import (
     layer_gemms,
     lm_head_gemm,
 )
-from hwmodels.quant import (
+from servesim.hwmodels.quant import (
     KvDtype,
     QuantScheme,
     check_kv_dtype_supported,
@@ -63,7 +63,7 @@ from hwmodels.quant import (
     get_scheme,
     weight_bytes,
 )
-from hwmodels.roofline import (
+from servesim.hwmodels.roofline import (
     ATTN_COMPUTE_EFF_MAX_FRAC,
     ATTN_FLOPS_HALF,
     ELEMENTWISE_LAUNCH_S,
@@ -73,7 +73,7 @@ from hwmodels.roofline import (
     OpTimer,
     gemm_params_for,
 )
-from hwmodels.units import GiB
+from servesim.hwmodels.units import GiB
 
 #: Fixed host-side cost of one engine step (scheduling, building input tensors, launching the
 #: captured graph, detokenisation bookkeeping). Vidur profiles these CPU overheads of vLLM per

@@ -11,7 +11,7 @@ Entry points:
 
 from __future__ import annotations
 
-from reports._data import RunData, load_run, run_from_frames
-from reports.report import build_report
+from servesim.reports._data import RunData, load_run, run_from_frames
+from servesim.reports.report import build_report
 
 __all__ = ["RunData", "build_report", "load_run", "run_from_frames"]

@@ -25,8 +25,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
-from reports._data import RunData
-from reports._style import new_figure, save_figure, variant_colors
+from servesim.reports._data import RunData
+from servesim.reports._style import new_figure, save_figure, variant_colors
 
 #: Marker per operator bound, as the engine labels it (anything else gets "D").
 _BOUND_MARKERS: Mapping[str, str] = {

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from reports._data import (
+from servesim.reports._data import (
     FloatArray,
     RunData,
     binned_mean,
@@ -26,8 +26,8 @@ from reports._data import (
     step_intervals,
     time_edges,
 )
-from reports._roofline_fig import plot_run_roofline
-from reports._style import (
+from servesim.reports._roofline_fig import plot_run_roofline
+from servesim.reports._style import (
     BOUND_PARTS,
     KV_PARTS,
     new_figure,

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from reports._style import axis_label, new_figure, save_figure, variant_colors
+from servesim.reports._style import axis_label, new_figure, save_figure, variant_colors
 
 _LINESTYLES: tuple[str, ...] = ("-", "--", ":", "-.")
 

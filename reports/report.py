@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reports._data import RunData, load_run
-from reports._style import KV_SUMMARY_KEYS
-from reports.figures import plot_run_figures, prefix_variants, run_slo
+from servesim.reports._data import RunData, load_run
+from servesim.reports._style import KV_SUMMARY_KEYS
+from servesim.reports.figures import plot_run_figures, prefix_variants, run_slo
 
 GiB = 1 << 30  # binary gibibyte, as hwmodels.units.GiB (kept local: reports stands alone)
 

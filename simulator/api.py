@@ -3,7 +3,7 @@
 Four functions, each taking what a notebook has at hand (a path, a dict, a validated
 scenario) and returning pandas-friendly objects::
 
-    import simulator as ss
+    import servesim as ss
 
     res = ss.run("scenarios/quickstart.yaml", overrides={"workload.arrivals.rate_per_s": 8})
     res.variants[0].summary["p99_ttft_ms"]; res.variants[0].requests   # DataFrames
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from simulator.capacity import PlanResult, PlanSpec, RateResult
-    from simulator.scenario import ScenarioCfg
-    from simulator.sweep import ExecutorKind, SweepSpec
+    from servesim.simulator.capacity import PlanResult, PlanSpec, RateResult
+    from servesim.simulator.scenario import ScenarioCfg
+    from servesim.simulator.sweep import ExecutorKind, SweepSpec
 
 __all__ = ["load", "max_sustainable_rate", "plan_capacity", "run", "sweep"]
 
@@ -50,7 +50,7 @@ def load(
     Raises:
         ScenarioError: the scenario or an override is invalid.
     """
-    from simulator.scenario import ScenarioCfg, load_scenario, scenario_from_dict
+    from servesim.simulator.scenario import ScenarioCfg, load_scenario, scenario_from_dict
 
     strings = _override_strings(overrides)
     if isinstance(scenario, ScenarioCfg):
@@ -85,7 +85,7 @@ def run(
     Raises:
         ScenarioError: invalid scenario; CapacityError: the model cannot fit.
     """
-    from simulator.build import run_scenario
+    from servesim.simulator.build import run_scenario
 
     cfg = load(scenario, overrides, seed)
     if cfg.engine.progress != progress:
@@ -122,7 +122,7 @@ def sweep(
         ``error``, then every scalar summary metric; sorted by point index. Identical for
         every executor and worker count.
     """
-    from simulator.sweep import run_sweep
+    from servesim.simulator.sweep import run_sweep
 
     return run_sweep(
         spec_or_path,
@@ -171,8 +171,8 @@ def max_sustainable_rate(
         the probes as a DataFrame, the SLO that failed first above the limit and the binding
         constraint.
     """
-    from simulator.capacity import SloTarget
-    from simulator.capacity import max_sustainable_rate as _msr
+    from servesim.simulator.capacity import SloTarget
+    from servesim.simulator.capacity import max_sustainable_rate as _msr
 
     cfg = load(scenario, overrides)
     slo = SloTarget(ttft_ms=ttft_ms, tpot_ms=tpot_ms, goodput_frac=goodput_frac,
@@ -204,7 +204,7 @@ def plan_capacity(
         :class:`simulator.capacity.PlanResult` (``.table`` ranked, ``.probes``,
         ``.curves``, ``.write(dir)``).
     """
-    from simulator.capacity import plan_capacity as _plan
+    from servesim.simulator.capacity import plan_capacity as _plan
 
     result = _plan(plan, executor=executor, workers=workers,
                    scheduler_address=scheduler_address, progress=progress)

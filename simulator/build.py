@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import simpy
 
-from hwmodels.gpus import GpuSpec, get_gpu
-from hwmodels.models import ModelSpec, get_model
-from hwmodels.quant import (
+from servesim.hwmodels.gpus import GpuSpec, get_gpu
+from servesim.hwmodels.models import ModelSpec, get_model
+from servesim.hwmodels.quant import (
     KvDtype,
     QuantScheme,
     check_kv_dtype_supported,
@@ -40,17 +40,17 @@ from hwmodels.quant import (
     kv_bytes_per_token,
     weight_bytes,
 )
-from hwmodels.stepkernel import checked_pack
-from hwmodels.units import GiB
-from simulator.cluster import Cluster
-from simulator.compiled import CompiledCluster, CompiledReplica, unsupported_reason
-from simulator.engine import Replica
-from simulator.errors import CapacityError, ConfigError, SimulatorError
-from simulator.memory import make_kv_manager
-from simulator.results import Recorder, Results, VariantResult, summarize
-from simulator.scenario import HardwareCfg, ScenarioCfg, resolve_variants
-from simulator.scheduling import scheduler_class
-from workloads.config import build_workload
+from servesim.hwmodels.stepkernel import checked_pack
+from servesim.hwmodels.units import GiB
+from servesim.simulator.cluster import Cluster
+from servesim.simulator.compiled import CompiledCluster, CompiledReplica, unsupported_reason
+from servesim.simulator.engine import Replica
+from servesim.simulator.errors import CapacityError, ConfigError, SimulatorError
+from servesim.simulator.memory import make_kv_manager
+from servesim.simulator.results import Recorder, Results, VariantResult, summarize
+from servesim.simulator.scenario import HardwareCfg, ScenarioCfg, resolve_variants
+from servesim.simulator.scheduling import scheduler_class
+from servesim.workloads.config import build_workload
 
 #: Non-torch memory per GPU (CUDA context, cuBLAS workspace, CUDA graphs); see module doc.
 DEFAULT_RESERVE_BYTES = 1 * GiB
@@ -148,7 +148,7 @@ def memory_budget(
 
 
 def _make_cost_model(cfg: ScenarioCfg, gpu: GpuSpec, model: ModelSpec, scheme: QuantScheme, kv: KvDtype, hw: HardwareCfg) -> Any:
-    from hwmodels.stepcost import StepCostModel
+    from servesim.hwmodels.stepcost import StepCostModel
 
     kwargs: dict[str, Any] = {
         "gpu": gpu,
@@ -180,7 +180,7 @@ _CYCLE_TIMERS: dict[str, Any] = {}
 
 def _cycle_timer(gpu: GpuSpec) -> Any:
     """One cycle-model timer per GPU and process, preloaded from the on-disk cache."""
-    from hwmodels.cyclesim.cache import CycleCostModel
+    from servesim.hwmodels.cyclesim.cache import CycleCostModel
 
     timer = _CYCLE_TIMERS.get(gpu.name)
     if timer is None:

@@ -50,8 +50,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
-from simulator.errors import CapacityError, ScenarioError, SimulatorError
-from simulator.sweep import (
+from servesim.simulator.errors import CapacityError, ScenarioError, SimulatorError
+from servesim.simulator.sweep import (
     ExecutorKind,
     Point,
     apply_params,
@@ -223,12 +223,12 @@ def current_rate(data: Mapping[str, Any]) -> float | None:
 
 def _scenario_data(scenario: Any, variant: str | None) -> dict[str, Any]:
     """A plain mapping of one configuration (paths absolute), variant resolved."""
-    from simulator.scenario import ScenarioCfg, resolve_variants, scenario_from_dict
+    from servesim.simulator.scenario import ScenarioCfg, resolve_variants, scenario_from_dict
 
     if isinstance(scenario, ScenarioCfg):
         cfg = scenario
     elif isinstance(scenario, str | Path):
-        from simulator.scenario import load_scenario
+        from servesim.simulator.scenario import load_scenario
 
         cfg = load_scenario(scenario)
     else:
@@ -253,8 +253,8 @@ def _scenario_data(scenario: Any, variant: str | None) -> dict[str, Any]:
 
 def _simulate(data: Mapping[str, Any]) -> dict[str, Any]:
     """Run one configuration mapping; the summary of its (single) variant."""
-    from simulator.build import run_scenario
-    from simulator.scenario import scenario_from_dict
+    from servesim.simulator.build import run_scenario
+    from servesim.simulator.scenario import scenario_from_dict
 
     results = run_scenario(scenario_from_dict(dict(data)))
     return dict(results.variants[0].summary)
@@ -636,7 +636,7 @@ class _PlanTask:
 
 
 def _candidate_data(task: _PlanTask) -> dict[str, Any]:
-    from simulator.scenario import scenario_from_dict
+    from servesim.simulator.scenario import scenario_from_dict
 
     data = apply_params(task.base, task.point.params)
     _gpu_of(data)
@@ -907,7 +907,7 @@ def _plan_figures(result: PlanResult, out: Path) -> dict[str, Path]:
     ok = result.table[result.table["rank"].notna()]
     slo = result.spec.slo
     try:
-        from reports import plan_report
+        from servesim.reports import plan_report
     except ImportError:
         plan_report = None
     if not ok.empty and "output_tokens_per_s_per_user" in ok:

@@ -27,10 +27,10 @@ import numpy as np
 import simpy
 from simpy.core import URGENT
 
-from simulator.engine import Replica
-from simulator.errors import UnknownNameError
-from simulator.request import REJECT_KV, REJECT_MAX_LEN, ReqState
-from simulator.results import Recorder
+from servesim.simulator.engine import Replica
+from servesim.simulator.errors import UnknownNameError
+from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN, ReqState
+from servesim.simulator.results import Recorder
 
 ROUTERS = ("round_robin", "least_outstanding", "least_kv_load", "prefix_affinity")
 

@@ -30,13 +30,13 @@ import numpy as np
 import numpy.typing as npt
 import simpy
 
-from simulator.errors import InvariantError
-from simulator.request import DECODE, DONE, PREFILL, SWAPPED, WAITING, ReqState
-from simulator.scheduling.base import StepPlan
+from servesim.simulator.errors import InvariantError
+from servesim.simulator.request import DECODE, DONE, PREFILL, SWAPPED, WAITING, ReqState
+from servesim.simulator.scheduling.base import StepPlan
 
 if TYPE_CHECKING:
-    from simulator.memory.base import KVCacheManager
-    from simulator.results import Recorder
+    from servesim.simulator.memory.base import KVCacheManager
+    from servesim.simulator.results import Recorder
 
 #: Longest stretch computed in one go (bounds the arrays; a longer run is several stretches).
 MAX_STRETCH_STEPS = 4096

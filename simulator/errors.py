@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hwmodels.errors import (
+from servesim.hwmodels.errors import (
     CapacityError,
     ConfigError,
     InvariantError,

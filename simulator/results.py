@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from simulator.request import REJECT_REASONS
+from servesim.simulator.request import REJECT_REASONS
 
 MS = 1e3
 

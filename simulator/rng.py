@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from hwmodels.rng import make_rng, stream_key
+from servesim.hwmodels.rng import make_rng, stream_key
 
 __all__ = ["make_rng", "stream_key"]

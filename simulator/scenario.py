@@ -46,8 +46,8 @@ from pydantic import (
     model_validator,
 )
 
-from simulator.errors import ScenarioError, SimulatorError
-from workloads.config import WorkloadCfg
+from servesim.simulator.errors import ScenarioError, SimulatorError
+from servesim.workloads.config import WorkloadCfg
 
 __all__ = [
     "EngineCfg",
@@ -696,9 +696,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def _check_catalogue(cfg: ScenarioCfg, where: str) -> None:
     """Names must exist in the catalogues and fit together (scheme on GPU, KV dtype)."""
-    from hwmodels.gpus import get_gpu
-    from hwmodels.models import get_model
-    from hwmodels.quant import check_kv_dtype_supported, get_kv_dtype, get_scheme
+    from servesim.hwmodels.gpus import get_gpu
+    from servesim.hwmodels.models import get_model
+    from servesim.hwmodels.quant import check_kv_dtype_supported, get_kv_dtype, get_scheme
 
     def fail(field: str, exc: Exception) -> ScenarioError:
         return ScenarioError(f"{where}: {field}: {exc}")

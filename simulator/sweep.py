@@ -59,7 +59,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from simulator.errors import ScenarioError, SimulatorError
+from servesim.simulator.errors import ScenarioError, SimulatorError
 
 __all__ = [
     "Point",
@@ -323,7 +323,7 @@ def expand_points(spec: SweepSpec) -> list[Point]:
 
 
 def _sample_random(spec: SweepSpec) -> list[dict[str, Any]]:
-    from simulator.rng import make_rng
+    from servesim.simulator.rng import make_rng
 
     rng = make_rng(spec.sampling_seed, "sweep.random")
     out = []
@@ -431,8 +431,8 @@ def run_point(task: PointTask) -> list[dict[str, Any]]:
 
     Exceptions propagate; :func:`execute_points` turns them into error rows.
     """
-    from simulator.build import run_scenario
-    from simulator.scenario import scenario_from_dict
+    from servesim.simulator.build import run_scenario
+    from servesim.simulator.scenario import scenario_from_dict
 
     # Workers never draw the engine's progress bar; the sweep has its own.
     data = set_dotted(apply_params(task.base, task.point.params), "engine.progress", False)
@@ -447,7 +447,7 @@ def run_point(task: PointTask) -> list[dict[str, Any]]:
 
 def validate_point(task: PointTask) -> None:
     """Validate a point's scenario without running it (raises ScenarioError/ConfigError)."""
-    from simulator.scenario import scenario_from_dict
+    from servesim.simulator.scenario import scenario_from_dict
 
     data = apply_params(task.base, task.point.params)
     scenario_from_dict(data, base_dir=None if task.base_dir is None else Path(task.base_dir))
@@ -525,7 +525,7 @@ def _process_context() -> multiprocessing.context.BaseContext:
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         # Modules that fail to import are skipped by the forkserver.
-        ctx.set_forkserver_preload(["simulator.sweep", "simulator.build"])
+        ctx.set_forkserver_preload(["servesim.simulator.sweep", "servesim.simulator.build"])
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hwmodels.units import (
+from servesim.hwmodels.units import (
     GB,
     GHZ,
     KB,

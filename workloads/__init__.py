@@ -7,10 +7,10 @@ Everything produces one columnar :class:`Workload`; :func:`build_workload` turns
 
 from __future__ import annotations
 
-from workloads.config import WorkloadCfg, build_workload
-from workloads.request import COLUMNS, Workload
-from workloads.stats import WorkloadStats, workload_stats
-from workloads.traces import FORMATS, detect_format, read_trace, write_workload
+from servesim.workloads.config import WorkloadCfg, build_workload
+from servesim.workloads.request import COLUMNS, Workload
+from servesim.workloads.stats import WorkloadStats, workload_stats
+from servesim.workloads.traces import FORMATS, detect_format, read_trace, write_workload
 
 __all__ = [
     "COLUMNS",

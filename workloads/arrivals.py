@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from hwmodels.errors import ConfigError
+from servesim.hwmodels.errors import ConfigError
 
 if TYPE_CHECKING:
-    from workloads.config import ArrivalsCfg
+    from servesim.workloads.config import ArrivalsCfg
 
 # Grid cells per period used to integrate the diurnal rate. 4096 cells keep the error of the
 # piecewise-linear inverse far below a request's inter-arrival time at any practical rate.

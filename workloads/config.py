@@ -34,12 +34,12 @@ from pydantic import (
     model_validator,
 )
 
-from hwmodels.errors import ConfigError
+from servesim.hwmodels.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy.typing as npt
 
-    from workloads.request import Workload
+    from servesim.workloads.request import Workload
 
 TraceFormat = Literal["auto", "azure", "mooncake", "splitwise", "lengths", "burstgpt", "servesim"]
 
@@ -423,7 +423,7 @@ def build_workload(cfg: WorkloadCfg, *, seed: int, base_dir: Path | None = None)
         ConfigError: an impossible combination (e.g. a timestamped trace with arrivals:).
         TraceError: a missing, empty or malformed trace file.
     """
-    from workloads import synthetic, traces, transforms
+    from servesim.workloads import synthetic, traces, transforms
 
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from hwmodels.errors import ConfigError
+from servesim.hwmodels.errors import ConfigError
 
 if TYPE_CHECKING:
-    from workloads.config import LengthDist, LengthsCfg
+    from servesim.workloads.config import LengthDist, LengthsCfg
 
 # Largest support a bounded Zipf is sampled over by inverse CDF (a table of this many floats).
 _ZIPF_MAX_SUPPORT = 1 << 24
@@ -116,8 +116,8 @@ def empirical_pairs(
     dist: LengthDist, base_dir: Path | None
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """(prompt, output) length columns of an empirical spec's trace file."""
-    from workloads.config import resolve_path
-    from workloads.traces import read_trace
+    from servesim.workloads.config import resolve_path
+    from servesim.workloads.traces import read_trace
 
     wl = read_trace(resolve_path(dist.path, base_dir), format=dist.format)
     return wl.prompt_tokens, wl.output_tokens

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from hwmodels.errors import InvariantError
+from servesim.hwmodels.errors import InvariantError
 
 # Column name -> dtype of every per-request array (the schema of to_frame and of the
 # servesim trace format).

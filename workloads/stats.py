@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
-from workloads.request import Workload
+from servesim.workloads.request import Workload
 
 # Percentiles reported for prompt and output lengths (numpy's default linear interpolation).
 PERCENTILES = (50, 90, 99)
@@ -116,7 +116,7 @@ def prefix_reuse(wl: Workload) -> tuple[float, int]:
     if np.array_equal(counts, listed):
         ids = wl.prefix_block_ids
     else:
-        from workloads.request import segment_arange
+        from servesim.workloads.request import segment_arange
 
         ids = wl.prefix_block_ids[
             np.repeat(wl.prefix_offsets[:-1], counts) + segment_arange(counts)

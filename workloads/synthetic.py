@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from hwmodels.errors import ConfigError
-from hwmodels.rng import make_rng
-from workloads.arrivals import sample_arrivals
-from workloads.lengths import clip_total, sample_lengths, sample_prompt_output
-from workloads.request import Workload, segment_arange
+from servesim.hwmodels.errors import ConfigError
+from servesim.hwmodels.rng import make_rng
+from servesim.workloads.arrivals import sample_arrivals
+from servesim.workloads.lengths import clip_total, sample_lengths, sample_prompt_output
+from servesim.workloads.request import Workload, segment_arange
 
 if TYPE_CHECKING:
-    from workloads.config import ArrivalsCfg, SamplingCfg, WorkloadCfg
+    from servesim.workloads.config import ArrivalsCfg, SamplingCfg, WorkloadCfg
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

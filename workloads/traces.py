@@ -28,9 +28,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from hwmodels.errors import TraceError
-from hwmodels.units import MS_PER_S
-from workloads.request import COLUMNS, Workload, segment_arange
+from servesim.hwmodels.errors import TraceError
+from servesim.hwmodels.units import MS_PER_S
+from servesim.workloads.request import COLUMNS, Workload, segment_arange
 
 FORMATS = ("azure", "mooncake", "splitwise", "lengths", "burstgpt", "servesim")
 

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hwmodels.errors import ConfigError
-from workloads.request import Workload
+from servesim.hwmodels.errors import ConfigError
+from servesim.workloads.request import Workload
 
 if TYPE_CHECKING:
-    from workloads.config import TraceCfg, TraceFilters
+    from servesim.workloads.config import TraceCfg, TraceFilters
 
 
 def window(wl: Workload, start_s: float, end_s: float) -> Workload:

@@ -13,15 +13,18 @@ See ``docs/cycle-model.md`` for what is modelled and what is not.
 
 from __future__ import annotations
 
-from hwmodels.cyclesim.cache import CycleCostModel
-from hwmodels.cyclesim.kernels import (
+from servesim.hwmodels.cyclesim.cache import CycleCostModel
+from servesim.hwmodels.cyclesim.kernels import (
     KernelResult,
     simulate_decode_attention,
     simulate_gemm,
     simulate_prefill_attention,
 )
-from hwmodels.cyclesim.paged_attention import dense_attention_decode, paged_attention_decode
-from hwmodels.cyclesim.params import machine_for
+from servesim.hwmodels.cyclesim.paged_attention import (
+    dense_attention_decode,
+    paged_attention_decode,
+)
+from servesim.hwmodels.cyclesim.params import machine_for
 
 __all__ = [
     "CycleCostModel",

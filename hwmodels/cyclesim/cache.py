@@ -25,14 +25,14 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from hwmodels.cyclesim.kernels import (
+from servesim.hwmodels.cyclesim.kernels import (
     simulate_decode_attention,
     simulate_gemm,
     simulate_prefill_attention,
 )
-from hwmodels.cyclesim.params import Machine, machine_for
-from hwmodels.errors import ConfigError
-from hwmodels.gpus import GpuSpec, get_gpu
+from servesim.hwmodels.cyclesim.params import Machine, machine_for
+from servesim.hwmodels.errors import ConfigError
+from servesim.hwmodels.gpus import GpuSpec, get_gpu
 
 #: Format version of the JSON cache file.
 CACHE_FORMAT = 1

@@ -22,9 +22,9 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from hwmodels.cyclesim.kernels import simulate_gemm
-from hwmodels.cyclesim.params import machine_for
-from hwmodels.gpus import get_gpu
+from servesim.hwmodels.cyclesim.kernels import simulate_gemm
+from servesim.hwmodels.cyclesim.params import machine_for
+from servesim.hwmodels.gpus import get_gpu
 
 #: Calibration files and the catalogue GPU each was measured on.
 FILES: dict[str, str] = {

@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hwmodels.cyclesim.kernels import KernelResult, simulate_decode_attention, simulate_gemm
+from servesim.hwmodels.cyclesim.kernels import (
+    KernelResult,
+    simulate_decode_attention,
+    simulate_gemm,
+)
 
 BLOCK_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)

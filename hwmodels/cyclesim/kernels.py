@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from hwmodels.cyclesim import _engine
-from hwmodels.cyclesim.params import (
+from servesim.hwmodels.cyclesim import _engine
+from servesim.hwmodels.cyclesim.params import (
     DEQUANT_INSTR_PER_WEIGHT,
     HBM_LATENCY_CYCLES,
     L2_LATENCY_CYCLES,
@@ -29,8 +29,8 @@ from hwmodels.cyclesim.params import (
     TileConfig,
     machine_for,
 )
-from hwmodels.errors import ConfigError
-from hwmodels.gpus import GpuSpec, get_gpu
+from servesim.hwmodels.errors import ConfigError
+from servesim.hwmodels.gpus import GpuSpec, get_gpu
 
 #: Bytes of fp16 scale + fp16 zero point per quantization group and output column (AWQ/GPTQ).
 _SCALE_ZERO_BYTES_PER_GROUP = 4

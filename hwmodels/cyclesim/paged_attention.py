@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from hwmodels.errors import ConfigError
+from servesim.hwmodels.errors import ConfigError
 
 
 def physical_slots(block_table_row: npt.NDArray[np.int32], num_tokens: int, block_size: int) -> npt.NDArray[np.int64]:

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from hwmodels.errors import ConfigError
-from hwmodels.gpus import GpuSpec
+from servesim.hwmodels.errors import ConfigError
+from servesim.hwmodels.gpus import GpuSpec
 
 #: Bytes per element of the operands, per compute type of the GEMM.
 OPERAND_BYTES: Mapping[str, int] = MappingProxyType(

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from simulator.errors import SimulatorError
+from servesim.simulator.errors import SimulatorError
 
 app = typer.Typer(
     name="servesim",
@@ -29,13 +29,13 @@ app = typer.Typer(
 
 # Command modules, each exposing ``register(app)``. Order is the order in ``--help``.
 _COMMAND_MODULES = [
-    "simulator.cli.run",
-    "simulator.cli.catalog",
-    "simulator.cli.trace",
-    "simulator.cli.quant",
-    "simulator.cli.sweep",
-    "simulator.cli.roofline",
-    "simulator.cli.kernel",
+    "servesim.simulator.cli.run",
+    "servesim.simulator.cli.catalog",
+    "servesim.simulator.cli.trace",
+    "servesim.simulator.cli.quant",
+    "servesim.simulator.cli.sweep",
+    "servesim.simulator.cli.roofline",
+    "servesim.simulator.cli.kernel",
 ]
 
 for _name in _COMMAND_MODULES:

@@ -25,9 +25,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hwmodels.gpus import COMPUTE_TYPES, GpuSpec, get_gpu, list_gpus
-from hwmodels.models import ModelSpec, get_model, model_names
-from hwmodels.quant import (
+from servesim.hwmodels.gpus import COMPUTE_TYPES, GpuSpec, get_gpu, list_gpus
+from servesim.hwmodels.models import ModelSpec, get_model, model_names
+from servesim.hwmodels.quant import (
     KV_DTYPES,
     SCHEMES,
     get_kv_dtype,
@@ -35,8 +35,8 @@ from hwmodels.quant import (
     kv_bytes_per_token,
     weight_bytes,
 )
-from hwmodels.units import TERA, GiB
-from simulator.errors import SimulatorError
+from servesim.hwmodels.units import TERA, GiB
+from servesim.simulator.errors import SimulatorError
 
 _JSON_HELP = "Print JSON (a stable contract for tooling) instead of a table."
 

@@ -22,13 +22,13 @@ from typing import Annotated, Any
 
 import typer
 
-from hwmodels.cyclesim import (
+from servesim.hwmodels.cyclesim import (
     KernelResult,
     simulate_decode_attention,
     simulate_gemm,
     simulate_prefill_attention,
 )
-from simulator.errors import SimulatorError
+from servesim.simulator.errors import SimulatorError
 
 kernel_app = typer.Typer(
     no_args_is_help=True,
@@ -50,7 +50,7 @@ def _run(build: Any, as_json: bool, trace: bool, plot: Path | None) -> None:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(code=2) from None
     if plot is not None:
-        from hwmodels.cyclesim.curves import plot_trace
+        from servesim.hwmodels.cyclesim.curves import plot_trace
 
         plot_trace(result, plot)
     if as_json:
@@ -139,7 +139,7 @@ def calibrate(
     as_json: _JSON = False,
 ) -> None:
     """Median |error| of the cycle model and a plain roofline on the bundled GEMM timings."""
-    from hwmodels.cyclesim.calibration import calibration_points, error_table
+    from servesim.hwmodels.cyclesim.calibration import calibration_points, error_table
 
     table = error_table(calibration_points(full=full))
     if as_json:
@@ -156,7 +156,11 @@ def curves(
     gpu: _GPU = "h100-sxm",
 ) -> None:
     """Paged-KV overhead vs block size and 4-bit vs fp16 GEMM speedup vs batch."""
-    from hwmodels.cyclesim.curves import paged_overhead_curve, plot_curves, w4_speedup_curve
+    from servesim.hwmodels.cyclesim.curves import (
+        paged_overhead_curve,
+        plot_curves,
+        w4_speedup_curve,
+    )
 
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -27,9 +27,9 @@ import numpy.typing as npt
 import typer
 from rich.table import Table
 
-from hwmodels import quantmath as qm
-from hwmodels.errors import ConfigError
-from simulator.cli.catalog import console, echo_json, user_errors
+from servesim.hwmodels import quantmath as qm
+from servesim.hwmodels.errors import ConfigError
+from servesim.simulator.cli.catalog import console, echo_json, user_errors
 
 #: Cap on output features of the synthetic weight used with a user's activations.
 _MAX_OUT_FEATURES = 1024

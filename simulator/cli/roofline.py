@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hwmodels.errors import ConfigError, SimulatorError
+from servesim.hwmodels.errors import ConfigError, SimulatorError
 
 
 def _fail(exc: SimulatorError) -> typer.Exit:
@@ -44,7 +44,7 @@ def roofline_report(
     decode_seqs: int = 0, context: int = 1024, prefill_tokens: int = 0,
 ) -> dict[str, Any]:
     """Build the ``roofline --json`` document (raises SimulatorError on bad input)."""
-    from hwmodels.stepcost import StepCostModel
+    from servesim.hwmodels.stepcost import StepCostModel
 
     if decode_seqs < 0 or context < 0 or prefill_tokens < 0:
         raise ConfigError("--decode-seqs, --context and --prefill-tokens must be >= 0")
@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
         except SimulatorError as exc:
             raise _fail(exc) from None
         if plot is not None:
-            from reports.roofline_plot import plot_roofline
+            from servesim.reports.roofline_plot import plot_roofline
 
             b = doc["batch"]
             plot_roofline(
@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Error table of the roofline GEMM model against real kernel timings (fit 7B, held-out 70B)."""
-        from hwmodels import calibration
+        from servesim.hwmodels import calibration
 
         params = calibration.fit_all() if refit else None
         if params is not None and write:

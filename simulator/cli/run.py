@@ -29,8 +29,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from simulator.errors import SimulatorError
-from simulator.scenario import (
+from servesim.simulator.errors import SimulatorError
+from servesim.simulator.scenario import (
     ScenarioCfg,
     load_scenario,
     resolve_variants,
@@ -103,7 +103,7 @@ def run(
         _prepare_run_dir(run_dir)
         _write_resolved(cfg, run_dir)
 
-    from simulator.build import run_scenario  # the engine is heavy: import on use
+    from servesim.simulator.build import run_scenario  # the engine is heavy: import on use
 
     done: list[Any] = []
     failure: SimulatorError | None = None
@@ -144,7 +144,7 @@ def run(
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
-    from simulator.errors import ScenarioError
+    from servesim.simulator.errors import ScenarioError
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def _write_resolved(cfg: ScenarioCfg, run_dir: Path) -> None:
 
 def _write_partial(done: list[Any], cfg: ScenarioCfg, run_dir: Path) -> None:
     """Write the variants finished so far, so a later failure loses none of them."""
-    from simulator.results import Results
+    from servesim.simulator.results import Results
 
     partial = Results(
         scenario_name=cfg.name, seed=cfg.seed, description=cfg.description, variants=list(done)
@@ -176,7 +176,7 @@ def _write_partial(done: list[Any], cfg: ScenarioCfg, run_dir: Path) -> None:
 
 def _build_report(run_dir: Path, console: Console) -> None:
     try:
-        from reports.report import build_report
+        from servesim.reports.report import build_report
     except ModuleNotFoundError as exc:  # pragma: no cover - only while reports is absent
         if exc.name and exc.name.startswith("reports"):
             console.print(f"[yellow]report skipped: {exc}[/]")

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from simulator.errors import SimulatorError
+from servesim.simulator.errors import SimulatorError
 
 
 class ExecutorChoice(StrEnum):
@@ -70,7 +70,7 @@ def sweep(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Run a parameter sweep; one row per point x variant in OUT/results.parquet."""
-    from simulator.sweep import RESULTS_FILE, load_sweep, run_sweep
+    from servesim.simulator.sweep import RESULTS_FILE, load_sweep, run_sweep
 
     with _user_errors():
         parsed = load_sweep(spec)
@@ -105,7 +105,7 @@ def plan(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Rank candidate configurations by cost for a target rate under SLOs."""
-    from simulator.capacity import load_plan, plan_capacity
+    from servesim.simulator.capacity import load_plan, plan_capacity
 
     with _user_errors():
         parsed = load_plan(spec)
@@ -125,7 +125,7 @@ def _print_plan(result: object) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from simulator.capacity import PlanResult
+    from servesim.simulator.capacity import PlanResult
 
     assert isinstance(result, PlanResult)
     table = Table(title=f"{result.spec.name}: {result.spec.target_rate_per_s:g} req/s")

@@ -15,9 +15,9 @@ from typing import Annotated
 
 import typer
 
-from simulator.errors import SimulatorError
-from workloads.stats import LengthStats, WorkloadStats, workload_stats
-from workloads.traces import FORMATS, read_trace
+from servesim.simulator.errors import SimulatorError
+from servesim.workloads.stats import LengthStats, WorkloadStats, workload_stats
+from servesim.workloads.traces import FORMATS, read_trace
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,6 @@ its steps that end before the arrival, plans each next step as the previous one 
 queues the request. Per-step and per-token work is compiled; no step is a SimPy event.
 """
 
-from simulator.compiled.replica import CompiledCluster, CompiledReplica, unsupported_reason
+from servesim.simulator.compiled.replica import CompiledCluster, CompiledReplica, unsupported_reason
 
 __all__ = ["CompiledCluster", "CompiledReplica", "unsupported_reason"]

@@ -32,9 +32,9 @@ import math
 import numpy as np
 from numba import njit
 
-from hwmodels.stepkernel import step_time_s
-from simulator.memory.kernels import _blocks
-from simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS
+from servesim.hwmodels.stepkernel import step_time_s
+from servesim.simulator.memory.kernels import _blocks
+from servesim.simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS
 
 # Request fields, rows of ``rq``.
 R_PROMPT = 0

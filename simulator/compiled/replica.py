@@ -12,11 +12,11 @@ import numpy as np
 import numpy.typing as npt
 import simpy
 
-from simulator.cluster import Cluster
-from simulator.compiled import _loop as L
-from simulator.errors import InvariantError
-from simulator.request import REJECT_KV, REJECT_MAX_LEN
-from simulator.results import STATUS_COMPLETED, Recorder
+from servesim.simulator.cluster import Cluster
+from servesim.simulator.compiled import _loop as L
+from servesim.simulator.errors import InvariantError
+from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN
+from servesim.simulator.results import STATUS_COMPLETED, Recorder
 
 #: Step rows per chunk: the first chunk of a replica is small (tests, short runs), later
 #: ones double up to the cap (about 3 MB each: the steps frame places and frees them one by

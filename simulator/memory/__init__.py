@@ -6,11 +6,11 @@ Use :func:`make_kv_manager`; the engine talks to the result through
 
 from __future__ import annotations
 
-from simulator.errors import ConfigError
-from simulator.memory.base import KVCacheManager, MemoryStats, phys_slot
-from simulator.memory.contiguous import ContiguousKVCache
-from simulator.memory.paged import PagedKVCache
-from simulator.memory.radix import RadixKVCache
+from servesim.simulator.errors import ConfigError
+from servesim.simulator.memory.base import KVCacheManager, MemoryStats, phys_slot
+from servesim.simulator.memory.contiguous import ContiguousKVCache
+from servesim.simulator.memory.paged import PagedKVCache
+from servesim.simulator.memory.radix import RadixKVCache
 
 __all__ = [
     "KINDS",

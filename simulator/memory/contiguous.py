@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from simulator.errors import InvariantError
-from simulator.memory.base import KVCacheManager, MemoryStats, as_i64, make_memory_stats
-from simulator.memory.kernels import _contiguous
+from servesim.simulator.errors import InvariantError
+from servesim.simulator.memory.base import KVCacheManager, MemoryStats, as_i64, make_memory_stats
+from servesim.simulator.memory.kernels import _contiguous
 
 _C_TOKENS = _contiguous.C_TOKENS
 _C_RESERVED = _contiguous.C_RESERVED

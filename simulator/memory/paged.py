@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from simulator.errors import InvariantError
-from simulator.memory.base import KVCacheManager, MemoryStats, as_i64, make_memory_stats
-from simulator.memory.kernels import _blocks
+from servesim.simulator.errors import InvariantError
+from servesim.simulator.memory.base import KVCacheManager, MemoryStats, as_i64, make_memory_stats
+from servesim.simulator.memory.kernels import _blocks
 
 _EMPTY_KEYS = np.zeros(0, dtype=np.int64)
 _C_FREE_TOP = _blocks.C_FREE_TOP

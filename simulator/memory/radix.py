@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from simulator.errors import InvariantError
-from simulator.memory.paged import PagedKVCache
+from servesim.simulator.errors import InvariantError
+from servesim.simulator.memory.paged import PagedKVCache
 
 
 class RadixKVCache(PagedKVCache):

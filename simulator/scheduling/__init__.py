@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from simulator.errors import UnknownNameError
-from simulator.scheduling.base import PrefillChunk, Scheduler, StepPlan
-from simulator.scheduling.orca import OrcaScheduler
-from simulator.scheduling.sarathi import SarathiScheduler
-from simulator.scheduling.sglang import SglangScheduler
-from simulator.scheduling.static import StaticScheduler
-from simulator.scheduling.vllm import VllmScheduler
+from servesim.simulator.errors import UnknownNameError
+from servesim.simulator.scheduling.base import PrefillChunk, Scheduler, StepPlan
+from servesim.simulator.scheduling.orca import OrcaScheduler
+from servesim.simulator.scheduling.sarathi import SarathiScheduler
+from servesim.simulator.scheduling.sglang import SglangScheduler
+from servesim.simulator.scheduling.static import StaticScheduler
+from servesim.simulator.scheduling.vllm import VllmScheduler
 
 POLICIES: dict[str, type[Scheduler]] = {
     "static": StaticScheduler,

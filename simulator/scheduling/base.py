@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from simulator.request import DECODE, PREFILL, ReqState
+from servesim.simulator.request import DECODE, PREFILL, ReqState
 
 if TYPE_CHECKING:
-    from simulator.engine import Replica
+    from servesim.simulator.engine import Replica
 
 
 #: The empty decode batch (read-only, shared).

@@ -9,7 +9,7 @@ PagedAttention paper). Prompts are computed whole in the iteration that admits t
 
 from __future__ import annotations
 
-from simulator.scheduling.base import Scheduler, StepPlan
+from servesim.simulator.scheduling.base import Scheduler, StepPlan
 
 
 class OrcaScheduler(Scheduler):

@@ -8,7 +8,7 @@ LLM Inference with Sarathi-Serve", section 4).
 
 from __future__ import annotations
 
-from simulator.scheduling.base import Scheduler, StepPlan
+from servesim.simulator.scheduling.base import Scheduler, StepPlan
 
 
 class SarathiScheduler(Scheduler):

@@ -11,7 +11,7 @@ out of memory, the newest running request is retracted (recompute).
 
 from __future__ import annotations
 
-from simulator.scheduling.base import Scheduler, StepPlan
+from servesim.simulator.scheduling.base import Scheduler, StepPlan
 
 #: SGLang switches cache-aware ordering off for longer queues (``schedule_policy.py``).
 LPM_MAX_QUEUE = 128

@@ -7,8 +7,8 @@ ends (FasterTransformer does not stream), so a request's finish time is the batc
 
 from __future__ import annotations
 
-from simulator.request import DONE
-from simulator.scheduling.base import PrefillChunk, Scheduler, StepPlan
+from servesim.simulator.request import DONE
+from servesim.simulator.scheduling.base import PrefillChunk, Scheduler, StepPlan
 
 
 class StaticScheduler(Scheduler):

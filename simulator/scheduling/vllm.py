@@ -10,7 +10,7 @@ vLLM ``core/scheduler.py``).
 
 from __future__ import annotations
 
-from simulator.scheduling.base import Scheduler, StepPlan
+from servesim.simulator.scheduling.base import Scheduler, StepPlan
 
 
 class VllmScheduler(Scheduler):

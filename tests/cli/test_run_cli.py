@@ -19,11 +19,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import simulator.build
-from simulator.cli import app
-from simulator.errors import CapacityError
-from simulator.results import Results, VariantResult
-from simulator.scenario import ScenarioCfg, load_scenario, resolve_variants
+import servesim.simulator.build
+from servesim.simulator.cli import app
+from servesim.simulator.errors import CapacityError
+from servesim.simulator.results import Results, VariantResult
+from servesim.simulator.scenario import ScenarioCfg, load_scenario, resolve_variants
 
 SCENARIO: dict[str, Any] = {
     "name": "cli-small",
@@ -80,7 +80,7 @@ def scenario_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def engine(monkeypatch: pytest.MonkeyPatch) -> StandIn:
     stand_in = StandIn()
-    monkeypatch.setattr(simulator.build, "run_scenario", stand_in)
+    monkeypatch.setattr(servesim.simulator.build, "run_scenario", stand_in)
     return stand_in
 
 
@@ -88,7 +88,7 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> StandIn:
 def reports_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Replace reports.report with a recorder (the real one is exercised by the gallery)."""
     calls: list[Path] = []
-    fake = types.ModuleType("reports.report")
+    fake = types.ModuleType("servesim.reports.report")
 
     def build_report(run_dir: Path) -> dict[str, Path]:
         calls.append(Path(run_dir))
@@ -96,7 +96,7 @@ def reports_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         return {"md": Path(run_dir) / "report.md"}
 
     fake.build_report = build_report  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "reports.report", fake)
+    monkeypatch.setitem(sys.modules, "servesim.reports.report", fake)
     return calls
 
 
@@ -182,7 +182,7 @@ def test_json_prints_only_the_summary(scenario_path, tmp_path, engine, reports_c
 
 def test_a_failing_variant_keeps_the_finished_ones(scenario_path, tmp_path, monkeypatch):
     engine = StandIn(fail_on="radix")
-    monkeypatch.setattr(simulator.build, "run_scenario", engine)
+    monkeypatch.setattr(servesim.simulator.build, "run_scenario", engine)
     result = invoke("run", scenario_path, "--out", tmp_path / "out", "--no-report")
     assert result.exit_code == 2
     assert "Traceback" not in result.output
@@ -195,7 +195,7 @@ def test_a_failing_variant_keeps_the_finished_ones(scenario_path, tmp_path, monk
 
 
 def test_a_failing_first_variant_writes_no_results(scenario_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(simulator.build, "run_scenario", StandIn(fail_on="paged"))
+    monkeypatch.setattr(servesim.simulator.build, "run_scenario", StandIn(fail_on="paged"))
     result = invoke("run", scenario_path, "--out", tmp_path / "out", "--no-report")
     assert result.exit_code == 2
     assert "weights do not fit" in result.output
@@ -205,9 +205,9 @@ def test_a_failing_first_variant_writes_no_results(scenario_path, tmp_path, monk
 
 
 def test_a_rerun_does_not_mix_old_results(scenario_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(simulator.build, "run_scenario", StandIn())
+    monkeypatch.setattr(servesim.simulator.build, "run_scenario", StandIn())
     assert invoke("run", scenario_path, "-o", tmp_path, "--no-report").exit_code == 0
-    monkeypatch.setattr(simulator.build, "run_scenario", StandIn(fail_on="paged"))
+    monkeypatch.setattr(servesim.simulator.build, "run_scenario", StandIn(fail_on="paged"))
     assert invoke("run", scenario_path, "-o", tmp_path, "--no-report").exit_code == 2
     assert not (tmp_path / "cli-small" / "summary.json").exists()
 

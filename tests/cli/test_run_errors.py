@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from simulator.cli import app
+from servesim.simulator.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from simulator.cli import app
+from servesim.simulator.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 GALLERY = sorted((REPO / "scenarios").glob("*.yaml"))

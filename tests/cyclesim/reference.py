@@ -10,8 +10,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from hwmodels.cyclesim import _engine as E
-from hwmodels.cyclesim.kernels import Launch, Work
+from servesim.hwmodels.cyclesim import _engine as E
+from servesim.hwmodels.cyclesim.kernels import Launch, Work
 
 
 @dataclass

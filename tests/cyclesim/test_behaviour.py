@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from hwmodels.cyclesim import (
+from servesim.hwmodels.cyclesim import (
     simulate_decode_attention,
     simulate_gemm,
     simulate_prefill_attention,
 )
-from hwmodels.cyclesim.kernels import GemmConfig
-from hwmodels.cyclesim.params import machine_for
-from hwmodels.errors import ConfigError
-from hwmodels.gpus import get_gpu
+from servesim.hwmodels.cyclesim.kernels import GemmConfig
+from servesim.hwmodels.cyclesim.params import machine_for
+from servesim.hwmodels.errors import ConfigError
+from servesim.hwmodels.gpus import get_gpu
 
 H100 = "h100-sxm"
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from hwmodels.cyclesim import CycleCostModel, simulate_gemm
-from hwmodels.cyclesim.cache import bracket, bucket_grid
-from hwmodels.errors import ConfigError
+from servesim.hwmodels.cyclesim import CycleCostModel, simulate_gemm
+from servesim.hwmodels.cyclesim.cache import bracket, bucket_grid
+from servesim.hwmodels.errors import ConfigError
 
 
 def test_grid_and_bracket() -> None:
@@ -72,7 +72,7 @@ def test_decode_segments_match_the_bilinear_grid() -> None:
 
 def test_cycle_timer_step_fast_path_equals_cost() -> None:
     """``StepCostModel.step_time_s`` with the cycle model: the memoised fast path equals ``cost()``."""
-    from hwmodels.stepcost import StepCostModel
+    from servesim.hwmodels.stepcost import StepCostModel
 
     m = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b", op_timer=CycleCostModel("h100-sxm"))
     steps = [{"num_decode_seqs": b, "decode_ctx_tokens": b * c} for b, c in ((1, 10), (7, 300), (70, 1000))]

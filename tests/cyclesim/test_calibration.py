@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwmodels.cyclesim import calibration as cal
+from servesim.hwmodels.cyclesim import calibration as cal
 
 #: One point per regime: memory plateau, knee, compute-bound.
 _TOKENS = (1, 32, 256, 1024)

@@ -7,7 +7,7 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from simulator.cli import kernel as kernel_cli
+from servesim.simulator.cli import kernel as kernel_cli
 
 
 def _app() -> typer.Typer:

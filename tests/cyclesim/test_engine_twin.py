@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwmodels.cyclesim import kernels as K
-from hwmodels.cyclesim.params import machine_for
-from hwmodels.gpus import get_gpu
+from servesim.hwmodels.cyclesim import kernels as K
+from servesim.hwmodels.cyclesim.params import machine_for
+from servesim.hwmodels.gpus import get_gpu
 from tests.cyclesim.reference import RefEngine
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwmodels.cyclesim.paged_attention import (
+from servesim.hwmodels.cyclesim.paged_attention import (
     dense_attention_decode,
     paged_attention_decode,
     physical_slots,
 )
-from hwmodels.errors import ConfigError
+from servesim.hwmodels.errors import ConfigError
 
 
 @pytest.mark.parametrize(("block_size", "heads", "kv_heads"), [(1, 4, 4), (4, 8, 2), (16, 6, 1), (7, 4, 2)])

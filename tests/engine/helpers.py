@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import simpy
 
-from hwmodels.stepkernel import checked_pack
-from simulator.cluster import Cluster
-from simulator.compiled import CompiledCluster, CompiledReplica
-from simulator.engine import Replica
-from simulator.memory import make_kv_manager
-from simulator.results import Recorder, summarize
-from simulator.scheduling import scheduler_class
-from workloads.request import Workload
+from servesim.hwmodels.stepkernel import checked_pack
+from servesim.simulator.cluster import Cluster
+from servesim.simulator.compiled import CompiledCluster, CompiledReplica
+from servesim.simulator.engine import Replica
+from servesim.simulator.memory import make_kv_manager
+from servesim.simulator.results import Recorder, summarize
+from servesim.simulator.scheduling import scheduler_class
+from servesim.workloads.request import Workload
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwmodels.stepcost import StepCostModel
-from simulator.build import run_scenario
-from simulator.compiled import replica as compiled_replica
-from simulator.errors import ConfigError
-from simulator.scenario import scenario_from_dict
+from servesim.hwmodels.stepcost import StepCostModel
+from servesim.simulator.build import run_scenario
+from servesim.simulator.compiled import replica as compiled_replica
+from servesim.simulator.errors import ConfigError
+from servesim.simulator.scenario import scenario_from_dict
 from tests.engine.helpers import simulate, workload
 
 COST = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b")
@@ -178,7 +178,7 @@ def test_compiled_rejects_like_python():
 @given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 300)), min_size=1, max_size=30),
        st.sampled_from([1, 4, 16]), st.sampled_from([0.0, 0.1, 0.5]))
 def test_fits_ever_many_matches_fits_ever(pairs, block, watermark):
-    from simulator.memory import make_kv_manager
+    from servesim.simulator.memory import make_kv_manager
 
     kv = make_kv_manager("paged", capacity_tokens=160, block_size_tokens=block, max_seqs=4, max_seq_len=200,
                          watermark_frac=watermark)

@@ -156,8 +156,8 @@ def test_router_policies_spread_and_follow_prefixes() -> None:
 
 def test_fast_forward_is_exact_with_the_real_step_cost_model() -> None:
     """The calibrated step-cost model, a real scenario: both modes give identical timings."""
-    from simulator.build import run_scenario
-    from simulator.scenario import scenario_from_dict
+    from servesim.simulator.build import run_scenario
+    from servesim.simulator.scenario import scenario_from_dict
 
     base = {
         "name": "ffcheck",

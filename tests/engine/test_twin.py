@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwmodels.stepcost import StepCostModel
-from simulator.engine import DecodeTwin, decode_twin
+from servesim.hwmodels.stepcost import StepCostModel
+from servesim.simulator.engine import DecodeTwin, decode_twin
 
 SHAPES = [
     {"gpu": "h100-sxm", "model": "llama-3.1-8b"},
@@ -84,7 +84,7 @@ def test_stretch_times_are_sequential_sums() -> None:
 @pytest.mark.parametrize("chunk", [1, 2, 5, 24, 100, 1000])
 def test_vectorised_stretch_times_match_the_stepping_loop(chunk: int) -> None:
     """Chunked, vectorised stretch times == the scalar loop, for every stop time."""
-    from simulator.engine import Replica
+    from servesim.simulator.engine import Replica
 
     cost = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b")
     b, n_dec, ctx0, k, t0 = 12, 10, 23_456, 300, 17.25

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from hwmodels import calibration
-from simulator.cli import app
+from servesim.hwmodels import calibration
+from servesim.simulator.cli import app
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from simulator.cli import app, main
+from servesim.simulator.cli import app, main
 
 EXAMPLE_GPU = Path(__file__).resolve().parents[2] / "examples" / "my-gpu.yaml"
 GPU_KEYS = {

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hwmodels.errors import ConfigError, UnknownNameError
-from hwmodels.gpus import COMPUTE_TYPES, GpuFile, GpuSpec, get_gpu, gpu_names, list_gpus
-from hwmodels.units import GiB
+from servesim.hwmodels.errors import ConfigError, UnknownNameError
+from servesim.hwmodels.gpus import COMPUTE_TYPES, GpuFile, GpuSpec, get_gpu, gpu_names, list_gpus
+from servesim.hwmodels.units import GiB
 
 EXAMPLE_GPU = Path(__file__).resolve().parents[2] / "examples" / "my-gpu.yaml"
 GPUS = list_gpus()

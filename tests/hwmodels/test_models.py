@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hwmodels.errors import ConfigError, UnknownNameError
-from hwmodels.models import ModelSpec, get_model, model_names
-from hwmodels.quant import kv_bytes_per_token
-from hwmodels.units import KiB
+from servesim.hwmodels.errors import ConfigError, UnknownNameError
+from servesim.hwmodels.models import ModelSpec, get_model, model_names
+from servesim.hwmodels.quant import kv_bytes_per_token
+from servesim.hwmodels.units import KiB
 
 
 def _bundled_config(name: str) -> Path:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hwmodels.errors import ConfigError, UnknownNameError
-from hwmodels.gpus import get_gpu, list_gpus
-from hwmodels.models import get_model
-from hwmodels.quant import (
+from servesim.hwmodels.errors import ConfigError, UnknownNameError
+from servesim.hwmodels.gpus import get_gpu, list_gpus
+from servesim.hwmodels.models import get_model
+from servesim.hwmodels.quant import (
     KV_DTYPES,
     SCHEMES,
     check_kv_dtype_supported,

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hwmodels import quantmath as qm
-from hwmodels.errors import ConfigError
-from hwmodels.rng import make_rng
+from servesim.hwmodels import quantmath as qm
+from servesim.hwmodels.errors import ConfigError
+from servesim.hwmodels.rng import make_rng
 
 FINITE = st.floats(
     -1e6, 1e6, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=64

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hwmodels.gpus import get_gpu
-from hwmodels.roofline import GemmParams, RooflineTimer, gemm_params_for, gemm_time_s, profile_for
-from simulator.cli import app
+from servesim.hwmodels.gpus import get_gpu
+from servesim.hwmodels.roofline import (
+    GemmParams,
+    RooflineTimer,
+    gemm_params_for,
+    gemm_time_s,
+    profile_for,
+)
+from servesim.simulator.cli import app
 
 IDEAL = GemmParams(launch_s=0.0, compute_eff_max_frac=1.0, m_half_tokens=0.0, nk_half_elems=0.0,
                    mem_eff_max_frac=1.0, bytes_half=0.0, tile_m_tokens=1)

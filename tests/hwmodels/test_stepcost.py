@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwmodels.errors import CapacityError, ConfigError
-from hwmodels.gpus import get_gpu
-from hwmodels.models import get_model
-from hwmodels.ops import elementwise_bytes_per_token_per_layer, layer_gemms, lm_head_gemm
-from hwmodels.quant import get_scheme
-from hwmodels.roofline import (
+from servesim.hwmodels.errors import CapacityError, ConfigError
+from servesim.hwmodels.gpus import get_gpu
+from servesim.hwmodels.models import get_model
+from servesim.hwmodels.ops import elementwise_bytes_per_token_per_layer, layer_gemms, lm_head_gemm
+from servesim.hwmodels.quant import get_scheme
+from servesim.hwmodels.roofline import (
     ELEMENTWISE_LAUNCH_S,
     ELEMENTWISE_MEM_EFF_FRAC,
     GemmParams,
     RooflineTimer,
 )
-from hwmodels.stepcost import StepCostModel, prefill_chunk_aggregates
+from servesim.hwmodels.stepcost import StepCostModel, prefill_chunk_aggregates
 
 IDEAL = GemmParams(launch_s=0.0, compute_eff_max_frac=1.0, m_half_tokens=0.0, nk_half_elems=0.0,
                    mem_eff_max_frac=1.0, bytes_half=0.0, tile_m_tokens=1)

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-import hwmodels.stepcost as stepcost
-from hwmodels.errors import ConfigError
-from hwmodels.gpus import get_gpu
-from hwmodels.roofline import RooflineTimer
-from hwmodels.stepcost import StepCostModel
+import servesim.hwmodels.stepcost as stepcost
+from servesim.hwmodels.errors import ConfigError
+from servesim.hwmodels.gpus import get_gpu
+from servesim.hwmodels.roofline import RooflineTimer
+from servesim.hwmodels.stepcost import StepCostModel
 
 
 class CountingTimer:

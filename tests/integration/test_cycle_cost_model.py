@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from simulator.build import run_scenario
-from simulator.scenario import scenario_from_dict
+from servesim.simulator.build import run_scenario
+from servesim.simulator.scenario import scenario_from_dict
 
 
 def test_cycle_and_roofline_cost_models_agree_roughly(tmp_path, monkeypatch) -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from reference.kv_cache import make_ref
 
-from simulator.memory import make_kv_manager
+from servesim.simulator.memory import make_kv_manager
 
 MAX_SEQS = 8
 MAX_SEQ_LEN = 48

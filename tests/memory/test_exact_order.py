@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwmodels.rng import make_rng
-from simulator.errors import ConfigError
-from simulator.memory import make_kv_manager, phys_slot
+from servesim.hwmodels.rng import make_rng
+from servesim.simulator.errors import ConfigError
+from servesim.simulator.memory import make_kv_manager, phys_slot
 
 
 def paged(num_blocks: int = 16, **kw):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from reference.kv_cache import make_ref
 
-from simulator.memory import make_kv_manager
-from simulator.memory.kernels import _blocks
+from servesim.simulator.memory import make_kv_manager
+from servesim.simulator.memory.kernels import _blocks
 
 MAX_SEQS = 8
 MAX_SEQ_LEN = 48

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simulator.memory.base import MemoryStats
+from servesim.simulator.memory.base import MemoryStats
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -9,9 +9,15 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from reports._data import binned_mean, cumulative_at, interval_integral, step_intervals, time_edges
-from reports._style import axis_label
-from reports.plan_report import pareto_front, plot_latency_vs_rate, plot_pareto
+from servesim.reports._data import (
+    binned_mean,
+    cumulative_at,
+    interval_integral,
+    step_intervals,
+    time_edges,
+)
+from servesim.reports._style import axis_label
+from servesim.reports.plan_report import pareto_front, plot_latency_vs_rate, plot_pareto
 
 
 def test_interval_integral_matches_brute_force() -> None:

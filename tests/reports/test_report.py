@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports._data import load_run, run_from_frames
-from reports._roofline_fig import plot_run_roofline
-from reports.figures import (
+from servesim.reports._data import load_run, run_from_frames
+from servesim.reports._roofline_fig import plot_run_roofline
+from servesim.reports.figures import (
     plot_kv_bar,
     plot_kv_timeline,
     plot_latency_cdfs,
@@ -22,7 +22,7 @@ from reports.figures import (
     plot_step_time_split,
     plot_timelines,
 )
-from reports.report import build_report, interpret
+from servesim.reports.report import build_report, interpret
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXPECTED_FIGS = {

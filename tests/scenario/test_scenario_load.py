@@ -9,8 +9,8 @@ import pydantic
 import pytest
 import yaml
 
-from simulator.errors import ScenarioError
-from simulator.scenario import (
+from servesim.simulator.errors import ScenarioError
+from servesim.simulator.scenario import (
     HardwareCfg,
     ScenarioCfg,
     load_scenario,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulator.sweep import PointTask
+from servesim.simulator.sweep import PointTask
 
 
 def standin_point(task: PointTask) -> list[dict[str, Any]]:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from simulator import capacity
-from simulator.capacity import SloTarget, max_sustainable_rate, plan_capacity, with_rate
-from simulator.errors import CapacityError, ScenarioError
+from servesim.simulator import capacity
+from servesim.simulator.capacity import SloTarget, max_sustainable_rate, plan_capacity, with_rate
+from servesim.simulator.errors import CapacityError, ScenarioError
 
 #: Service capacity of one replica per GPU name (requests/s).
 MU = {"h100-sxm": 10.0, "a100-sxm4-80gb": 4.0}

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import simulator as ss
-from simulator.capacity import SloTarget, max_sustainable_rate, plan_capacity, with_rate
-from simulator.errors import ScenarioError
-from simulator.sweep import read_results, run_sweep
+import servesim as ss
+from servesim.simulator.capacity import SloTarget, max_sustainable_rate, plan_capacity, with_rate
+from servesim.simulator.errors import ScenarioError
+from servesim.simulator.sweep import read_results, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 GiB = 1 << 30
@@ -133,7 +133,7 @@ def test_resume_with_the_engine_gives_the_fresh_rows(tiny: dict[str, Any], tmp_p
 def test_cli_sweep_writes_results_and_resumes(tiny: dict[str, Any], tmp_path: Path) -> None:
     import yaml
 
-    from simulator.cli import app
+    from servesim.simulator.cli import app
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny))
     (tmp_path / "sw.yaml").write_text(yaml.safe_dump(
@@ -284,7 +284,7 @@ def test_planner_matches_the_hand_worked_kv_bound_case(tmp_path: Path) -> None:
 def test_cli_plan_writes_the_report(tiny: dict[str, Any], tmp_path: Path) -> None:
     import yaml
 
-    from simulator.cli import app
+    from servesim.simulator.cli import app
 
     plan = {
         "base": copy.deepcopy(tiny) | {"workload": tiny["workload"] | {"num_requests": 40}},

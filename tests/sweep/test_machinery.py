@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from simulator.errors import ScenarioError, SimulatorError
-from simulator.sweep import (
+from servesim.simulator.errors import ScenarioError, SimulatorError
+from servesim.simulator.sweep import (
     PointTask,
     SerialExecutor,
     _digest,
@@ -134,7 +134,7 @@ def test_set_dotted_creates_mappings_indexes_lists_and_copies() -> None:
 def test_base_path_resolves_against_the_sweep_file(tmp_path: Path) -> None:
     (tmp_path / "scen.yaml").write_text("name: s\nseed: 1\n")
     (tmp_path / "sw.yaml").write_text("base: scen.yaml\ngrid: {seed: [1, 2]}\n")
-    from simulator.sweep import load_sweep
+    from servesim.simulator.sweep import load_sweep
 
     spec = load_sweep(tmp_path / "sw.yaml")
     assert spec.name == "sw" and spec.base == {"name": "s", "seed": 1}
@@ -223,7 +223,7 @@ def test_resume_after_a_real_kill_loses_and_redoes_no_finished_point(tmp_path: P
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from tests.sweep.standin import standin_point
-        from simulator.sweep import PointTask, execute_points, expand_points, sweep_from_dict
+        from servesim.simulator.sweep import PointTask, execute_points, expand_points, sweep_from_dict
         spec = sweep_from_dict({{"base": {{"marker_dir": {str(markers)!r}}},
                                 "grid": {{"x": list(range(12)), "sleep_s": [0.15]}}}})
         tasks = [PointTask(point=p, base=spec.base, base_dir=None) for p in expand_points(spec)]

@@ -18,7 +18,7 @@ def test_sweep_notebook_executes() -> None:
     # numba compiles the KV kernels once per cache directory (conftest points every process
     # of this session at one): compile here, so that the kernel and its two pool workers
     # load the cache instead of compiling concurrently, and the notebook's own cost is timed.
-    import simulator as ss
+    import servesim as ss
 
     ss.run(ROOT / "scenarios" / "quickstart.yaml", overrides={"workload.num_requests": 5})
     nb = nbformat.read(EXAMPLES / "sweep.ipynb", as_version=4)

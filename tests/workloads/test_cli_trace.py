@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from simulator.cli.trace import register
+from servesim.simulator.cli.trace import register
 
 TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
 

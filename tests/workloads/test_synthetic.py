@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from hwmodels.errors import ConfigError
-from workloads import WorkloadCfg, build_workload, workload_stats
+from servesim.hwmodels.errors import ConfigError
+from servesim.workloads import WorkloadCfg, build_workload, workload_stats
 
 TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
 

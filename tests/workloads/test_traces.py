@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hwmodels.errors import ConfigError, TraceError
-from workloads import read_trace, workload_stats, write_workload
-from workloads.config import TraceCfg, TraceFilters
-from workloads.traces import detect_format, spread_buckets
-from workloads.transforms import apply_trace_cfg, mean_rate_per_s
+from servesim.hwmodels.errors import ConfigError, TraceError
+from servesim.workloads import read_trace, workload_stats, write_workload
+from servesim.workloads.config import TraceCfg, TraceFilters
+from servesim.workloads.traces import detect_format, spread_buckets
+from servesim.workloads.transforms import apply_trace_cfg, mean_rate_per_s
 
 TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
 # The full shared traces, when present next to the project root (../shared).
