@@ -296,7 +296,7 @@ def load_gpu_file(path: str | Path) -> list[GpuSpec]:
 
 @functools.cache
 def _catalogue() -> tuple[Mapping[str, GpuSpec], Mapping[str, str]]:
-    text = resources.files("hwmodels").joinpath("data/gpus.yaml").read_text()
+    text = resources.files("servesim.hwmodels").joinpath("data/gpus.yaml").read_text()
     specs = parse_gpu_entries(yaml.safe_load(text), "hwmodels/data/gpus.yaml")
     by_name = {s.name: s for s in specs}
     alias = {a: s.name for s in specs for a in s.aliases}

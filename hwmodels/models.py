@@ -407,7 +407,7 @@ def load_model_config(path: str | Path) -> ModelSpec:
 
 @functools.cache
 def _bundled() -> dict[str, ModelSpec]:
-    folder = resources.files("hwmodels").joinpath("data/models")
+    folder = resources.files("servesim.hwmodels").joinpath("data/models")
     out = {}
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".json"):

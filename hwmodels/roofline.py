@@ -125,7 +125,7 @@ _CALIBRATION_FILE = "data/roofline_calibration.json"
 @functools.cache
 def load_gemm_params() -> Mapping[str, GemmParams]:
     """Fitted parameters by profile name (``a100``, ``h100``) from the bundled JSON."""
-    text = resources.files("hwmodels").joinpath(_CALIBRATION_FILE).read_text()
+    text = resources.files("servesim.hwmodels").joinpath(_CALIBRATION_FILE).read_text()
     raw = json.loads(text)
     return {
         name: GemmParams(**{k: v for k, v in entry.items() if k in GemmParams.__slots__})

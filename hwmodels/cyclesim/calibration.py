@@ -57,7 +57,7 @@ class CalibrationPoint:
 
 def load_measurements(name: str) -> pd.DataFrame:
     """One bundled calibration CSV with stripped column names."""
-    path = resources.files("hwmodels").joinpath(f"data/calibration/{name}")
+    path = resources.files("servesim.hwmodels").joinpath(f"data/calibration/{name}")
     with path.open() as f:
         df = pd.read_csv(f)
     df.columns = [c.strip() for c in df.columns]
