@@ -32,7 +32,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -46,6 +45,7 @@ from pydantic import (
     model_validator,
 )
 
+from servesim.hwmodels.safeio import load_yaml, read_text, short
 from servesim.simulator.errors import ScenarioError, SimulatorError
 from servesim.workloads.config import WorkloadCfg
 
@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 # Names that become directory names (scenario) or figure labels and file stems (variants).
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")  # \Z: no trailing newline
 
 
 class _Cfg(BaseModel):
@@ -382,13 +382,7 @@ def load_scenario(
             in the catalogue, or a trace file does not exist.
     """
     path = Path(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise ScenarioError(f"scenario file {str(path)!r} {what}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: cannot read the scenario file: {exc}") from None
+    text = read_text(path, "scenario file", error=ScenarioError)
     data = _parse_yaml(text, str(path))
     return scenario_from_dict(
         data, base_dir=path.parent, overrides=overrides, seed=seed, quick=quick, source=str(path)
@@ -466,11 +460,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
                 f"--set {item!r}: expected PATH=VALUE, e.g. --set scheduler.max_num_seqs=128"
             )
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise ScenarioError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
-        _set_path(data, key.strip(), value, origin=f"--set {item!r}")
+        origin = f"--set {short(item)}"
+        value = load_yaml(raw, origin, error=ScenarioError) if raw.strip() else None
+        _set_path(data, key.strip(), value, origin=origin)
     return _resolve_paths(data, Path.cwd())
 
 
@@ -525,40 +517,9 @@ def scenario_json_schema() -> dict[str, Any]:
 # ---------------------------------------------------------------------------- YAML
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", mark
-            )
-        seen[key] = True
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
-
-
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-        problem = exc.problem or exc.context or "invalid YAML"
-        context = f" ({exc.context})" if exc.context and exc.problem else ""
-        raise ScenarioError(f"{source}: YAML syntax error at {where}: {problem}{context}") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{source}: YAML syntax error: {exc}") from None
+    # Hardened SafeLoader: duplicate keys, depth, alias expansion, non-finite numbers.
+    data = load_yaml(text, source, error=ScenarioError)
     if data is None:
         raise ScenarioError(f"{source}: the scenario file is empty")
     if not isinstance(data, dict):
