@@ -178,7 +178,7 @@ def _build_report(run_dir: Path, console: Console) -> None:
     try:
         from servesim.reports.report import build_report
     except ModuleNotFoundError as exc:  # pragma: no cover - only while reports is absent
-        if exc.name and exc.name.startswith("reports"):
+        if exc.name and exc.name.startswith("servesim.reports"):
             console.print(f"[yellow]report skipped: {exc}[/]")
             return
         raise

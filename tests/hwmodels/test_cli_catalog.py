@@ -171,7 +171,7 @@ def test_show_model_user_config(runner: CliRunner, tmp_path: Path) -> None:
     folder = tmp_path / "my-model"
     folder.mkdir()
     shutil.copy(
-        Path(str(resources.files("hwmodels").joinpath("data/models/qwen2.5-7b.json"))),
+        Path(str(resources.files("servesim.hwmodels").joinpath("data/models/qwen2.5-7b.json"))),
         folder / "config.json",
     )
     m = _ok_json(runner, "show", "model", str(folder / "config.json"), "--json")

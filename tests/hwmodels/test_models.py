@@ -16,7 +16,7 @@ from servesim.hwmodels.units import KiB
 
 
 def _bundled_config(name: str) -> Path:
-    return Path(str(resources.files("hwmodels").joinpath(f"data/models/{name}.json")))
+    return Path(str(resources.files("servesim.hwmodels").joinpath(f"data/models/{name}.json")))
 
 
 def test_bundled_models_present() -> None:
