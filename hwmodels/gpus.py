@@ -284,13 +284,10 @@ def parse_gpu_entries(raw: Any, where: str) -> list[GpuSpec]:
 
 def load_gpu_file(path: str | Path) -> list[GpuSpec]:
     """Read a user GPU YAML file (same keys as the bundled catalogue)."""
+    from servesim.hwmodels.safeio import load_yaml, read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"GPU file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"GPU file {path}: YAML syntax error: {exc}") from None
+    raw = load_yaml(read_text(path, "GPU file"), f"GPU file {path}")
     return parse_gpu_entries(raw, str(path))
 
 

@@ -395,12 +395,11 @@ def load_model_config(path: str | Path) -> ModelSpec:
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"model config {str(path)!r} does not exist")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"model config {path}: not valid JSON: {exc}") from None
+    from servesim.hwmodels.safeio import load_json, read_text
+
+    cfg = load_json(read_text(path, "model config"), f"model config {path}")
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"model config {path}: expected a JSON object, got {type(cfg).__name__}")
     name = path.parent.name if path.name == "config.json" else path.stem
     return model_from_hf_config(cfg, name=name, source=str(path))
 

@@ -44,12 +44,13 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
+from servesim.hwmodels.safeio import safe_component as _safe_component
+from servesim.hwmodels.safeio import short as _short
 from servesim.simulator.errors import CapacityError, ScenarioError, SimulatorError
 from servesim.simulator.sweep import (
     ExecutorKind,
@@ -456,26 +457,33 @@ class _SloFile(_Cfg):
     percentile: Percentile = "p99"
 
 
+# NOTE(#15): rates bounded so that a bisection between them ends in a few dozen probes
+# (1e-300 or .inf would never converge or overflow); see docs/inputs.md.
+_RATE = {"ge": 1e-6, "le": 1e7, "allow_inf_nan": False}
+
+
 class _SearchFile(_Cfg):
-    rel_tol: PositiveFloat = Field(0.05, description="Relative tolerance of the max rate.")
-    initial_rate_per_s: PositiveFloat | None = Field(None, description="First probe.")
-    min_rate_per_s: PositiveFloat = Field(0.01, description="Below: SLO unattainable.")
-    max_rate_per_s: PositiveFloat = Field(1.0e4, description="Search ceiling per replica.")
+    rel_tol: float = Field(0.05, ge=1e-4, le=1.0, description="Relative tolerance of the max rate.")
+    initial_rate_per_s: float | None = Field(None, **_RATE, description="First probe.")
+    min_rate_per_s: float = Field(0.01, **_RATE, description="Below: SLO unattainable.")
+    max_rate_per_s: float = Field(1.0e4, **_RATE, description="Search ceiling per replica.")
 
 
 class _ReportFile(_Cfg):
-    top_k: int = Field(3, ge=0, description="Candidates with latency-vs-rate curves.")
-    curve_fracs: list[PositiveFloat] = Field(
-        [0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25], description="Curve rates as fractions of max."
+    top_k: int = Field(3, ge=0, le=1000, description="Candidates with latency-vs-rate curves.")
+    curve_fracs: list[Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]] = Field(
+        [0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25],
+        max_length=100,
+        description="Curve rates as fractions of max.",
     )
 
 
 class _PlanFile(_Cfg):
     name: str | None = None
     base: str | dict[str, Any] = Field(description="Scenario path or mapping.")
-    target_rate_per_s: PositiveFloat = Field(description="Peak load to serve (requests/s).")
+    target_rate_per_s: float = Field(**_RATE, description="Peak load to serve (requests/s).")
     slo: _SloFile
-    prices: str | dict[str, PositiveFloat] = Field(
+    prices: str | dict[str, Annotated[float, Field(gt=0, lt=1e9, allow_inf_nan=False)]] = Field(
         description="Price table path, or {gpu: usd_per_gpu_hour}."
     )
     candidates: dict[str, Any] = Field(
@@ -570,7 +578,7 @@ def plan_from_dict(
             f"(known: {', '.join(sorted(prices))})"
         )
     return PlanSpec(
-        name=cfg.name or "plan",
+        name=_safe_component(cfg.name or "plan", "plan name", error=ScenarioError),
         base=base,
         base_dir=sweep.base_dir,
         target_rate_per_s=cfg.target_rate_per_s,
@@ -596,18 +604,18 @@ def _load_prices(
     path = Path(prices).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"{where}: price table {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: invalid YAML: {exc}") from None
+    from servesim.hwmodels.safeio import load_yaml, read_text
+
+    raw = load_yaml(read_text(path, f"{where}: price table", error=ScenarioError), str(path),
+                    error=ScenarioError)
     table = raw.get("usd_per_gpu_hour") if isinstance(raw, dict) else None
     if not isinstance(table, dict) or not table:
         raise ScenarioError(f"{path}: expected a mapping usd_per_gpu_hour: {{gpu: price}}")
-    bad = {k: v for k, v in table.items() if not isinstance(v, int | float) or v <= 0}
+    bad = {k: v for k, v in table.items()
+           if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1e9}
     if bad:
-        raise ScenarioError(f"{path}: prices must be numbers > 0, got {bad}")
+        raise ScenarioError(f"{path}: prices must be finite numbers in (0, 1e9) USD per GPU "
+                            f"hour, got {_short(bad, 200)}")
     note = str(raw.get("note", f"prices from {path.name}"))
     return {str(k): float(v) for k, v in table.items()}, note
 
@@ -876,19 +884,22 @@ def _StringIO(text: str) -> Any:
 
 
 def _write_plan(result: PlanResult, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+    from servesim.hwmodels.safeio import prepare_out_dir, write_bytes_in, write_text_in
+
+    # Confined writes (#15): every file lands inside `out`, atomically, never via a symlink.
+    out = prepare_out_dir(out, error=ScenarioError)
     spec, table = result.spec, result.table
-    table.to_csv(out / "plan.csv", index=False)
-    table.to_parquet(out / "plan.parquet", index=False)
+    write_bytes_in(out, "plan.csv", lambda p: table.to_csv(p, index=False))
+    write_bytes_in(out, "plan.parquet", lambda p: table.to_parquet(p, index=False))
     if not result.probes.empty:
-        result.probes.to_parquet(out / "probes.parquet", index=False)
+        write_bytes_in(out, "probes.parquet", lambda p: result.probes.to_parquet(p, index=False))
     if not result.curves.empty:
-        result.curves.to_parquet(out / "curves.parquet", index=False)
+        write_bytes_in(out, "curves.parquet", lambda p: result.curves.to_parquet(p, index=False))
     figures = _plan_figures(result, out)
     md = _plan_markdown(result, figures)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_plan_html(result, figures))
-    (out / "plan.json").write_text(json.dumps({
+    write_text_in(out, "report.md", md)
+    write_text_in(out, "report.html", _plan_html(result, figures))
+    write_text_in(out, "plan.json", json.dumps({
         "name": spec.name, "target_rate_per_s": spec.target_rate_per_s,
         "slo": {"ttft_ms": spec.slo.ttft_ms, "tpot_ms": spec.slo.tpot_ms,
                 "goodput_frac": spec.slo.goodput_frac, "percentile": spec.slo.percentile},

@@ -40,25 +40,40 @@ How it runs:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
 import multiprocessing
 import os
-import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
+from servesim.hwmodels.safeio import (
+    INT64_MAX,
+    MAX_TRACE_BYTES,
+    check_regular_file,
+    load_yaml,
+    prepare_out_dir,
+    read_text,
+    safe_component,
+    short,
+    write_bytes_in,
+    write_text_in,
+)
 from servesim.simulator.errors import ScenarioError, SimulatorError
 
 __all__ = [
@@ -79,10 +94,19 @@ __all__ = [
 
 RESULTS_FILE = "results.parquet"
 SPEC_FILE = "sweep.json"
+# Finished points, one JSON line each, while a sweep runs (removed when it completes).
+JOURNAL_FILE = ".results.journal.jsonl"
+
+# Refused before anything is built (docs/inputs.md): points of one sweep, and points x
+# variants (rows). A 10-key x 10-value grid (10^10 points) is refused with its count.
+MAX_POINTS = 100_000
+MAX_ROWS = 1_000_000
+# Bounds of random-sweep ranges: finite, and an integer range that numpy can draw from.
+_MAX_ABS_UNIFORM = 1e15
 
 # Columns every row has, in this order, before the swept parameters and the metrics.
 ID_COLUMNS = ("point_index", "point_id")
-STATUS_COLUMNS = ("variant", "status", "error")
+STATUS_COLUMNS = ("variant", "status", "error", "scenario_digest")
 
 ExecutorKind = Literal["serial", "local", "dask"]
 
@@ -94,15 +118,26 @@ class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_Bound = Annotated[
+    float,
+    Field(ge=-_MAX_ABS_UNIFORM, le=_MAX_ABS_UNIFORM, allow_inf_nan=False, strict=False),
+]
+_IntBound = Annotated[int, Field(ge=-(1 << 62), le=(1 << 62), strict=True)]
+
+
 class _Dist(_Cfg):
     """One random parameter: exactly one of the four distributions."""
 
-    choice: list[Any] | None = Field(None, min_length=1, description="Pick one, uniformly.")
-    uniform: tuple[float, float] | None = Field(None, description="[lo, hi) uniform float.")
-    loguniform: tuple[float, float] | None = Field(
+    choice: list[Any] | None = Field(
+        None, min_length=1, max_length=MAX_POINTS, description="Pick one, uniformly."
+    )
+    uniform: tuple[_Bound, _Bound] | None = Field(None, description="[lo, hi) uniform float.")
+    loguniform: tuple[_Bound, _Bound] | None = Field(
         None, description="[lo, hi) log-uniform float (both > 0)."
     )
-    randint: tuple[int, int] | None = Field(None, description="[lo, hi] uniform integer.")
+    randint: tuple[_IntBound, _IntBound] | None = Field(
+        None, description="[lo, hi] uniform integer."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> _Dist:
@@ -122,8 +157,8 @@ class _Dist(_Cfg):
 
 
 class _Random(_Cfg):
-    samples: PositiveInt = Field(description="Number of points to draw.")
-    seed: int = Field(0, ge=0, description="Seed of the sampling stream (not the scenario's).")
+    samples: PositiveInt = Field(le=MAX_POINTS, description="Number of points to draw.")
+    seed: int = Field(0, ge=0, le=INT64_MAX, description="Seed of the sampling stream.")
     params: dict[str, _Dist] = Field(min_length=1, description="Dotted path -> distribution.")
 
 
@@ -226,16 +261,27 @@ def read_yaml_mapping(path: Path, kind: str) -> dict[str, Any]:
     Raises:
         ScenarioError: the file is missing, not valid YAML, or not a mapping.
     """
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such {kind} file") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: invalid YAML: {exc}") from None
+    raw = load_yaml(read_text(path, f"{kind} file", error=ScenarioError), str(path),
+                    error=ScenarioError)
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: a {kind} file must be a mapping, got {type(raw).__name__}")
-    raw.setdefault("name", path.stem)
+    if "name" not in raw:
+        if not _safe_name(path.stem):
+            raise ScenarioError(
+                f"{path}: the file name {short(path.stem)} cannot name the output directory; "
+                "give name: (letters, digits, '.', '_', '+', '-')"
+            )
+        raw["name"] = path.stem
+    safe_component(raw["name"], f"{path}: {kind} name", error=ScenarioError)
     return raw
+
+
+def _safe_name(name: str) -> bool:
+    try:
+        safe_component(name, "name", error=ScenarioError)
+    except ScenarioError:
+        return False
+    return True
 
 
 def sweep_from_dict(
@@ -256,17 +302,16 @@ def sweep_from_dict(
         cfg = _SweepFile.model_validate(dict(data))
     except ValidationError as exc:
         raise ScenarioError(f"{where}: {_format_validation(exc)}") from None
+    if cfg.name is not None:
+        safe_component(cfg.name, f"{where}: sweep name", error=ScenarioError)
+    _check_size(cfg, where)
     base_dir = Path(base_dir) if base_dir is not None else None
     if isinstance(cfg.base, str):
         base_path = Path(cfg.base).expanduser()
         if not base_path.is_absolute() and base_dir is not None:
             base_path = base_dir / base_path
-        try:
-            base = yaml.safe_load(base_path.read_text())
-        except FileNotFoundError:
-            raise ScenarioError(f"{where}: base scenario {base_path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ScenarioError(f"{base_path}: invalid YAML: {exc}") from None
+        text = read_text(base_path, f"{where}: base scenario", error=ScenarioError)
+        base = load_yaml(text, str(base_path), error=ScenarioError)
         if not isinstance(base, dict):
             raise ScenarioError(f"{base_path}: a scenario must be a mapping")
         scenario_dir: Path | None = base_path.parent
@@ -295,6 +340,35 @@ def sweep_from_dict(
     )
 
 
+def _count_points(kind: str, params: Mapping[str, Any], samples: int) -> int:
+    """Number of points a sweep expands to, computed without expanding it."""
+    if kind == "grid":
+        return math.prod(len(v) for v in params.values())
+    if kind == "zip":
+        return min((len(v) for v in params.values()), default=0)
+    if kind == "points":
+        return len(params["points"])
+    return samples
+
+
+def _check_size(cfg: _SweepFile, where: str) -> None:
+    """Refuse a sweep whose expansion exceeds :data:`MAX_POINTS` before building it."""
+    for kind in ("grid", "zip", "points"):
+        table = getattr(cfg, kind)
+        if table is None:
+            continue
+        params = {"points": table} if kind == "points" else table
+        n = _count_points(kind, params, 0)
+        if n > MAX_POINTS:
+            sizes = " x ".join(str(len(v)) for v in params.values()) if kind == "grid" else ""
+            raise ScenarioError(
+                f"{where}: {kind}: expands to {n:,} points"
+                + (f" ({sizes})" if sizes else "")
+                + f"; the limit is {MAX_POINTS:,} points per sweep (docs/inputs.md). Split the "
+                "sweep, or sample it with random: {samples: N}"
+            )
+
+
 def expand_points(spec: SweepSpec) -> list[Point]:
     """Expand a sweep into its points, in a fixed order.
 
@@ -302,6 +376,12 @@ def expand_points(spec: SweepSpec) -> list[Point]:
     fastest); ``random`` draws parameter by parameter, sample by sample, from the named
     stream ``sweep.random`` seeded with ``random.seed``.
     """
+    n = _count_points(spec.kind, spec.params, spec.samples)
+    if n > MAX_POINTS:
+        raise ScenarioError(
+            f"sweep {spec.name!r}: {spec.kind} expands to {n:,} points; the limit is "
+            f"{MAX_POINTS:,} (docs/inputs.md)"
+        )
     if spec.kind == "grid":
         paths = list(spec.params)
         combos = [
@@ -424,6 +504,9 @@ class PointTask:
     point: Point
     base: Mapping[str, Any]
     base_dir: str | None
+    # SHA-256 of the point's validated, resolved scenario: --resume recomputes a point
+    # whose scenario changed even though its parameters did not.
+    scenario_digest: str | None = None
 
 
 def run_point(task: PointTask) -> list[dict[str, Any]]:
@@ -445,12 +528,17 @@ def run_point(task: PointTask) -> list[dict[str, Any]]:
     ]
 
 
-def validate_point(task: PointTask) -> None:
-    """Validate a point's scenario without running it (raises ScenarioError/ConfigError)."""
+def validate_point(task: PointTask) -> str:
+    """Validate a point's scenario without running it (raises ScenarioError/ConfigError).
+
+    Returns:
+        The digest of the resolved scenario (see :attr:`PointTask.scenario_digest`).
+    """
     from servesim.simulator.scenario import scenario_from_dict
 
     data = apply_params(task.base, task.point.params)
-    scenario_from_dict(data, base_dir=None if task.base_dir is None else Path(task.base_dir))
+    cfg = scenario_from_dict(data, base_dir=None if task.base_dir is None else Path(task.base_dir))
+    return _digest(cfg.model_dump(mode="json", exclude={"engine": {"progress"}}))[:16]
 
 
 def summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -530,6 +618,108 @@ def _process_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def _worker_init(main_pid: int) -> None:
+    """Initializer of local pool workers: die with the sweep's main process.
+
+    Two mechanisms, because either alone has a gap: ``PR_SET_PDEATHSIG`` (Linux) kills the
+    worker when its parent dies (the forkserver, which exits when the main process does),
+    and a daemon thread polls the main process (covers spawn, and platforms without prctl;
+    it cannot run while a numba kernel holds the GIL, which the signal covers).
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(main_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except OSError:
+                pass
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="servesim-orphan-watch", daemon=True).start()
+
+
+class _Pool:
+    """An executor that can be rebuilt after a worker dies (owned local pools only).
+
+    Attributes:
+        executor: the current executor.
+        window: how many points are in flight at once (so that a pool that breaks takes
+            down only points that were actually running).
+    """
+
+    def __init__(self, make: Callable[[], Executor] | None, executor: Executor, window: int):
+        self._make = make
+        self.executor = executor
+        self.window = max(1, window)
+
+    @property
+    def can_rebuild(self) -> bool:
+        return self._make is not None
+
+    def rebuild(self) -> None:
+        if self._make is None:
+            return
+        with contextlib.suppress(Exception):
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._make()
+
+    def shutdown(self) -> None:
+        if self._make is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _open_pool(
+    executor: ExecutorKind | Executor,
+    *,
+    workers: int | None,
+    scheduler_address: str | None,
+) -> Iterator[_Pool]:
+    if workers is not None and workers < 1:
+        raise SimulatorError(f"workers must be >= 1, got {workers}")
+    if isinstance(executor, Executor):
+        window = 1 if isinstance(executor, SerialExecutor) else workers or os.cpu_count() or 1
+        yield _Pool(None, executor, window)
+        return
+    if executor == "local":
+        n = workers or os.cpu_count() or 1
+
+        def make() -> Executor:
+            return ProcessPoolExecutor(max_workers=n, mp_context=_process_context(),
+                                       initializer=_worker_init, initargs=(os.getpid(),))
+
+        pool = _Pool(make, make(), n)
+        try:
+            yield pool
+        finally:
+            pool.shutdown()
+        return
+    with open_executor(executor, workers=workers, scheduler_address=scheduler_address) as ex:
+        window = 1 if isinstance(ex, SerialExecutor) else _dask_window(ex, workers)
+        yield _Pool(None, ex, window)
+
+
+def _dask_window(ex: Executor, workers: int | None) -> int:
+    client = getattr(ex, "_client", None)
+    try:
+        threads = sum(client.nthreads().values()) if client is not None else 0
+    except Exception:
+        threads = 0
+    return max(threads, workers or 0, 1) * 2
+
+
 @contextmanager
 def open_executor(
     executor: ExecutorKind | Executor = "local",
@@ -559,7 +749,8 @@ def open_executor(
         yield SerialExecutor()
     elif executor == "local":
         pool = ProcessPoolExecutor(
-            max_workers=workers or os.cpu_count() or 1, mp_context=_process_context()
+            max_workers=workers or os.cpu_count() or 1, mp_context=_process_context(),
+            initializer=_worker_init, initargs=(os.getpid(),),
         )
         try:
             yield pool
@@ -573,7 +764,13 @@ def open_executor(
                 "the dask executor needs dask[distributed]: pip install 'servesim[dask]'"
             ) from None
         if scheduler_address:
-            client = Client(scheduler_address)
+            try:
+                client = Client(scheduler_address, timeout="20s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise SimulatorError(
+                    f"cannot reach the Dask scheduler {short(scheduler_address)}: "
+                    f"{short(str(exc), 200)}"
+                ) from None
             try:
                 yield client.get_executor()
             finally:
@@ -595,41 +792,178 @@ def open_executor(
         raise SimulatorError(f"unknown executor {executor!r}; use serial, local or dask")
 
 
-# ---------------------------------------------------------------------------- running
+# ---------------------------------------------------------------------------- storage
 
 
 def read_results(out: str | Path) -> pd.DataFrame:
-    """Read ``OUT/results.parquet`` (an empty frame when there is none)."""
+    """Read ``OUT/results.parquet`` (an empty frame when there is none).
+
+    Raises:
+        SimulatorError: the file exists but is not a readable Parquet results file.
+    """
     path = Path(out) / RESULTS_FILE
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    if not path.exists() and not path.is_symlink():
+        return pd.DataFrame()
+    check_regular_file(path, "results file", max_bytes=MAX_TRACE_BYTES, error=SimulatorError)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises many types for a garbage file
+        raise SimulatorError(
+            f"{path} is not a readable results file ({type(exc).__name__}: "
+            f"{short(str(exc), 120)}); move it away or choose another --out"
+        ) from None
+    missing = [c for c in (*ID_COLUMNS, "variant", "status") if c not in df.columns]
+    if missing:
+        raise SimulatorError(
+            f"{path} is not a sweep results file (no column {', '.join(missing)}); move it "
+            "away or choose another --out"
+        )
+    return df
 
 
 def _write_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` to ``path`` so that readers only ever see a complete file."""
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".parquet.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``df`` to ``path`` so that readers only ever see a complete file (confined to
+    its directory, never through a symlink, with the user's normal permissions)."""
+    write_bytes_in(path.parent, path.name, lambda tmp: df.to_parquet(tmp, index=False),
+                   error=SimulatorError)
+
+
+class _Store:
+    """Results of a sweep on disk: a journal appended per point, a Parquet file rewritten
+    geometrically (after 1, 2, 4, 8 ... rows), so storing n points costs O(n) in all.
+
+    The journal ``OUT/.results.journal.jsonl`` has one JSON line per finished point (all its
+    rows), flushed and fsynced before the point counts as done, so a kill loses at most the
+    points in flight; a torn last line is ignored. ``results.parquet`` is rewritten from
+    every row at the end and the journal removed: a completed run leaves no other file.
+    """
+
+    def __init__(self, out: Path | None, param_names: Sequence[str]) -> None:
+        self.out = out
+        self.param_names = list(param_names)
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self._journal: Any = None
+        self._written_rows = 0
+
+    @property
+    def journal_path(self) -> Path | None:
+        return None if self.out is None else self.out / JOURNAL_FILE
+
+    def exists(self) -> bool:
+        if self.out is None:
+            return False
+        return any((self.out / f).exists() or (self.out / f).is_symlink()
+                   for f in (RESULTS_FILE, JOURNAL_FILE))
+
+    def load(self) -> dict[str, list[dict[str, Any]]]:
+        """Stored rows by point id (the Parquet file, then the journal on top)."""
+        assert self.out is not None
+        stored: dict[str, list[dict[str, Any]]] = {}
+        old = read_results(self.out)
+        if not old.empty:
+            for rec in old.to_dict(orient="records"):
+                row = _clean_row(rec)
+                stored.setdefault(str(row["point_id"]), []).append(row)
+        journal = self.out / JOURNAL_FILE
+        if journal.exists() or journal.is_symlink():
+            check_regular_file(journal, "sweep journal", max_bytes=MAX_TRACE_BYTES,
+                               error=SimulatorError)
+            with journal.open("rb") as f:
+                for raw in f:
+                    try:
+                        entry = json.loads(raw)
+                        stored[str(entry["point_id"])] = [dict(r) for r in entry["rows"]]
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn last line (killed mid-write), or garbage
+        return stored
+
+    def clean_temporaries(self) -> None:
+        """Remove temporary files a killed run left behind."""
+        if self.out is None:
+            return
+        for tmp in self.out.glob(f".{RESULTS_FILE}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def add(self, point_id: str, rows: list[dict[str, Any]]) -> None:
+        self.rows[point_id] = rows
+        if self.out is None:
+            return
+        if self._journal is None:
+            path = self.out / JOURNAL_FILE
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+            try:
+                self._journal = os.fdopen(os.open(path, flags, 0o666), "ab")
+            except OSError as exc:
+                raise SimulatorError(f"cannot write {path}: {exc.strerror}") from None
+        line = json.dumps({"point_id": point_id, "rows": rows}, default=str, allow_nan=True)
+        self._journal.write(line.encode() + b"\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+        total = sum(len(r) for r in self.rows.values())
+        if total >= 2 * max(self._written_rows, 1):
+            self.checkpoint()
+
+    def frame(self) -> pd.DataFrame:
+        return _sorted(_frame([r for rows in self.rows.values() for r in rows],
+                              self.param_names))
+
+    def checkpoint(self) -> None:
+        if self.out is None:
+            return
+        df = self.frame()
+        _write_atomic(df, self.out / RESULTS_FILE)
+        self._written_rows = len(df)
+
+    def finish(self) -> pd.DataFrame:
+        df = self.frame()
+        if self.out is not None:
+            _write_atomic(df, self.out / RESULTS_FILE)
+            self.close()
+            (self.out / JOURNAL_FILE).unlink(missing_ok=True)
+            self.clean_temporaries()
+        return df
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
 
 def _frame(rows: Sequence[Mapping[str, Any]], param_names: Sequence[str]) -> pd.DataFrame:
-    """Rows -> DataFrame with the column order ids, params, variant/status/error, metrics."""
+    """Rows -> DataFrame with the column order ids, params, variant/status/error, metrics.
+
+    Column types do not depend on which points failed: integer and boolean metrics use
+    pandas' nullable ``Int64`` / ``boolean`` types, so an error row (no metrics) never turns
+    a count column into floats.
+    """
     df = pd.DataFrame(list(rows))
+    first = [*ID_COLUMNS, *param_names, *STATUS_COLUMNS]
     if df.empty:
-        return pd.DataFrame(columns=[*ID_COLUMNS, *param_names, *STATUS_COLUMNS])
-    for col in (*ID_COLUMNS, *param_names, *STATUS_COLUMNS):
+        return pd.DataFrame(columns=first)
+    for col in first:
         if col not in df.columns:
             df[col] = None
-    first = [*ID_COLUMNS, *param_names, *STATUS_COLUMNS]
     rest = [c for c in df.columns if c not in first]
     df = df[first + rest]
     for col in param_names:
         df[col] = _uniform_column(df[col])
+    df["point_index"] = df["point_index"].astype("int64")
+    for col in rest:
+        df[col] = _typed_metric(df[col])
     return df
+
+
+def _typed_metric(col: pd.Series) -> pd.Series:
+    values = [v for v in col if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    kinds = {type(v) for v in values}
+    if kinds == {bool}:
+        return col.astype("boolean")
+    if kinds and kinds <= {int}:
+        return col.astype("Int64")
+    if kinds and kinds <= {int, float}:
+        return col.astype("float64")
+    return col
 
 
 def _uniform_column(col: pd.Series) -> pd.Series:
@@ -652,6 +986,9 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+# ---------------------------------------------------------------------------- running
+
+
 def execute_points(
     tasks: Sequence[PointTask],
     fn: Callable[[Any], list[dict[str, Any]]] = run_point,
@@ -665,11 +1002,18 @@ def execute_points(
     description: str = "sweep",
     param_names: Sequence[str] | None = None,
     spec_json: Mapping[str, Any] | None = None,
+    extra_rows: Sequence[Mapping[str, Any]] = (),
+    all_point_ids: set[str] | None = None,
 ) -> pd.DataFrame:
     """Run ``fn`` over the tasks on an executor, storing rows as each point finishes.
 
     This is the machinery under :func:`run_sweep`; ``fn`` is any picklable function of a
     task (with a ``.point``) returning rows, so it also serves other batch jobs.
+
+    Faults: an exception raised by ``fn`` is an error row (not retried: it would fail the
+    same way). A point whose *worker* died (the pool broke, a Dask worker was lost) is
+    retried once, alone, on a rebuilt pool; if it dies again it becomes an error row. So a
+    dying worker costs at most its own point.
 
     Args:
         tasks: the points to run.
@@ -677,82 +1021,151 @@ def execute_points(
         executor, workers, scheduler_address: see :func:`open_executor`.
         out: directory for ``results.parquet`` and ``sweep.json``; None keeps rows in
             memory only.
-        resume: keep stored ``ok`` points and run only the others.
+        resume: keep stored ``ok`` rows of these points (same point id and the same
+            resolved-scenario digest) and run only the others; rows of points no longer
+            in the sweep are dropped, so the file holds exactly one row per point and
+            variant.
         progress: show a progress bar (points done / total).
         description: label of the progress bar.
         param_names: parameter columns, in order (default: from the first task).
         spec_json: written to ``OUT/sweep.json``.
+        extra_rows: rows already known (points refused before running), stored as well.
+        all_point_ids: every point of the sweep (default: the tasks'); the returned frame
+            holds these.
 
     Returns:
         All rows of these tasks' points, sorted by point index.
 
     Raises:
-        SimulatorError: ``out`` holds results and ``resume`` is False.
+        SimulatorError: ``out`` holds results and ``resume`` is False; ``out`` is a file.
     """
     if param_names is None:
         param_names = list(tasks[0].point.params) if tasks else []
-    param_names = list(param_names)
-    wanted = {t.point.point_id for t in tasks}
-    stored: list[dict[str, Any]] = []
-    results_path: Path | None = None
-    if out is not None:
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        results_path = out_dir / RESULTS_FILE
-        if results_path.exists():
-            if not resume:
-                raise SimulatorError(
-                    f"{results_path} already exists; pass resume=True (--resume) to continue "
-                    f"that sweep, or choose another output directory"
-                )
-            old = pd.read_parquet(results_path)
-            # Keep successful rows only; errored points run again.
-            if not old.empty:
-                old = old[old["status"] == "ok"]
-            stored = [_clean_row(r) for r in old.to_dict(orient="records")]
-        if spec_json is not None:
-            (out_dir / SPEC_FILE).write_text(json.dumps(_jsonable(spec_json), indent=2) + "\n")
-    done_ids = {r["point_id"] for r in stored}
-    todo = [t for t in tasks if t.point.point_id not in done_ids]
-    rows = list(stored)
-
-    def _record(new_rows: list[dict[str, Any]]) -> None:
-        rows.extend(new_rows)
-        if results_path is not None:
-            _write_atomic(_sorted(_frame(rows, param_names)), results_path)
-
-    with _progress(progress, description, total=len(tasks), done=len(tasks) - len(todo)) as bar:
-        if todo:
-            with open_executor(executor, workers=workers, scheduler_address=scheduler_address) as ex:
-                if isinstance(ex, SerialExecutor):
-                    # One at a time, each stored before the next starts.
-                    for task in todo:
-                        _record(_guarded(fn, task))
-                        bar()
-                else:
-                    futures = {ex.submit(_guarded, fn, t): t for t in todo}
-                    for future in as_completed(futures):
-                        task = futures[future]
-                        try:
-                            new_rows = future.result()
-                        except Exception as exc:  # worker died, task could not be pickled
-                            new_rows = _error_rows(task.point, exc)
-                        _record(new_rows)
-                        bar()
-    df = _sorted(_frame(rows, param_names))
-    if results_path is not None:
-        _write_atomic(df, results_path)
+    out_dir = None if out is None else prepare_out_dir(out, error=SimulatorError)
+    store = _Store(out_dir, param_names)
+    # Rows are stored per task key: the point id, with '#k' for a point's k-th repeat (the
+    # planner runs one candidate at several rates).
+    keys: dict[int, str] = {}
+    by_id: dict[str, Any] = {}
+    for t in tasks:
+        key = t.point.point_id
+        k = 1
+        while key in by_id:
+            key, k = f"{t.point.point_id}#{k}", k + 1
+        by_id[key] = t
+        keys[id(t)] = key
+    if store.exists():
+        if not resume:
+            raise SimulatorError(
+                f"{out_dir / RESULTS_FILE} already exists; pass resume=True (--resume) to "
+                f"continue that sweep, or choose another output directory"
+            )
+        for pid, rows in store.load().items():
+            task = by_id.get(pid)
+            if task is None or not rows or any(r.get("status") != "ok" for r in rows):
+                continue  # not in this sweep any more, or failed: run again
+            digest = getattr(task, "scenario_digest", None)
+            if digest is not None and any(r.get("scenario_digest") != digest for r in rows):
+                continue  # same parameters, but the resolved scenario changed
+            seen: dict[Any, dict[str, Any]] = {}
+            for r in rows:
+                seen[r.get("variant")] = {**r, "point_index": task.point.index}
+            store.rows[pid] = list(seen.values())
+        store.clean_temporaries()
+        if store.journal_path is not None and store.journal_path.exists():
+            # Fold the old journal into the results file now, so the new journal starts empty.
+            store.checkpoint()
+            store.journal_path.unlink()
+    if out_dir is not None and spec_json is not None:
+        write_text_in(out_dir, SPEC_FILE, json.dumps(_jsonable(spec_json), indent=2) + "\n",
+                      error=SimulatorError)
+    for row in extra_rows:
+        store.rows.setdefault(str(row["point_id"]), []).append(dict(row))
+    todo = [t for t in tasks if keys[id(t)] not in store.rows]
+    try:
+        with _progress(progress, description, total=len(tasks),
+                       done=len(tasks) - len(todo)) as bar:
+            if todo:
+                with _open_pool(executor, workers=workers,
+                                scheduler_address=scheduler_address) as pool:
+                    _run_all(todo, fn, pool, store, bar, keys)
+        df = store.finish()
+    finally:
+        store.close()
     if df.empty:
         return df
-    return df[df["point_id"].isin(wanted)].reset_index(drop=True)
+    keep = all_point_ids if all_point_ids is not None else {t.point.point_id for t in tasks}
+    return df[df["point_id"].isin(keep)].reset_index(drop=True)
+
+
+def _run_all(todo: Sequence[Any], fn: Callable[[Any], list[dict[str, Any]]], pool: _Pool,
+             store: _Store, bar: Callable[[], None], keys: Mapping[int, str]) -> None:
+    """Run every task, at most ``pool.window`` in flight; retry worker deaths alone, once."""
+
+    def record(task: Any, rows: list[dict[str, Any]]) -> None:
+        digest = getattr(task, "scenario_digest", None)
+        rows = [{**r, "scenario_digest": digest} for r in rows]
+        store.add(keys[id(task)], rows)
+        bar()
+
+    suspects = _run_window(todo, fn, pool, record, window=pool.window)
+    for task in suspects:  # alone: if it dies again, it is the culprit
+        again = _run_window([task], fn, pool, record, window=1)
+        for t, exc in again:
+            record(t, _error_rows(t.point, RuntimeError(
+                f"the worker running this point died twice ({type(exc).__name__}: "
+                f"{short(str(exc), 200)})")))
+
+
+def _run_window(tasks: Sequence[Any], fn: Callable[[Any], list[dict[str, Any]]], pool: _Pool,
+                record: Callable[[Any, list[dict[str, Any]]], None], *,
+                window: int) -> list[tuple[Any, BaseException]]:
+    """Run tasks with at most ``window`` in flight; return those whose worker died."""
+    queue = list(reversed(tasks))
+    inflight: dict[Future[Any], Any] = {}
+    died: list[tuple[Any, BaseException]] = []
+    while queue or inflight:
+        while queue and len(inflight) < window:
+            task = queue.pop()
+            try:
+                inflight[pool.executor.submit(_guarded, fn, task)] = task
+            except BrokenProcessPool as exc:
+                died.append((task, exc))
+                pool.rebuild()
+        if not inflight:
+            continue
+        done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+        broken = False
+        for future in sorted(done, key=lambda f: inflight[f].point.index):
+            task = inflight.pop(future)
+            try:
+                rows = future.result()
+            except Exception as exc:  # the worker died, or the task could not be sent
+                died.append((task, exc))
+                broken = broken or isinstance(exc, BrokenProcessPool)
+                continue
+            record(task, rows)
+        if broken:
+            # Every other point in flight on the broken pool fails too; collect them.
+            for future, task in list(inflight.items()):
+                try:
+                    rows = future.result()
+                except Exception as exc:
+                    died.append((task, exc))
+                else:
+                    record(task, rows)
+                inflight.pop(future)
+            pool.rebuild()
+    return died
 
 
 def _clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row read back from Parquet, with numpy scalars and NaN-for-None normalised."""
+    """A row read back from Parquet, with numpy scalars and NaN/NA-for-None normalised."""
     out = {}
     for key, value in row.items():
         value = _scalar(value)
-        if key in ("variant", "error") and isinstance(value, float) and math.isnan(value):
+        if value is pd.NA or (key in ("variant", "error", "scenario_digest")
+                              and isinstance(value, float) and math.isnan(value)):
             value = None
         out[key] = value
     return out
@@ -808,19 +1221,30 @@ def run_sweep(
     if not isinstance(spec, SweepSpec):
         spec = load_sweep(spec) if isinstance(spec, str | Path) else sweep_from_dict(spec)
     points = expand_points(spec)
+    variants = spec.base.get("variants") if isinstance(spec.base, Mapping) else None
+    num_rows = len(points) * max(len(variants) if isinstance(variants, list) else 1, 1)
+    if num_rows > MAX_ROWS:
+        raise ScenarioError(
+            f"sweep {spec.name!r}: {len(points):,} points x {num_rows // len(points):,} "
+            f"variants = {num_rows:,} result rows; the limit is {MAX_ROWS:,} (docs/inputs.md)"
+        )
     base_dir = None if spec.base_dir is None else str(spec.base_dir)
-    tasks = [PointTask(point=p, base=spec.base, base_dir=base_dir) for p in points]
+    tasks = []
     invalid: dict[str, BaseException] = {}
-    for task in tasks:
+    for p in points:
+        task = PointTask(point=p, base=spec.base, base_dir=base_dir)
         try:
-            validate_point(task)
+            task = dataclasses.replace(task, scenario_digest=validate_point(task))
         except SimulatorError as exc:
-            invalid[task.point.point_id] = exc
+            invalid[p.point_id] = exc
+        tasks.append(task)
     if tasks and len(invalid) == len(tasks):
         first = invalid[tasks[0].point.point_id]
         raise ScenarioError(f"sweep {spec.name!r}: no point is a valid scenario: {first}")
     valid = [t for t in tasks if t.point.point_id not in invalid]
     param_names = _param_names(points)
+    bad = [r for t in tasks if t.point.point_id in invalid
+           for r in _error_rows(t.point, invalid[t.point.point_id])]
     df = execute_points(
         valid,
         run_point,
@@ -833,16 +1257,9 @@ def run_sweep(
         description=spec.name,
         param_names=param_names,
         spec_json=spec.to_json(),
+        extra_rows=bad,
+        all_point_ids={t.point.point_id for t in tasks},
     )
-    if invalid:
-        bad = [r for t in tasks if t.point.point_id in invalid
-               for r in _error_rows(t.point, invalid[t.point.point_id])]
-        df = _sorted(_frame([*df.to_dict(orient="records"), *bad], param_names))
-        if out is not None:
-            stored = read_results(out)
-            merged = pd.concat([stored, _frame(bad, param_names)], ignore_index=True)
-            merged = merged.drop_duplicates(subset=["point_id", "variant"], keep="first")
-            _write_atomic(_sorted(merged), Path(out) / RESULTS_FILE)
     return df
 
 

@@ -90,6 +90,10 @@ def sweep(
     if failed:
         for row in df[df["status"] != "ok"].drop_duplicates("point_id").head(5).itertuples():
             typer.secho(f"  point {row.point_index}: {row.error}", err=True, fg="yellow")
+        # Finished points are stored; a failed one is an error row. Exit 1, not 0 (#15).
+        typer.secho(f"error: {failed} of {points} points failed (error rows in "
+                    f"{out_dir / RESULTS_FILE})", err=True, fg="red")
+        raise typer.Exit(code=1)
 
 
 def plan(
