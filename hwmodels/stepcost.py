@@ -24,14 +24,18 @@ per-request loop. The model (details and sources in ``docs/step-cost.md``):
 * A fixed per-step host overhead (scheduling, input preparation, launch, sampling
   bookkeeping), :data:`DEFAULT_STEP_OVERHEAD_S`.
 
-The same arithmetic runs on Python floats (the fast scalar path, :meth:`StepCostModel.step_time_s`)
-and on numpy arrays (:meth:`StepCostModel.cost` with arrays): :class:`_Evaluator` is written once
-against a tiny backend (``max``/``ceil``/``where``), and the tests check the two paths agree.
+``_evaluate`` is the readable reference: it is written once against a tiny backend
+(``max``/``ceil``/``where``) so it runs on Python floats and on numpy arrays (:meth:`cost`), and
+it also yields the split by bound, per-stage times and per-operator :meth:`breakdown`. Every
+fast caller uses the *packed form* instead (:meth:`StepCostModel.packed` +
+:func:`hwmodels.stepkernel.packed_step_time_s`, numba), which sums the same operator times in
+the same order: the tests pin the two bit for bit on every bundled model shape.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from servesim.hwmodels import stepkernel as sk
 from servesim.hwmodels.errors import CapacityError, ConfigError
 from servesim.hwmodels.gpus import GpuSpec, get_gpu
 from servesim.hwmodels.models import ModelSpec, get_model
@@ -73,6 +78,7 @@ from servesim.hwmodels.roofline import (
     OpTimer,
     gemm_params_for,
 )
+from servesim.hwmodels.stepkernel import packed_step_time_s
 from servesim.hwmodels.units import GiB
 
 #: Fixed host-side cost of one engine step (scheduling, building input tensors, launching the
@@ -221,6 +227,7 @@ class StepCostModel:
         if step_overhead_s < 0:
             raise ConfigError(f"step_overhead_s must be >= 0, got {step_overhead_s}")
         self.step_overhead_s = float(step_overhead_s)
+        self.step_overhead_s_per_seq = 0.0
         self.op_timer = op_timer
         self.scheme.check_supported(self.gpu)
         check_kv_dtype_supported(self.kv_dtype, self.gpu)
@@ -278,40 +285,40 @@ class StepCostModel:
 
     def _precompute(self) -> None:
         m, tp = self.model, self.tp
-        self._layer_kinds: list[tuple[bool, list[_GemmCoef]]] = []
+        # Layer kinds present: (total layer count, GEMM coefficients); dense first, then MoE.
+        self._kinds: list[tuple[float, list[_GemmCoef]]] = []
+        kind_is_moe: list[bool] = []
         for moe_layer in (False, True):
             count = m.num_moe_layers if moe_layer else m.num_dense_layers
-            gemms = [self._coef(g) for g in layer_gemms(m, self.scheme, tp, moe_layer=moe_layer)] if count else []
-            self._layer_kinds.append((moe_layer, gemms))
+            if count:
+                gemms = [self._coef(g) for g in layer_gemms(m, self.scheme, tp, moe_layer=moe_layer)]
+                self._kinds.append((float(count), gemms))
+                kind_is_moe.append(moe_layer)
         self._head = self._coef(lm_head_gemm(m, self.scheme, tp))
-        n_moe_total = m.num_moe_layers
-        self._fast_kinds = [
-            (m.num_dense_layers if not moe_layer else n_moe_total, [
-                (c.is_routed, c.s_per_padded_token, c.s_compute_const, c.s_dequant_per_tile,
-                 c.s_mem_const, c.s_mem_const_weights, c.s_mem_per_token,
-                 float(c.num_copies), float(c.active_copies))
-                for c in gemms
-            ])
-            for moe_layer, gemms in self._layer_kinds if gemms
-        ]
         # Contiguous stages; earlier stages take the remainder layers (as vLLM's
         # get_pp_indices does by default). Layer i is MoE iff i >= first_k_dense_layers.
         base, extra = divmod(m.num_layers, self.pp)
-        self._stages: list[tuple[int, int]] = []
+        self._stage_counts: list[tuple[float, ...]] = []
         start = 0
         for s in range(self.pp):
             size = base + (1 if s < extra else 0)
             layers = range(start, start + size)
             n_moe = sum(1 for i in layers if m.is_moe and i >= m.first_k_dense_layers)
-            self._stages.append((size - n_moe, n_moe))
+            by_kind = {False: float(size - n_moe), True: float(n_moe)}
+            self._stage_counts.append(tuple(by_kind[k] for k in kind_is_moe))
             start += size
         p = self.params
         self._launch_s = p.launch_s
         self._tile = float(p.tile_m_tokens)
         self._hbm_eff_bw = self.gpu.hbm_bw_bytes_per_s * p.mem_eff_max_frac
         self._bytes_half_s = p.bytes_half / self._hbm_eff_bw
-        self._attn_peak = self.gpu.peak_fp16_flops_per_s * ATTN_COMPUTE_EFF_MAX_FRAC
-        self._attn_flops_half_s = ATTN_FLOPS_HALF / self._attn_peak
+        attn_peak = self.gpu.peak_fp16_flops_per_s * ATTN_COMPUTE_EFF_MAX_FRAC
+        self._pf_peak = attn_peak
+        self._pf_fh = ATTN_FLOPS_HALF / self._pf_peak
+        self._pf_bw = self._hbm_eff_bw
+        self._dec_peak = attn_peak
+        self._dec_fh = ATTN_FLOPS_HALF / self._dec_peak
+        self._dec_bw = self._hbm_eff_bw
         self._kv_layer_gpu = kv_bytes_per_token_per_layer_per_gpu(m, self.kv_dtype, tp)
         self._attn_fpp_prefill = attn_flops_per_pair(m, tp, decode=False)
         self._attn_fpp_decode = attn_flops_per_pair(m, tp, decode=True)
@@ -331,8 +338,59 @@ class StepCostModel:
         self._ar_bytes_per_token = 2.0 * (tp - 1) / tp * hidden_bytes if tp > 1 else 0.0
         self._p2p_const_s = P2P_LATENCY_S
         self._p2p_s_per_token = hidden_bytes / link
+        self._graph_mode = 0
+        self._graph_sizes: tuple[float, ...] = ()
         if self.op_timer is not None:
             self._precompute_timer()
+            self._pack = None
+        else:
+            self._pack = self._build_pack()
+
+    def _build_pack(self) -> npt.NDArray[np.float64]:
+        """The packed form's coefficients (layout in :mod:`hwmodels.stepkernel`)."""
+        h = self._head
+        head = [0.0] * sk.P_HEADER
+        head[sk.P_LAUNCH] = self._launch_s
+        head[sk.P_TILE] = self._tile
+        head[sk.P_KVL] = self._kv_layer_gpu
+        head[sk.P_QO] = self._attn_qo_bytes
+        head[sk.P_BH] = self._bytes_half_s
+        head[sk.P_PF_PEAK] = self._pf_peak
+        head[sk.P_PF_FH] = self._pf_fh
+        head[sk.P_PF_BW] = self._pf_bw
+        head[sk.P_DEC_PEAK] = self._dec_peak
+        head[sk.P_DEC_FH] = self._dec_fh
+        head[sk.P_DEC_BW] = self._dec_bw
+        head[sk.P_EW_CONST] = self._ew_const_s
+        head[sk.P_EW_PER_BYTE] = self._ew_s_per_byte
+        head[sk.P_EW_BYTES] = self._ew_bytes
+        head[sk.P_AR_CONST] = self._ar_const_s
+        head[sk.P_AR_PER_TOKEN] = self._ar_s_per_token
+        head[sk.P_FPP_PREFILL] = self._attn_fpp_prefill
+        head[sk.P_FPP_DECODE] = self._attn_fpp_decode
+        head[sk.P_WINDOW] = self._window or 0.0
+        head[sk.P_H_TOK] = h.s_per_padded_token
+        head[sk.P_H_C0] = h.s_compute_const
+        head[sk.P_H_DQ] = h.s_dequant_per_tile
+        head[sk.P_H_M0] = h.s_mem_const
+        head[sk.P_H_MT] = h.s_mem_per_token
+        head[sk.P_PP_MINUS_1] = float(self.pp - 1)
+        head[sk.P_P2P_CONST] = self._p2p_const_s
+        head[sk.P_P2P_PER_TOKEN] = self._p2p_s_per_token
+        head[sk.P_OVERHEAD] = self.step_overhead_s
+        head[sk.P_OVERHEAD_PER_SEQ] = self.step_overhead_s_per_seq
+        head[sk.P_GRAPH_MODE] = float(self._graph_mode)
+        head[sk.P_NUM_GRAPH] = float(len(self._graph_sizes))
+        head[sk.P_NUM_KINDS] = float(len(self._kinds))
+        body: list[float] = list(self._graph_sizes)
+        for n_layers, gemms in self._kinds:
+            body += [n_layers, float(len(gemms))]
+            for c in gemms:
+                body += [1.0 if c.is_routed else 0.0, c.s_per_padded_token, c.s_compute_const,
+                         c.s_dequant_per_tile, c.s_mem_const, c.s_mem_const_weights, c.s_mem_per_token,
+                         float(c.num_copies), float(c.active_copies)]
+        return np.asarray(head + body, dtype=np.float64)
+
 
     def _attn_geometry(self) -> tuple[int, int, int, float]:
         """(heads, kv heads, head dim, KV bytes per element) per GPU, as the op timer takes them."""
@@ -352,13 +410,12 @@ class StepCostModel:
         what the timer returned (the timer must be a pure function of its arguments, as the
         cycle model's cache is), so a repeated input gives the same float every call.
         """
-        m = self.model
         self._timer_kinds = [
-            (float(m.num_moe_layers if moe_layer else m.num_dense_layers), tuple(
+            (n_layers, tuple(
                 (c.is_routed, c.n, c.k, c.compute_type, c.weight_bits, float(c.num_copies), float(c.active_copies))
                 for c in gemms
             ))
-            for moe_layer, gemms in self._layer_kinds if gemms
+            for n_layers, gemms in self._kinds
         ]
         self._timer_layers = sum(n for n, _ in self._timer_kinds)
         self._timer_geom = self._attn_geometry()
@@ -437,8 +494,25 @@ class StepCostModel:
         small = SMALL_TILE_M_TOKENS
         return B.where(m > self._tile, B.ceil(m / self._tile) * self._tile, B.ceil(m / small) * small)
 
-    def _gemm(self, B: Any, c: _GemmCoef, m: Any, rec: dict | None, mult: float) -> tuple[Any, Any]:
-        """(compute-bound time, memory-bound time) of one GEMM for ``m`` tokens."""
+    def _graph_tokens(self, B: Any, T: Any, pf: Any) -> Any:
+        """Tokens the step computes on: ``T`` padded up to the next CUDA-graph capture size
+        when the step runs as a captured graph (see :class:`~hwmodels.stacks.StackProfile`)."""
+        sizes = self._graph_sizes
+        if not self._graph_mode or not sizes:
+            return T
+        if B is _ScalarBackend:
+            if (self._graph_mode == 1 and pf > 0) or T > sizes[-1]:
+                return T
+            return sizes[bisect_left(sizes, T)]
+        arr = np.asarray(sizes, dtype=np.float64)
+        idx = np.minimum(np.searchsorted(arr, T, side="left"), len(arr) - 1)
+        use = T <= arr[-1]
+        if self._graph_mode == 1:
+            use = use & (pf <= 0)
+        return np.where(use, arr[idx], T)
+
+    def _gemm(self, B: Any, c: _GemmCoef, m: Any) -> tuple[Any, Any, Any, Any, Any]:
+        """(time, compute side, memory side, FLOPs, bytes) of one GEMM kernel for ``m`` tokens."""
         if c.is_routed:
             e, k = float(c.num_copies), float(c.active_copies)
             touched = e * (1.0 - (1.0 - k / e) ** m)
@@ -447,12 +521,14 @@ class StepCostModel:
             mp = self._padded(B, per_expert_m)
             tc = touched * (c.s_per_padded_token * mp + c.s_compute_const + c.s_dequant_per_tile * tiles)
             tm = touched * c.s_mem_const_weights + self._bytes_half_s + c.s_mem_per_token * m * k
-            flops_m, bytes_w, act_m = m * k, touched * c.weight_bytes, m * k
+            flops = c.flops_per_token * m * k
+            nbytes = touched * c.weight_bytes + c.act_bytes_per_token * m * k
         else:
             tiles = B.ceil(m / self._tile)
             tc = c.s_per_padded_token * self._padded(B, m) + c.s_compute_const + c.s_dequant_per_tile * tiles
             tm = c.s_mem_const + c.s_mem_per_token * m
-            flops_m, bytes_w, act_m = m, c.weight_bytes, m
+            flops = c.flops_per_token * m
+            nbytes = c.weight_bytes + c.act_bytes_per_token * m
         if self.op_timer is not None:
             gemm = self.op_timer.gemm_time_s
             memo = self._memo_gemm.setdefault((c.n, c.k, c.compute_type, c.weight_bits), {})
@@ -464,29 +540,24 @@ class StepCostModel:
             t = t * B.pos(m)
         else:
             t = (self._launch_s + B.mx(tc, tm)) * B.pos(m)
-        is_c = tc >= tm
-        t_c, t_m = B.where(is_c, t, 0.0), B.where(is_c, 0.0, t)
-        if rec is not None:
-            _record(rec, c.op, mult * t, mult * c.flops_per_token * flops_m,
-                    mult * (bytes_w + c.act_bytes_per_token * act_m) * (1.0 if m > 0 else 0.0),
-                    "compute" if is_c else "memory")
-        return t_c, t_m
+        return t, tc, tm, flops, nbytes * B.pos(m)
 
     def _attention(self, B: Any, pf: Any, pairs: Any, kvt: Any, ndec: Any, ctx: Any,
-                   rec: dict | None, mult: float, nsamp_chunks: Any = 1.0) -> tuple[Any, Any]:
-        """(compute-bound, KV-read-bound) time of one layer's prefill + decode attention."""
+                   nsamp_chunks: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """One layer's prefill and decode attention: ``(time, compute side, memory side, FLOPs,
+        bytes)`` of each (FlashAttention-style prefill; decode reads every sequence's KV)."""
         if self._window:
             pairs = B.mn(pairs, pf * self._window)
             ctx = B.mn(ctx, ndec * self._window)
         kvl = self._kv_layer_gpu
         fl_p = self._attn_fpp_prefill * pairs
         by_p = kvl * (kvt + pf) + self._attn_qo_bytes * pf
-        tc_p = fl_p / self._attn_peak + self._attn_flops_half_s
-        tm_p = by_p / self._hbm_eff_bw + self._bytes_half_s
+        tc_p = fl_p / self._pf_peak + self._pf_fh
+        tm_p = by_p / self._pf_bw + self._bytes_half_s
         fl_d = self._attn_fpp_decode * ctx
         by_d = kvl * (ctx + ndec) + self._attn_qo_bytes * ndec
-        tc_d = fl_d / self._attn_peak + self._attn_flops_half_s
-        tm_d = by_d / self._hbm_eff_bw + self._bytes_half_s
+        tc_d = fl_d / self._dec_peak + self._dec_fh
+        tm_d = by_d / self._dec_bw + self._bytes_half_s
         if self.op_timer is not None:
             heads, kvh, hd, kvb = self._attn_geometry()
             # Aggregates only: chunks are taken as equal (mean new and context tokens).
@@ -502,74 +573,105 @@ class StepCostModel:
         else:
             t_p = (self._launch_s + B.mx(tc_p, tm_p)) * B.pos(pf)
             t_d = (self._launch_s + B.mx(tc_d, tm_d)) * B.pos(ndec)
-        comp = B.where(tc_p >= tm_p, t_p, 0.0) + B.where(tc_d >= tm_d, t_d, 0.0)
-        kv = t_p + t_d - comp
-        if rec is not None:
-            _record(rec, "attention", mult * (t_p + t_d), mult * (fl_p + fl_d),
-                    mult * ((by_p if pf > 0 else 0.0) + (by_d if ndec > 0 else 0.0)),
-                    "compute" if comp >= kv else "memory")
-        return comp, kv
-
-    def _layer(self, B: Any, gemms: list[_GemmCoef], T: Any, pf: Any, pairs: Any, kvt: Any,
-               ndec: Any, ctx: Any, rec: dict | None, mult: float) -> tuple[Any, Any, Any, Any]:
-        """(compute, weight/activation memory, KV, comm) seconds of one layer."""
-        comp = mem = 0.0
-        for c in gemms:
-            t_c, t_m = self._gemm(B, c, T, rec, mult)
-            comp = comp + t_c
-            mem = mem + t_m
-        a_c, a_kv = self._attention(B, pf, pairs, kvt, ndec, ctx, rec, mult, self._nsamp)
-        t_ew = (self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * T) * B.pos(T)
-        comm = 2.0 * (self._ar_const_s + self._ar_s_per_token * T) * B.pos(T)
-        if rec is not None:
-            _record(rec, "norm", mult * t_ew, mult * 8.0 * self.model.hidden_size * T,
-                    mult * self._ew_bytes * T, "memory")
-            if self.tp > 1:
-                _record(rec, "allreduce", mult * comm, 0.0, mult * 2.0 * self._ar_bytes_per_token * T,
-                        "communication")
-        return comp + a_c, mem + t_ew, a_kv, comm
+        return (t_p, tc_p, tm_p, fl_p, by_p * B.pos(pf)), (t_d, tc_d, tm_d, fl_d, by_d * B.pos(ndec))
 
     def _evaluate(self, B: Any, pf: Any, pairs: Any, kvt: Any, nsamp: Any, ndec: Any, ctx: Any,
                   rec: dict | None = None, stage_out: list | None = None) -> StepCostArrays:
+        """The readable reference: every operator of one step, in the packed form's order.
+
+        ``time_s`` is summed exactly as :func:`hwmodels.stepkernel.packed_step_time_s` sums it
+        (one layer of each kind = elementwise + all-reduces + attention + GEMMs; times the
+        layer count; + lm_head + pipeline transfers + host overhead), so the two agree bit for
+        bit on scalars. The split by bound, the per-stage times and the per-operator record
+        (``rec``, for :meth:`breakdown`) are side sums over the same operator times.
+        """
         T = pf + ndec
-        self._nsamp = nsamp
-        per_kind = []
-        for moe_layer, gemms in self._layer_kinds:
-            per_kind.append(None if not gemms else (moe_layer, gemms))
+        if B is _ScalarBackend and T <= 0:
+            if rec is not None:
+                _record(rec, "overhead", self.step_overhead_s, 0.0, 0.0, "overhead")
+            if stage_out is not None:
+                stage_out.extend([0.0] * self.pp)
+            z = 0.0
+            return StepCostArrays(self.step_overhead_s, z, z, z, z, self.step_overhead_s, z)
+        Tg = self._graph_tokens(B, T, pf)
+        on = B.pos(T)
+        # ---- the parts every layer shares: elementwise kernels, all-reduces, attention
+        t_ew = (self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * Tg) * on
+        t_ar = 2.0 * (self._ar_const_s + self._ar_s_per_token * Tg) * on
+        att_p, att_d = self._attention(B, pf, pairs, kvt, ndec, ctx, nsamp)
+        common = t_ew + t_ar + att_p[0] + att_d[0]
+        a_comp = B.where(att_p[1] >= att_p[2], att_p[0], 0.0) + B.where(att_d[1] >= att_d[2], att_d[0], 0.0)
+        a_kv = att_p[0] + att_d[0] - a_comp
+        # ---- one layer of each kind (dense, MoE): shared parts + its GEMMs
+        layers: list[tuple[Any, Any, Any]] = []  # (time, compute side, memory side) per kind
+        for n_layers, gemms in self._kinds:
+            layer, comp, mem = common, a_comp, t_ew
+            for c in gemms:
+                t, tc, tm, flops, nbytes = self._gemm(B, c, Tg)
+                layer = layer + t
+                is_c = tc >= tm
+                comp = comp + B.where(is_c, t, 0.0)
+                mem = mem + B.where(is_c, 0.0, t)
+                if rec is not None:
+                    _record(rec, c.op, n_layers * t, n_layers * flops, n_layers * nbytes,
+                            "compute" if is_c else "memory")
+            layers.append((layer, comp, mem))
+            if rec is not None:
+                _record(rec, "attention", n_layers * (att_p[0] + att_d[0]), n_layers * (att_p[3] + att_d[3]),
+                        n_layers * (att_p[4] + att_d[4]), "compute" if a_comp >= a_kv else "memory")
+                _record(rec, "norm", n_layers * t_ew, n_layers * 8.0 * self.model.hidden_size * Tg,
+                        n_layers * self._ew_bytes * Tg, "memory")
+                if self.tp > 1:
+                    _record(rec, "allreduce", n_layers * t_ar, 0.0,
+                            n_layers * 2.0 * self._ar_bytes_per_token * Tg, "communication")
+        # ---- the step: layers, lm_head on the sampled rows, pipeline transfers, host overhead
+        total: Any = 0.0
+        for (n_layers, _), (layer, _, _) in zip(self._kinds, layers, strict=True):
+            total = total + n_layers * layer
+        rows = nsamp + ndec
+        t_h, h_c, h_m, h_fl, h_by = self._gemm(B, self._head, rows)
+        total = total + t_h
+        t_p2p_one = (self._p2p_const_s + self._p2p_s_per_token * Tg) * on
+        total = total + (self.pp - 1) * t_p2p_one
+        over = self.step_overhead_s + self.step_overhead_s_per_seq * rows
+        time = total + over
+        if B is not _ScalarBackend:
+            time = np.where(T > 0, time, self.step_overhead_s)
+            over = np.where(T > 0, over, self.step_overhead_s)
+        if rec is not None:
+            _record(rec, "lm_head", t_h, h_fl, h_by, "compute" if h_c >= h_m else "memory")
+            if self.pp > 1:
+                _record(rec, "pipeline_p2p", (self.pp - 1) * t_p2p_one, 0.0,
+                        (self.pp - 1) * ACT_BYTES * self.model.hidden_size * Tg, "communication")
+            _record(rec, "overhead", over, 0.0, 0.0, "overhead")
+        # ---- split by bound and per pipeline stage (side sums of the same operator times)
+        head_c = B.where(h_c >= h_m, t_h, 0.0)
         comp = mem = kv = comm = 0.0
+        for (n_layers, _), (_, l_comp, l_mem) in zip(self._kinds, layers, strict=True):
+            comp = comp + n_layers * l_comp
+            mem = mem + n_layers * l_mem
+            kv = kv + n_layers * a_kv
+            comm = comm + n_layers * t_ar
+        comp = comp + head_c
+        mem = mem + (t_h - head_c)
+        comm = comm + (self.pp - 1) * t_p2p_one
         worst: Any = 0.0
         last = self.pp - 1
-        for s, (n_dense, n_moe) in enumerate(self._stages):
-            s_comp = s_mem = s_kv = s_comm = 0.0
-            for kind, n_layers in ((per_kind[0], n_dense), (per_kind[1], n_moe)):
-                if not n_layers or kind is None:
-                    continue
-                lc, lm, lk, lcm = self._layer(B, kind[1], T, pf, pairs, kvt, ndec, ctx, rec, float(n_layers))
-                s_comp = s_comp + n_layers * lc
-                s_mem = s_mem + n_layers * lm
-                s_kv = s_kv + n_layers * lk
-                s_comm = s_comm + n_layers * lcm
+        for s, counts in enumerate(self._stage_counts):
+            stage: Any = 0.0
+            for n_s, (layer, _, _) in zip(counts, layers, strict=True):
+                stage = stage + n_s * layer
             if s == last:
-                h_c, h_m = self._gemm(B, self._head, nsamp + ndec, rec, 1.0)
-                s_comp = s_comp + h_c
-                s_mem = s_mem + h_m
+                stage = stage + t_h
             if s > 0:
-                p2p = (self._p2p_const_s + self._p2p_s_per_token * T) * B.pos(T)
-                s_comm = s_comm + p2p
-                if rec is not None:
-                    _record(rec, "pipeline_p2p", p2p, 0.0, ACT_BYTES * self.model.hidden_size * T,
-                            "communication")
-            stage = s_comp + s_mem + s_kv + s_comm
+                stage = stage + t_p2p_one
             worst = B.mx(worst, stage)
             if stage_out is not None:
                 stage_out.append(stage)
-            comp, mem, kv, comm = comp + s_comp, mem + s_mem, kv + s_kv, comm + s_comm
-        over = self.step_overhead_s + 0.0 * T
-        if rec is not None:
-            _record(rec, "overhead", self.step_overhead_s, 0.0, 0.0, "overhead")
+        z = 0.0 * T
         return StepCostArrays(
-            time_s=comp + mem + kv + comm + over, compute_s=comp + 0.0 * T, weight_read_s=mem + 0.0 * T,
-            kv_read_s=kv + 0.0 * T, comm_s=comm + 0.0 * T, overhead_s=over, bottleneck_stage_s=worst + 0.0 * T,
+            time_s=time, compute_s=comp + z, weight_read_s=mem + z, kv_read_s=kv + z, comm_s=comm + z,
+            overhead_s=over + z, bottleneck_stage_s=worst + z,
         )
 
     # ------------------------------------------------------------------ public API
@@ -608,6 +710,17 @@ class StepCostModel:
             raise ConfigError(f"step-cost inputs must be >= 0, got {vals}")
         return self._evaluate(_ScalarBackend, *vals)
 
+    def packed(self) -> npt.NDArray[np.float64]:
+        """The packed form (a fresh copy): one float64 array that
+        :func:`hwmodels.stepkernel.packed_step_time_s` evaluates, from Python or numba.
+
+        Raises:
+            ConfigError: the model has an op timer (its times are not a closed form).
+        """
+        if self._pack is None:
+            raise ConfigError("a step-cost model with an op timer has no packed form")
+        return self._pack.copy()
+
     def step_time_s(
         self,
         *,
@@ -618,12 +731,11 @@ class StepCostModel:
         num_decode_seqs: float = 0,
         decode_ctx_tokens: float = 0,
     ) -> float:
-        """Scalar fast path: the step latency in seconds (same model as :meth:`cost`).
+        """One step's latency in seconds, fast: the packed form (no split by bound).
 
-        Hand-inlined float arithmetic over precomputed coefficients (no split by bound, no
-        per-stage maximum); :meth:`cost` is its slow twin and the tests check they agree.
-        With an op timer, the timer's per-operator times are memoised on their exact
-        arguments (see :meth:`_precompute_timer`), so a step is a few dict lookups.
+        Equal bit for bit to ``cost(...).time_s`` on scalars (pinned by the tests). With an op
+        timer, the timer's per-operator times are memoised on their exact arguments (see
+        :meth:`_precompute_timer`), so a step is a few dict lookups.
         """
         pf = float(prefill_tokens)
         ndec = float(num_decode_seqs)
@@ -632,56 +744,8 @@ class StepCostModel:
             if min(vals) < 0 or prefill_attn_pairs < 0:
                 raise ConfigError(f"step-cost inputs must be >= 0, got {vals}")
             return self._timer_step_time_s(*vals)
-        T = pf + ndec
-        if T <= 0:
-            return self.step_overhead_s
-        pairs = float(prefill_attn_pairs)
-        ctx = float(decode_ctx_tokens)
-        if self._window:
-            pairs = min(pairs, pf * self._window)
-            ctx = min(ctx, ndec * self._window)
-        launch, tile, ceil = self._launch_s, self._tile, math.ceil
-        tiles = ceil(T / tile)
-        mp = tiles * tile if T > tile else ceil(T / 16.0) * 16.0
-        # Attention, elementwise and all-reduce are the same in every layer.
-        kvl, qo, bw, bh = self._kv_layer_gpu, self._attn_qo_bytes, self._hbm_eff_bw, self._bytes_half_s
-        fh, peak = self._attn_flops_half_s, self._attn_peak
-        layer_common = self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * T
-        layer_common += 2.0 * (self._ar_const_s + self._ar_s_per_token * T)
-        if pf > 0:
-            tc = self._attn_fpp_prefill * pairs / peak + fh
-            tm = (kvl * (float(prefill_kv_tokens) + pf) + qo * pf) / bw + bh
-            layer_common += launch + (tc if tc > tm else tm)
-        if ndec > 0:
-            tc = self._attn_fpp_decode * ctx / peak + fh
-            tm = (kvl * (ctx + ndec) + qo * ndec) / bw + bh
-            layer_common += launch + (tc if tc > tm else tm)
-        total = 0.0
-        for n_layers, coefs in self._fast_kinds:
-            layer = layer_common
-            for (routed, s_tok, s_c0, s_dq, s_m0, s_mw, s_mt, e, k) in coefs:
-                if routed:
-                    touched = e * (1.0 - (1.0 - k / e) ** T)
-                    m_e = T * k / touched
-                    t_e = ceil(m_e / tile)
-                    mp_e = t_e * tile if m_e > tile else ceil(m_e / 16.0) * 16.0
-                    tc = touched * (s_tok * mp_e + s_c0 + s_dq * t_e)
-                    tm = touched * s_mw + bh + s_mt * T * k
-                else:
-                    tc = s_tok * mp + s_c0 + s_dq * tiles
-                    tm = s_m0 + s_mt * T
-                layer += launch + (tc if tc > tm else tm)
-            total += n_layers * layer
-        rows = float(num_prefill_seqs) + ndec
-        if rows > 0:
-            h = self._head
-            h_tiles = ceil(rows / tile)
-            h_mp = h_tiles * tile if rows > tile else ceil(rows / 16.0) * 16.0
-            tc = h.s_per_padded_token * h_mp + h.s_compute_const + h.s_dequant_per_tile * h_tiles
-            tm = h.s_mem_const + h.s_mem_per_token * rows
-            total += launch + (tc if tc > tm else tm)
-        total += (self.pp - 1) * (self._p2p_const_s + self._p2p_s_per_token * T)
-        return total + self.step_overhead_s
+        return packed_step_time_s(self._pack, pf, float(prefill_attn_pairs), float(prefill_kv_tokens),
+                                  float(num_prefill_seqs), ndec, float(decode_ctx_tokens))
 
     def breakdown(self, **step: float) -> list[OpCost]:
         """Per-operator cost of one step (summed over layers and stages), then ``total``.

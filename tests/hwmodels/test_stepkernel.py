@@ -1,0 +1,121 @@
+"""The packed step cost is the reference, bit for bit, on every bundled model shape.
+
+``StepCostModel._evaluate`` (via ``cost``) is the readable reference; ``packed()`` +
+``stepkernel.packed_step_time_s`` is what the engine and the compiled loop run. A single ULP of
+difference would make the fast paths disagree with the reference, so equality is exact (``==``
+on floats), on random batch shapes that take every branch: prefill-only, decode-only, mixed,
+tiny and huge, across tile boundaries and CUDA-graph capture sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servesim.hwmodels.models import get_model, model_names
+from servesim.hwmodels.stepcost import StepCostModel
+from servesim.hwmodels.stepkernel import kernel_pack, packed_decode_times_s, packed_step_time_s
+
+#: Every bundled model under tensor and pipeline parallelism (dense, GQA, MoE, MLA, sliding
+#: window), on GPUs where the weights fit; extra entries add quantized weights and KV.
+SHAPES: list[dict] = [
+    {"model": "llama-2-7b", "gpu": "a100-sxm4-80gb"},
+    {"model": "llama-2-7b", "gpu": "h100-sxm", "tensor_parallel": 2, "pipeline_parallel": 2},
+    {"model": "llama-2-13b", "gpu": "l40s", "tensor_parallel": 2, "scheme": "fp8"},
+    {"model": "llama-2-70b", "gpu": "h100-sxm", "tensor_parallel": 4, "pipeline_parallel": 2},
+    {"model": "llama-3.1-8b", "gpu": "rtx-4090", "scheme": "w4a16", "kv_dtype": "fp8"},
+    {"model": "llama-3.1-8b", "gpu": "mi300x", "pipeline_parallel": 3},
+    {"model": "llama-3.1-70b", "gpu": "h200", "tensor_parallel": 8, "scheme": "fp8"},
+    {"model": "llama-3.1-405b", "gpu": "b200", "tensor_parallel": 8, "pipeline_parallel": 2, "scheme": "fp8"},
+    {"model": "mistral-7b", "gpu": "a10g", "scheme": "w8a16"},  # sliding window
+    {"model": "mistral-7b", "gpu": "h100-sxm", "tensor_parallel": 2, "pipeline_parallel": 2},
+    {"model": "mixtral-8x7b", "gpu": "h100-sxm", "tensor_parallel": 2},  # routed experts
+    {"model": "mixtral-8x7b", "gpu": "a100-sxm4-80gb", "tensor_parallel": 2, "pipeline_parallel": 2, "scheme": "w4a16"},
+    {"model": "deepseek-v2", "gpu": "h200", "tensor_parallel": 8, "scheme": "fp8"},  # MLA + MoE
+    {"model": "deepseek-v3", "gpu": "h200", "tensor_parallel": 8, "scheme": "fp8"},
+    {"model": "deepseek-v3", "gpu": "mi300x", "tensor_parallel": 4, "pipeline_parallel": 2, "scheme": "fp8"},
+    {"model": "opt-13b", "gpu": "v100-sxm2-32gb", "tensor_parallel": 2},
+    {"model": "opt-66b", "gpu": "a100-sxm4-80gb", "tensor_parallel": 4},
+    {"model": "opt-175b", "gpu": "h100-sxm", "tensor_parallel": 8, "pipeline_parallel": 2},
+    {"model": "qwen2.5-7b", "gpu": "l4", "scheme": "w4a16", "kv_dtype": "int8"},
+    {"model": "qwen2.5-72b", "gpu": "mi325x", "tensor_parallel": 2, "pipeline_parallel": 2},
+    {"model": "llama-3.1-8b", "gpu": "gaudi2", "step_overhead_s": 0.0},
+]
+
+FIELDS = ("prefill_tokens", "prefill_attn_pairs", "prefill_kv_tokens", "num_prefill_seqs",
+          "num_decode_seqs", "decode_ctx_tokens")
+
+
+def random_steps(rng: np.random.Generator, n: int) -> list[tuple[float, ...]]:
+    """Random step inputs in ``cost`` order: prefill-only, decode-only and mixed steps."""
+    steps = []
+    for _ in range(n):
+        kind = rng.integers(0, 3)
+        chunks = int(rng.integers(1, 4)) if kind != 1 else 0
+        pf = pairs = kv = 0.0
+        for _c in range(chunks):
+            new = float(rng.choice([1, 15, 16, 17, 127, 128, 129, 500, int(rng.integers(1, 9000))]))
+            cached = float(rng.integers(0, 20000)) if rng.random() < 0.5 else 0.0
+            pf += new
+            pairs += new * (cached + (new + 1) / 2.0)
+            kv += cached + new
+        nsamp = float(rng.integers(0, chunks + 1))
+        ndec = 0.0 if kind == 0 else float(rng.choice([1, 2, 7, 8, 9, 255, 256, 257, int(rng.integers(1, 1024))]))
+        ctx = ndec * float(rng.integers(1, 100_000)) + float(rng.integers(0, max(int(ndec), 1)))
+        steps.append((pf, pairs, kv, nsamp, ndec, ctx))
+    steps.append((0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    return steps
+
+
+def test_shapes_cover_every_bundled_model() -> None:
+    assert {s["model"] for s in SHAPES} == set(model_names())
+    kinds = {get_model(s["model"]) for s in SHAPES}
+    assert any(m.is_moe for m in kinds) and any(m.sliding_window_tokens for m in kinds)
+    assert any(m.num_kv_heads < m.num_heads for m in kinds)  # GQA
+    assert any(m.is_mla for m in kinds)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_packed_form_is_the_reference_bit_for_bit(shape: dict) -> None:
+    cost = StepCostModel(**shape)
+    cf = cost.packed()
+    rng = np.random.default_rng(11)
+    for step in random_steps(rng, 150):
+        want = cost.cost(**dict(zip(FIELDS, step, strict=True))).time_s
+        assert packed_step_time_s(cf, *step) == want, step
+        assert cost.step_time_s(**dict(zip(FIELDS, step, strict=True))) == want, step
+
+
+@pytest.mark.parametrize("shape", SHAPES[::4], ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_decode_array_form_and_vector_reference_agree(shape: dict) -> None:
+    cost = StepCostModel(**shape)
+    cf = cost.packed()
+    rng = np.random.default_rng(3)
+    for b in (1, 8, 9, 129, int(rng.integers(1, 600))):
+        ctx = (b * rng.integers(1, 50_000, 64) + rng.integers(0, b, 64)).astype(np.int64)
+        many = packed_decode_times_s(cf, b, ctx)
+        ref = [cost.cost(num_decode_seqs=b, decode_ctx_tokens=int(c)).time_s for c in ctx]
+        assert many.tolist() == ref
+        vec = cost.cost(num_decode_seqs=np.full(len(ctx), float(b)), decode_ctx_tokens=ctx.astype(float))
+        np.testing.assert_allclose(vec.time_s, ref, rtol=1e-12)
+
+
+def test_pack_is_a_copy_and_cycle_model_has_none() -> None:
+    cost = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b")
+    cf = cost.packed()
+    cf[:] = 0.0
+    assert cost.packed().any()
+    assert kernel_pack(cost) is not None
+
+    class Timer:
+        def gemm_time_s(self, m, n, k, compute_type, weight_bits):
+            return 1e-5
+
+        def decode_attention_time_s(self, *a):
+            return 1e-5
+
+        def prefill_attention_time_s(self, *a):
+            return 1e-5
+
+    timed = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b", op_timer=Timer())
+    assert kernel_pack(timed) is None
