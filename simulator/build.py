@@ -40,7 +40,7 @@ from servesim.hwmodels.quant import (
     kv_bytes_per_token,
     weight_bytes,
 )
-from servesim.hwmodels.stepkernel import checked_pack
+from servesim.hwmodels.stepkernel import kernel_pack
 from servesim.hwmodels.units import GiB
 from servesim.simulator.cluster import Cluster
 from servesim.simulator.compiled import CompiledCluster, CompiledReplica, unsupported_reason
@@ -410,7 +410,7 @@ def _choose_loop(cfg: ScenarioCfg, groups: list[_Group], workload: Any) -> tuple
     mode = cfg.engine.loop
     if mode == "python" or (mode == "auto" and not cfg.engine.fast_forward):
         return "python", []
-    packs = [checked_pack(g.cost) for g in groups]
+    packs = [kernel_pack(g.cost) for g in groups]
     reason = unsupported_reason(
         policy=cfg.scheduler.policy,
         kv_manager=cfg.kv_cache.manager,

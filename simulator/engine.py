@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import simpy
 
+from servesim.hwmodels.stepkernel import packed_decode_times_s, packed_step_time_s
 from servesim.simulator.errors import InvariantError
 from servesim.simulator.request import DECODE, DONE, PREFILL, SWAPPED, WAITING, ReqState
 from servesim.simulator.scheduling.base import StepPlan
@@ -611,7 +612,10 @@ class Replica:
                 stop_s = nxt
         times, durations = self._decode_stretch_times(b, ctx_sum0, n, k, stop_s)
         k = len(durations)
-        mem_start = self._mem_stats()
+        # The memory split after step 0 (already grown); the queue's head, whose reservation
+        # the split counts as pending, cannot change before the stretch's last step.
+        pending0 = self._pending_slots()
+        mems = [self.kv.stats(min_pending_slots=pending0)]
         # Nothing leaves the queue mid-stretch, and an arrival routed here cuts the stretch
         # short unless it comes during its last step: so every row but the last sees the
         # queue as it is now.
@@ -635,9 +639,15 @@ class Replica:
                     self._stretch_k = k
         self._in_stretch = False
         self._interrupt_s = math.inf
+        # Grow the KV step by step, as stepping would at each step's start, and record the
+        # exact memory split after each step but the last (taken after the commit below).
+        kv = self.kv
+        for j in range(1, k):
+            if not kv.grow(d, ctx0 + (j + 1), now_s=times[j]):
+                raise InvariantError(f"replica {self.replica_id}: stretch grow at step {j} of {k} failed")
+            if j < k - 1:
+                mems.append(kv.stats(min_pending_slots=pending0))
         ctx0 += k  # the context after the stretch
-        if k > 1 and not self.kv.grow(d, ctx0, now_s=times[k - 1]):
-            raise InvariantError(f"replica {self.replica_id}: stretch grow of {k} steps failed")
         end = times[k]
         self.t = end
         self.num_steps += k
@@ -649,7 +659,7 @@ class Replica:
             times.pop()
         self.recorder.steps_many(
             self.replica_id, times, durations, n, queue_len0, len(self.waiting) + len(self.swapped), b,
-            ctx_sum0, mem_start, self._mem_stats(),
+            ctx_sum0, [*mems[: k - 1], self._mem_stats()],
         )
         if self.static_batching:
             self._finish_static_batch(end)
@@ -756,132 +766,45 @@ class Replica:
                 for req in sorted(done, key=lambda r: r.order):
                     self.on_finish(req.idx, end_s)
 
+    def _pending_slots(self) -> int:
+        """Slots the head of the queue would reserve (counted as pending in the split)."""
+        if not self.waiting:
+            return 0
+        head = self.waiting[0]
+        return self.kv.reservation_slots(head.prefill_target_tokens, head.final_tokens)
+
     def _mem_stats(self) -> Any:
-        pending = 0
-        if self.waiting:
-            head = self.waiting[0]
-            pending = self.kv.reservation_slots(head.prefill_target_tokens, head.final_tokens)
-        return self.kv.stats(min_pending_slots=pending)
+        return self.kv.stats(min_pending_slots=self._pending_slots())
 
 
 # ==================================================================== decode step-time twin
 class DecodeTwin:
     """A decode-only step's time for a fixed batch ``b``, for many context sizes at once.
 
-    The very float operations of :meth:`hwmodels.stepcost.StepCostModel.step_time_s` with
-    ``num_decode_seqs=b`` and ``decode_ctx_tokens=ctx`` (and nothing else), in the same order:
-    the parts that depend on ``b`` only are computed once, in Python, exactly as the cost
-    model computes them; the parts that depend on ``ctx`` are done elementwise (numpy float64
-    ``+ - * /`` and comparisons are the same IEEE operations as Python's, and
-    ``np.add.accumulate`` adds sequentially). :func:`decode_twin` builds one only for the
-    cost model's plain roofline path and checks it bit for bit against ``step_time_s`` on
-    probe inputs first (``None`` = use the scalar path); ``tests/engine/test_twin.py`` checks
-    many random inputs and model shapes.
+    A thin view of the cost model's packed form (:mod:`hwmodels.stepkernel`): :meth:`at` is
+    ``packed_step_time_s`` for one context size, :meth:`many` the same numba function over an
+    array. Both are the very floats of ``StepCostModel.step_time_s`` (the same packed form),
+    which ``tests/hwmodels/test_stepkernel.py`` pins bit for bit against the reference.
     """
 
-    __slots__ = ("_attn", "_h", "_kinds", "_lc0", "_ovh", "_p2p", "_wcap")
+    __slots__ = ("_b", "_cf")
 
     def __init__(self, cost: Any, b: int) -> None:
-        c = cost
-        ndec = float(b)
-        T = 0.0 + ndec
-        launch, tile, ceil = c._launch_s, c._tile, math.ceil
-        tiles = ceil(T / tile)
-        mp = tiles * tile if T > tile else ceil(T / 16.0) * 16.0
-        kvl, qo, bw, bh = c._kv_layer_gpu, c._attn_qo_bytes, c._hbm_eff_bw, c._bytes_half_s
-        fh, peak = c._attn_flops_half_s, c._attn_peak
-        lc0 = c._ew_const_s + c._ew_s_per_byte * c._ew_bytes * T
-        lc0 += 2.0 * (c._ar_const_s + c._ar_s_per_token * T)
-        self._lc0 = lc0
-        self._wcap = ndec * c._window if c._window else None
-        # tc = fpp * ctx / peak + fh; tm = (kvl * (ctx + ndec) + qo * ndec) / bw + bh
-        self._attn = (c._attn_fpp_decode, peak, fh, kvl, ndec, qo * ndec, bw, bh, launch)
-        kinds = []
-        for n_layers, coefs in c._fast_kinds:
-            gs = []
-            for routed, s_tok, s_c0, s_dq, s_m0, s_mw, s_mt, e, k in coefs:
-                if routed:
-                    touched = e * (1.0 - (1.0 - k / e) ** T)
-                    m_e = T * k / touched
-                    t_e = ceil(m_e / tile)
-                    mp_e = t_e * tile if m_e > tile else ceil(m_e / 16.0) * 16.0
-                    tc = touched * (s_tok * mp_e + s_c0 + s_dq * t_e)
-                    tm = touched * s_mw + bh + s_mt * T * k
-                else:
-                    tc = s_tok * mp + s_c0 + s_dq * tiles
-                    tm = s_m0 + s_mt * T
-                gs.append(launch + (tc if tc > tm else tm))
-            kinds.append((n_layers, tuple(gs)))
-        self._kinds = tuple(kinds)
-        rows = 0.0 + ndec
-        h = c._head
-        h_tiles = ceil(rows / tile)
-        h_mp = h_tiles * tile if rows > tile else ceil(rows / 16.0) * 16.0
-        tc = h.s_per_padded_token * h_mp + h.s_compute_const + h.s_dequant_per_tile * h_tiles
-        tm = h.s_mem_const + h.s_mem_per_token * rows
-        self._h = launch + (tc if tc > tm else tm)
-        self._p2p = (c.pp - 1) * (c._p2p_const_s + c._p2p_s_per_token * T)
-        self._ovh = c.step_overhead_s
+        self._cf = cost.packed()
+        self._b = float(b)
 
     def at(self, ctx_tokens: int) -> float:
-        """One step's time (Python floats)."""
-        ctx = float(ctx_tokens)
-        if self._wcap is not None:
-            ctx = min(ctx, self._wcap)
-        fpp, peak, fh, kvl, ndec, qon, bw, bh, launch = self._attn
-        tc = fpp * ctx / peak + fh
-        tm = (kvl * (ctx + ndec) + qon) / bw + bh
-        lc = self._lc0 + (launch + (tc if tc > tm else tm))
-        total = 0.0
-        for n_layers, gs in self._kinds:
-            layer = lc
-            for g in gs:
-                layer += g
-            total += n_layers * layer
-        total += self._h
-        total += self._p2p
-        return total + self._ovh
+        """One step's time (Python float)."""
+        return packed_step_time_s(self._cf, 0.0, 0.0, 0.0, 0.0, self._b, float(ctx_tokens))
 
     def many(self, ctx_tokens: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-        """Step times for an array of context sizes (numpy, elementwise; same floats)."""
-        ctx = ctx_tokens.astype(np.float64)
-        if self._wcap is not None:
-            ctx = np.minimum(ctx, self._wcap)
-        fpp, peak, fh, kvl, ndec, qon, bw, bh, launch = self._attn
-        tc = fpp * ctx / peak + fh
-        tm = (kvl * (ctx + ndec) + qon) / bw + bh
-        lc = self._lc0 + (launch + np.where(tc > tm, tc, tm))
-        total = 0.0
-        for n_layers, gs in self._kinds:
-            layer = lc
-            for g in gs:
-                layer = layer + g
-            total = total + n_layers * layer
-        total = total + self._h
-        total = total + self._p2p
-        return total + self._ovh
-
-
-#: Context sizes (as multiples of the batch, plus offsets) a twin is checked on before use.
-_TWIN_PROBE_PER_SEQ = (1, 2, 3, 7, 16, 31, 64, 100, 128, 255, 511, 777, 1024, 2048, 3000, 4096, 8191,
-                       16384, 32768, 65536, 131072, 1 << 20)
+        """Step times for an array of context sizes (the packed form, element by element)."""
+        return packed_decode_times_s(self._cf, self._b, np.ascontiguousarray(ctx_tokens, dtype=np.int64))
 
 
 def decode_twin(cost: Any, b: int) -> DecodeTwin | None:
-    """A checked :class:`DecodeTwin` of ``cost`` for batch ``b``, or None (scalar path only)."""
+    """The :class:`DecodeTwin` of ``cost`` for batch ``b``; None for ``b <= 0`` or a cost
+    model with an op timer (the cycle model: steps are then costed by ``step_time_s``)."""
     if b <= 0 or getattr(cost, "op_timer", None) is not None:
         return None
-    try:
-        twin = DecodeTwin(cost, b)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    probes = [b * m + off for m in _TWIN_PROBE_PER_SEQ for off in (0, 1, b // 2)]
-    try:
-        want = [cost.step_time_s(num_decode_seqs=b, decode_ctx_tokens=x) for x in probes]
-        got_many = twin.many(np.asarray(probes, dtype=np.int64)).tolist()
-        got_at = [twin.at(x) for x in probes]
-    except Exception:  # any failure on a probe: keep to the scalar path
-        return None
-    if got_many != want or got_at != want:
-        return None
-    return twin
+    return DecodeTwin(cost, b)

@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numba import njit
 
-from servesim.hwmodels.stepkernel import step_time_s
+from servesim.hwmodels.stepkernel import packed_step_time_s as step_time_s
 from servesim.simulator.memory.kernels import _blocks
 from servesim.simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS
 

@@ -46,7 +46,7 @@ def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_pa
     if preemption != "recompute":
         return f"scheduler.preemption is {preemption!r} (the compiled loop runs 'recompute')"
     if any(cf is None for cf in cost_packs):
-        return "the step-cost model has no compiled twin (engine.cost_model 'cycle', or a model shape it does not cover)"
+        return "the step-cost model has no packed form (engine.cost_model 'cycle')"
     if len(workload):
         if int(np.max(workload.num_samples)) > 1 or int(np.max(workload.beam_width)) > 1:
             return "the workload has parallel sampling or beam search (fan-out)"

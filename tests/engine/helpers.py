@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from servesim.hwmodels.stepkernel import checked_pack
+from servesim.hwmodels.stepkernel import kernel_pack
 from servesim.simulator.cluster import Cluster
 from servesim.simulator.compiled import CompiledCluster, CompiledReplica
 from servesim.simulator.engine import Replica
@@ -113,7 +113,7 @@ def simulate(
         env, workload=wl, router=router, recorder=rec, max_model_len_tokens=max_seq_len
     )
     cls = scheduler_class(policy)
-    pack = checked_pack(cost) if compiled else None
+    pack = kernel_pack(cost) if compiled else None
     if compiled and pack is None:
         raise ValueError("the compiled loop needs a roofline StepCostModel")
     reps = []

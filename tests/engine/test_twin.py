@@ -45,7 +45,7 @@ def test_twin_matches_step_time_bit_for_bit(shape: dict) -> None:
         assert [twin.at(int(c)) for c in ctx] == want
 
 
-def test_twin_refuses_op_timer_and_checks_itself() -> None:
+def test_twin_refuses_op_timer() -> None:
     cost = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b")
     assert decode_twin(cost, 0) is None
 
@@ -56,13 +56,6 @@ def test_twin_refuses_op_timer_and_checks_itself() -> None:
     timed.op_timer = object()  # type: ignore[assignment]
     assert decode_twin(timed, 4) is None
 
-    # A cost model whose scalar path no longer matches the twin's formula is refused (the
-    # engine then costs every step through ``step_time_s``).
-    class Drifted(StepCostModel):
-        def step_time_s(self, **kw: float) -> float:
-            return super().step_time_s(**kw) * (1.0 + 1e-15)
-
-    assert decode_twin(Drifted(gpu="h100-sxm", model="llama-3.1-8b"), 4) is None
     assert isinstance(decode_twin(cost, 4), DecodeTwin)
 
 
