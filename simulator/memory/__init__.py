@@ -44,6 +44,7 @@ def make_kv_manager(
     reservation: str = "max",
     placement: str = "first_fit",
     watermark_frac: float = 0.01,
+    prefix_caching: bool = False,
     use_numba: bool = True,
 ) -> KVCacheManager:
     """Build a KV-cache manager.
@@ -57,6 +58,8 @@ def make_kv_manager(
         reservation: contiguous policy ``"max"``, ``"pow2"`` or ``"oracle"``.
         placement: contiguous placement ``"first_fit"`` or ``"best_fit"``.
         watermark_frac: paged/radix fraction of blocks kept free at admission, in [0, 1).
+        prefix_caching: paged only: vLLM v1's automatic prefix caching (radix always
+            caches prefixes; contiguous cannot).
         use_numba: must be True; the pure-Python twins live in ``tests/reference`` (set
             ``NUMBA_DISABLE_JIT=1`` to run the kernels as plain Python).
 
@@ -72,6 +75,11 @@ def make_kv_manager(
         raise ConfigError(
             "use_numba=False is not supported: the pure-Python twins are test references "
             "(tests/reference); set NUMBA_DISABLE_JIT=1 to run the kernels as Python"
+        )
+    if prefix_caching and kind != "paged":
+        raise ConfigError(
+            f"prefix_caching=True needs kind 'paged' (radix always caches prefixes, "
+            f"contiguous cannot); got kind {kind!r}"
         )
     if kind == "contiguous":
         if reservation not in RESERVATIONS:
@@ -101,8 +109,16 @@ def make_kv_manager(
         )
     if not 0.0 <= watermark_frac < 1.0:
         raise ConfigError(f"watermark_frac must be in [0, 1), got {watermark_frac!r}")
-    cls = PagedKVCache if kind == "paged" else RadixKVCache
-    return cls(
+    if kind == "paged":
+        return PagedKVCache(
+            capacity_tokens=capacity_tokens,
+            block_size_tokens=block_size_tokens,
+            max_seqs=max_seqs,
+            max_seq_len=max_seq_len,
+            watermark_frac=watermark_frac,
+            prefix_caching=prefix_caching,
+        )
+    return RadixKVCache(
         capacity_tokens=capacity_tokens,
         block_size_tokens=block_size_tokens,
         max_seqs=max_seqs,

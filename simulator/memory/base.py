@@ -137,6 +137,8 @@ class KVCacheManager(ABC):
     kind: str
     capacity_tokens: int
     block_size_tokens: int
+    #: Whether full pages are cached by prefix identity (radix; paged with prefix caching).
+    caches_prefixes: bool = False
 
     @abstractmethod
     def fits_ever(
@@ -195,6 +197,19 @@ class KVCacheManager(ABC):
         total_tokens: int = 0,
     ) -> None:
         """Release a finished or preempted sequence (radix: cache its full pages)."""
+
+    def cache_computed(
+        self,
+        seq_id: int,
+        *,
+        now_s: float,
+        block_ids: npt.NDArray[np.int64] | None,
+        block_tokens: int = 1,
+        total_tokens: int,
+    ) -> None:
+        """The first ``total_tokens`` of a live sequence are computed: cache its full pages
+        now so that other requests can share them (no-op unless ``caches_prefixes``)."""
+        return None  # managers without a prefix cache have nothing to do
 
     @abstractmethod
     def fork(self, parent_seq_id: int, child_seq_id: int, *, now_s: float) -> bool:

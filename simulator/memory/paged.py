@@ -36,6 +36,11 @@ class PagedKVCache(KVCacheManager):
         max_seqs: seq ids are ``0 .. max_seqs - 1``.
         max_seq_len: longest sequence, in tokens (sets the block-table width).
         watermark_frac: fraction of blocks kept free at admission (vLLM default 0.01).
+        prefix_caching: vLLM v1's automatic prefix caching: full blocks are cached by their
+            chained identity as soon as they are computed (:meth:`cache_computed`, or at
+            :meth:`free`), shared by later requests while still running, and kept after
+            release in an LRU free queue whose head is evicted block by block on allocation
+            (see ``kernels/_blocks.py``, APC). False: no cache, a LIFO free stack.
     """
 
     kind = "paged"
@@ -49,7 +54,12 @@ class PagedKVCache(KVCacheManager):
         max_seqs: int,
         max_seq_len: int,
         watermark_frac: float,
+        prefix_caching: bool = False,
     ) -> None:
+        self.prefix_caching = bool(prefix_caching) and self.kind == "paged"
+        self.caches_prefixes = self.prefix_caching or self.kind == "radix"
+        self._block_tokens: int | None = None
+        self._intern: dict[tuple[int, tuple[int, ...]], int] = {}
         self.block_size_tokens = block_size_tokens
         self.num_blocks = capacity_tokens // block_size_tokens
         self.capacity_tokens = self.num_blocks * block_size_tokens
@@ -66,6 +76,7 @@ class PagedKVCache(KVCacheManager):
             watermark_blocks=self.watermark_blocks,
             can_evict=self._can_evict,
             max_seq_len=max_seq_len,
+            prefix_caching=self.prefix_caching,
         )
         self._counters = self._st.counters
         self._live = self._st.seq_live
@@ -85,8 +96,38 @@ class PagedKVCache(KVCacheManager):
     def _page_keys(
         self, block_ids: npt.NDArray[np.int64] | None, block_tokens: int, n_tokens: int
     ) -> npt.NDArray[np.int64]:
-        """Page keys of the full pages within ``n_tokens`` (none for paged)."""
-        return _EMPTY_KEYS
+        """Keys of the full pages within ``n_tokens`` that ``block_ids`` fully describe
+        (none when the manager caches no prefixes).
+
+        Page ``k``'s key is the id itself when ``block_tokens`` equals the page, otherwise
+        an interned id of ``(k*P mod block_tokens, ids overlapping the page)``; the path
+        from the root (radix tree, APC trie) supplies the prefix, so keys need not chain.
+        """
+        if block_ids is None or not self.caches_prefixes:
+            return _EMPTY_KEYS
+        if block_tokens < 1:
+            raise ValueError(f"block_tokens must be >= 1, got {block_tokens}")
+        if self._block_tokens is None:
+            self._block_tokens = block_tokens
+        elif block_tokens != self._block_tokens:
+            raise ValueError(
+                f"block_tokens {block_tokens} differs from {self._block_tokens} used before"
+            )
+        ids = np.asarray(block_ids, dtype=np.int64).reshape(-1)
+        p = self.block_size_tokens
+        num_pages = min(n_tokens, len(ids) * block_tokens) // p
+        if block_tokens == p:
+            return np.ascontiguousarray(ids[:num_pages])
+        keys = np.empty(num_pages, dtype=np.int64)
+        intern = self._intern
+        id_list = ids.tolist()
+        for k in range(num_pages):
+            start = k * p
+            lo = start // block_tokens
+            hi = (start + p - 1) // block_tokens
+            key = (start % block_tokens, tuple(id_list[lo : hi + 1]))
+            keys[k] = intern.setdefault(key, len(intern))
+        return keys
 
     def _cap_pages(self, prompt_tokens: int) -> int:
         # At least one prompt token is always computed (the last token's logits are needed).
@@ -98,7 +139,7 @@ class PagedKVCache(KVCacheManager):
     def num_free_slots(self) -> int:
         """Free slots (radix: plus evictable cached slots)."""
         c = self._counters
-        if self._can_evict:
+        if self.caches_prefixes:
             return int(c[_C_FREE_TOP] + c[_C_CACHED]) * self.block_size_tokens
         return int(c[_C_FREE_TOP]) * self.block_size_tokens
 
@@ -224,6 +265,33 @@ class PagedKVCache(KVCacheManager):
         n = min(len(keys), int(self._st.table_len[seq_id]))
         _blocks.release(self._arena, seq_id, keys, n, float(now_s))
 
+    def cache_computed(
+        self,
+        seq_id: int,
+        *,
+        now_s: float,
+        block_ids: npt.NDArray[np.int64] | None,
+        block_tokens: int = 1,
+        total_tokens: int,
+    ) -> None:
+        """The first ``total_tokens`` of live ``seq_id`` are computed: cache their full pages
+        now, so that other requests can share them while this one runs.
+
+        Call after each prefill chunk and whenever decode fills a page. Radix: inserts into
+        the tree (the seq's copy of a page cached meanwhile is swapped for the tree's block)
+        and moves the seq's lock to the end of what it inserted (SGLang's
+        ``cache_unfinished_req``). Paged with prefix caching: new full blocks join the cache
+        (vLLM's ``cache_full_blocks``). Otherwise (no prefix cache, no ids) a no-op.
+        """
+        if block_ids is None or not self.caches_prefixes:
+            return
+        self._check_seq(seq_id, live=True)
+        held = int(self._st.seq_tokens[seq_id])
+        keys = self._page_keys(block_ids, block_tokens, min(total_tokens, held))
+        n = min(len(keys), int(self._st.table_len[seq_id]))
+        if n > 0:
+            _blocks.cache_blocks(self._arena, seq_id, keys, n, float(now_s))
+
     def fork(self, parent_seq_id: int, child_seq_id: int, *, now_s: float) -> bool:
         """Child shares the parent's blocks (refcount++); never needs new blocks."""
         self._check_seq(parent_seq_id, live=True)
@@ -268,10 +336,32 @@ class PagedKVCache(KVCacheManager):
         return int(self._st.seq_tokens[seq_id])
 
     @property
+    def num_tree_nodes(self) -> int:
+        """Nodes in the prefix tree / APC trie, root excluded."""
+        return int(self._st.node_alive.sum()) - 1
+
+    @property
+    def tree_tokens(self) -> int:
+        """Tokens cached in the tree / trie (held by running requests or not)."""
+        return int(self._st.in_tree.sum()) * self.block_size_tokens
+
+    @property
     def free_block_ids(self) -> list[int]:
         """Free block ids, next allocation first (for exact-order tests)."""
         st = self._st
+        if self.prefix_caching:
+            return self._queue_order()
         return st.free_stack[: st.free_top[0]][::-1].tolist()
+
+    def _queue_order(self) -> list[int]:
+        """APC: the free queue, head (next allocation) first."""
+        st = self._st
+        out = []
+        b = int(st.counters[_blocks.C_FQ_HEAD])
+        while b != -1 and len(out) <= self.num_blocks:
+            out.append(b)
+            b = int(st.fq_next[b])
+        return out
 
     # ------------------------------------------------------------------ invariants
 
@@ -280,7 +370,10 @@ class PagedKVCache(KVCacheManager):
         st = self._st
         nb = self.num_blocks
         b = self.block_size_tokens
-        free = st.free_stack[: st.free_top[0]]
+        if self.prefix_caching:
+            free = np.asarray(self._check_queue(), dtype=np.int64)
+        else:
+            free = st.free_stack[: st.free_top[0]]
         if len(np.unique(free)) != len(free):
             raise InvariantError("a block is on the free stack twice")
         counts = np.zeros(nb, dtype=np.int64)
@@ -294,14 +387,19 @@ class PagedKVCache(KVCacheManager):
             np.add.at(counts, row, 1)
         if not np.array_equal(counts, st.refcount):
             raise InvariantError("refcount != number of block tables holding the block")
-        if (st.refcount[free] != 0).any() or (st.in_tree[free] != 0).any():
-            raise InvariantError("a free block is referenced or in the tree")
+        if (st.refcount[free] != 0).any():
+            raise InvariantError("a free block is referenced")
+        if not self.prefix_caching and (st.in_tree[free] != 0).any():
+            raise InvariantError("a free block is in the tree")
         cached = int(((st.in_tree == 1) & (st.refcount == 0)).sum())
         if cached != st.counters[_blocks.C_CACHED]:
             raise InvariantError(f"cached counter {st.counters[_blocks.C_CACHED]} != {cached}")
         used = int((st.refcount > 0).sum())
-        if used + cached + len(free) != nb:
-            raise InvariantError(f"used {used} + cached {cached} + free {len(free)} != {nb}")
+        plain = len(free) - cached if self.prefix_caching else len(free)
+        if self.prefix_caching and plain != st.counters[_blocks.C_FREE_TOP]:
+            raise InvariantError(f"free counter {st.counters[_blocks.C_FREE_TOP]} != {plain}")
+        if used + cached + plain != nb:
+            raise InvariantError(f"used {used} + cached {cached} + free {plain} != {nb}")
         _blocks.recount_slots(self._arena, self._out2)
         s = self.stats()
         if (s.token_slots, s.internal_frag_slots) != tuple(self._out2.tolist()):
@@ -321,7 +419,58 @@ class PagedKVCache(KVCacheManager):
         if total != s.capacity_slots:
             raise InvariantError(f"memory categories sum to {total} != {s.capacity_slots}")
 
+    def _check_queue(self) -> list[int]:
+        """APC: the free queue's links agree both ways and it holds every free block."""
+        st = self._st
+        order = self._queue_order()
+        if len(order) > self.num_blocks:
+            raise InvariantError("the free queue has a cycle")
+        prev = -1
+        for blk in order:
+            if st.fq_prev[blk] != prev:
+                raise InvariantError(f"free queue: block {blk}'s prev link is wrong")
+            prev = blk
+        if prev != st.counters[_blocks.C_FQ_TAIL]:
+            raise InvariantError("free queue: the tail is not the last block")
+        if len(order) != int((st.refcount == 0).sum()):
+            raise InvariantError("the free queue does not hold exactly the unreferenced blocks")
+        return order
+
     def _check_tree(self) -> None:
         st = self._st
+        if self.prefix_caching:
+            self._check_trie()
+            return
         if st.first_child[0] != -1 or st.in_tree.any():
             raise InvariantError("paged manager has a non-empty tree")
+
+    def _check_trie(self) -> None:
+        """APC: one block per node, block_node its inverse, sibling keys distinct, no locks."""
+        st = self._st
+        alive = np.flatnonzero(st.node_alive)
+        if int(st.node_free_top[0]) + len(alive) != len(st.node_alive):
+            raise InvariantError("node free list and live nodes do not partition the nodes")
+        in_tree = np.zeros(self.num_blocks, dtype=np.int64)
+        for u in alive:
+            u = int(u)
+            keys = set()
+            n = 0
+            c = int(st.first_child[u])
+            while c != -1 and n <= len(st.node_alive):
+                if not st.node_alive[c] or st.parent[c] != u:
+                    raise InvariantError(f"node {u}: child list inconsistent")
+                keys.add(int(st.block_key[st.edge_first[c]]))
+                n += 1
+                c = int(st.next_sibling[c])
+            if len(keys) != n:
+                raise InvariantError(f"node {u}: two children with the same key")
+            if u == 0:
+                continue
+            blk = int(st.edge_first[u])
+            if st.edge_len[u] != 1 or st.block_node[blk] != u or st.lock_ref[u] != 0:
+                raise InvariantError(f"node {u}: not a one-block unlocked trie node")
+            in_tree[blk] += 1
+        if not np.array_equal(in_tree, st.in_tree.astype(np.int64)):
+            raise InvariantError("trie blocks != blocks marked in_tree")
+        if ((st.block_node >= 0) != (st.in_tree == 1)).any():
+            raise InvariantError("block_node set for a block outside the trie")

@@ -13,13 +13,17 @@ One instance must be used with one ``block_tokens`` (checked), so the two key fo
 Eviction: least-recently-used unlocked leaves by ``(last_access_s, access_tick)`` of the
 simulation clock, whole leaves at a time (as SGLang's ``evict``), only when that makes the
 requested ``grow`` succeed. A running request locks the path to the end of its matched
-prefix; a finished or preempted one inserts its computed full pages and unlocks.
+prefix. Pages become shareable as soon as they are computed: the engine calls
+``cache_computed`` after every prefill chunk and whenever decode fills a page, which inserts
+them, swaps the seq's copy of an already cached page for the tree's block, and moves the
+seq's lock down to the end of the inserted path (SGLang's ``cache_unfinished_req``); the
+generated tokens' pages enter the tree too when the identity covers them (chats, trees). A
+finished or preempted sequence inserts what is left and unlocks.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
 from servesim.simulator.errors import InvariantError
 from servesim.simulator.memory.paged import PagedKVCache
@@ -30,51 +34,6 @@ class RadixKVCache(PagedKVCache):
 
     kind = "radix"
     _can_evict = True
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._block_tokens: int | None = None
-        self._intern: dict[tuple[int, tuple[int, ...]], int] = {}
-
-    def _page_keys(
-        self, block_ids: npt.NDArray[np.int64] | None, block_tokens: int, n_tokens: int
-    ) -> npt.NDArray[np.int64]:
-        """Keys of the full pages within ``n_tokens`` that ``block_ids`` fully describe."""
-        if block_ids is None:
-            return _blocks_empty
-        if block_tokens < 1:
-            raise ValueError(f"block_tokens must be >= 1, got {block_tokens}")
-        if self._block_tokens is None:
-            self._block_tokens = block_tokens
-        elif block_tokens != self._block_tokens:
-            raise ValueError(
-                f"block_tokens {block_tokens} differs from {self._block_tokens} used before"
-            )
-        ids = np.asarray(block_ids, dtype=np.int64).reshape(-1)
-        p = self.block_size_tokens
-        num_pages = min(n_tokens, len(ids) * block_tokens) // p
-        if block_tokens == p:
-            return np.ascontiguousarray(ids[:num_pages])
-        keys = np.empty(num_pages, dtype=np.int64)
-        intern = self._intern
-        id_list = ids.tolist()
-        for k in range(num_pages):
-            start = k * p
-            lo = start // block_tokens
-            hi = (start + p - 1) // block_tokens
-            key = (start % block_tokens, tuple(id_list[lo : hi + 1]))
-            keys[k] = intern.setdefault(key, len(intern))
-        return keys
-
-    @property
-    def num_tree_nodes(self) -> int:
-        """Nodes in the tree, root excluded."""
-        return int(self._st.node_alive.sum()) - 1
-
-    @property
-    def tree_tokens(self) -> int:
-        """Tokens cached in the tree (locked or not)."""
-        return int(self._st.in_tree.sum()) * self.block_size_tokens
 
     def _check_tree(self) -> None:
         st = self._st
@@ -121,6 +80,3 @@ class RadixKVCache(PagedKVCache):
             raise InvariantError("lock_ref != live sequences whose prefix passes the node")
         if int(st.node_free_top[0]) + len(alive) != len(st.node_alive):
             raise InvariantError("node free list and live nodes do not partition the nodes")
-
-
-_blocks_empty = np.zeros(0, dtype=np.int64)

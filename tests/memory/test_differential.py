@@ -121,6 +121,23 @@ def machine_for(kind: str, *, page: int, block_tokens: int, capacity: int, **ext
             self.ref.free(s, **kw)
 
         @precondition(lambda self: self.ids)
+        @rule(data=st.data(), dt=st.integers(0, 2))
+        def cache(self, data, dt) -> None:
+            """Cache a running seq's computed full pages (after a prefill chunk or when
+            decode fills a page), as the engine does."""
+            s = data.draw(st.sampled_from(sorted(self.ids)))
+            total = self.ref.num_tokens(s) - data.draw(st.integers(0, 5))
+            now = self._tick(dt)
+            kw = {
+                "now_s": now,
+                "block_ids": self.ids[s],
+                "block_tokens": block_tokens,
+                "total_tokens": max(total, 0),
+            }
+            self.fast.cache_computed(s, **kw)
+            self.ref.cache_computed(s, **kw)
+
+        @precondition(lambda self: self.ids)
         @rule(data=st.data())
         def fork(self, data) -> None:
             child = self._free_seq()
@@ -149,7 +166,7 @@ def machine_for(kind: str, *, page: int, block_tokens: int, capacity: int, **ext
                 assert self.fast.free_extents == self.ref.free_extents
             else:
                 assert self.fast.free_block_ids == self.ref.free_block_ids
-            if kind == "radix":
+            if kind == "radix" or extra.get("prefix_caching"):
                 assert self.fast.num_tree_nodes == self.ref.num_tree_nodes
                 assert self.fast.tree_tokens == self.ref.tree_tokens
 
@@ -186,6 +203,30 @@ CONFIGS = {
         "block_tokens": 1,
         "capacity": 40,
         "watermark_frac": 0.0,
+    },
+    "paged-apc-b4-ids4": {
+        "kind": "paged",
+        "page": 4,
+        "block_tokens": 4,
+        "capacity": 64,
+        "watermark_frac": 0.07,
+        "prefix_caching": True,
+    },
+    "paged-apc-b1-tokens": {
+        "kind": "paged",
+        "page": 1,
+        "block_tokens": 1,
+        "capacity": 40,
+        "watermark_frac": 0.0,
+        "prefix_caching": True,
+    },
+    "paged-apc-b2-ids8": {
+        "kind": "paged",
+        "page": 2,
+        "block_tokens": 8,
+        "capacity": 56,
+        "watermark_frac": 0.0,
+        "prefix_caching": True,
     },
     "radix-b4-ids4": {
         "kind": "radix",

@@ -43,8 +43,11 @@ def make_trace(num_ops: int, seed: int):
     return ops, np.concatenate(keys)
 
 
-def run_twin(ref, ops, keys, paged: bool) -> np.ndarray:
+def run_twin(ref, ops, keys, paged: bool, apc: bool = False) -> np.ndarray:
+    """The trace through the twin's API; ``apc``: a successful grow caches the seq's full
+    pages (``cache_computed``), as the APC driver does."""
     out = np.zeros(len(ops), dtype=np.int64)
+    live_ids = {}
     for i, (op, s, arg, k0, kn) in enumerate(ops.tolist()):
         ids = None if paged else keys[k0 : k0 + kn]
         if op == 0:
@@ -57,36 +60,49 @@ def run_twin(ref, ops, keys, paged: bool) -> np.ndarray:
             out[i] = -1 if hit is None else hit // PAGE
             if hit is not None:
                 assert ref.grow([s], [arg], now_s=float(i))
+                live_ids[s] = ids
+                if apc:
+                    ref.cache_computed(
+                        s, now_s=float(i), block_ids=ids, block_tokens=PAGE, total_tokens=arg
+                    )
         elif not ref.is_live(s):
             out[i] = -2
         elif op == 1:
             total = min(ref.num_tokens(s) + arg, MAX_SEQ_LEN)
-            out[i] = 0 if ref.grow([s], [total], now_s=float(i)) else 1
+            ok = ref.grow([s], [total], now_s=float(i))
+            out[i] = 0 if ok else 1
+            if ok and apc:
+                ref.cache_computed(
+                    s, now_s=float(i), block_ids=live_ids[s], block_tokens=PAGE, total_tokens=total
+                )
         else:
             n = ref.num_tokens(s)
             ref.free(s, now_s=float(i), block_ids=ids, block_tokens=PAGE, total_tokens=n)
     return out
 
 
-@pytest.mark.parametrize("kind", ["paged", "radix"])
+@pytest.mark.parametrize("kind", ["paged", "radix", "paged-apc"])
 @pytest.mark.parametrize("capacity", [64, 160])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_run_trace_matches_twin(kind: str, capacity: int, seed: int) -> None:
+    apc = kind == "paged-apc"
+    kind = "paged" if apc else kind
     cfg = {
         "capacity_tokens": capacity,
         "block_size_tokens": PAGE,
         "max_seqs": MAX_SEQS,
         "max_seq_len": MAX_SEQ_LEN,
+        "prefix_caching": apc,
     }
     ops, keys = make_trace(3000, seed)
-    paged = kind == "paged"
+    paged = kind == "paged" and not apc
     if paged:
         ops[:, 4] = 0  # no prompt identity: plain paging
     fast = make_kv_manager(kind, **cfg)
     ref = make_ref(kind, **cfg)
     got = np.zeros(len(ops), dtype=np.int64)
     _blocks.run_trace(fast._arena, ops, keys, got)
-    want = run_twin(ref, ops, keys, paged)
+    want = run_twin(ref, ops, keys, paged, apc)
     np.testing.assert_array_equal(got, want)
     assert (got == 1).any() and (got == -1).any()  # memory pressure was reached
     if not paged:

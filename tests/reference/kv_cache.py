@@ -8,7 +8,11 @@ the exact ordering rules of the kernels:
   tail first, so the next allocation reuses its head block first;
 * copy-on-write is decided per sequence in batch order;
 * radix eviction takes the unlocked leaf with the smallest ``(last_access_s, access_tick)``;
-  an access stamps the root->node path with ticks increasing towards the leaf.
+  an access stamps the root->node path with ticks increasing towards the leaf;
+* paged with prefix caching (APC, vLLM v1) keeps unreferenced blocks in one free queue
+  (a list, head first: initially ``0..N-1``); a release appends a table tail first, a hit
+  removes a free block from it, an allocation pops the head and evicts its cached page (and
+  the trie below it); cached pages form a trie of one-page nodes.
 """
 
 from __future__ import annotations
@@ -47,9 +51,13 @@ class RefBlockCache:
         max_seq_len: int,
         watermark_frac: float,
         radix: bool,
+        prefix_caching: bool = False,
     ) -> None:
         self.kind = "radix" if radix else "paged"
         self.radix = radix
+        self.apc = prefix_caching and not radix
+        self.queue: list[int] = list(range(capacity_tokens // block_size_tokens))
+        self.node_of: dict[int, Node] = {}
         self.page = block_size_tokens
         self.num_blocks = capacity_tokens // block_size_tokens
         self.capacity_tokens = self.num_blocks * self.page
@@ -74,7 +82,7 @@ class RefBlockCache:
     # ---------------------------------------------------------------- helpers
 
     def keys_of(self, block_ids, block_tokens: int, n_tokens: int) -> list:
-        if not self.radix or block_ids is None:
+        if not (self.radix or self.apc) or block_ids is None:
             return []
         ids = [int(x) for x in block_ids]
         p = self.page
@@ -92,8 +100,11 @@ class RefBlockCache:
         return self.num_cached
 
     def incref(self, b: int) -> None:
-        if self.ref[b] == 0 and self.in_tree[b]:
-            self.num_cached -= 1
+        if self.ref[b] == 0:
+            if self.in_tree[b]:
+                self.num_cached -= 1
+            if self.apc:
+                self.queue.remove(b)
         self.ref[b] += 1
 
     def decref(self, b: int) -> None:
@@ -101,13 +112,58 @@ class RefBlockCache:
         if self.ref[b] == 0:
             if self.in_tree[b]:
                 self.num_cached += 1
-            else:
+            if self.apc:
+                self.queue.append(b)
+            elif not self.in_tree[b]:
                 self.free_list.append(b)
 
     def pop(self) -> int:
-        b = self.free_list.pop()
+        if self.apc:
+            b = self.queue.pop(0)
+            if self.in_tree[b]:
+                self.num_cached -= 1
+                self.evict_block(b)
+        else:
+            b = self.free_list.pop()
         self.ref[b] = 1
         return b
+
+    def num_plain_free(self) -> int:
+        """Free blocks holding no cached page."""
+        return len(self.queue) - self.num_cached if self.apc else len(self.free_list)
+
+    def evict_block(self, b: int) -> None:
+        """APC: block ``b``'s page and every page cached below it leave the trie."""
+        top = self.node_of[b]
+        del top.parent.children[top.keys[0]]
+        todo = [top]
+        while todo:
+            n = todo.pop()
+            todo.extend(n.children.values())
+            blk = n.blocks[0]
+            self.in_tree[blk] = False
+            del self.node_of[blk]
+            self.evicted += self.page
+            if blk != b and self.ref[blk] == 0:
+                self.num_cached -= 1
+
+    def insert_apc(self, s: int, keys: list) -> None:
+        """APC: cache the seq's full pages, one trie node per page (vLLM's cache_full_blocks)."""
+        table = self.tables[s]
+        node = self.root
+        for i, key in enumerate(keys):
+            c = node.children.get(key)
+            if c is not None:
+                node = c
+                continue
+            b = table[i]
+            if self.in_tree[b]:
+                break
+            u = Node(parent=node, keys=[key], blocks=[b])
+            node.children[key] = u
+            self.in_tree[b] = True
+            self.node_of[b] = u
+            node = u
 
     def path(self, node: Node) -> list[Node]:
         """Nodes from just below the root down to ``node``."""
@@ -187,7 +243,7 @@ class RefBlockCache:
             self.evicted += len(best.blocks) * self.page
             del best.parent.children[best.keys[0]]
 
-    def insert(self, s: int, keys: list, now_s: float) -> None:
+    def insert(self, s: int, keys: list, now_s: float, dedup: bool = False) -> Node:
         table = self.tables[s]
         n = len(keys)
         node, i = self.root, 0
@@ -206,6 +262,10 @@ class RefBlockCache:
                 break
             j = 0
             while j < len(c.keys) and i < n and c.keys[j] == keys[i]:
+                if dedup and table[i] != c.blocks[j]:
+                    old, table[i] = table[i], c.blocks[j]
+                    self.incref(c.blocks[j])
+                    self.decref(old)
                 i += 1
                 j += 1
             if j < len(c.keys):
@@ -213,12 +273,32 @@ class RefBlockCache:
             node = c
         if node is not self.root:
             self.touch(node, now_s)
+        return node
+
+    def cache_computed(self, seq_id, *, now_s, block_ids, block_tokens=1, total_tokens) -> None:
+        if block_ids is None or not (self.radix or self.apc):
+            return
+        keys = self.keys_of(block_ids, block_tokens, min(total_tokens, self.tokens[seq_id]))
+        keys = keys[: len(self.tables[seq_id])]
+        if not keys:
+            return
+        if self.apc:
+            self.insert_apc(seq_id, keys)
+            return
+        node = self.insert(seq_id, keys, now_s, dedup=True)
+        old = self.locked[seq_id]
+        if node is old or node is self.root:
+            return
+        if old is self.root or old in self.path(node):
+            self.lock(node, 1)
+            self.lock(old, -1)
+            self.locked[seq_id] = node
 
     # ---------------------------------------------------------------- interface
 
     @property
     def num_free_slots(self) -> int:
-        free = len(self.free_list) + (self.cached() if self.radix else 0)
+        free = self.num_plain_free() + (self.cached() if (self.radix or self.apc) else 0)
         return free * self.page
 
     def fits_ever(self, prompt_tokens: int, final_tokens: int) -> bool:
@@ -244,9 +324,11 @@ class RefBlockCache:
         m = len(blocks)
         cached_hit = sum(1 for b in blocks if self.ref[b] == 0)
         need = _ceil_div(prompt_tokens, self.page) - m
-        if len(self.free_list) + self.cached() - cached_hit - need < self.watermark_blocks:
+        if self.num_plain_free() + self.cached() - cached_hit - need < self.watermark_blocks:
             return None
-        if m > 0:
+        if m > 0 and self.apc:
+            node = self.root
+        elif m > 0:
             if j > 0:
                 node = self.split(node, j)
             self.lock(node, 1)
@@ -288,7 +370,10 @@ class RefBlockCache:
 
     def grow(self, seq_ids, new_totals, *, now_s) -> bool:
         need, cow = self._plan(seq_ids, new_totals)
-        if need > len(self.free_list):
+        if self.apc:
+            if need > len(self.queue):
+                return False
+        elif need > len(self.free_list):
             if not self.radix or len(self.free_list) + self.cached() < need:
                 return False
             self.evict(need - len(self.free_list))
@@ -313,7 +398,9 @@ class RefBlockCache:
         table = self.tables[seq_id]
         keys = self.keys_of(block_ids, block_tokens, min(total_tokens, self.tokens[seq_id]))
         keys = keys[: len(table)]
-        if keys:
+        if keys and self.apc:
+            self.insert_apc(seq_id, keys)
+        elif keys:
             self.insert(seq_id, keys, now_s)
         self.lock(self.locked.pop(seq_id), -1)
         for b in reversed(table):
@@ -342,6 +429,8 @@ class RefBlockCache:
 
     @property
     def free_block_ids(self) -> list[int]:
+        if self.apc:
+            return list(self.queue)
         return self.free_list[::-1]
 
     def stats(self, *, min_pending_slots: int = 0) -> MemoryStats:
@@ -357,7 +446,7 @@ class RefBlockCache:
             internal_frag_slots=sum(self.page - filled[b] for b in used),
             external_frag_slots=0,
             cached_slots=self.cached() * self.page,
-            free_slots=len(self.free_list) * self.page,
+            free_slots=self.num_plain_free() * self.page,
             prefix_query_tokens=self.query,
             prefix_hit_tokens=self.hit,
             evicted_tokens=self.evicted,
@@ -458,6 +547,9 @@ class RefContiguous:
                 merged.append([start, n])
         self.extents = merged
 
+    def cache_computed(self, seq_id, *, now_s, block_ids, block_tokens=1, total_tokens) -> None:
+        """Contiguous caches no prefixes."""
+
     def fork(self, parent_seq_id, child_seq_id, *, now_s) -> bool:
         p = self.seqs[parent_seq_id]
         ok = self._reserve(child_seq_id, p["res"], p["tokens"], p["final"])
@@ -511,6 +603,7 @@ def make_ref(
     reservation="max",
     placement="first_fit",
     watermark_frac=0.01,
+    prefix_caching=False,
 ):
     """Twin of :func:`simulator.memory.make_kv_manager` (no validation)."""
     if kind == "contiguous":
@@ -528,4 +621,5 @@ def make_ref(
         max_seq_len=max_seq_len,
         watermark_frac=watermark_frac,
         radix=kind == "radix",
+        prefix_caching=prefix_caching,
     )

@@ -62,6 +62,7 @@ C_EVICTED = 3  # cumulative evicted tree tokens
 C_TICK = 4  # per-instance access tick (LRU tie-break)
 C_CACHED = 5  # blocks in the tree with refcount 0
 C_TOKENS = 6  # sum of block_fill over used blocks (token slots)
+C_APC = 7  # 1: paged with automatic prefix caching (vLLM v1): an LRU free queue, a block trie
 # configuration, written once by make_state
 C_NB = 8  # blocks
 C_S = 9  # seq ids
@@ -96,7 +97,12 @@ O_IN_TREE = 36
 O_SEQ_LIVE = 37
 O_COW = 38
 O_NODE_ALIVE = 39
-HEADER = 40
+C_FQ_HEAD = 40  # APC free queue: first block (next allocation), -1 if empty
+C_FQ_TAIL = 41  # APC free queue: last block (most recently freed)
+O_FQ_PREV = 42
+O_FQ_NEXT = 43
+O_BLOCK_NODE = 44
+HEADER = 48
 
 
 class BlockState(NamedTuple):
@@ -129,6 +135,9 @@ class BlockState(NamedTuple):
     buf: np.ndarray  # int32[MB] scratch (matched blocks)
     res: np.ndarray  # int64[4] scratch (match result, cached blocks matched)
     cow: np.ndarray  # int8[S] scratch (per-seq copy-on-write flags of a grow batch)
+    fq_prev: np.ndarray  # int32[NB] APC free queue links (-1 = none)
+    fq_next: np.ndarray  # int32[NB]
+    block_node: np.ndarray  # int32[NB] APC: the trie node whose edge is block b (-1 = none)
 
 
 def _layout(nb: int, s: int, mb: int, nn: int) -> tuple[dict[int, int], int]:
@@ -155,6 +164,9 @@ def _layout(nb: int, s: int, mb: int, nn: int) -> tuple[dict[int, int], int]:
         (O_LOCK_REF, nn, 4),
         (O_NODE_FREE, nn, 4),
         (O_BUF, mb, 4),
+        (O_FQ_PREV, nb, 4),
+        (O_FQ_NEXT, nb, 4),
+        (O_BLOCK_NODE, nb, 4),
         (O_IN_TREE, nb, 1),
         (O_SEQ_LIVE, s, 1),
         (O_COW, s, 1),
@@ -230,6 +242,9 @@ def _views(arena: np.ndarray) -> BlockState:
         _f32(arena, O_BUF, mb),
         _f64(arena, O_RES, 4),
         _f8(arena, O_COW, s),
+        _f32(arena, O_FQ_PREV, nb),
+        _f32(arena, O_FQ_NEXT, nb),
+        _f32(arena, O_BLOCK_NODE, nb),
     )
 
 
@@ -245,8 +260,12 @@ def make_state(
     watermark_blocks: int,
     can_evict: bool,
     max_seq_len: int,
+    prefix_caching: bool = False,
 ) -> tuple[np.ndarray, BlockState]:
     """Empty state: all blocks free (block 0 allocated first), tree = root node 0 only.
+
+    ``prefix_caching`` (paged only) keeps free blocks in vLLM v1's LRU free queue, initially
+    ``0, 1, ..., NB - 1``, instead of the LIFO free stack.
 
     Returns:
         ``(arena, views)``: the int64 arena kernels take, and its :class:`BlockState`.
@@ -275,6 +294,19 @@ def make_state(
     st.edge_first[:] = -1
     st.node_free[: nn - 1] = np.arange(nn - 1, 0, -1, dtype=np.int32)  # node 1 first
     st.node_free_top[0] = nn - 1
+    st.block_node[:] = -1
+    arena[C_APC] = int(prefix_caching)
+    if prefix_caching:
+        st.fq_prev[:] = np.arange(-1, num_blocks - 1, dtype=np.int32)
+        st.fq_next[:] = np.arange(1, num_blocks + 1, dtype=np.int32)
+        st.fq_next[num_blocks - 1] = -1
+        arena[C_FQ_HEAD] = 0
+        arena[C_FQ_TAIL] = num_blocks - 1
+    else:
+        st.fq_prev[:] = -1
+        st.fq_next[:] = -1
+        arena[C_FQ_HEAD] = -1
+        arena[C_FQ_TAIL] = -1
     return arena, st
 
 
@@ -561,12 +593,17 @@ def _evict(arena, want_free, page_tokens):
 
 
 @njit(cache=True)
-def _insert(arena, s, keys, n, now_s):
+def _insert(arena, s, keys, n, now_s, dedup):
     """Insert the first ``n`` blocks of seq ``s`` (page keys ``keys``) into the tree.
 
-    Pages already in the tree keep the tree's block (the seq's duplicate is released by the
-    caller). New pages become a new leaf made of the seq's own blocks; insertion stops at
-    the first such block that is already in the tree elsewhere (a fork's shared block).
+    Pages already in the tree keep the tree's block: with ``dedup`` (a running seq, SGLang's
+    ``cache_unfinished_req``) the seq's table takes the tree's block and drops its own copy
+    at once; otherwise (``release``) the caller drops the duplicate with the rest. New pages
+    become a new leaf made of the seq's own blocks; insertion stops at the first such block
+    that is already in the tree elsewhere (a fork's shared block).
+
+    Returns:
+        The node at the end of the inserted path (0 = root: nothing inserted or matched).
     """
     first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
     next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
@@ -602,6 +639,8 @@ def _insert(arena, s, keys, n, now_s):
         b = edge_first[c]
         j = 0
         while b != -1 and i < n and block_key[b] == keys[i]:
+            if dedup and table[s, i] != b:
+                _swap_to_tree_block(arena, s, i, b)
             b = block_next[b]
             i += 1
             j += 1
@@ -610,6 +649,302 @@ def _insert(arena, s, keys, n, now_s):
         node = c
     if node > 0:
         _touch_path(parent, last_access_s, access_tick, counters, node, now_s)
+    return node
+
+
+@njit(cache=True)
+def _swap_to_tree_block(arena, s, i, b):
+    """Seq ``s``'s full page ``i`` is already cached as block ``b``: the table takes ``b``
+    and drops its own copy (freed at once unless a fork still holds it)."""
+    nb = arena[C_NB]
+    refcount = _f32(arena, O_REFCOUNT, nb)
+    in_tree = _f8(arena, O_IN_TREE, nb)
+    block_fill = _f32(arena, O_BLOCK_FILL, nb)
+    table = _table(arena)
+    old = table[s, i]
+    table[s, i] = b
+    if refcount[b] == 0:
+        arena[C_CACHED] -= 1
+        arena[C_TOKENS] += block_fill[b]
+    refcount[b] += 1
+    r = refcount[old] - 1
+    refcount[old] = r
+    if r == 0:
+        arena[C_TOKENS] -= block_fill[old]
+        if in_tree[old] == 1:
+            arena[C_CACHED] += 1
+        else:
+            free_stack = _f32(arena, O_FREE_STACK, nb)
+            free_stack[arena[C_FREE_TOP]] = old
+            arena[C_FREE_TOP] += 1
+
+
+# ----------------------------------------------------------------------------- APC (vLLM v1)
+#
+# Paged with automatic prefix caching keeps every block whose refcount is 0 (never used,
+# freed, or cached) in one doubly linked free queue, as vLLM v1's ``FreeKVCacheBlockQueue``:
+# a request's blocks are appended in reverse order when it frees them (its tail is evicted
+# first), a cache hit on a free block takes it out of the queue, and an allocation pops the
+# head, evicting that block's cached page if it has one: block-by-block LRU. Cached pages
+# form a trie of one block per node (the tree arrays above, every edge one page long), which
+# answers vLLM's chained-hash lookup: a hit is the longest run of cached pages from the
+# first. Counters: C_FREE_TOP = queued blocks not in the trie, C_CACHED = queued blocks in
+# it; the free stack is unused.
+
+
+@njit(cache=True)
+def _fq_remove(arena, fq_prev, fq_next, b):
+    """Unlink block ``b`` from the free queue."""
+    p = fq_prev[b]
+    n = fq_next[b]
+    if p == -1:
+        arena[C_FQ_HEAD] = n
+    else:
+        fq_next[p] = n
+    if n == -1:
+        arena[C_FQ_TAIL] = p
+    else:
+        fq_prev[n] = p
+    fq_prev[b] = -1
+    fq_next[b] = -1
+
+
+@njit(cache=True)
+def _fq_append(arena, fq_prev, fq_next, b):
+    """Append block ``b`` at the tail of the free queue (most recently freed)."""
+    t = arena[C_FQ_TAIL]
+    fq_prev[b] = t
+    fq_next[b] = -1
+    if t == -1:
+        arena[C_FQ_HEAD] = b
+    else:
+        fq_next[t] = b
+    arena[C_FQ_TAIL] = b
+
+
+@njit(cache=True)
+def _apc_evict_block(arena, b):
+    """Drop cached block ``b``'s trie node and the subtree below it.
+
+    Descendants lose their cached status too (vLLM keeps their hashes, but a chained-hash
+    lookup can no longer reach them); free ones stay in the queue as plain free blocks.
+    Counts every page that leaves the trie as evicted.
+    """
+    nb = arena[C_NB]
+    nn = arena[C_NN]
+    block_node = _f32(arena, O_BLOCK_NODE, nb)
+    in_tree = _f8(arena, O_IN_TREE, nb)
+    refcount = _f32(arena, O_REFCOUNT, nb)
+    first_child = _f32(arena, O_FIRST_CHILD, nn)
+    next_sibling = _f32(arena, O_NEXT_SIBLING, nn)
+    parent = _f32(arena, O_PARENT, nn)
+    edge_first = _f32(arena, O_EDGE_FIRST, nn)
+    edge_len = _f32(arena, O_EDGE_LEN, nn)
+    node_alive = _f8(arena, O_NODE_ALIVE, nn)
+    node_free = _f32(arena, O_NODE_FREE, nn)
+    page_tokens = arena[C_PAGE]
+    u = block_node[b]
+    _unlink_child(arena, u)
+    v = u
+    while True:  # post-order, without a stack: descend to a leaf, free it, climb
+        c = first_child[v]
+        if c != -1:
+            v = c
+            continue
+        blk = edge_first[v]
+        in_tree[blk] = 0
+        block_node[blk] = -1
+        arena[C_EVICTED] += page_tokens
+        if blk != b and refcount[blk] == 0:
+            arena[C_CACHED] -= 1
+            arena[C_FREE_TOP] += 1
+        p = parent[v]
+        node_alive[v] = 0
+        parent[v] = -1
+        edge_first[v] = -1
+        edge_len[v] = 0
+        node_free[arena[C_NODE_FREE_TOP]] = v
+        arena[C_NODE_FREE_TOP] += 1
+        if v == u:
+            break
+        first_child[p] = next_sibling[v]
+        next_sibling[v] = -1
+        v = p
+
+
+@njit(cache=True)
+def _apc_pop(arena, fq_prev, fq_next, in_tree):
+    """Pop the head of the free queue (the caller checked it is not empty), evicting its
+    cached page if it has one; the caller sets the refcount."""
+    b = arena[C_FQ_HEAD]
+    _fq_remove(arena, fq_prev, fq_next, b)
+    if in_tree[b] == 1:
+        arena[C_CACHED] -= 1
+        _apc_evict_block(arena, b)
+    else:
+        arena[C_FREE_TOP] -= 1
+    return b
+
+
+@njit(cache=True)
+def _apc_drop(arena, fq_prev, fq_next, in_tree, b):
+    """A block's refcount reached 0: it joins the free queue's tail (cached or plain)."""
+    _fq_append(arena, fq_prev, fq_next, b)
+    if in_tree[b] == 1:
+        arena[C_CACHED] += 1
+    else:
+        arena[C_FREE_TOP] += 1
+
+
+@njit(cache=True)
+def _apc_insert(arena, s, keys, n):
+    """Cache the first ``n`` full pages of seq ``s`` (vLLM's ``cache_full_blocks``).
+
+    A page whose key is already cached keeps the cached block (the seq's own copy stays
+    uncached, as a duplicate); a new page's block becomes a trie node under its prefix.
+    """
+    nb = arena[C_NB]
+    nn = arena[C_NN]
+    first_child = _f32(arena, O_FIRST_CHILD, nn)
+    next_sibling = _f32(arena, O_NEXT_SIBLING, nn)
+    edge_first = _f32(arena, O_EDGE_FIRST, nn)
+    edge_len = _f32(arena, O_EDGE_LEN, nn)
+    block_key = _f64(arena, O_BLOCK_KEY, nb)
+    block_next = _f32(arena, O_BLOCK_NEXT, nb)
+    block_node = _f32(arena, O_BLOCK_NODE, nb)
+    in_tree = _f8(arena, O_IN_TREE, nb)
+    table = _table(arena)
+    node = 0
+    for i in range(n):
+        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
+        if c != -1:
+            node = c
+            continue
+        b = table[s, i]
+        if in_tree[b] == 1:
+            break  # cached under another prefix (a fork's shared block): stop
+        u = _new_node(arena, node)
+        edge_first[u] = b
+        edge_len[u] = 1
+        block_next[b] = -1
+        in_tree[b] = 1
+        block_key[b] = keys[i]
+        block_node[b] = u
+        node = u
+
+
+@njit(cache=True)
+def _apc_share(arena, s):
+    """Seq ``s`` takes the ``res[2]`` cached blocks ``_match_counted`` found; free ones
+    leave the queue (vLLM's ``touch``)."""
+    nb = arena[C_NB]
+    buf = _f32(arena, O_BUF, arena[C_MB])
+    res = _f64(arena, O_RES, 4)
+    refcount = _f32(arena, O_REFCOUNT, nb)
+    block_fill = _f32(arena, O_BLOCK_FILL, nb)
+    fq_prev = _f32(arena, O_FQ_PREV, nb)
+    fq_next = _f32(arena, O_FQ_NEXT, nb)
+    table = _table(arena)
+    gained = 0
+    for i in range(res[2]):
+        b = buf[i]
+        if refcount[b] == 0:
+            _fq_remove(arena, fq_prev, fq_next, b)
+            gained += block_fill[b]
+        refcount[b] += 1
+        table[s, i] = b
+    arena[C_CACHED] -= res[3]
+    arena[C_TOKENS] += gained
+
+
+@njit(cache=True)
+def _apc_apply_grow(arena, seq_ids, new_totals, cow):
+    """``_apply_grow`` with blocks from the free queue's head (caller checked the count)."""
+    nb = arena[C_NB]
+    num_seqs = arena[C_S]
+    page_tokens = arena[C_PAGE]
+    refcount = _f32(arena, O_REFCOUNT, nb)
+    in_tree = _f8(arena, O_IN_TREE, nb)
+    block_fill = _f32(arena, O_BLOCK_FILL, nb)
+    fq_prev = _f32(arena, O_FQ_PREV, nb)
+    fq_next = _f32(arena, O_FQ_NEXT, nb)
+    table = _table(arena)
+    table_len = _f32(arena, O_TABLE_LEN, num_seqs)
+    seq_tokens = _f64(arena, O_SEQ_TOKENS, num_seqs)
+    added = 0
+    for t in range(seq_ids.shape[0]):
+        s = seq_ids[t]
+        new = new_totals[t]
+        cur = seq_tokens[s]
+        if new <= cur:
+            continue
+        nbk = table_len[s]
+        cap = nbk * page_tokens
+        if cur < cap:
+            i = nbk - 1
+            f = new - i * page_tokens
+            if f > page_tokens:
+                f = page_tokens
+            if cow[t] == 1:
+                old = table[s, i]
+                b = _apc_pop(arena, fq_prev, fq_next, in_tree)
+                refcount[b] = 1
+                table[s, i] = b
+                r = refcount[old] - 1
+                refcount[old] = r
+                if r == 0:
+                    added -= block_fill[old]
+                    _apc_drop(arena, fq_prev, fq_next, in_tree, old)
+                arena[C_COW] += 1
+                block_fill[b] = f
+                added += f
+            else:
+                b = table[s, i]
+                added += f - block_fill[b]
+                block_fill[b] = f
+        if new > cap:
+            want = nbk + (new - cap + page_tokens - 1) // page_tokens
+            f = new - cap
+            for i in range(nbk, want):
+                b = _apc_pop(arena, fq_prev, fq_next, in_tree)
+                refcount[b] = 1
+                block_fill[b] = f if f < page_tokens else page_tokens
+                f -= page_tokens
+                table[s, i] = b
+            added += new - cap
+            table_len[s] = want
+        seq_tokens[s] = new
+    arena[C_TOKENS] += added
+
+
+@njit(cache=True)
+def _apc_release(arena, s, keys, n):
+    """``release`` with APC: cache the full pages, then queue the blocks, tail first."""
+    if n > 0:
+        _apc_insert(arena, s, keys, n)
+    nb = arena[C_NB]
+    num_seqs = arena[C_S]
+    refcount = _f32(arena, O_REFCOUNT, nb)
+    in_tree = _f8(arena, O_IN_TREE, nb)
+    block_fill = _f32(arena, O_BLOCK_FILL, nb)
+    fq_prev = _f32(arena, O_FQ_PREV, nb)
+    fq_next = _f32(arena, O_FQ_NEXT, nb)
+    table = _table(arena)
+    table_len = _f32(arena, O_TABLE_LEN, num_seqs)
+    dropped = 0
+    for i in range(table_len[s] - 1, -1, -1):
+        b = table[s, i]
+        table[s, i] = -1
+        r = refcount[b] - 1
+        refcount[b] = r
+        if r == 0:
+            dropped += block_fill[b]
+            _apc_drop(arena, fq_prev, fq_next, in_tree, b)
+    arena[C_TOKENS] -= dropped
+    table_len[s] = 0
+    _f64(arena, O_SEQ_TOKENS, num_seqs)[s] = 0
+    _f8(arena, O_SEQ_LIVE, num_seqs)[s] = 0
+    _f32(arena, O_SEQ_NODE, num_seqs)[s] = 0
 
 
 # ----------------------------------------------------------------------------- seq ops
@@ -709,7 +1044,10 @@ def admit(arena, s, keys, n, prompt_tokens, now_s):
         return -1
     node = 0
     if m > 0:
-        node = _share_prefix(arena, s, now_s)
+        if arena[C_APC] == 1:
+            _apc_share(arena, s)
+        else:
+            node = _share_prefix(arena, s, now_s)
     num_seqs = arena[C_S]
     _f32(arena, O_TABLE_LEN, num_seqs)[s] = m
     _f64(arena, O_SEQ_TOKENS, num_seqs)[s] = m * page_tokens
@@ -897,6 +1235,11 @@ def _grow(arena, seq_ids, new_totals, cow):
     if need < 0:
         return need
     free = arena[C_FREE_TOP]
+    if arena[C_APC] == 1:
+        if need > free + arena[C_CACHED]:
+            return NO_SPACE
+        _apc_apply_grow(arena, seq_ids, new_totals, cow)
+        return OK
     if need > free:
         if arena[C_CAN_EVICT] == 0 or free + arena[C_CACHED] < need:
             return NO_SPACE
@@ -970,11 +1313,14 @@ def release(arena, s, keys, n, now_s):
     insert or a locked prefix, never when paged; dropping references is spelled out, and
     the free-stack top and counters are arena words (every view costs reference counting).
     """
+    if arena[C_APC] == 1:
+        _apc_release(arena, s, keys, n)
+        return
     nb = arena[C_NB]
     num_seqs = arena[C_S]
     seq_node = _f32(arena, O_SEQ_NODE, num_seqs)
     if n > 0:
-        _insert(arena, s, keys, n, now_s)
+        _insert(arena, s, keys, n, now_s, False)
     node = seq_node[s]
     if node > 0:
         _unlock(arena, node)
@@ -1006,6 +1352,37 @@ def release(arena, s, keys, n, now_s):
     _f64(arena, O_SEQ_TOKENS, num_seqs)[s] = 0
     _f8(arena, O_SEQ_LIVE, num_seqs)[s] = 0
     seq_node[s] = 0
+
+
+@njit(cache=True)
+def cache_blocks(arena, s, keys, n, now_s):
+    """Cache the first ``n`` full pages of live seq ``s`` now, while it runs.
+
+    APC: new pages join the trie (vLLM caches each full block once computed). Radix:
+    SGLang's ``cache_unfinished_req``: insert, take the tree's block where a page was
+    cached already (dropping the seq's copy), and move the seq's lock down to the end of
+    the inserted path, so that other requests can match it and nobody can evict it.
+    """
+    if n <= 0:
+        return
+    if arena[C_APC] == 1:
+        _apc_insert(arena, s, keys, n)
+        return
+    node = _insert(arena, s, keys, n, now_s, True)
+    seq_node = _f32(arena, O_SEQ_NODE, arena[C_S])
+    old = seq_node[s]
+    if node == old or node == 0:
+        return
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    u = node
+    while u > 0 and u != old:
+        u = parent[u]
+    if u != old:
+        return  # fewer pages than the locked prefix: keep the deeper lock
+    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
+    _lock_path(lock_ref, parent, node, 1)
+    _lock_path(lock_ref, parent, old, -1)
+    seq_node[s] = node
 
 
 @njit(cache=True)
@@ -1080,6 +1457,56 @@ SKIPPED = -2
 
 
 @njit(cache=True)
+def _run_trace_apc(arena, ops, keys, results):
+    """``run_trace`` for paged with prefix caching: every op through the kernels; a grow
+    that fills pages caches them (as the engine's ``cache_computed``)."""
+    num_seqs = arena[C_S]
+    page_tokens = arena[C_PAGE]
+    max_seq_len = arena[C_MAX_SEQ_LEN]
+    seq_live = _f8(arena, O_SEQ_LIVE, num_seqs)
+    seq_tokens = _f64(arena, O_SEQ_TOKENS, num_seqs)
+    ids = np.zeros(1, dtype=np.int64)
+    totals = np.zeros(1, dtype=np.int64)
+    seq_keys = np.zeros(num_seqs, dtype=np.int64)  # key_off, key_n of each live seq
+    seq_nkeys = np.zeros(num_seqs, dtype=np.int64)
+    for i in range(ops.shape[0]):
+        op = ops[i, 0]
+        s = ops[i, 1]
+        k0 = ops[i, 3]
+        if op == OP_ADMIT:
+            if seq_live[s] == 1:
+                results[i] = SKIPPED
+                continue
+            new = ops[i, 2]
+            n = min(ops[i, 4], (new - 1) // page_tokens)
+            m = admit(arena, s, keys[k0 : k0 + n], n, new, float(i))
+            results[i] = m
+            if m < 0:
+                continue
+            seq_keys[s] = k0
+            seq_nkeys[s] = ops[i, 4]
+        elif seq_live[s] == 0:
+            results[i] = SKIPPED
+            continue
+        elif op == OP_GROW:
+            new = min(seq_tokens[s] + ops[i, 2], max_seq_len)
+        else:
+            n = min(ops[i, 4], seq_tokens[s] // page_tokens)
+            release(arena, s, keys[k0 : k0 + n], n, float(i))
+            results[i] = 0
+            continue
+        ids[0] = s
+        totals[0] = new
+        status = grow(arena, ids, totals)
+        if op == OP_GROW:
+            results[i] = status
+        if status == OK:
+            n = min(seq_nkeys[s], seq_tokens[s] // page_tokens)
+            k0 = seq_keys[s]
+            cache_blocks(arena, s, keys[k0 : k0 + n], n, float(i))
+
+
+@njit(cache=True)
 def run_trace(arena, ops, keys, results):
     """Run a whole operation trace in one kernel call (benchmarks; no facade overhead).
 
@@ -1095,6 +1522,9 @@ def run_trace(arena, ops, keys, results):
         results: int64[n] out; admit: pages matched or -1; grow: status; free: 0;
             SKIPPED for skipped ops. Op ``i`` runs at simulation time ``i`` seconds.
     """
+    if arena[C_APC] == 1:
+        _run_trace_apc(arena, ops, keys, results)
+        return
     num_seqs = arena[C_S]
     nb = arena[C_NB]
     page_tokens = arena[C_PAGE]
