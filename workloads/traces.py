@@ -16,6 +16,12 @@ servesim   the :data:`~workloads.request.COLUMNS` + ``prefix_block_ids``  :func:
 Every malformed value is a :class:`~hwmodels.errors.TraceError` naming the file, the line
 (1-based, as an editor shows it) and the column. Nothing is skipped silently: BurstGPT's
 failed requests (0 response tokens) are dropped and counted in ``Workload.notes``.
+
+Every file first passes :func:`hwmodels.safeio.scan_text_file` (a regular file within
+:data:`~hwmodels.safeio.MAX_TRACE_BYTES`, UTF-8, no NUL bytes), and every field is range
+checked: token counts in ``[1, MAX_REQUEST_TOKENS]``, times finite in
+``[0, MAX_TIME_S]``, ids in the signed 64-bit range (JSON) or ``[0, 2^53]`` (CSV, parsed
+as doubles). Bad values are echoed cut short.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ import numpy.typing as npt
 import pandas as pd
 
 from servesim.hwmodels.errors import TraceError
+from servesim.hwmodels.safeio import (
+    INT64_MAX,
+    MAX_TRACE_BYTES,
+    check_regular_file,
+    load_json,
+    scan_text_file,
+    short,
+)
 from servesim.hwmodels.units import MS_PER_S
 from servesim.workloads.request import COLUMNS, Workload, segment_arange
 
@@ -36,6 +50,14 @@ FORMATS = ("azure", "mooncake", "splitwise", "lengths", "burstgpt", "servesim")
 
 # Mooncake hashes 512-token blocks (FAST'25 trace README, "hash_ids").
 MOONCAKE_BLOCK_TOKENS = 512
+
+# Field limits (docs/inputs.md). 10M tokens is 10x the longest context windows shipped today;
+# 1e10 s is 317 years of trace. Integers read from CSV go through doubles: exact to 2^53.
+MAX_REQUEST_TOKENS = 10_000_000
+MAX_TIME_S = 1e10
+MAX_FANOUT = 1024  # num_samples, beam_width
+_MAX_CSV_INT = 1 << 53
+MAX_TRACE_REQUESTS = 100_000_000
 
 _SERVESIM_MAGIC = "# servesim-workload "
 _HEADERS: dict[str, tuple[str, ...]] = {
@@ -147,12 +169,14 @@ def _read_azure(path: Path) -> Workload:
     _fail_on(path, df, "TIMESTAMP", stamps.isna().to_numpy(), "not an ISO-8601 timestamp")
     ns = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
     arrival_s = (ns - ns.min()) / 1e9
+    _fail_on(path, df, "TIMESTAMP", arrival_s > MAX_TIME_S,
+             f"more than {MAX_TIME_S:g} s after the first timestamp")
     return _finish(
         path,
         "azure",
         arrival_s,
-        _int_col(path, df, "ContextTokens", minimum=1),
-        _int_col(path, df, "GeneratedTokens", minimum=1),
+        _tokens_col(path, df, "ContextTokens"),
+        _tokens_col(path, df, "GeneratedTokens"),
     )
 
 
@@ -161,30 +185,30 @@ def _read_splitwise(path: Path) -> Workload:
     return _finish(
         path,
         "splitwise",
-        _float_col(path, df, "arrived_at"),
-        _int_col(path, df, "num_prefill_tokens", minimum=1),
-        _int_col(path, df, "num_decode_tokens", minimum=1),
+        _time_col(path, df, "arrived_at"),
+        _tokens_col(path, df, "num_prefill_tokens"),
+        _tokens_col(path, df, "num_decode_tokens"),
     )
 
 
 def _read_lengths(path: Path) -> Workload:
     df = _read_csv(path, ("num_prefill_tokens", "num_decode_tokens"))
-    prompt = _int_col(path, df, "num_prefill_tokens", minimum=1)
+    prompt = _tokens_col(path, df, "num_prefill_tokens")
     # No timestamps: all at 0 (offline) until an arrival process is attached.
     return _finish(
         path,
         "lengths",
         np.zeros(len(prompt)),
         prompt,
-        _int_col(path, df, "num_decode_tokens", minimum=1),
+        _tokens_col(path, df, "num_decode_tokens"),
     )
 
 
 def _read_burstgpt(path: Path) -> Workload:
     df = _read_csv(path, ("Timestamp", "Request tokens", "Response tokens"))
-    arrival_s = _float_col(path, df, "Timestamp")
-    prompt = _int_col(path, df, "Request tokens", minimum=0)
-    output = _int_col(path, df, "Response tokens", minimum=0)
+    arrival_s = _time_col(path, df, "Timestamp")
+    prompt = _tokens_col(path, df, "Request tokens", minimum=0)
+    output = _tokens_col(path, df, "Response tokens", minimum=0)
     failed = output == 0
     empty = (prompt == 0) & ~failed
     notes = []
@@ -207,20 +231,28 @@ def _read_burstgpt(path: Path) -> Workload:
 def _read_csv(path: Path, required: tuple[str, ...], *, skiprows: int = 0) -> pd.DataFrame:
     """Read a CSV, keeping blank lines as rows so that row ``i`` is on line
     ``i + 2 + skiprows`` (the header is line ``1 + skiprows``)."""
+    scan_text_file(path, "trace", error=TraceError)
     try:
-        df = pd.read_csv(path, skip_blank_lines=False, skiprows=skiprows, skipinitialspace=True)
+        df = pd.read_csv(path, skip_blank_lines=False, skiprows=skiprows, skipinitialspace=True,
+                         encoding="utf-8", dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise TraceError(f"{path}: the file is empty (no header line)") from None
     except pd.errors.ParserError as exc:
-        raise TraceError(f"{path}: malformed CSV: {exc}".rstrip()) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"{path}: cannot read the file: {exc}") from None
+        raise TraceError(f"{path}: malformed CSV: {short(str(exc).strip(), 300)}") from None
+    except (OSError, UnicodeDecodeError, ValueError, OverflowError) as exc:
+        raise TraceError(f"{path}: cannot read the file: {short(str(exc), 300)}") from None
     df.columns = [str(c).strip() for c in df.columns]
+    # pandas renames a repeated header "x" to "x.1": refuse it rather than guess.
+    dup = [c for c in df.columns
+           if "." in c and c.rsplit(".", 1)[1].isdigit() and c.rsplit(".", 1)[0] in df.columns]
+    if dup:
+        raise TraceError(f"{path}: line {1 + skiprows}: column "
+                         f"{short(dup[0].rsplit('.', 1)[0])} appears twice")
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise TraceError(
             f"{path}: line {1 + skiprows}: missing column(s) {', '.join(missing)}; "
-            f"found {', '.join(df.columns)}"
+            f"found {short(', '.join(df.columns), 200)}"
         )
     if len(df) == 0:
         raise TraceError(f"{path}: no requests (only a header line)")
@@ -232,25 +264,41 @@ def _fail_on(path: Path, df: pd.DataFrame, col: str, bad: npt.NDArray[np.bool_],
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         value = df[col].iloc[row]
-        line = row + df.attrs.get("first_line", 2)
-        shown = "an empty cell" if pd.isna(value) else repr(str(value))
+        line = f"{df.attrs.get('unit', 'line')} {row + df.attrs.get('first_line', 2)}"
+        shown = "an empty cell" if pd.isna(value) else short(str(value))
         raise TraceError(
-            f"{path}: line {line}, column {col!r}: {shown} is {why}"
+            f"{path}: {line}, column {short(col)}: {shown} is {why}"
             + (f" ({int(bad.sum())} bad rows in all)" if bad.sum() > 1 else "")
         )
 
 
-def _float_col(path: Path, df: pd.DataFrame, col: str) -> npt.NDArray[np.float64]:
+def _float_col(path: Path, df: pd.DataFrame, col: str, *, lo: float = -np.inf,
+               hi: float = np.inf) -> npt.NDArray[np.float64]:
+    """A column of finite numbers in ``[lo, hi]`` (NaN, Infinity, text and blanks refused)."""
     x = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     _fail_on(path, df, col, ~np.isfinite(x), "not a finite number")
+    _fail_on(path, df, col, x < lo, f"below the minimum of {lo:g}")
+    _fail_on(path, df, col, x > hi, f"above the maximum of {hi:g}")
     return x
 
 
-def _int_col(path: Path, df: pd.DataFrame, col: str, *, minimum: int) -> npt.NDArray[np.int64]:
+def _time_col(path: Path, df: pd.DataFrame, col: str) -> npt.NDArray[np.float64]:
+    """Arrival times in seconds: finite, in ``[0, MAX_TIME_S]``."""
+    return _float_col(path, df, col, lo=0.0, hi=MAX_TIME_S)
+
+
+def _int_col(path: Path, df: pd.DataFrame, col: str, *, minimum: int,
+             maximum: int = _MAX_CSV_INT) -> npt.NDArray[np.int64]:
     x = _float_col(path, df, col)
     _fail_on(path, df, col, x != np.floor(x), "not an integer")
     _fail_on(path, df, col, x < minimum, f"below the minimum of {minimum}")
+    _fail_on(path, df, col, x > maximum, f"above the maximum of {maximum:,}")
     return x.astype(np.int64)
+
+
+def _tokens_col(path: Path, df: pd.DataFrame, col: str, *, minimum: int = 1
+                ) -> npt.NDArray[np.int64]:
+    return _int_col(path, df, col, minimum=minimum, maximum=MAX_REQUEST_TOKENS)
 
 
 def _finish(
@@ -298,34 +346,37 @@ def _read_mooncake(path: Path) -> Workload:
     output: list[int] = []
     ids: list[int] = []
     counts: list[int] = []
-    try:
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    raise TraceError(f"{path}: line {lineno}: empty line")
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TraceError(
-                        f"{path}: line {lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
-                    ) from None
-                if not isinstance(rec, dict):
-                    raise TraceError(f"{path}: line {lineno}: expected a JSON object")
-                stamps_ms.append(_num(path, lineno, rec, "timestamp", minimum=0, integer=False))
-                prompt.append(_num(path, lineno, rec, "input_length", minimum=1))
-                output.append(_num(path, lineno, rec, "output_length", minimum=1))
-                h = rec.get("hash_ids")
-                if not isinstance(h, list) or not all(
-                    isinstance(x, int) and not isinstance(x, bool) for x in h
-                ):
-                    raise TraceError(
-                        f"{path}: line {lineno}, field 'hash_ids': expected a list of integers, "
-                        f"got {_short(h)}"
-                    )
-                ids.extend(h)
-                counts.append(len(h))
-    except UnicodeDecodeError as exc:
-        raise TraceError(f"{path}: cannot read the file: {exc}") from None
+    scan_text_file(path, "trace", error=TraceError)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                raise TraceError(f"{path}: line {lineno}: empty line")
+            # Finite numbers, int64 integers, bounded nesting; errors carry the line.
+            rec = load_json(line.rstrip("\r\n"), str(path), error=TraceError,
+                            line_offset=lineno - 1)
+            if not isinstance(rec, dict):
+                raise TraceError(f"{path}: line {lineno}: expected a JSON object, got "
+                                 f"{_short(rec)}")
+            stamps_ms.append(_num(path, lineno, rec, "timestamp", minimum=0, integer=False,
+                                  maximum=MAX_TIME_S * MS_PER_S))
+            prompt.append(_num(path, lineno, rec, "input_length", minimum=1))
+            output.append(_num(path, lineno, rec, "output_length", minimum=1))
+            h = rec.get("hash_ids")
+            if not isinstance(h, list) or not all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= INT64_MAX
+                for x in h
+            ):
+                raise TraceError(
+                    f"{path}: line {lineno}, field 'hash_ids': expected a list of integers "
+                    f"in [0, 2^63), got {_short(h)}"
+                )
+            if len(h) > prompt[-1] // MOONCAKE_BLOCK_TOKENS + 1:
+                raise TraceError(
+                    f"{path}: line {lineno}, field 'hash_ids': {len(h)} block ids for "
+                    f"{prompt[-1]} input tokens (at most one per {MOONCAKE_BLOCK_TOKENS} tokens)"
+                )
+            ids.extend(h)
+            counts.append(len(h))
     if not prompt:
         raise TraceError(f"{path}: the file is empty (no requests)")
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
@@ -342,20 +393,26 @@ def _read_mooncake(path: Path) -> Workload:
     )
 
 
-def _num(path: Path, lineno: int, rec: dict, key: str, *, minimum: float, integer: bool = True):
+def _num(path: Path, lineno: int, rec: dict, key: str, *, minimum: float, integer: bool = True,
+         maximum: float = MAX_REQUEST_TOKENS):
     value = rec.get(key)
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not is_number or (integer and value != int(value)) or value < minimum:
+    if (not is_number or not np.isfinite(value) or (integer and value != int(value))
+            or not minimum <= value <= maximum):
         want = "an integer" if integer else "a number"
+        bound = f"<= {maximum:g}" if is_number and value > maximum else f">= {minimum:g}"
         raise TraceError(
-            f"{path}: line {lineno}, field {key!r}: expected {want} >= {minimum}, "
+            f"{path}: line {lineno}, field {key!r}: expected {want} {bound}, "
             f"got {_short(value)}" + (" (missing)" if key not in rec else "")
         )
     return int(value) if integer else float(value)
 
 
 def _short(value: object) -> str:
-    text = json.dumps(value) if value is not None else "null"
+    try:
+        text = json.dumps(value) if value is not None else "null"
+    except (TypeError, ValueError):
+        text = short(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -399,79 +456,123 @@ def write_workload(wl: Workload, path: Path) -> None:
 def _read_servesim(path: Path) -> Workload:
     if path.suffix == ".parquet":
         return _read_servesim_parquet(path)
+    scan_text_file(path, "trace", error=TraceError)
     first = _first_line(path)
     if not first.startswith(_SERVESIM_MAGIC):
         raise TraceError(f"{path}: line 1: expected '{_SERVESIM_MAGIC}{{...}}'")
-    try:
-        meta = json.loads(first[len(_SERVESIM_MAGIC) :])
-    except json.JSONDecodeError as exc:
-        raise TraceError(f"{path}: line 1: bad metadata JSON: {exc.msg}") from None
+    meta = load_json(first[len(_SERVESIM_MAGIC) :], f"{path}: line 1: metadata",
+                     error=TraceError)
     df = _read_csv(path, (*COLUMNS, "prefix_block_ids"), skiprows=1)
-    cols: dict[str, np.ndarray] = {}
-    for col, dtype in COLUMNS.items():
-        if dtype is np.float64:
-            x = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-            cols[col] = x
-        else:
-            cols[col] = _int_col(path, df, col, minimum=-1).astype(dtype)
-    dep = cols["depends_on"]
-    _fail_on(
-        path,
-        df,
-        "arrival_s",
-        (dep < 0) & ~np.isfinite(cols["arrival_s"]),
-        "not a finite number (open arrival)",
-    )
+    cols = _servesim_columns(path, df)
     text = df["prefix_block_ids"].fillna("").astype(str)
-    counts = text.str.split().str.len().to_numpy(dtype=np.int64)
-    try:
-        ids = np.array(" ".join(text).split(), dtype=np.int64)
-    except ValueError:
-        bad = ~text.str.fullmatch(r"\s*(-?\d+(\s+-?\d+)*)?\s*").to_numpy()
-        _fail_on(path, df, "prefix_block_ids", bad, "not space-separated integers")
-        raise
+    bad = ~text.str.fullmatch(r"\s*(\d{1,18}(\s+\d{1,18})*)?\s*").to_numpy()
+    _fail_on(path, df, "prefix_block_ids", bad,
+             "not space-separated integers in [0, 10^18)")
+    counts = text.str.split().str.len().fillna(0).to_numpy(dtype=np.int64)
+    ids = np.array(" ".join(text).split(), dtype=np.int64)
     offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     return _servesim_workload(path, meta, cols, offsets, ids)
+
+
+def _servesim_columns(path: Path, df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Validate the servesim columns, each against its own range (see docs/inputs.md)."""
+    n = len(df)
+    cols: dict[str, np.ndarray] = {
+        "request_id": _int_col(path, df, "request_id", minimum=0, maximum=max(n - 1, 0)),
+        "prompt_tokens": _tokens_col(path, df, "prompt_tokens"),
+        "output_tokens": _tokens_col(path, df, "output_tokens"),
+        "session_id": _int_col(path, df, "session_id", minimum=-1),
+        "turn": _int_col(path, df, "turn", minimum=0, maximum=(1 << 31) - 1),
+        "num_samples": _int_col(path, df, "num_samples", minimum=1, maximum=MAX_FANOUT),
+        "beam_width": _int_col(path, df, "beam_width", minimum=1, maximum=MAX_FANOUT),
+        "depends_on": _int_col(path, df, "depends_on", minimum=-1, maximum=max(n - 1, 0)),
+        "think_time_s": _float_col(path, df, "think_time_s", lo=0.0, hi=MAX_TIME_S),
+    }
+    # Dependent (closed-loop) requests have no arrival time of their own: NaN is allowed
+    # there; open arrivals need a finite time in range.
+    arrival = pd.to_numeric(df["arrival_s"], errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan)
+    is_open = cols["depends_on"] < 0
+    _fail_on(path, df, "arrival_s", is_open & ~np.isfinite(arrival),
+             "not a finite number (open arrival)")
+    _fail_on(path, df, "arrival_s", np.isinf(arrival), "not a finite number")
+    _fail_on(path, df, "arrival_s", (arrival < 0) | (arrival > MAX_TIME_S),
+             f"outside [0, {MAX_TIME_S:g}] s")
+    cols["arrival_s"] = arrival
+    return {c: cols[c].astype(d) for c, d in COLUMNS.items()}
 
 
 def _read_servesim_parquet(path: Path) -> Workload:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    check_regular_file(path, "trace", max_bytes=MAX_TRACE_BYTES, error=TraceError)
     try:
+        num_rows = pq.ParquetFile(path).metadata.num_rows
+        if num_rows > MAX_TRACE_REQUESTS:
+            raise TraceError(f"{path}: {num_rows:,} requests; the limit is "
+                             f"{MAX_TRACE_REQUESTS:,} (docs/inputs.md)")
         table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise TraceError(f"{path}: cannot read Parquet: {exc}") from None
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise TraceError(f"{path}: cannot read Parquet: {short(str(exc), 200)}") from None
     raw_meta = (table.schema.metadata or {}).get(b"servesim")
     if raw_meta is None:
         raise TraceError(f"{path}: not a servesim workload (no 'servesim' schema metadata)")
-    meta = json.loads(raw_meta)
+    try:
+        meta_text = raw_meta.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}: the 'servesim' metadata is not UTF-8") from None
+    meta = load_json(meta_text, f"{path}: metadata", error=TraceError)
     missing = [c for c in (*COLUMNS, "prefix_block_ids") if c not in table.column_names]
     if missing:
         raise TraceError(f"{path}: missing column(s) {', '.join(missing)}")
     if table.num_rows == 0:
         raise TraceError(f"{path}: no requests")
-    cols = {c: table.column(c).to_numpy().astype(d, copy=False) for c, d in COLUMNS.items()}
-    lists = table.column("prefix_block_ids").combine_chunks().cast(pa.large_list(pa.int64()))
+    try:
+        df = pd.DataFrame({c: table.column(c).to_pandas() for c in COLUMNS})
+        lists = table.column("prefix_block_ids").combine_chunks().cast(pa.large_list(pa.int64()))
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise TraceError(f"{path}: column types do not match a servesim workload: "
+                         f"{short(str(exc), 200)}") from None
+    df.attrs.update(first_line=0, unit="row")
+    cols = _servesim_columns(path, df)
+    if lists.null_count:
+        raise TraceError(f"{path}: prefix_block_ids has null entries")
     offsets = np.asarray(lists.offsets, dtype=np.int64)
-    ids = np.asarray(lists.values, dtype=np.int64)[offsets[0] : offsets[-1]]
+    flat = lists.values
+    if flat.null_count:
+        raise TraceError(f"{path}: prefix_block_ids holds null ids")
+    ids = np.asarray(flat, dtype=np.int64)[offsets[0] : offsets[-1]]
     return _servesim_workload(path, meta, cols, offsets - offsets[0], ids)
 
 
-def _servesim_workload(path: Path, meta: dict, cols: dict, offsets, ids) -> Workload:
-    wl = Workload(
-        name=str(meta.get("name", path.stem)),
-        **{c: np.ascontiguousarray(cols[c], dtype=d) for c, d in COLUMNS.items()},
-        block_tokens=int(meta.get("block_tokens", 0)),
-        prefix_offsets=np.ascontiguousarray(offsets, dtype=np.int64),
-        prefix_block_ids=np.ascontiguousarray(ids, dtype=np.int64),
-        source=str(meta.get("source", f"servesim:{path}")),
-        notes=tuple(meta.get("notes", ())),
-    )
+def _servesim_workload(path: Path, meta: object, cols: dict, offsets, ids) -> Workload:
+    if not isinstance(meta, dict):
+        raise TraceError(f"{path}: the servesim metadata must be a JSON object, got "
+                         f"{_short(meta)}")
+    notes = meta.get("notes", [])
+    block_tokens = meta.get("block_tokens", 0)
+    if not isinstance(notes, list) or not all(isinstance(x, str) for x in notes):
+        raise TraceError(f"{path}: metadata 'notes' must be a list of strings, got "
+                         f"{_short(notes)}")
+    if (isinstance(block_tokens, bool) or not isinstance(block_tokens, int)
+            or not 0 <= block_tokens <= MAX_REQUEST_TOKENS):
+        raise TraceError(f"{path}: metadata 'block_tokens' must be an integer in "
+                         f"[0, {MAX_REQUEST_TOKENS}], got {_short(block_tokens)}")
     try:
+        wl = Workload(
+            name=str(meta.get("name", path.stem))[:200],
+            **{c: np.ascontiguousarray(cols[c], dtype=d) for c, d in COLUMNS.items()},
+            block_tokens=block_tokens,
+            prefix_offsets=np.ascontiguousarray(offsets, dtype=np.int64),
+            prefix_block_ids=np.ascontiguousarray(ids, dtype=np.int64),
+            source=str(meta.get("source", f"servesim:{path}"))[:1000],
+            notes=tuple(notes),
+        )
         wl.check()
     except Exception as exc:
-        raise TraceError(f"{path}: inconsistent servesim workload: {exc}") from None
+        raise TraceError(f"{path}: inconsistent servesim workload: {short(str(exc), 300)}"
+                         ) from None
     return wl
 
 
@@ -480,16 +581,19 @@ def _servesim_workload(path: Path, meta: dict, cols: dict, offsets, ids) -> Work
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise TraceError(f"{path}: no such trace file")
-    if not path.is_file():
-        raise TraceError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+        raise TraceError(f"{short(str(path), 200)}: no such trace file")
+    size = check_regular_file(path, "trace file", max_bytes=MAX_TRACE_BYTES, error=TraceError)
+    if size == 0:
         raise TraceError(f"{path}: the file is empty")
 
 
 def _first_line(path: Path) -> str:
     try:
-        with path.open(encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n").lstrip("\ufeff")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"{path}: cannot read the file: {exc}") from None
+        with path.open("rb") as f:
+            raw = f.readline(64 * 1024)
+        return raw.decode("utf-8").rstrip("\r\n").lstrip("\ufeff")
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read the file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: line 1, column {exc.start + 1}: not UTF-8 text; is it a "
+                         "binary file?") from None
