@@ -44,6 +44,7 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand(name="check", module="run", help="Validate a scenario without running it, and print the resolved variants."),
     LazyCommand(name="schema", module="run", help="Print the JSON Schema of scenario files."),
     LazyCommand(name="gallery", module="gallery", help="List the bundled scenarios and examples (run them by name)."),
+    LazyCommand(name="export-timeline", module="timeline", help="Write a run's steps and requests as a Chrome trace (opens in Perfetto)."),
     LazyCommand(name="list", module="catalog", help="List a catalogue: gpus, models, or quant."),
     LazyCommand(name="show", module="catalog", help="Show one GPU or model in detail."),
     LazyCommand(name="trace", module="trace", help="Inspect workload trace files."),
@@ -54,6 +55,7 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand(name="calibrate", module="calibrate", help="Fit a serving-stack profile to your benchmark files (--from); without --from, the roofline GEMM error table."),
     LazyCommand(name="kernel", module="kernel", help="Cycle-level kernel model: SMs, SRAM tiles, L2, HBM queues and waves."),
     LazyCommand(name="compare", module="compare", help="Measured benchmark file (vLLM, SGLang, GenAI-Perf, AIPerf) vs servesim's replay of its load."),
+    LazyCommand(name="validate", module="validate", help="Run the shipped published end-to-end cases: prediction, reference and error per case."),
 )
 
 _PREFIX = "servesim.simulator.cli."
