@@ -36,10 +36,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    NonNegativeInt,
     PositiveFloat,
-    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -70,7 +67,8 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")  # \Z: no trail
 
 
 class _Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf / NaN never reach a field meant to be finite (#15).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------- sections
@@ -85,9 +83,10 @@ class HardwareCfg(_Cfg):
         description="GPU catalogue name (`servesim list gpus`) or the path of a GPU YAML file "
         "(relative paths resolve against the scenario file).",
     )
-    tensor_parallel: PositiveInt = Field(1, description="GPUs per pipeline stage (TP degree).")
-    pipeline_parallel: PositiveInt = Field(1, description="Pipeline stages per replica (PP).")
-    replicas: PositiveInt = Field(1, description="Model instances in this group.")
+    # Bounds (docs/inputs.md): each replica is simulated, so replicas size an allocation.
+    tensor_parallel: int = Field(1, ge=1, le=1024, description="GPUs per pipeline stage (TP).")
+    pipeline_parallel: int = Field(1, ge=1, le=1024, description="Pipeline stages per replica.")
+    replicas: int = Field(1, ge=1, le=4096, description="Model instances in this group.")
     gpu_memory_utilization: float = Field(
         0.9,
         gt=0.0,
@@ -95,13 +94,13 @@ class HardwareCfg(_Cfg):
         description="Fraction of each GPU's HBM the engine may use (vLLM's "
         "--gpu-memory-utilization), for weights, activations, reserve and KV cache.",
     )
-    memory_reserve_gib: NonNegativeFloat | None = Field(
+    memory_reserve_gib: Annotated[float, Field(ge=0, le=1e6)] | None = Field(
         None,
         description="GiB per GPU held back for CUDA graphs, NCCL buffers and allocator slack; "
         "null = the engine's default.",
     )
-    swap_space_gib: NonNegativeFloat = Field(
-        4.0, description="Host memory per GPU for swapped-out KV blocks (vLLM's --swap-space)."
+    swap_space_gib: float = Field(
+        4.0, ge=0, le=1e6, description="Host memory per GPU for swapped-out KV blocks (vLLM's --swap-space)."
     )
 
 
@@ -121,7 +120,7 @@ class ModelCfg(_Cfg):
         description="Weight/activation scheme: fp16, bf16, fp8, w8a8-int8, w8a16, w4a16, "
         "w4a8, w4a8-kv4, nvfp4.",
     )
-    group_size: PositiveInt | None = Field(
+    group_size: Annotated[int, Field(ge=1, le=1 << 20)] | None = Field(
         None, description="Quantization group size (weight-only 4-bit schemes); null = scheme's."
     )
     kv_cache_dtype: str = Field(
@@ -129,7 +128,7 @@ class ModelCfg(_Cfg):
         description="KV-cache element format: auto (the scheme's default), fp16, bf16, fp8, "
         "int8 or int4 (vLLM's --kv-cache-dtype).",
     )
-    max_model_len_tokens: PositiveInt | None = Field(
+    max_model_len_tokens: Annotated[int, Field(ge=1, le=100_000_000)] | None = Field(
         None,
         description="Longest sequence (prompt + output) served; longer requests are rejected. "
         "null = the model's context window (vLLM's --max-model-len).",
@@ -180,6 +179,28 @@ class KvCacheCfg(_Cfg):
         le=0.5,
         description="Fraction of blocks kept free when admitting prefills (vLLM's watermark).",
     )
+    prefix_caching: bool | None = Field(
+        None,
+        description="paged: vLLM v1's automatic prefix caching (full blocks cached by their "
+        "chained identity, shared while running, freed ones kept in an LRU queue and evicted "
+        "block by block). null = on for the vllm and sarathi schedulers (as vLLM v1), off "
+        "otherwise. radix always caches; contiguous cannot.",
+    )
+
+    @model_validator(mode="after")
+    def _prefix_caching_fits_manager(self) -> KvCacheCfg:
+        if self.prefix_caching is True and self.manager == "contiguous":
+            raise ValueError(
+                "kv_cache.prefix_caching: true needs kv_cache.manager 'paged' (or 'radix', "
+                "which always caches prefixes); got manager 'contiguous'"
+            )
+        if self.prefix_caching is False and self.manager == "radix":
+            raise ValueError(
+                "kv_cache.prefix_caching: false is not valid with kv_cache.manager 'radix' "
+                "(a radix cache always caches prefixes); use manager 'paged' for no prefix "
+                "cache, or leave prefix_caching null"
+            )
+        return self
 
 
 class SchedulerCfg(_Cfg):
@@ -191,12 +212,14 @@ class SchedulerCfg(_Cfg):
         "KV; vllm: continuous batching on paged KV, prefill first; sarathi: chunked prefill, "
         "decodes first; sglang: radix cache with longest-prefix-first.",
     )
-    max_num_seqs: PositiveInt = Field(256, description="Most sequences running in one step.")
-    max_num_batched_tokens: PositiveInt = Field(
-        8192, description="Most tokens (prefill + decode) processed in one step."
+    max_num_seqs: int = Field(
+        256, ge=1, le=1_000_000, description="Most sequences running in one step."
     )
-    chunk_size_tokens: PositiveInt = Field(
-        512, description="sarathi: token budget per step (prefill chunks fill what decodes leave)."
+    max_num_batched_tokens: int = Field(
+        8192, ge=1, le=100_000_000, description="Most tokens (prefill + decode) processed in one step."
+    )
+    chunk_size_tokens: int = Field(
+        512, ge=1, le=100_000_000, description="sarathi: token budget per step (prefill chunks fill what decodes leave)."
     )
     preemption: Literal["recompute", "swap"] = Field(
         "recompute",
@@ -208,8 +231,8 @@ class SchedulerCfg(_Cfg):
         description="Parallel samples (n > 1) and beams share the prompt's KV through the "
         "manager's fork (false: each sample holds its own copy).",
     )
-    starvation_limit_s: PositiveFloat = Field(
-        5.0,
+    starvation_limit_s: float = Field(
+        5.0, gt=0, le=1e10,
         description="sglang: a request that waited this long is scheduled ahead of "
         "cache-aware order.",
     )
@@ -235,7 +258,7 @@ class EngineCfg(_Cfg):
         description="Step-cost model: calibrated roofline (fast) or the cycle-level kernel "
         "model (slower, finer).",
     )
-    step_overhead_s: NonNegativeFloat | None = Field(
+    step_overhead_s: Annotated[float, Field(ge=0, le=1e3)] | None = Field(
         None, description="Host overhead per step in seconds; null = the step-cost default."
     )
     fast_forward: bool = Field(
@@ -250,7 +273,7 @@ class EngineCfg(_Cfg):
         "(every configuration), or 'auto' (compiled when supported and fast_forward is on). "
         "Both give the same results; compiled was 3.5-15x faster in the benchmarks.",
     )
-    max_sim_time_s: PositiveFloat | None = Field(
+    max_sim_time_s: Annotated[float, Field(gt=0, le=1e10)] | None = Field(
         None, description="Stop the simulation at this simulated time; null = run to the end."
     )
     progress: bool = Field(True, description="Show a progress bar over simulated time.")
@@ -304,7 +327,7 @@ class ScenarioCfg(_Cfg):
         ". _ + -)."
     )
     description: str = Field("", description="What the scenario shows (copied into the report).")
-    seed: NonNegativeInt = Field(0, description="Seed of every random stream (--seed).")
+    seed: int = Field(0, ge=0, le=(1 << 63) - 1, description="Seed of every random stream.")
     hardware: HardwareCfg | Annotated[list[HardwareCfg], Field(min_length=1)] = Field(
         HardwareCfg(),
         description="One replica group, or a list of groups (a heterogeneous cluster).",

@@ -27,14 +27,29 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
     model_validator,
 )
 
 from servesim.hwmodels.errors import ConfigError
+
+# Limits (docs/inputs.md). Every count that sizes an allocation is bounded here, and
+# :func:`estimate_requests` sizes the whole workload before anything is built.
+MAX_REQUESTS = 10_000_000  # generated requests (the engine runs 1M in ~30 s)
+MAX_UNIT_REQUESTS = 1_000_000  # requests of one session or one thought tree
+MAX_TOKENS = 10_000_000  # one request's prompt or output
+MAX_RATE_PER_S = 1e7
+MIN_RATE_PER_S = 1e-6
+MAX_TIME_S = 1e10  # 317 years
+MIN_TIME_S = 1e-6
+MAX_CV = 100.0
+MIN_CV = 1e-3  # gamma shape 1/cv^2 <= 1e6
+
+# Bounded types: finite (no .inf/.nan, the config refuses them), within the limits above.
+Rate = Annotated[float, Field(ge=MIN_RATE_PER_S, le=MAX_RATE_PER_S)]
+Duration = Annotated[float, Field(ge=MIN_TIME_S, le=MAX_TIME_S)]
+Time = Annotated[float, Field(ge=0.0, le=MAX_TIME_S)]
+Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+Cv = Annotated[float, Field(ge=0.0, le=MAX_CV)]
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -45,7 +60,7 @@ TraceFormat = Literal["auto", "azure", "mooncake", "splitwise", "lengths", "burs
 
 
 class _Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------- arrivals
@@ -55,30 +70,36 @@ class PoissonArrivals(_Cfg):
     """Poisson process: exponential inter-arrival times."""
 
     process: Literal["poisson"]
-    rate_per_s: PositiveFloat = Field(description="Mean arrival rate (requests or sessions/s).")
+    rate_per_s: Rate = Field(description="Mean arrival rate (requests or sessions/s).")
 
 
 class GammaArrivals(_Cfg):
     """Gamma renewal process: bursty (cv > 1) or regular (cv < 1) arrivals."""
 
     process: Literal["gamma"]
-    rate_per_s: PositiveFloat = Field(description="Mean arrival rate.")
-    cv: PositiveFloat = Field(description="Coefficient of variation of inter-arrival times.")
+    rate_per_s: Rate = Field(description="Mean arrival rate.")
+    cv: float = Field(
+        ge=MIN_CV, le=MAX_CV, description="Coefficient of variation of inter-arrival times."
+    )
 
 
 class ConstantArrivals(_Cfg):
     """Evenly spaced arrivals, ``1 / rate_per_s`` apart, the first at 0."""
 
     process: Literal["constant"]
-    rate_per_s: PositiveFloat = Field(description="Arrival rate.")
+    rate_per_s: Rate = Field(description="Arrival rate.")
 
 
 class PiecewiseArrivals(_Cfg):
     """Poisson with a piecewise-constant rate; the pattern repeats after its last segment."""
 
     process: Literal["piecewise"]
-    rates_per_s: list[NonNegativeFloat] = Field(min_length=1, description="Rate per segment.")
-    durations_s: list[PositiveFloat] = Field(min_length=1, description="Length per segment.")
+    rates_per_s: list[Annotated[float, Field(ge=0.0, le=MAX_RATE_PER_S)]] = Field(
+        min_length=1, max_length=100_000, description="Rate per segment."
+    )
+    durations_s: list[Duration] = Field(
+        min_length=1, max_length=100_000, description="Length per segment."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PiecewiseArrivals:
@@ -96,19 +117,19 @@ class DiurnalArrivals(_Cfg):
     """Poisson with a sinusoidal rate ``mean * (1 + amplitude * cos(2 pi (t - peak) / period))``."""
 
     process: Literal["diurnal"]
-    rate_per_s: PositiveFloat = Field(description="Mean rate over a period.")
+    rate_per_s: Rate = Field(description="Mean rate over a period.")
     amplitude_frac: float = Field(0.5, ge=0.0, lt=1.0, description="Swing as a fraction of mean.")
-    period_s: PositiveFloat = Field(86400.0, description="Period of the cycle (a day).")
-    peak_s: NonNegativeFloat = Field(0.0, description="Time of the peak within the period.")
+    period_s: Duration = Field(86400.0, description="Period of the cycle (a day).")
+    peak_s: Time = Field(0.0, description="Time of the peak within the period.")
 
 
 class OnOffArrivals(_Cfg):
     """Bursts: Poisson at ``rate_per_s`` for ``on_s``, then silence for ``off_s``, repeated."""
 
     process: Literal["onoff"]
-    rate_per_s: PositiveFloat = Field(description="Rate while on.")
-    on_s: PositiveFloat = Field(description="Length of a burst.")
-    off_s: PositiveFloat = Field(description="Pause between bursts.")
+    rate_per_s: Rate = Field(description="Rate while on.")
+    on_s: Duration = Field(description="Length of a burst.")
+    off_s: Duration = Field(description="Pause between bursts.")
 
 
 class OfflineArrivals(_Cfg):
@@ -123,12 +144,12 @@ class ClosedLoopArrivals(_Cfg):
     through ``depends_on``."""
 
     process: Literal["closed_loop"]
-    num_clients: PositiveInt = Field(description="Concurrent clients (max concurrency).")
-    think_time_s: NonNegativeFloat = Field(0.0, description="Mean pause after a completion.")
-    think_time_cv: NonNegativeFloat = Field(
+    num_clients: int = Field(ge=1, le=1_000_000, description="Concurrent clients.")
+    think_time_s: Time = Field(0.0, description="Mean pause after a completion.")
+    think_time_cv: Cv = Field(
         0.0, description="CV of the pause (0 = constant, else Gamma)."
     )
-    ramp_up_s: NonNegativeFloat = Field(
+    ramp_up_s: Time = Field(
         0.0, description="Client k starts at k * ramp_up_s / num_clients."
     )
 
@@ -150,8 +171,8 @@ ArrivalsCfg = Annotated[
 
 
 class _Dist(_Cfg):
-    min_tokens: PositiveInt = Field(1, description="Clip samples below to this.")
-    max_tokens: PositiveInt | None = Field(None, description="Clip samples above to this.")
+    min_tokens: Tokens = Field(1, description="Clip samples below to this.")
+    max_tokens: Tokens | None = Field(None, description="Clip samples above to this.")
 
     @model_validator(mode="after")
     def _check_bounds(self) -> _Dist:
@@ -166,22 +187,22 @@ class FixedLength(_Dist):
     """Always ``tokens``."""
 
     dist: Literal["fixed"]
-    tokens: PositiveInt = Field(description="The length.")
+    tokens: Tokens = Field(description="The length.")
 
 
 class UniformLength(_Dist):
     """Uniform integer in ``[min_tokens, max_tokens]``."""
 
     dist: Literal["uniform"]
-    max_tokens: PositiveInt = Field(description="Upper bound (inclusive).")
+    max_tokens: Tokens = Field(description="Upper bound (inclusive).")
 
 
 class NormalLength(_Dist):
     """Normal, rounded and clipped to ``[min_tokens, max_tokens]``."""
 
     dist: Literal["normal"]
-    mean_tokens: PositiveFloat
-    std_tokens: NonNegativeFloat
+    mean_tokens: Annotated[float, Field(gt=0.0, le=MAX_TOKENS)]
+    std_tokens: Annotated[float, Field(ge=0.0, le=MAX_TOKENS)]
 
 
 class LognormalLength(_Dist):
@@ -189,8 +210,8 @@ class LognormalLength(_Dist):
     sigma^2 = 2 ln(mean / median)."""
 
     dist: Literal["lognormal"]
-    mean_tokens: PositiveFloat
-    median_tokens: PositiveFloat
+    mean_tokens: Annotated[float, Field(gt=0.0, le=MAX_TOKENS)]
+    median_tokens: Annotated[float, Field(gt=0.0, le=MAX_TOKENS)]
 
     @model_validator(mode="after")
     def _check_mean(self) -> LognormalLength:
@@ -206,8 +227,8 @@ class ZipfLength(_Dist):
     """Bounded Zipf: P(k) proportional to k^-a on ``[min_tokens, max_tokens]``."""
 
     dist: Literal["zipf"]
-    a: PositiveFloat = Field(description="Exponent.")
-    max_tokens: PositiveInt = Field(description="Upper bound of the support (inclusive).")
+    a: float = Field(gt=0.0, le=100.0, description="Exponent.")
+    max_tokens: Tokens = Field(description="Upper bound of the support (inclusive).")
 
 
 class EmpiricalLength(_Dist):
@@ -233,7 +254,7 @@ class LengthsCfg(_Cfg):
     output: LengthDist | None = Field(
         None, description="Output lengths; omitted only when prompt is empirical (joint pairs)."
     )
-    max_total_tokens: PositiveInt | None = Field(
+    max_total_tokens: Annotated[int, Field(ge=1, le=2 * MAX_TOKENS)] | None = Field(
         None, description="Clip prompt + output to this (context window); prompt first."
     )
 
@@ -248,15 +269,16 @@ class LengthsCfg(_Cfg):
 
 
 class _Prefix(_Cfg):
-    block_tokens: PositiveInt = Field(16, description="Tokens per prefix-identity block.")
+    block_tokens: int = Field(16, ge=1, le=MAX_TOKENS, description="Tokens per prefix block.")
 
 
 class NoPrefixes(_Cfg):
     """Every request is distinct (prompt ids are still emitted, all unique)."""
 
     kind: Literal["none"]
-    block_tokens: NonNegativeInt = Field(
-        0, description="Tokens per block of the (unique) ids; 0 = emit no prefix ids."
+    block_tokens: int = Field(
+        0, ge=0, le=MAX_TOKENS,
+        description="Tokens per block of the (unique) ids; 0 = emit no prefix ids."
     )
 
 
@@ -265,10 +287,10 @@ class SystemPromptsCfg(_Prefix):
     its own message."""
 
     kind: Literal["system_prompts"]
-    num_prompts: PositiveInt = Field(description="Pool size.")
+    num_prompts: int = Field(ge=1, le=1_000_000, description="Pool size.")
     prompt_tokens: LengthDist = Field(description="Length of each pooled system prompt.")
-    zipf_a: NonNegativeFloat = Field(
-        1.0, description="Popularity exponent: P(rank k) ~ k^-a (0 = uniform)."
+    zipf_a: float = Field(
+        1.0, ge=0.0, le=100.0, description="Popularity exponent: P(rank k) ~ k^-a (0 = uniform)."
     )
 
 
@@ -276,7 +298,7 @@ class FewShotCfg(_Prefix):
     """One long shared prefix (e.g. MMLU 5-shot examples) + short distinct questions."""
 
     kind: Literal["few_shot"]
-    prefix_tokens: PositiveInt = Field(description="Length of the shared few-shot prefix.")
+    prefix_tokens: Tokens = Field(description="Length of the shared few-shot prefix.")
 
 
 class MultiTurnCfg(_Prefix):
@@ -284,11 +306,15 @@ class MultiTurnCfg(_Prefix):
     ``think_time_s`` after turn k finishes. Arrivals give the sessions' start times."""
 
     kind: Literal["multi_turn"]
-    min_turns: PositiveInt = Field(1, description="Fewest turns per session.")
-    max_turns: PositiveInt = Field(description="Most turns per session (uniform in between).")
-    think_time_s: NonNegativeFloat = Field(5.0, description="Mean pause between turns.")
-    think_time_cv: NonNegativeFloat = Field(0.0, description="CV of the pause (0 = constant).")
-    system_prompt_tokens: NonNegativeInt = Field(0, description="Prompt shared by all sessions.")
+    min_turns: int = Field(1, ge=1, le=MAX_UNIT_REQUESTS, description="Fewest turns per session.")
+    max_turns: int = Field(
+        ge=1, le=MAX_UNIT_REQUESTS, description="Most turns per session (uniform in between)."
+    )
+    think_time_s: Time = Field(5.0, description="Mean pause between turns.")
+    think_time_cv: Cv = Field(0.0, description="CV of the pause (0 = constant).")
+    system_prompt_tokens: int = Field(
+        0, ge=0, le=MAX_TOKENS, description="Prompt shared by all sessions."
+    )
 
     @model_validator(mode="after")
     def _check_turns(self) -> MultiTurnCfg:
@@ -302,10 +328,23 @@ class TreeOfThoughtCfg(_Prefix):
     instruction; children are sent when the parent finishes."""
 
     kind: Literal["tree_of_thought"]
-    depth: PositiveInt = Field(description="Levels below the root.")
-    branching: PositiveInt = Field(description="Children per node.")
-    think_time_s: NonNegativeFloat = Field(0.0, description="Pause before a child is sent.")
-    system_prompt_tokens: NonNegativeInt = Field(0, description="Prompt shared by all trees.")
+    depth: int = Field(ge=1, le=64, description="Levels below the root.")
+    branching: int = Field(ge=1, le=1024, description="Children per node.")
+    think_time_s: Time = Field(0.0, description="Pause before a child is sent.")
+    system_prompt_tokens: int = Field(
+        0, ge=0, le=MAX_TOKENS, description="Prompt shared by all trees."
+    )
+
+    @model_validator(mode="after")
+    def _check_size(self) -> TreeOfThoughtCfg:
+        nodes = tree_nodes(self.depth, self.branching)
+        if nodes > MAX_UNIT_REQUESTS:
+            raise ValueError(
+                f"a tree of depth {self.depth} and branching {self.branching} has "
+                f"{nodes:,} nodes (requests); the limit is {MAX_UNIT_REQUESTS:,} per tree "
+                "(docs/inputs.md)"
+            )
+        return self
 
 
 PrefixesCfg = Annotated[
@@ -317,8 +356,8 @@ PrefixesCfg = Annotated[
 class SamplingCfg(_Cfg):
     """Fan-out per request: ``n`` parallel samples or beam search of ``beam_width``."""
 
-    n: PositiveInt = Field(1, description="Parallel samples per request.")
-    beam_width: PositiveInt = Field(1, description="Beam width (1 = no beam search).")
+    n: int = Field(1, ge=1, le=1024, description="Parallel samples per request.")
+    beam_width: int = Field(1, ge=1, le=1024, description="Beam width (1 = no beam search).")
 
     @model_validator(mode="after")
     def _check(self) -> SamplingCfg:
@@ -333,10 +372,10 @@ class SamplingCfg(_Cfg):
 class TraceFilters(_Cfg):
     """Keep only requests whose lengths lie within the bounds (dropped rows are counted)."""
 
-    min_prompt_tokens: PositiveInt | None = None
-    max_prompt_tokens: PositiveInt | None = None
-    min_output_tokens: PositiveInt | None = None
-    max_output_tokens: PositiveInt | None = None
+    min_prompt_tokens: Tokens | None = None
+    max_prompt_tokens: Tokens | None = None
+    min_output_tokens: Tokens | None = None
+    max_output_tokens: Tokens | None = None
 
 
 class TraceCfg(_Cfg):
@@ -350,17 +389,19 @@ class TraceCfg(_Cfg):
         description="Mooncake: keep each ~3 s timestamp bucket as a burst, or spread its "
         "requests evenly over the bucket.",
     )
-    bucket_s: PositiveFloat = Field(3.0, description="Bucket width for replay: spread.")
-    time_scale: PositiveFloat | None = Field(
+    bucket_s: Duration = Field(3.0, description="Bucket width for replay: spread.")
+    time_scale: Annotated[float, Field(ge=1e-9, le=1e9)] | None = Field(
         None, description="Multiply inter-arrival times by this (2 = half the rate)."
     )
-    target_rate_per_s: PositiveFloat | None = Field(
+    target_rate_per_s: Rate | None = Field(
         None, description="Rescale time so the mean rate is this."
     )
-    window_s: tuple[NonNegativeFloat, PositiveFloat] | None = Field(
+    window_s: tuple[Time, Time] | None = Field(
         None, description="[start, end) of trace time to keep; re-based to start at 0."
     )
-    max_requests: PositiveInt | None = Field(None, description="Keep the first N requests.")
+    max_requests: int | None = Field(
+        None, ge=1, le=MAX_REQUESTS, description="Keep the first N requests."
+    )
     filters: TraceFilters | None = None
 
     @model_validator(mode="after")
@@ -388,8 +429,9 @@ class WorkloadCfg(_Cfg):
         NoPrefixes(kind="none"), description="Shared-prefix structure of synthetic requests."
     )
     sampling: SamplingCfg = Field(SamplingCfg(), description="Fan-out per request.")
-    num_requests: PositiveInt | None = Field(
-        None, description="Requests to generate (synthetic; caps a length-only trace)."
+    num_requests: int | None = Field(
+        None, ge=1, le=MAX_REQUESTS,
+        description="Requests to generate (synthetic; caps a length-only trace).",
     )
 
     @model_validator(mode="after")
@@ -406,6 +448,54 @@ class WorkloadCfg(_Cfg):
                 f"a synthetic workload needs {', '.join(missing)} (or give trace: instead)"
             )
         return self
+
+
+def tree_nodes(depth: int, branching: int) -> int:
+    """Nodes of a full tree (root included), capped just above the per-tree limit."""
+    total, level = 0, 1
+    for _ in range(depth + 1):
+        total += level
+        if total > MAX_UNIT_REQUESTS:
+            return MAX_UNIT_REQUESTS + 1
+        level *= branching
+    return total
+
+
+def estimate_requests(cfg: WorkloadCfg) -> int:
+    """Requests (after sampling fan-out) a synthetic workload will generate, computed from
+    the config alone; 0 for a trace (its size is bounded by the trace limits)."""
+    if cfg.trace is not None or cfg.num_requests is None:
+        return 0
+    return cfg.num_requests * max(cfg.sampling.n, cfg.sampling.beam_width)
+
+
+def check_size(cfg: WorkloadCfg) -> None:
+    """Refuse a workload whose estimate exceeds :data:`MAX_REQUESTS` before building it.
+
+    Raises:
+        ConfigError: with the estimate and the settings that caused it.
+    """
+    n = estimate_requests(cfg)
+    if n > MAX_REQUESTS:
+        fan = max(cfg.sampling.n, cfg.sampling.beam_width)
+        raise ConfigError(
+            f"workload: {cfg.num_requests:,} requests x {fan} samples = {n:,} sequences; the "
+            f"limit is {MAX_REQUESTS:,} (docs/inputs.md). Lower workload.num_requests or "
+            "workload.sampling"
+        )
+    if cfg.trace is None and cfg.arrivals is not None and cfg.num_requests is not None:
+        a = cfg.arrivals
+        rate = getattr(a, "rate_per_s", None)
+        if rate is not None:
+            duty = a.on_s / (a.on_s + a.off_s) if a.process == "onoff" else 1.0
+            span_s = cfg.num_requests / (rate * duty)
+            if span_s > MAX_TIME_S:
+                raise ConfigError(
+                    f"workload.arrivals: {cfg.num_requests:,} requests at {rate:g}/s"
+                    + (f" (on {duty:.2g} of the time)" if duty < 1 else "")
+                    + f" span about {span_s:.3g} s; the limit is {MAX_TIME_S:g} s "
+                    "(docs/inputs.md). Raise rate_per_s or lower num_requests"
+                )
 
 
 def build_workload(cfg: WorkloadCfg, *, seed: int, base_dir: Path | None = None) -> Workload:
@@ -427,6 +517,7 @@ def build_workload(cfg: WorkloadCfg, *, seed: int, base_dir: Path | None = None)
 
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")
+    check_size(cfg)
     if cfg.trace is None:
         wl = synthetic.generate(cfg, seed=seed, base_dir=base_dir)
     else:
@@ -458,8 +549,22 @@ def build_workload(cfg: WorkloadCfg, *, seed: int, base_dir: Path | None = None)
         wl = synthetic.apply_sampling(wl, cfg.sampling)
     if cfg.name is not None:
         wl = replace(wl, name=cfg.name)
+    _check_times(wl)
     wl.check()
     return wl
+
+
+def _check_times(wl: Workload) -> None:
+    """Arrival and think times finite and within :data:`MAX_TIME_S` (a generator pushed to
+    its limits, or a scaled trace, cannot hand the engine inf or 1e300 seconds)."""
+    open_arrivals = wl.arrival_s[wl.depends_on < 0]
+    bad = ~np.isfinite(open_arrivals) | (open_arrivals > MAX_TIME_S)
+    if bad.any() or np.any(~np.isfinite(wl.think_time_s) | (wl.think_time_s > MAX_TIME_S)):
+        last = float(open_arrivals[bad][0]) if bad.any() else float("nan")
+        raise ConfigError(
+            f"workload {wl.name!r}: arrival or think times reach {last:.3g} s, beyond the limit "
+            f"of {MAX_TIME_S:g} s (docs/inputs.md); check the rates, durations and time_scale"
+        )
 
 
 def resolve_path(path: Path, base_dir: Path | None) -> Path:
