@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from servesim.hwmodels.cyclesim import (
-    KernelResult,
-    simulate_decode_attention,
-    simulate_gemm,
-    simulate_prefill_attention,
-)
 from servesim.simulator.errors import SimulatorError
+
+if TYPE_CHECKING:
+    from servesim.hwmodels.cyclesim import KernelResult
 
 kernel_app = typer.Typer(
     no_args_is_help=True,
@@ -84,6 +81,8 @@ def gemm(
     plot: _PLOT = None,
 ) -> None:
     """Simulate one GEMM launch C[m,n] = A[m,k] @ W[k,n]."""
+    from servesim.hwmodels.cyclesim import simulate_gemm
+
     _run(lambda: simulate_gemm(gpu, m=m, n=n, k=k, compute_type=compute_type,
                                weight_bits=weight_bits, group_size=group_size,
                                double_buffering=not no_double_buffering), as_json, trace, plot)
@@ -105,6 +104,8 @@ def attention_prefill(
     plot: _PLOT = None,
 ) -> None:
     """Simulate FlashAttention-style prefill."""
+    from servesim.hwmodels.cyclesim import simulate_prefill_attention
+
     _run(lambda: simulate_prefill_attention(
         gpu, batch=batch, query_tokens=query_tokens, num_heads=num_heads,
         num_kv_heads=num_kv_heads, head_dim=head_dim, context_tokens=context_tokens,
@@ -127,6 +128,8 @@ def attention_decode(
     plot: _PLOT = None,
 ) -> None:
     """Simulate decode attention over a paged (or contiguous) KV cache."""
+    from servesim.hwmodels.cyclesim import simulate_decode_attention
+
     _run(lambda: simulate_decode_attention(
         gpu, batch=batch, context_tokens=context_tokens, num_heads=num_heads,
         num_kv_heads=num_kv_heads, head_dim=head_dim, kv_bytes_per_elem=kv_bytes_per_elem,

@@ -20,20 +20,26 @@ SmoothQuant's migration gives them their codes back.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
-import numpy.typing as npt
 import typer
-from rich.table import Table
 
-from servesim.hwmodels import quantmath as qm
 from servesim.hwmodels.errors import ConfigError
 from servesim.simulator.cli.catalog import console, echo_json, user_errors
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# numpy, quantmath and rich are imported inside the functions that use them, so registering
+# the command stays cheap (`servesim quant-error --bogus` answers at once).
 
 #: Cap on output features of the synthetic weight used with a user's activations.
 _MAX_OUT_FEATURES = 1024
 FIGURE_NAME = "quant_error.png"
+#: :data:`servesim.hwmodels.quantmath.DEFAULT_ALPHA`, repeated so that registering the
+#: command imports no numpy (a test checks the two agree).
+DEFAULT_ALPHA = 0.5
 
 
 def load_activations(path: Path) -> npt.NDArray[np.float64]:
@@ -46,6 +52,8 @@ def load_activations(path: Path) -> npt.NDArray[np.float64]:
         ConfigError: missing/unreadable file, pickled or non-numeric data, empty or
             non-finite values.
     """
+    import numpy as np
+
     if not path.is_file():
         raise ConfigError(f"activation file {str(path)!r} does not exist; give a .npy file")
     with path.open("rb") as f:
@@ -90,6 +98,10 @@ def analyse(
     group_size: int,
 ) -> dict[str, Any]:
     """Error table plus the per-channel numbers behind the figure."""
+    import numpy as np
+
+    from servesim.hwmodels import quantmath as qm
+
     rows = qm.compare_methods(x, w, alpha=alpha, group_size=group_size, outlier_channels=outliers)
     ordinary = np.ones(x.shape[1], dtype=np.bool_)
     ordinary[outliers] = False
@@ -127,6 +139,7 @@ def plot(
 ) -> None:
     """2x2 figure: outliers vs the INT8 step, one channel's bins, codes used, SQNR by method."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -251,7 +264,7 @@ def quant_error_cmd(
     ] = 0,
     alpha: Annotated[
         float, typer.Option("--alpha", min=0.0, max=1.0, help="SmoothQuant migration strength.")
-    ] = qm.DEFAULT_ALPHA,
+    ] = DEFAULT_ALPHA,
     group_size: Annotated[
         int, typer.Option("--group-size", min=1, help="W4A16 group size along the input dim.")
     ] = 128,
@@ -287,6 +300,10 @@ def quant_error_cmd(
     channel inflates the per-tensor INT8 step and collapses the other channels' bins, and
     how SmoothQuant relieves it. Weights are synthetic Gaussian W[channels, out].
     """
+    import numpy as np
+
+    from servesim.hwmodels import quantmath as qm
+
     with user_errors():
         if npy is not None:
             x = load_activations(npy)
@@ -349,6 +366,8 @@ def quant_error_cmd(
 
 
 def _print_table(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
     con = console()
     table = Table(
         title=f"Quantization error of Y = X W ({s['source']}, X {s['num_tokens']}x"
