@@ -1,4 +1,4 @@
-"""The representative step's operators on the GPU roofline (log-log), one panel per variant.
+"""The representative step's operators under their GPU roofs (log-log), on one axes.
 
 Reads ``summary["roofline"]`` (see ``docs/reports.md``): the GPU's peak FLOP/s for the compute
 type the step runs in, its HBM bandwidth, and per operator its FLOPs, bytes moved and modelled
@@ -22,11 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from servesim.reports._data import RunData
-from servesim.reports._style import new_figure, save_figure, variant_colors
+from servesim.reports._style import (
+    new_figure,
+    place_axes,
+    plain_log_ticks,
+    save_figure,
+    set_title,
+    variant_colors,
+)
 
 #: Marker per operator bound, as the engine labels it (anything else gets "D").
 _BOUND_MARKERS: Mapping[str, str] = {
@@ -65,64 +72,10 @@ def _place(roofline: Mapping[str, Any]) -> tuple[list[tuple[str, float, float, s
     return placed, skipped
 
 
-def draw_roofline(
-    ax: Axes, rooflines: Sequence[tuple[str, Mapping[str, Any]]], colors: Mapping[str, str]
-) -> list[str]:
-    """Draw one GPU roof and every given variant's operators on ``ax`` (log-log).
+def roofline_groups(run: RunData) -> dict[tuple[Any, ...], list[tuple[str, Mapping[str, Any]]]]:
+    """Variants grouped by roof: (gpu, compute type, peak FLOP/s, HBM B/s) -> [(variant, roofline)].
 
-    Args:
-        ax: target axes.
-        rooflines: (variant, ``summary["roofline"]``) pairs sharing one GPU roof (the first
-            one's peak and bandwidth are drawn).
-        colors: variant -> colour.
-
-    Returns:
-        Names of operators that could not be placed (no FLOPs, bytes or time), deduplicated.
-    """
-    peak = float(rooflines[0][1]["peak_flops_per_s"])
-    bw = float(rooflines[0][1]["hbm_bw_bytes_per_s"])
-    ridge = peak / bw
-    points: list[tuple[str, str, float, float, str]] = []
-    skipped: list[str] = []
-    for v, rl in rooflines:
-        placed, skip = _place(rl)
-        points += [(v, *p) for p in placed]
-        skipped += [name for name in skip if name not in skipped]
-
-    xs = [p[2] for p in points] or [ridge]
-    x_lo = 10 ** math.floor(math.log10(min(min(xs), ridge) / 3))
-    x_hi = 10 ** math.ceil(math.log10(max(max(xs), ridge) * 3))
-    grid = np.geomspace(x_lo, x_hi, 200)
-    ax.loglog(grid, np.minimum(peak, bw * grid), color="black", lw=1.5)
-    ax.axvline(ridge, color="grey", ls=":", lw=1)
-    ax.text(ridge * 1.1, 0.03, f"ridge {ridge:,.0f} FLOP/B", transform=ax.get_xaxis_transform(),
-            ha="left", va="bottom", fontsize=7, color="dimgray")  # fmt: skip
-    labelled: set[str] = set()
-    for v, name, x, y, bound in points:
-        ax.plot(x, y, marker=_BOUND_MARKERS.get(bound, "D"), color=colors[v], ms=6, ls="none",
-                markeredgecolor="black", markeredgewidth=0.4)  # fmt: skip
-        if name not in labelled:  # one label per op name keeps overlaid variants readable
-            labelled.add(name)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6.5)
-    ax.set_xlim(x_lo, x_hi)
-    ys = [p[3] for p in points] or [peak]
-    ax.set_ylim(10 ** math.floor(math.log10(min(min(ys), bw * x_lo) / 2)), max(max(ys), peak) * 3)
-    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
-    ax.set_ylabel("attainable performance (FLOP/s)")
-    ax.grid(alpha=0.3, which="major", lw=0.4)
-    return skipped
-
-
-def _batch_text(rl: Mapping[str, Any]) -> str:
-    batch = rl.get("batch") or {}
-    return ", ".join(f"{batch[k]} {k.replace('_', ' ')}" for k in sorted(batch))
-
-
-def plot_run_roofline(run: RunData, path: Path) -> Path | None:
-    """The representative steps' operators on their GPU roofline; None if no variant has one.
-
-    Variants on the same roof (same GPU, compute type, peak and bandwidth) share a panel, each
-    in its colour, so their operators can be compared directly; one panel per distinct roof.
+    Variants without usable roofline data are left out.
     """
     groups: dict[tuple[Any, ...], list[tuple[str, Mapping[str, Any]]]] = {}
     for v in run.variants:
@@ -131,42 +84,111 @@ def plot_run_roofline(run: RunData, path: Path) -> Path | None:
             key = (rl.get("gpu"), rl.get("compute_type"), float(rl["peak_flops_per_s"]),
                    float(rl["hbm_bw_bytes_per_s"]))  # fmt: skip
             groups.setdefault(key, []).append((v, rl))
+    return groups
+
+
+def roof_label(key: tuple[Any, ...]) -> str:
+    """``"h200 (fp16): 989 TFLOP/s, 4.80 TB/s"`` for a roof key of :func:`roofline_groups`."""
+    gpu, ctype, peak, bw = key
+    return f"{gpu} ({ctype}): {peak / 1e12:,.0f} TFLOP/s, {bw / 1e12:.2f} TB/s"
+
+
+def batch_text(rl: Mapping[str, Any]) -> str:
+    """The representative step's batch: ``"40000 context tokens, 48 decode seqs, ..."``."""
+    batch = rl.get("batch") or {}
+    return ", ".join(f"{batch[k]:,} {k.replace('_', ' ')}" if isinstance(batch[k], int)
+                     else f"{batch[k]} {k.replace('_', ' ')}" for k in sorted(batch))  # fmt: skip
+
+
+def placed_points(
+    members: Sequence[tuple[str, Mapping[str, Any]]],
+) -> tuple[list[tuple[str, str, float, float, str]], list[str]]:
+    """(variant, op, intensity, achieved FLOP/s, bound) for every placeable operator of the
+    given variants, and the deduplicated names of those that cannot be placed."""
+    points: list[tuple[str, str, float, float, str]] = []
+    skipped: list[str] = []
+    for v, rl in members:
+        placed, skip = _place(rl)
+        points += [(v, *p) for p in placed]
+        skipped += [name for name in skip if name not in skipped]
+    return points, skipped
+
+
+def draw_run_roofline(run: RunData) -> Figure | None:
+    """The representative steps' operators under their GPU roofs, on one log-log axes.
+
+    One roof per distinct (GPU, compute type) drawn in the colour of its variant (black when
+    variants share it), each variant's operators in its colour, the marker giving the
+    operator's bound. None if no variant has roofline data.
+    """
+    groups = roofline_groups(run)
     if not groups:
         return None
     colors = variant_colors(run.variants)
-    cols = min(len(groups), 2)
-    rows = math.ceil(len(groups) / cols)
-    fig = new_figure(width_in=6.5 * cols, height_in=4.8 * rows + 0.6)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[len(groups) :]:
-        ax.set_visible(False)
-    for ax, ((gpu, ctype, peak, bw), members) in zip(axes, groups.items(), strict=False):
-        skipped = draw_roofline(ax, members, colors)
-        ax.set_title(f"{gpu} ({ctype}): peak {peak / 1e12:,.0f} TFLOP/s, HBM {bw / 1e12:.2f} TB/s",
-                     fontsize=9)  # fmt: skip
-        ax.legend(
-            handles=[
-                Line2D(
-                    [], [], marker="o", ls="none", color=colors[v], label=f"{v}: {_batch_text(rl)}"
-                )
-                for v, rl in members
-            ],
-            fontsize=7,
-            loc="upper left",
-        )
-        if skipped:
-            ax.text(0.98, 0.10, "not on roofline: " + ", ".join(skipped), transform=ax.transAxes,
-                    fontsize=6.5, va="bottom", ha="right", color="dimgray", wrap=True)  # fmt: skip
+    fig = new_figure(width_in=10.0, height_in=6.2)
+    (ax,) = place_axes(fig, 1, 1, left_in=0.9, right_in=0.25, top_in=0.5, bottom_in=0.6)
+    all_points: list[tuple[str, str, float, float, str]] = []
+    skipped: list[str] = []
+    for members in groups.values():
+        pts, skip = placed_points(members)
+        all_points += pts
+        skipped += [s for s in skip if s not in skipped]
+    ridges = [peak / bw for _, _, peak, bw in groups]
+    xs = [p[2] for p in all_points] + ridges
+    x_lo = 10 ** math.floor(math.log10(min(xs) / 3))
+    x_hi = 10 ** math.ceil(math.log10(max(xs) * 3))
+    grid = np.geomspace(x_lo, x_hi, 64)
+    roof_handles = []
+    for key, members in groups.items():
+        _, _, peak, bw = key
+        color = colors[members[0][0]] if len(members) == 1 else "black"
+        (line,) = ax.plot(grid, np.minimum(peak, bw * grid), color=color, lw=1.4,
+                          label=roof_label(key))  # fmt: skip
+        ax.axvline(peak / bw, color=color, ls=":", lw=0.8)
+        roof_handles.append(line)
+    by_marker: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    for v, _name, x, y, bound in all_points:
+        pts = by_marker.setdefault((v, _BOUND_MARKERS.get(bound, "D")), ([], []))
+        pts[0].append(x)
+        pts[1].append(y)
+    for (v, marker), (px, py) in by_marker.items():
+        ax.scatter(px, py, marker=marker, color=colors[v], s=36, edgecolors="black",
+                   linewidths=0.4, zorder=3)  # fmt: skip
+    labelled: set[str] = set()
+    for _v, name, x, y, _bound in all_points:
+        if name not in labelled:  # one label per op name keeps overlaid variants readable
+            labelled.add(name)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6.5,
+                        annotation_clip=True)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain_log_ticks(ax.xaxis)
+    ys = [p[3] for p in all_points] + [peak for _, _, peak, _ in groups]
+    y_lo = min(min(ys), min(bw * x_lo for _, _, _, bw in groups))
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(10 ** math.floor(math.log10(y_lo / 2)), max(ys) * 4)
+    ax.set_xlabel("arithmetic intensity (FLOP/byte); dotted: ridge points")
+    ax.set_ylabel("attainable performance (FLOP/s)")
+    ax.grid(alpha=0.3, which="major", lw=0.4)
+    variant_handles = [
+        Line2D([], [], marker="o", ls="none", color=colors[v], label=f"{v}: {batch_text(rl)}")
+        for members in groups.values()
+        for v, rl in members
+    ]
+    first = ax.legend(handles=roof_handles + variant_handles, fontsize=7, loc="upper left")
+    ax.add_artist(first)
     markers = [("compute", "o"), ("memory / weight reads", "^"), ("KV reads", "v"), ("other", "D")]
-    fig.legend(
-        handles=[
-            Line2D([], [], marker=m, ls="none", color="grey", label=lab) for lab, m in markers
-        ],
-        loc="outside lower center",
-        ncols=len(markers),
-        fontsize=8,
-        title="operator bound (marker)",
-        title_fontsize=8,
-    )
-    fig.suptitle("Representative step's operators on the GPU roofline")
-    return save_figure(fig, path)
+    ax.legend(handles=[Line2D([], [], marker=m, ls="none", color="grey", label=lab)
+                       for lab, m in markers],
+              fontsize=7, loc="lower right", title="operator bound", title_fontsize=7)  # fmt: skip
+    if skipped:
+        ax.text(0.01, 0.01, "not on a roofline: " + ", ".join(skipped), transform=ax.transAxes,
+                fontsize=6.5, va="bottom", ha="left", color="dimgray")  # fmt: skip
+    set_title(ax, "Representative step's operators on the GPU roofline", fontsize=10)
+    return fig
+
+
+def plot_run_roofline(run: RunData, path: Path) -> Path | None:
+    """Save :func:`draw_run_roofline` as a PNG; None (nothing written) without roofline data."""
+    fig = draw_run_roofline(run)
+    return None if fig is None else save_figure(fig, path)

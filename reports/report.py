@@ -1,163 +1,51 @@
 """Run directory in, ``report.md`` + ``report.html`` + ``fig_*.png`` out.
 
-The report is assembled once as a list of blocks (heading, paragraph, table, figure) and
-rendered twice, to Markdown (figures linked as sibling PNG files) and to standalone HTML
-(figures embedded as base64 data URIs, so the file opens from disk with no server). Output is
-deterministic: no timestamps, no absolute paths, PNGs saved without a date stamp.
+The report's content is assembled once (:func:`report_context`: banners, the interpretation,
+tables of :class:`~servesim.reports._format.Cell`) and rendered by two Jinja2 templates:
+``templates/run.md.j2`` (figures as the sibling PNGs, user text escaped) and
+``templates/run.html.j2`` (standalone: interactive plotly figures, sortable tables, one
+stylesheet shared with the plan report). Output is deterministic: no timestamps, no absolute
+paths, PNGs saved without a date stamp; the footer names the servesim version.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from servesim.reports._data import RunData, load_run
-from servesim.reports._style import KV_SUMMARY_KEYS
-from servesim.reports.figures import plot_run_figures, prefix_variants, run_slo
-
-GiB = 1 << 30  # binary gibibyte, as hwmodels.units.GiB (kept local: reports stands alone)
-
-# --------------------------------------------------------------------------------------------
-# Blocks and their two renderers
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Heading:
-    level: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Para:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Table:
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _Figure:
-    path: Path
-    title: str
-    caption: str
-
-
-_Block = _Heading | _Para | _Table | _Figure
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(blocks: Iterable[_Block]) -> str:
-    """Markdown with figures as relative links to the PNGs next to ``report.md``."""
-    out: list[str] = []
-    for b in blocks:
-        if isinstance(b, _Heading):
-            out.append(f"{'#' * b.level} {b.text}\n")
-        elif isinstance(b, _Para):
-            out.append(f"{b.text}\n")
-        elif isinstance(b, _Table):
-            out.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
-            out.append("|" + "|".join("---" for _ in b.header) + "|")
-            out.extend("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows)
-            out.append("")
-        else:
-            out.append(f"### {b.title}\n")
-            out.append(f"![{b.title}]({b.path.name})\n")
-            out.append(f"*{b.caption}*\n")
-    return "\n".join(out).rstrip() + "\n"
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
-       color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.88em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f3f3f3; }
-figure { margin: 1em 0 2em; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 0.9em; color: #555; }
-"""
-
-
-def render_html(blocks: Iterable[_Block], *, title: str) -> str:
-    """Standalone HTML: every figure is embedded as a ``data:image/png;base64`` URI."""
-    e = html.escape
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
-    ]
-    for b in blocks:
-        if isinstance(b, _Heading):
-            out.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
-        elif isinstance(b, _Para):
-            out.append(f"<p>{e(b.text)}</p>")
-        elif isinstance(b, _Table):
-            out.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.header))
-            out.append("</tr></thead><tbody>")
-            out.extend(
-                "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b.rows
-            )
-            out.append("</tbody></table>")
-        else:
-            data = base64.b64encode(b.path.read_bytes()).decode("ascii")
-            out.append(f"<figure><h3>{e(b.title)}</h3>")
-            out.append(f'<img alt="{e(b.title)}" src="data:image/png;base64,{data}">')
-            out.append(f"<figcaption>{e(b.caption)}</figcaption></figure>")
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
-
+from servesim.reports._format import (
+    Table,
+    cell,
+    fmt_auto,
+    fmt_gib,
+    fmt_int,
+    fmt_ms,
+    fmt_num,
+    fmt_pct,
+    num,
+)
+from servesim.reports._interactive import run_figure_specs
+from servesim.reports._load import (
+    BOUND_LABEL,
+    Load,
+    binding_constraint,
+    dominant_bound,
+    kv_bound,
+    kv_headroom,
+    measure_load,
+    overload_banner,
+)
+from servesim.reports._render import figure_json, render
+from servesim.reports._series import compute_series, prefix_variants, run_slo
+from servesim.reports._style import KV_SUMMARY_KEYS, save_figure
+from servesim.reports.figures import run_figure_drawers
 
 # --------------------------------------------------------------------------------------------
-# Number formatting
-# --------------------------------------------------------------------------------------------
-
-
-def _num(x: Any) -> float | None:
-    """``x`` as a finite float, or None (missing, null, NaN, non-numeric)."""
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _fmt(x: Any, digits: int = 1, *, thousands: bool = True) -> str:
-    f = _num(x)
-    if f is None:
-        return "n/a"
-    return f"{f:,.{digits}f}" if thousands else f"{f:.{digits}f}"
-
-
-def _pct(x: Any, digits: int = 1) -> str:
-    f = _num(x)
-    return "n/a" if f is None else f"{100 * f:.{digits}f}%"
-
-
-def _gib(x: Any) -> str:
-    f = _num(x)
-    return "n/a" if f is None else f"{f / GiB:,.2f} GiB"
-
-
-def _int(x: Any) -> str:
-    f = _num(x)
-    return "n/a" if f is None else f"{round(f):,d}"
-
-
-# --------------------------------------------------------------------------------------------
-# Sections
+# Tables
 # --------------------------------------------------------------------------------------------
 
 _CONFIG_KEYS: tuple[tuple[str, str], ...] = (
@@ -165,6 +53,7 @@ _CONFIG_KEYS: tuple[tuple[str, str], ...] = (
     ("tensor_parallel", "tensor parallel"),
     ("pipeline_parallel", "pipeline parallel"),
     ("replicas", "replicas"),
+    ("num_gpus", "GPUs"),
     ("model", "model"),
     ("quantization", "weight quantization"),
     ("kv_cache_dtype", "KV cache dtype"),
@@ -179,146 +68,143 @@ _CONFIG_KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _config_table(run: RunData) -> _Table:
+def _config_value(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and x == round(x):
+        return f"{round(x):,d}"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return f"{x:,d}" if abs(x) >= 10_000 else str(x)
+    return str(x)
+
+
+def config_table(run: RunData) -> Table:
+    """Settings per variant (rows: settings, columns: variants)."""
     rows = []
     for key, label in _CONFIG_KEYS:
         vals = [run.summaries[v].get("config", {}).get(key) for v in run.variants]
-        rows.append((label, *("-" if x is None else str(x) for x in vals)))
-    return _Table(("setting", *run.variants), tuple(rows))
+        if all(x is None for x in vals):
+            continue
+        rows.append((cell(label), *(cell(_config_value(x)) for x in vals)))
+    return Table(("setting", *run.variants), tuple(rows))
 
 
-def _memory_table(run: RunData) -> _Table:
+def memory_table(run: RunData) -> Table:
+    """The per-GPU memory budget per variant."""
     items = (
-        ("HBM", "hbm_bytes", _gib),
-        ("usable (gpu_memory_utilization x HBM)", "usable_bytes", _gib),
-        ("weights", "weight_bytes", _gib),
-        ("activations (largest step)", "activation_bytes", _gib),
-        ("reserve (CUDA graphs, NCCL, slack)", "reserve_bytes", _gib),
-        ("KV cache", "kv_bytes", _gib),
-        ("KV bytes per token", "kv_bytes_per_token", _int),
-        ("KV capacity (tokens)", "kv_capacity_tokens", _int),
+        ("HBM", "hbm_bytes", fmt_gib),
+        ("usable (gpu_memory_utilization x HBM)", "usable_bytes", fmt_gib),
+        ("weights", "weight_bytes", fmt_gib),
+        ("activations (largest step)", "activation_bytes", fmt_gib),
+        ("reserve (CUDA graphs, NCCL, slack)", "reserve_bytes", fmt_gib),
+        ("KV cache", "kv_bytes", fmt_gib),
+        ("KV bytes per token", "kv_bytes_per_token", fmt_int),
+        ("KV capacity (tokens)", "kv_capacity_tokens", fmt_int),
     )
     rows = []
     for label, key, fmt in items:
         vals = [run.summaries[v].get("memory_budget", {}).get(key) for v in run.variants]
-        rows.append((label, *(fmt(x) for x in vals)))
-    return _Table(("per GPU", *run.variants), tuple(rows))
+        rows.append((cell(label), *(cell(fmt(x), x) for x in vals)))
+    return Table(("per GPU", *run.variants), tuple(rows))
 
 
-def _latency_table(run: RunData) -> _Table:
+def latency_table(run: RunData, loads: Mapping[str, Load | None]) -> Table:
+    """Per variant: completed, offered and served rates, throughput, latency percentiles."""
     header = (
-        "variant", "completed", "req/s", "output tok/s", "TTFT p50 (ms)", "TTFT p99 (ms)",
-        "TPOT p50 (ms)", "TPOT p99 (ms)", "E2EL p50 (ms)", "E2EL p99 (ms)", "goodput (req/s)",
+        "variant", "completed", "offered (req/s)", "sustained (req/s)", "output tok/s",
+        "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "E2EL p50", "E2EL p99",
+        "goodput (req/s)",
     )  # fmt: skip
     rows = []
     for v in run.variants:
-        s = run.summaries[v]
-        rows.append(
-            (
-                v,
-                f"{_int(s.get('completed'))} / {_int(s.get('num_requests'))}",
-                _fmt(s.get("request_throughput"), 2),
-                _fmt(s.get("output_throughput"), 0),
-                _fmt(s.get("median_ttft_ms")),
-                _fmt(s.get("p99_ttft_ms")),
-                _fmt(s.get("median_tpot_ms"), 2),
-                _fmt(s.get("p99_tpot_ms"), 2),
-                _fmt(s.get("median_e2el_ms"), 0),
-                _fmt(s.get("p99_e2el_ms"), 0),
-                _fmt(s.get("request_goodput"), 2),
-            )
-        )
-    return _Table(header, tuple(rows))
+        s, ld = run.summaries[v], loads[v]
+        rows.append((
+            cell(v),
+            cell(f"{fmt_int(s.get('completed'))} / {fmt_int(s.get('num_requests'))}",
+                 s.get("completed")),
+            cell(fmt_auto(ld.offered_per_s) if ld else "n/a", ld.offered_per_s if ld else None),
+            cell(fmt_auto(ld.sustained_per_s) if ld else "n/a",
+                 ld.sustained_per_s if ld else None),
+            cell(fmt_int(s.get("output_throughput")), s.get("output_throughput")),
+            *(cell(fmt_ms(s.get(k)), s.get(k)) for k in (
+                "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms",
+                "median_e2el_ms", "p99_e2el_ms")),
+            cell(fmt_auto(s.get("request_goodput")), s.get("request_goodput")),
+        ))  # fmt: skip
+    return Table(header, tuple(rows))
 
 
-def _memory_sched_table(run: RunData) -> _Table:
+def memory_sched_table(run: RunData) -> Table:
+    """Per variant: mean batch, the time-weighted KV split, prefix hits, preemptions."""
     header = (
         "variant", "mean batch", "KV token states", "reserved", "internal frag",
         "external frag", "cached", "free", "prefix hit rate", "preemptions", "rejected",
     )  # fmt: skip
+    with_prefix = set(prefix_variants(run))
     rows = []
     for v in run.variants:
         s = run.summaries[v]
-        rows.append(
-            (
-                v,
-                _fmt(s.get("mean_batch_size")),
-                *(_pct(s.get(k)) for k in KV_SUMMARY_KEYS),
-                _pct(s.get("prefix_hit_rate")) if v in set(prefix_variants(run)) else "-",
-                _int(s.get("num_preemptions")),
-                _int(s.get("num_rejected")),
-            )
-        )
-    return _Table(header, tuple(rows))
+        rows.append((
+            cell(v),
+            cell(fmt_num(s.get("mean_batch_size")), s.get("mean_batch_size")),
+            *(cell(fmt_pct(s.get(k)), s.get(k)) for k in KV_SUMMARY_KEYS),
+            cell(fmt_pct(s.get("prefix_hit_rate")), s.get("prefix_hit_rate"))
+            if v in with_prefix else cell("-"),
+            cell(fmt_int(s.get("num_preemptions")), s.get("num_preemptions")),
+            cell(fmt_int(s.get("num_rejected")), s.get("num_rejected")),
+        ))  # fmt: skip
+    return Table(header, tuple(rows))
 
 
-def _step_time_table(run: RunData) -> _Table:
-    parts = ("compute", "weight_read", "kv_read", "comm", "overhead")
-    header = ("variant", "compute", "weight reads", "KV reads", "communication", "overhead")
+def step_time_table(run: RunData) -> Table:
+    """Per variant: the time-weighted share of step time per bound."""
+    parts = tuple(BOUND_LABEL)
+    header = ("variant", *(BOUND_LABEL[p] for p in parts))
     rows = tuple(
-        (v, *(_pct(run.summaries[v].get(f"step_time_{p}_frac")) for p in parts))
+        (cell(v), *(cell(fmt_pct(run.summaries[v].get(f"step_time_{p}_frac")),
+                         run.summaries[v].get(f"step_time_{p}_frac")) for p in parts))
         for v in run.variants
-    )
-    return _Table(header, rows)
+    )  # fmt: skip
+    return Table(header, rows)
 
 
-_BOUND_WHY: Mapping[str, str] = {
-    "compute": "compute-bound: the tensor cores are the limit (prefill-heavy steps or large "
-    "batches), so more batching no longer buys throughput",
-    "weight_read": "memory-bound on weight reads: every step streams all weights from HBM "
-    "whatever the batch, so a larger batch amortises them over more tokens",
-    "kv_read": "memory-bound on KV reads: attention streams every running sequence's cache, "
-    "so long contexts and large batches cost bandwidth; a smaller KV dtype helps",
-    "comm": "communication-bound: tensor/pipeline-parallel collectives dominate; fewer GPUs "
-    "per replica or a faster interconnect would help",
-    "overhead": "overhead-bound: host-side scheduling and launch time dominate tiny steps",
-}
-
-_BOUND_LABEL: Mapping[str, str] = {
-    "compute": "compute",
-    "weight_read": "weight reads",
-    "kv_read": "KV reads",
-    "comm": "communication",
-    "overhead": "overhead",
-}
+# --------------------------------------------------------------------------------------------
+# What this shows
+# --------------------------------------------------------------------------------------------
 
 
 def _waste(s: Mapping[str, Any]) -> float | None:
     vals = [
-        _num(s.get(k))
-        for k in ("kv_reserved_frac", "kv_internal_frag_frac", "kv_external_frag_frac")
+        num(s.get(k)) for k in ("kv_reserved_frac", "kv_internal_frag_frac", "kv_external_frag_frac")
     ]
     return None if any(x is None for x in vals) else sum(x for x in vals if x is not None)
 
 
-def _dominant_bound(s: Mapping[str, Any]) -> tuple[str, float] | None:
-    shares = {b: _num(s.get(f"step_time_{b}_frac")) for b in _BOUND_WHY}
-    known = {b: x for b, x in shares.items() if x is not None}
-    if not known:
-        return None
-    b = max(known, key=lambda k: (known[k], k))
-    return b, known[b]
-
-
 def _why_faster(best: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
-    """Reasons (largest effects) a variant out-ran another, read off their summaries."""
+    """Reasons a variant out-ran another that the run's breakdowns support.
+
+    KV reasons (less memory lost to reservation and fragmentation, more KV capacity, fewer
+    preemptions) are given only when the slower variant was itself bound by KV capacity: a
+    variant with free KV and no preemptions was not held back by its cache.
+    """
     reasons: list[str] = []
-    b1, b2 = _num(best.get("mean_batch_size")), _num(other.get("mean_batch_size"))
+    b1, b2 = num(best.get("mean_batch_size")), num(other.get("mean_batch_size"))
     if b1 is not None and b2 is not None and b1 > 1.1 * b2:
         reasons.append(f"it ran a larger mean batch ({b1:.1f} vs {b2:.1f} sequences per step)")
-    w1, w2 = _waste(best), _waste(other)
-    if w1 is not None and w2 is not None and w2 - w1 > 0.05:
-        reasons.append(
-            f"less of its KV memory was lost to reservation and fragmentation "
-            f"({100 * w1:.0f}% vs {100 * w2:.0f}%)"
-        )
-    c1, c2 = _num(best.get("kv_capacity_tokens")), _num(other.get("kv_capacity_tokens"))
-    if c1 is not None and c2 is not None and c1 > 1.1 * c2:
-        reasons.append(f"its KV cache held more tokens ({c1:,.0f} vs {c2:,.0f})")
-    p1, p2 = _num(best.get("num_preemptions")), _num(other.get("num_preemptions"))
-    if p1 is not None and p2 is not None and p2 > p1 and p2 - p1 >= max(10, 0.2 * p2):
-        reasons.append(f"it preempted fewer requests ({p1:,.0f} vs {p2:,.0f})")
-    h1, h2 = _num(best.get("prefix_hit_rate")), _num(other.get("prefix_hit_rate"))
+    if kv_bound(other):
+        w1, w2 = _waste(best), _waste(other)
+        if w1 is not None and w2 is not None and w2 - w1 > 0.05:
+            reasons.append(
+                f"less of its KV memory was lost to reservation and fragmentation "
+                f"({100 * w1:.0f}% vs {100 * w2:.0f}%)"
+            )
+        c1, c2 = num(best.get("kv_capacity_tokens")), num(other.get("kv_capacity_tokens"))
+        if c1 is not None and c2 is not None and c1 > 1.1 * c2:
+            reasons.append(f"its KV cache held more tokens ({c1:,.0f} vs {c2:,.0f})")
+        p1, p2 = num(best.get("num_preemptions")), num(other.get("num_preemptions"))
+        if p1 is not None and p2 is not None and p2 > p1 and p2 - p1 >= max(10, 0.2 * p2):
+            reasons.append(f"it preempted fewer requests ({p1:,.0f} vs {p2:,.0f})")
+    h1, h2 = num(best.get("prefix_hit_rate")), num(other.get("prefix_hit_rate"))
     if h1 is not None and h2 is not None and h1 - h2 > 0.05:
         reasons.append(
             f"its prefix cache served {100 * h1:.0f}% of prompt tokens (vs {100 * h2:.0f}%), "
@@ -327,75 +213,155 @@ def _why_faster(best: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
     return reasons
 
 
-def interpret(run: RunData) -> str:
-    """One paragraph, generated from the summary numbers, saying what the run shows."""
+def _names(vs: Sequence[str]) -> str:
+    vs = list(vs)
+    return vs[0] if len(vs) == 1 else ", ".join(vs[:-1]) + " and " + vs[-1]
+
+
+def _binding_sentence(v: str, s: Mapping[str, Any]) -> str | None:
+    bind = binding_constraint(s)
+    if bind is None:
+        return None
+    text = f"{v}'s binding constraint was {bind[0]}: {bind[1]}"
+    room = kv_headroom(s)
+    if room and bind[0] != "KV capacity":
+        text += f"; {room}"
+    return text + "."
+
+
+def _throughput_ranking(run: RunData, ranked: list[str]) -> list[str]:
     s = run.summaries
-    served = [v for v in run.variants if (_num(s[v].get("completed")) or 0) > 0]
-    starved = [v for v in run.variants if v not in served]
-    sentences: list[str] = []
-    tput = {v: _num(s[v].get("output_throughput")) for v in served}
-    ranked = sorted((v for v in served if tput[v] is not None), key=lambda v: -(tput[v] or 0.0))
-    if len(ranked) >= 2:
-        best, worst = ranked[0], ranked[-1]
-        ratio = (tput[best] or 0.0) / tput[worst] if tput[worst] else math.inf
-        head = (
-            f"{best} had the highest output throughput ({tput[best]:,.0f} tokens/s, "
-            f"{ratio:.2f}x {worst}'s {tput[worst]:,.0f})"
-        )
-        reasons = _why_faster(s[best], s[worst])
-        if reasons:
-            head += ": " + "; ".join(reasons)
-        else:
-            head += ", with a similar batch and memory split, so the gap comes from cheaper steps"
-        sentences.append(head + ".")
-    elif len(ranked) == 1:
-        v = ranked[0]
-        sentences.append(
-            f"{v} sustained {tput[v]:,.0f} output tokens/s with a mean batch of "
-            f"{_fmt(s[v].get('mean_batch_size'))} sequences, using "
-            f"{_pct(s[v].get('kv_token_state_frac'), 0)} of its KV memory for token states."
-        )
-    if ranked:
-        dom = _dominant_bound(s[ranked[0]])
-        if dom is not None:
-            sentences.append(
-                f"{ranked[0]}'s step time went mostly to {_BOUND_LABEL[dom[0]]} "
-                f"({100 * dom[1]:.0f}%): it is {_BOUND_WHY[dom[0]]}."
-            )
-    ttft = {v: _num(s[v].get("p99_ttft_ms")) for v in served}
+    tput = {v: num(s[v].get("output_throughput")) or 0.0 for v in ranked}
+    best, worst = ranked[0], ranked[-1]
+    ratio = tput[best] / tput[worst] if tput[worst] else math.inf
+    head = (
+        f"{best} had the highest output throughput ({tput[best]:,.0f} tokens/s, "
+        f"{ratio:.2f}x {worst}'s {tput[worst]:,.0f})"
+    )
+    reasons = _why_faster(s[best], s[worst])
+    if reasons:
+        head += ": " + "; ".join(reasons)
+    elif kv_headroom(s[worst]):
+        head += f"; {worst} had KV to spare, so the gap comes from its slower steps"
+    out = [head + "."]
+    for v in (worst, best):
+        sentence = _binding_sentence(v, s[v])
+        if sentence:
+            out.append(sentence)
+    return out
+
+
+def _latency_sentences(run: RunData, served: list[str], fastest: str | None) -> list[str]:
+    s = run.summaries
+    out: list[str] = []
+    ttft = {v: num(s[v].get("p99_ttft_ms")) for v in served}
     lat = sorted((v for v in served if ttft[v] is not None), key=lambda v: ttft[v] or 0.0)
     if len(lat) >= 2:
-        sentences.append(
-            f"The lowest p99 TTFT was {lat[0]}'s ({ttft[lat[0]]:,.0f} ms) and the highest "
-            f"{lat[-1]}'s ({ttft[lat[-1]]:,.0f} ms)"
+        out.append(
+            f"The lowest p99 TTFT was {lat[0]}'s ({fmt_ms(ttft[lat[0]])}) and the highest "
+            f"{lat[-1]}'s ({fmt_ms(ttft[lat[-1]])})"
             + (
                 "."
-                if not ranked or lat[0] == ranked[0]
+                if fastest is None or lat[0] == fastest
                 else ", so the fastest variant is not the one with the best tail latency."
             )
         )
     slo = run_slo(run)
-    good = {v: _num(s[v].get("request_goodput")) for v in served}
-    good_ranked = sorted(
-        (v for v in served if good[v] is not None), key=lambda v: -(good[v] or 0.0)
-    )
+    good = {v: num(s[v].get("request_goodput")) for v in served}
+    good_ranked = sorted((v for v in served if good[v] is not None), key=lambda v: -(good[v] or 0.0))
     if slo and good_ranked:
         slo_txt = ", ".join(
             f"{k.removesuffix('_ms').upper()} < {x:g} ms" for k, x in sorted(slo.items())
         )
-        sentences.append(
+        out.append(
             f"Under the SLO ({slo_txt}), {good_ranked[0]} had the highest goodput "
-            f"({good[good_ranked[0]]:.2f} requests/s)."
+            f"({fmt_auto(good[good_ranked[0]])} requests/s)."
         )
+    return out
+
+
+def interpret(run: RunData, loads: Mapping[str, Load | None] | None = None) -> str:
+    """One paragraph, generated from the run's numbers, saying what the run shows.
+
+    It first says which variants kept up with their arrivals. Among variants that all kept up,
+    throughput is set by the arrivals, so it compares latency; among variants that did not
+    (or when arrivals are unknown), it ranks throughput and names the measured binding
+    constraint (see :mod:`servesim.reports._load`), crediting KV memory only where KV bound.
+    """
+    s = run.summaries
+    loads = {v: measure_load(run, v) for v in run.variants} if loads is None else loads
+    served = [v for v in run.variants if (num(s[v].get("completed")) or 0) > 0]
+    starved = [v for v in run.variants if v not in served]
+    sentences: list[str] = []
+    known = [v for v in served if loads.get(v) is not None]
+    over = [v for v in known if loads[v].is_overloaded]  # type: ignore[union-attr]
+    kept = [v for v in known if v not in over]
+    tput = {v: num(s[v].get("output_throughput")) for v in served}
+    ranked = sorted((v for v in served if tput[v] is not None), key=lambda v: -(tput[v] or 0.0))
+    fastest: str | None = ranked[0] if ranked else None
+    if known and len(known) == len(served) and kept:
+        offered = max(loads[v].offered_per_s for v in kept)  # type: ignore[union-attr]
+        if over:
+            sentences.append(
+                f"{_names(kept)} kept up with the offered {fmt_auto(offered)} requests/s; "
+                f"{_names(over)} did not (see the banner above)."
+            )
+            for v in over:
+                ld = loads[v]
+                assert ld is not None
+                sentences.append(
+                    f"{v} sustains about {fmt_auto(ld.sustained_per_s)} requests/s "
+                    f"({fmt_pct(ld.served_frac, 0)} of its arrivals)."
+                )
+                sentence = _binding_sentence(v, s[v])
+                if sentence:
+                    sentences.append(sentence)
+        else:
+            lo, hi = min(tput[v] or 0.0 for v in kept), max(tput[v] or 0.0 for v in kept)
+            every = "Every variant" if len(kept) == len(run.variants) else (
+                "Every variant that completed requests")
+            sentences.append(
+                f"{every} kept up with the offered load ({fmt_auto(offered)} requests/s), so "
+                f"output throughput is set by the arrivals ({lo:,.0f}-{hi:,.0f} tokens/s) and "
+                "the variants differ in latency."
+                if len(kept) > 1
+                else f"{kept[0]} kept up with the offered {fmt_auto(offered)} requests/s, "
+                f"producing {lo:,.0f} output tokens/s with a mean batch of "
+                f"{fmt_num(s[kept[0]].get('mean_batch_size'))} sequences and "
+                f"{fmt_pct(s[kept[0]].get('kv_token_state_frac'), 0)} of its KV memory in "
+                "token states."
+            )
+            fastest = None
+        lat = sorted(kept, key=lambda v: num(s[v].get("p99_ttft_ms")) or math.inf)
+        sentences += _latency_sentences(run, kept, fastest)
+        dom = dominant_bound(s[lat[0]]) if not over else None
+        if dom is not None:
+            sentences.append(
+                f"{lat[0]}'s step time went mostly to {BOUND_LABEL[dom[0]]} "
+                f"({fmt_pct(dom[1], 0)})."
+            )
+    elif len(ranked) >= 2:
+        sentences += _throughput_ranking(run, ranked)
+        sentences += _latency_sentences(run, served, fastest)
+    elif len(ranked) == 1:
+        v = ranked[0]
+        sentences.append(
+            f"{v} sustained {tput[v]:,.0f} output tokens/s with a mean batch of "
+            f"{fmt_num(s[v].get('mean_batch_size'))} sequences, using "
+            f"{fmt_pct(s[v].get('kv_token_state_frac'), 0)} of its KV memory for token states."
+        )
+        sentence = _binding_sentence(v, s[v])
+        if sentence:
+            sentences.append(sentence)
     for v in run.variants:
-        pre = _num(s[v].get("num_preemptions")) or 0
+        pre = num(s[v].get("num_preemptions")) or 0
         if pre > 0 and v in served:
             sentences.append(f"{v} preempted {pre:,.0f} times (recomputed or swapped work).")
             break
     if starved:
         parts = []
         for v in starved:
-            rej = _int(s[v].get("num_rejected"))
+            rej = fmt_int(s[v].get("num_rejected"))
             parts.append(f"{v} ({rej} rejected)" if rej != "n/a" else v)
         sentences.append(
             "No request completed for " + ", ".join(parts) + ": that configuration could not "
@@ -406,7 +372,11 @@ def interpret(run: RunData) -> str:
     return " ".join(sentences)
 
 
-_FIGURES: Mapping[str, tuple[str, str]] = {
+# --------------------------------------------------------------------------------------------
+# Figures and the report
+# --------------------------------------------------------------------------------------------
+
+FIGURE_TEXT: Mapping[str, tuple[str, str]] = {
     "latency_cdf": (
         "Latency distributions",
         "Empirical CDFs of TTFT, TPOT and E2EL over requests with a defined value; a curve "
@@ -433,7 +403,7 @@ _FIGURES: Mapping[str, tuple[str, str]] = {
     ),
     "roofline": (
         "Operators on the roofline",
-        "The representative step's operators at (FLOP/byte, achieved FLOP/s) under the "
+        "The representative step's operators at (FLOP/byte, achieved FLOP/s) under each "
         "GPU's roofline; points on the slope are memory-bound, near the flat top compute-bound.",
     ),
     "prefix_hit": (
@@ -443,50 +413,51 @@ _FIGURES: Mapping[str, tuple[str, str]] = {
     ),
 }
 
+_MISSING_FIGURE_NOTES: Mapping[str, str] = {
+    "latency_cdf": "No request has a defined latency, so there is no latency figure.",
+    "timeline": "No variant ran a step, so there are no timelines.",
+    "roofline": "The summary has no roofline data, so there is no roofline figure.",
+    "prefix_hit": "No variant used a prefix cache, so there is no hit-rate figure.",
+}
 
-def build_blocks(run: RunData, figures: Mapping[str, Path]) -> list[_Block]:
-    """The report's content, independent of output format."""
+
+@dataclass(frozen=True, slots=True)
+class FigureRef:
+    """A figure as the templates see it: ``png`` for Markdown, ``json`` for HTML."""
+
+    key: str
+    title: str
+    caption: str
+    png: str = ""
+    json: str = ""
+    height_px: int = 400
+
+
+def report_context(run: RunData) -> dict[str, Any]:
+    """Everything the run templates show except the figures (format-independent)."""
     name = str(run.scenario.get("name") or run.run_dir.name)
-    blocks: list[_Block] = [_Heading(1, f"servesim report: {name}")]
-    desc = str(run.scenario.get("description") or "").strip()
-    seed = run.scenario.get("seed")
-    intro = (
-        f"Scenario {name}, seed {seed}, {len(run.variants)} variant(s) on the same request stream."
-    )
-    blocks.append(_Para(f"{desc} {intro}".strip() if desc else intro))
-    if not run.variants:
-        blocks.append(_Para("The run directory lists no variants."))
-        return blocks
-    blocks += [
-        _Heading(2, "What this shows"),
-        _Para(interpret(run)),
-        _Heading(2, "Headline numbers"),
-        _latency_table(run),
-        _memory_sched_table(run),
-        _Para(
-            "KV columns are time-weighted shares of KV capacity; mean batch is running "
-            "sequences per step, time-weighted. Goodput counts requests meeting every SLO."
-        ),
-        _Heading(2, "Step time by bound (time-weighted)"),
-        _step_time_table(run),
-        _Heading(2, "Configuration"),
-        _config_table(run),
-        _Heading(2, "Memory budget"),
-        _Para(
-            "Per GPU: KV cache = gpu_memory_utilization x HBM - weights - activation "
-            "workspace for the largest step - reserve."
-        ),
-        _memory_table(run),
-        _Heading(2, "Figures"),
+    loads = {v: measure_load(run, v) for v in run.variants}
+    banners = [
+        overload_banner(v, ld) for v, ld in loads.items() if ld is not None and ld.is_overloaded
     ]
-    for key, path in figures.items():
-        title, caption = _FIGURES.get(key, (key, ""))
-        blocks.append(_Figure(path, title, caption))
-    if "prefix_hit" not in figures:
-        blocks.append(_Para("No variant used a prefix cache, so there is no hit-rate figure."))
-    if "roofline" not in figures:
-        blocks.append(_Para("The summary has no roofline data, so there is no roofline figure."))
-    return blocks
+    seed = run.scenario.get("seed")
+    return {
+        "title": f"servesim report: {name}",
+        "name": name,
+        "description": " ".join(str(run.scenario.get("description") or "").split()),
+        "intro": (
+            f"Scenario {name}, seed {seed}, {len(run.variants)} "
+            f"variant{'s' if len(run.variants) != 1 else ''} on the same request stream."
+        ),
+        "has_variants": bool(run.variants),
+        "banners": banners,
+        "interpretation": interpret(run, loads) if run.variants else "",
+        "latency_table": latency_table(run, loads),
+        "memory_sched_table": memory_sched_table(run),
+        "step_time_table": step_time_table(run),
+        "config_table": config_table(run),
+        "memory_table": memory_table(run),
+    }
 
 
 def build_report(run_dir: Path, *, out_dir: Path | None = None) -> dict[str, Path]:
@@ -498,26 +469,40 @@ def build_report(run_dir: Path, *, out_dir: Path | None = None) -> dict[str, Pat
         out_dir: where to write; ``run_dir`` if None.
 
     Returns:
-        ``{"report_md": ..., "report_html": ..., "fig_<name>": ...}``, figures in report order.
+        ``{"report_md": ..., "report_html": ..., "fig_<name>": ...}``, figures in report order;
+        a figure without data is left out.
     """
     run = load_run(Path(run_dir))
     out_dir = Path(run_dir) if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = plot_run_figures(run, out_dir)
-    blocks = build_blocks(run, figures)
-    title = f"servesim report: {run.scenario.get('name') or Path(run_dir).name}"
+    series = compute_series(run)
+    pngs: dict[str, Path] = {}
+    for key, draw in run_figure_drawers(run, series).items():
+        fig = draw()
+        if fig is not None:
+            pngs[key] = save_figure(fig, out_dir / f"fig_{key}.png")
+    specs = run_figure_specs(run, series, list(pngs))
+    context = report_context(run)
+    missing = [note for key, note in _MISSING_FIGURE_NOTES.items() if key not in pngs]
+    if not run.variants:
+        missing = []
+    md_figs = [FigureRef(k, *FIGURE_TEXT[k], png=p.name) for k, p in pngs.items()]
+    html_figs = [
+        FigureRef(k, *FIGURE_TEXT[k], json=figure_json(spec),
+                  height_px=int(spec["layout"].get("height", 400)))
+        for k, spec in specs.items()
+    ]
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    md_path.write_text(render_markdown(blocks), encoding="utf-8")
-    html_path.write_text(render_html(blocks, title=title), encoding="utf-8")
+    md_path.write_text(
+        render("run.md.j2", **context, figures=md_figs, missing_figures=missing), encoding="utf-8"
+    )
+    html_path.write_text(
+        render("run.html.j2", **context, figures=html_figs, missing_figures=missing),
+        encoding="utf-8",
+    )
     out: dict[str, Path] = {"report_md": md_path, "report_html": html_path}
-    out.update({f"fig_{k}": p for k, p in figures.items()})
+    out.update({f"fig_{k}": p for k, p in pngs.items()})
     return out
 
 
-__all__: Sequence[str] = (
-    "build_blocks",
-    "build_report",
-    "interpret",
-    "render_html",
-    "render_markdown",
-)
+__all__: Sequence[str] = ("build_report", "interpret", "report_context")

@@ -37,7 +37,6 @@ replicas, GPUs, $/hour and $ per million output tokens for the target rate. See
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -895,224 +894,19 @@ def _write_plan(result: PlanResult, out: Path) -> Path:
         write_bytes_in(out, "probes.parquet", lambda p: result.probes.to_parquet(p, index=False))
     if not result.curves.empty:
         write_bytes_in(out, "curves.parquet", lambda p: result.curves.to_parquet(p, index=False))
-    figures = _plan_figures(result, out)
-    md = _plan_markdown(result, figures)
-    write_text_in(out, "report.md", md)
-    write_text_in(out, "report.html", _plan_html(result, figures))
-    write_text_in(out, "plan.json", json.dumps({
+    plan = {
         "name": spec.name, "target_rate_per_s": spec.target_rate_per_s,
         "slo": {"ttft_ms": spec.slo.ttft_ms, "tpot_ms": spec.slo.tpot_ms,
                 "goodput_frac": spec.slo.goodput_frac, "percentile": spec.slo.percentile},
         "usd_per_gpu_hour": dict(spec.usd_per_gpu_hour), "price_note": spec.price_note,
         "rel_tol": spec.rel_tol,
-    }, indent=2) + "\n")
+    }
+    # The report (figures, report.md, report.html) is servesim.reports' job: one template
+    # engine and stylesheet for run and plan reports.
+    from servesim.reports.plan_report import build_plan_report
+
+    texts = build_plan_report(out, table=table, curves=result.curves, plan=plan)
+    for name, text in texts.items():
+        write_text_in(out, name, text)
+    write_text_in(out, "plan.json", json.dumps(plan, indent=2) + "\n")
     return out
-
-
-def _plan_figures(result: PlanResult, out: Path) -> dict[str, Path]:
-    """Pareto plot and latency-vs-rate curves (reports.plan_report when available)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    figures: dict[str, Path] = {}
-    ok = result.table[result.table["rank"].notna()]
-    slo = result.spec.slo
-    try:
-        from servesim.reports import plan_report
-    except ImportError:
-        plan_report = None
-    if not ok.empty and "output_tokens_per_s_per_user" in ok:
-        path = out / "pareto.png"
-        if plan_report is not None and hasattr(plan_report, "plot_pareto"):
-            plan_report.plot_pareto(ok, x="output_tokens_per_s_per_user",
-                                    y="output_tokens_per_s_per_gpu", label_col="label", path=path,
-                                    hue="gpu")
-        else:
-            _fallback_pareto(ok, path)
-        figures["pareto"] = path
-    curves = result.curves
-    for what, target in (("ttft", slo.ttft_ms), ("tpot", slo.tpot_ms)):
-        col = slo.metric(what)
-        if curves.empty or col not in curves:
-            continue
-        path = out / f"{what}_vs_rate.png"
-        if plan_report is not None and hasattr(plan_report, "plot_latency_vs_rate"):
-            plan_report.plot_latency_vs_rate(curves, x="rate_per_s", y=col, hue="label",
-                                             slo=target, path=path)
-        else:
-            _fallback_curves(curves, col, target, path)
-        figures[f"{what}_vs_rate"] = path
-    return figures
-
-
-def _fallback_pareto(df: pd.DataFrame, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    x, y = df["output_tokens_per_s_per_user"], df["output_tokens_per_s_per_gpu"]
-    ax.scatter(x, y)
-    for xi, yi, label in zip(x, y, df["label"], strict=True):
-        ax.annotate(label, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    # Pareto front: no other point is better on both axes.
-    pts = sorted(zip(x, y, strict=True), key=lambda p: -p[0])
-    front, best = [], -math.inf
-    for px, py in pts:
-        if py > best:
-            front.append((px, py))
-            best = py
-    if len(front) > 1:
-        ax.plot(*zip(*sorted(front), strict=True), linestyle="--", color="grey")
-    ax.set_xlabel("throughput per user at max rate (output tokens/s)")
-    ax.set_ylabel("throughput per GPU at max rate (output tokens/s)")
-    ax.set_title("Candidates: throughput per GPU vs per user")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _fallback_curves(df: pd.DataFrame, col: str, target: float | None, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for label, g in df.groupby("label", sort=False):
-        ax.plot(g["rate_per_s"], g[col], marker="o", label=label)
-    if target is not None:
-        ax.axhline(target, color="red", linestyle="--", label=f"SLO {target:g} ms")
-    ax.set_xlabel("arrival rate per replica (requests/s)")
-    ax.set_ylabel(f"{col.replace('_ms', '')} (ms)")
-    ax.set_title(f"{col} vs rate, top candidates")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-_REPORT_COLUMNS = {
-    "rank": "rank",
-    "label": "candidate",
-    "max_rate_per_replica": "max req/s per replica",
-    "replicas": "replicas",
-    "num_gpus": "GPUs",
-    "usd_per_hour": "$/hour",
-    "usd_per_million_output_tokens": "$/M output tokens",
-    "output_tokens_per_s_per_gpu": "tok/s per GPU",
-    "output_tokens_per_s_per_user": "tok/s per user",
-    "kv_free_frac_at_max": "KV free at max",
-    "limiting_slo": "SLO broken first",
-    "binding_constraint": "binding constraint",
-}
-
-
-def _report_table(table: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in _REPORT_COLUMNS if c in table.columns]
-    df = table[table["rank"].notna()][cols].rename(columns=_REPORT_COLUMNS)
-    return df.round(3)
-
-
-def _plan_markdown(result: PlanResult, figures: Mapping[str, Path]) -> str:
-    spec, table = result.spec, result.table
-    slo = spec.slo
-    used = set(table["gpu"]) if "gpu" in table else set()
-    used_prices = {k: v for k, v in spec.usd_per_gpu_hour.items() if k in used}
-    targets = [f"{slo.percentile} TTFT <= {slo.ttft_ms:g} ms" if slo.ttft_ms else "",
-               f"{slo.percentile} TPOT <= {slo.tpot_ms:g} ms" if slo.tpot_ms else "",
-               f"goodput >= {slo.goodput_frac:.0%}" if slo.goodput_frac else ""]
-    lines = [
-        f"# Capacity plan: {spec.name}",
-        "",
-        f"Target: **{spec.target_rate_per_s:g} requests/s** with "
-        f"{', '.join(t for t in targets if t)}.",
-        "",
-        "## Ranked candidates",
-        "",
-        _md_table(_report_table(table)),
-        "",
-    ]
-    bad = table[table["rank"].isna()]
-    if not bad.empty:
-        lines += ["## Infeasible or unattainable", ""]
-        for row in bad.itertuples():
-            why = row.error if isinstance(getattr(row, "error", None), str) else (
-                f"{row.binding_constraint}: {row.binding_reason}")
-            lines.append(f"- **{row.label}** ({row.status}): {why}")
-        lines.append("")
-    lines += ["## Why each candidate stops where it does", ""]
-    for row in table[table["rank"].notna()].itertuples():
-        lines.append(f"- **{row.label}**: {row.binding_constraint} ({row.binding_reason}); "
-                     f"SLO broken first: {row.limiting_slo}")
-    lines.append("")
-    for key, title in (("pareto", "Throughput per GPU vs per user"),
-                       ("ttft_vs_rate", "TTFT vs rate (top candidates)"),
-                       ("tpot_vs_rate", "TPOT vs rate (top candidates)")):
-        if key in figures:
-            lines += [f"## {title}", "", f"![{title}]({figures[key].name})", ""]
-    lines += [
-        "## Assumptions",
-        "",
-        f"- Max rate per replica: bisection of the arrival rate on the scenario's seeded "
-        f"request stream scaled in time, tolerance {spec.rel_tol:.0%} (the true limit of this "
-        f"stream lies within that margin above the reported rate).",
-        "- Replicas = ceil(target / max rate per replica); requests are assumed to spread "
-        "evenly over replicas (the router's imbalance is not simulated here).",
-        "- $/M output tokens = fleet $/hour / output tokens per hour at the target rate.",
-        f"- Prices ($/GPU-hour): {', '.join(f'{k} {v:g}' for k, v in used_prices.items())}. "
-        f"{spec.price_note}",
-        "- Binding constraint: from the run at the first failing rate: preemptions, < 10 % KV "
-        "free, or a batch held down by the number of requests that fit in the KV cache = KV "
-        "capacity; otherwise the largest share of step time (compute, weight "
-        "bandwidth, KV bandwidth, communication, host overhead); an SLO that fails even at the "
-        "lowest rate binds by itself.",
-        "- Memory headroom: `KV free at max` is the time-averaged free fraction of the KV "
-        "capacity at the max rate; the full memory budget is in plan.csv (`at_max_mem_*`).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _md_table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "_no feasible candidate_"
-    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
-    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
-    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, sep, *body])
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4g}"
-    return "" if value is None else str(value)
-
-
-def _plan_html(result: PlanResult, figures: Mapping[str, Path]) -> str:
-    """Self-contained HTML: tables as HTML, figures embedded as base64 PNG."""
-    import html
-
-    md = _plan_markdown(result, {})
-    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
-             f"<title>Capacity plan: {html.escape(result.spec.name)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "</style></head><body>"]
-    in_table: list[str] = []
-    for line in [*md.splitlines(), ""]:
-        if line.startswith("|"):
-            in_table.append(line)
-            continue
-        if in_table:
-            parts.append(_report_table(result.table).to_html(index=False, na_rep=""))
-            in_table = []
-        if line.startswith("# "):
-            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            parts.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("- "):
-            parts.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
-        elif line:
-            parts.append(f"<p>{html.escape(line).replace('**', '')}</p>")
-    for key, path in figures.items():
-        data = base64.b64encode(path.read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(key)}</h2><img alt='{key}' "
-                     f"src='data:image/png;base64,{data}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
