@@ -296,18 +296,44 @@ class GpuEfficiency:
     compute_scale: Mapping[str, float]
     mem_scale: float
     weight_only_bw_frac: Mapping[str, float]
-    achievable: GpuAchievable
+    achievable: GpuAchievable | None
+    confidence: str = "measured"
+    note: str = ""
 
     def compute(self, compute_type: str) -> float:
-        if compute_type in self.compute_scale:
+        """Scale for ``compute_type``; a clear error if the data lacks it."""
+        try:
             return self.compute_scale[compute_type]
-        return self.achievable.gemm(compute_type).value  # raises a clear error
+        except KeyError:
+            raise ConfigError(
+                f"no achievable GEMM figure for {compute_type!r} ({self.note}); "
+                f"has {', '.join(self.compute_scale)}"
+            ) from None
 
 
 def efficiency_for(gpu: GpuSpec | str) -> GpuEfficiency:
-    """Scales of ``gpu``'s achievable figures relative to its roofline calibration GPU."""
-    ach = get_achievable(gpu)
+    """Scales of ``gpu``'s achievable figures relative to its roofline calibration GPU.
+
+    A GPU without an entry (a user GPU file under a new name) gets the calibration GPU's
+    efficiencies - scales of 1 - and ``confidence == "borrowed"``, said in ``note``.
+    """
     refs, table = _load()
+    name = get_gpu(gpu).name if isinstance(gpu, str) else gpu.name
+    if name not in table:
+        from servesim.hwmodels.roofline import profile_for
+
+        spec = get_gpu(gpu) if isinstance(gpu, str) else gpu
+        ref = table[refs[profile_for(spec)]]
+        return GpuEfficiency(
+            compute_scale=MappingProxyType(dict.fromkeys(spec.peak_flops_per_s, 1.0)),
+            mem_scale=1.0,
+            weight_only_bw_frac=MappingProxyType({k: v.value for k, v in ref.weight_only_bw_frac.items()}),
+            achievable=None,
+            confidence="borrowed",
+            note=f"{name} has no entry in {_DATA_FILE}: the efficiencies of the roofline's calibration "
+                 f"GPU {ref.gpu} are used (borrowed); add an entry to use its own",
+        )
+    ach = table[name]
     ref = table[refs[ach.size_profile]]
     ref_fp16 = ref.gemm("fp16").value
     scales = {ct: fig.value / ref_fp16 for ct, fig in ach.gemm_frac.items()}
@@ -316,6 +342,8 @@ def efficiency_for(gpu: GpuSpec | str) -> GpuEfficiency:
         mem_scale=ach.hbm_frac / ref.hbm_frac,
         weight_only_bw_frac=MappingProxyType({k: v.value for k, v in ach.weight_only_bw_frac.items()}),
         achievable=ach,
+        confidence=ach.confidence,
+        note=f"achievable figures of {name} ({_DATA_FILE})",
     )
 
 

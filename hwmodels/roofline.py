@@ -36,10 +36,12 @@ x ceil(M / tile_m)`` operations on the fp32 (CUDA-core) path. The fitted small-M
 streaming ``b``-bit weights pays ``b / 16`` of it (step-cost model), which reproduces Marlin's
 near-ideal ~3.9x batch-1 speedup of 4-bit over fp16 (Frantar et al., "MARLIN", 2024).
 
-GPUs other than the two measured ones use the size-dependence of the nearest measured
-architecture (:func:`gemm_params_for`): Hopper and newer (and AMD/Intel accelerators, whose
-large matrix engines behave like Hopper's at small shapes) use the H100 fit; Ampere, Ada, Turing
-and Volta use the A100 fit. The efficiencies are fractions of each GPU's own datasheet peaks.
+Every GPU uses the size-dependence of one of the two fitted profiles (its ``size_profile`` in
+``hwmodels/data/achievable.yaml``; borrowed for all but A100/H100) with its *own* asymptotic
+efficiencies: :func:`gemm_params_for` scales the fit's ``compute_eff_max`` and ``mem_eff_max``
+by the GPU's measured (or derived, or explicitly borrowed) achievable fractions relative to the
+calibration GPU's (:mod:`hwmodels.achievable`). The efficiencies are fractions of each GPU's
+own datasheet peaks.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import functools
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from typing import Any, Protocol, runtime_checkable
 
@@ -134,7 +136,18 @@ def load_gemm_params() -> Mapping[str, GemmParams]:
 
 
 def profile_for(gpu: GpuSpec) -> str:
-    """Which measured GPU's size-dependence ``gpu`` borrows (``a100`` or ``h100``)."""
+    """Which calibrated size-dependence (``a100`` or ``h100``) ``gpu`` uses.
+
+    Catalogue GPUs: the ``size_profile`` of their entry in ``hwmodels/data/achievable.yaml``
+    (stated per GPU, with its confidence). A user GPU file without achievable figures falls back
+    to the architecture (Hopper and newer ``h100``, older NVIDIA ``a100``, others ``h100``), and
+    its efficiencies are then the calibration GPU's, graded ``borrowed``
+    (:func:`hwmodels.achievable.efficiency_for`).
+    """
+    from servesim.hwmodels.achievable import achievable_names, get_achievable
+
+    if gpu.name in achievable_names():
+        return get_achievable(gpu).size_profile
     arch = gpu.arch.lower()
     name = gpu.name.lower()
     if name.startswith("a100") or any(a in arch for a in ("ampere", "ada", "turing", "volta")):
@@ -143,8 +156,25 @@ def profile_for(gpu: GpuSpec) -> str:
 
 
 def gemm_params_for(gpu: GpuSpec) -> GemmParams:
-    """The calibrated GEMM efficiency parameters used for ``gpu``."""
-    return load_gemm_params()[profile_for(gpu)]
+    """The GEMM efficiency parameters used for ``gpu``: the fitted size-dependence of its
+    profile, with the asymptotic compute and memory efficiencies scaled to the GPU's own
+    achievable figures (``frac(gpu) / frac(calibration GPU)``; exactly the fit on A100-80GB and
+    H100 SXM)."""
+    from servesim.hwmodels.achievable import efficiency_for
+
+    base = load_gemm_params()[profile_for(gpu)]
+    eff = efficiency_for(gpu)
+    c_scale, m_scale = eff.compute("fp16"), eff.mem_scale
+    if c_scale == 1.0 and m_scale == 1.0:
+        return base
+    return replace(
+        base,
+        compute_eff_max_frac=min(base.compute_eff_max_frac * c_scale, 1.0),
+        mem_eff_max_frac=min(base.mem_eff_max_frac * m_scale, 1.0),
+        source=f"{base.source}; efficiencies scaled to {gpu.name}'s achievable figures "
+               f"(x{c_scale:.3f} compute, x{m_scale:.3f} memory; hwmodels/data/achievable.yaml, "
+               f"{eff.achievable.confidence if eff.achievable else 'borrowed'})",
+    )
 
 
 def _ceil_tiles(m: ArrayLike, tile: int) -> ArrayLike:

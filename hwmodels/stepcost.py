@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from servesim.hwmodels import stepkernel as sk
+from servesim.hwmodels.achievable import efficiency_for
 from servesim.hwmodels.errors import CapacityError, ConfigError
 from servesim.hwmodels.gpus import GpuSpec, get_gpu
 from servesim.hwmodels.models import ModelSpec, get_model
@@ -78,6 +79,7 @@ from servesim.hwmodels.roofline import (
     OpTimer,
     gemm_params_for,
 )
+from servesim.hwmodels.stacks import StackProfile, get_stack
 from servesim.hwmodels.stepkernel import packed_step_time_s
 from servesim.hwmodels.units import GiB
 
@@ -193,11 +195,16 @@ class StepCostModel:
         kv_dtype: KV-cache dtype (or name); ``None`` = the scheme's default.
         tensor_parallel: GPUs per stage sharing each layer.
         pipeline_parallel: pipeline stages (contiguous layer ranges).
-        step_overhead_s: fixed host overhead per step.
+        step_overhead_s: fixed host overhead per step; None = the stack profile's.
+        stack: serving-stack profile (:class:`~hwmodels.stacks.StackProfile` or a shipped
+            name; None = :data:`~hwmodels.stacks.DEFAULT_STACK`): per-sequence host overhead,
+            CUDA-graph padding, kernel-family efficiencies (and per-request overheads, which the
+            results add outside the step).
         op_timer: optional :class:`~hwmodels.roofline.OpTimer` (e.g. the cycle model) that
             replaces the roofline's GEMM and attention times; bounds are still classified by
             the roofline's compute-vs-memory comparison.
-        gemm_params: override the calibrated efficiency parameters.
+        gemm_params: override the calibrated efficiency parameters (absolute: the GPU's
+            achievable-figure scaling of GEMMs, attention and elementwise kernels is then off).
 
     Raises:
         ConfigError: the GPU cannot run the scheme or KV dtype, or the parallel degrees don't
@@ -214,7 +221,8 @@ class StepCostModel:
         kv_dtype: KvDtype | str | None = None,
         tensor_parallel: int = 1,
         pipeline_parallel: int = 1,
-        step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S,
+        step_overhead_s: float | None = None,
+        stack: StackProfile | str | None = None,
         op_timer: OpTimer | None = None,
         gemm_params: GemmParams | None = None,
     ) -> None:
@@ -224,15 +232,23 @@ class StepCostModel:
         self.kv_dtype = get_kv_dtype(kv_dtype if kv_dtype is not None else self.scheme.default_kv_dtype)
         self.tp = int(tensor_parallel)
         self.pp = int(pipeline_parallel)
+        self.stack = get_stack(stack)
+        if step_overhead_s is None:
+            step_overhead_s = self.stack.step_overhead_s
         if step_overhead_s < 0:
             raise ConfigError(f"step_overhead_s must be >= 0, got {step_overhead_s}")
         self.step_overhead_s = float(step_overhead_s)
-        self.step_overhead_s_per_seq = 0.0
+        self.step_overhead_s_per_seq = self.stack.step_overhead_s_per_seq
         self.op_timer = op_timer
         self.scheme.check_supported(self.gpu)
         check_kv_dtype_supported(self.kv_dtype, self.gpu)
         check_tp(self.model, self.tp, self.pp)
         self.params = gemm_params or gemm_params_for(self.gpu)
+        #: The GPU's achievable figures as scales relative to its calibration GPU.
+        self.efficiency = efficiency_for(self.gpu)
+        # With explicit GEMM parameters the caller's efficiencies are absolute.
+        self._gpu_compute_scale = 1.0 if gemm_params else self.efficiency.compute("fp16")
+        self._gpu_mem_scale = 1.0 if gemm_params else self.efficiency.mem_scale
         self._check_weights_fit()
         self._precompute()
 
@@ -259,14 +275,30 @@ class StepCostModel:
         return bw or _FALLBACK_LINK_BW_BYTES_PER_S
 
     def _coef(self, g: GemmOp) -> _GemmCoef:
-        p, gpu, sch = self.params, self.gpu, self.scheme
+        p, gpu, sch, st = self.params, self.gpu, self.scheme, self.stack
         compute_type = sch.compute_type if g.quantized else "fp16" if gpu.supports("fp16") else "bf16"
         peak = gpu.peak(compute_type)
-        bw = gpu.hbm_bw_bytes_per_s * p.mem_eff_max_frac
+        # Efficiency multipliers (exactly 1.0 for fp16 dense GEMMs under the generic stack):
+        # the GPU's measured fraction for this compute type relative to fp16's, the stack's
+        # kernel-family factors (FP8, routed-expert grouped GEMMs), and for weight-only
+        # schemes the bandwidth their dequantizing kernels reach.
+        base_ct = "fp16" if gpu.supports("fp16") else "bf16"
+        c_mult = self.efficiency.compute(compute_type) / self.efficiency.compute(base_ct)
+        m_mult = 1.0
+        if compute_type == "fp8":
+            c_mult = c_mult * st.fp8_gemm_eff
+        if g.is_routed:
+            c_mult = c_mult * st.moe_gemm_eff
+            m_mult = m_mult * st.moe_gemm_eff
+        wo = g.quantized and sch.weight_only
+        if wo:
+            family = "w4a16" if sch.weight_bits <= 4 else "w8a16"
+            m_mult = m_mult * self.efficiency.weight_only_bw_frac[family] * st.weight_only_eff
+        bw = gpu.hbm_bw_bytes_per_s * p.mem_eff_max_frac * m_mult
         nk = float(g.n) * float(g.k)
-        s_tok = 2.0 * (nk + p.nk_half_elems) / (peak * p.compute_eff_max_frac)
+        s_tok = 2.0 * (nk + p.nk_half_elems) / (peak * p.compute_eff_max_frac * c_mult)
         dq = 0.0
-        if g.quantized and sch.weight_only and sch.dequant_ops_per_weight:
+        if wo and sch.dequant_ops_per_weight:
             fp32 = gpu.peak_flops_per_s.get("fp32") or gpu.peak_fp16_flops_per_s / 16
             dq = sch.dequant_ops_per_weight * nk / fp32
         act_in = sch.act_bytes if g.quantized else ACT_BYTES
@@ -312,13 +344,17 @@ class StepCostModel:
         self._tile = float(p.tile_m_tokens)
         self._hbm_eff_bw = self.gpu.hbm_bw_bytes_per_s * p.mem_eff_max_frac
         self._bytes_half_s = p.bytes_half / self._hbm_eff_bw
-        attn_peak = self.gpu.peak_fp16_flops_per_s * ATTN_COMPUTE_EFF_MAX_FRAC
-        self._pf_peak = attn_peak
+        # Attention: FlashAttention-class efficiency scaled to the GPU's own compute figure,
+        # times the stack's attention kernel factors (MLA models: the MLA factor on top).
+        st = self.stack
+        attn_peak = self.gpu.peak_fp16_flops_per_s * ATTN_COMPUTE_EFF_MAX_FRAC * self._gpu_compute_scale
+        mla = st.mla_attn_eff if m.is_mla else 1.0
+        self._pf_peak = attn_peak * (st.prefill_attn_eff * mla)
         self._pf_fh = ATTN_FLOPS_HALF / self._pf_peak
-        self._pf_bw = self._hbm_eff_bw
-        self._dec_peak = attn_peak
+        self._pf_bw = self._hbm_eff_bw * (st.prefill_attn_eff * mla)
+        self._dec_peak = attn_peak * (st.decode_attn_eff * mla)
         self._dec_fh = ATTN_FLOPS_HALF / self._dec_peak
-        self._dec_bw = self._hbm_eff_bw
+        self._dec_bw = self._hbm_eff_bw * (st.decode_attn_eff * mla)
         self._kv_layer_gpu = kv_bytes_per_token_per_layer_per_gpu(m, self.kv_dtype, tp)
         self._attn_fpp_prefill = attn_flops_per_pair(m, tp, decode=False)
         self._attn_fpp_decode = attn_flops_per_pair(m, tp, decode=True)
@@ -327,10 +363,17 @@ class StepCostModel:
         self._window = float(m.sliding_window_tokens)
         self._ew_bytes = elementwise_bytes_per_token_per_layer(m, tp)
         self._ew_const_s = elementwise_kernels_per_layer() * ELEMENTWISE_LAUNCH_S
-        self._ew_s_per_byte = 1.0 / (self.gpu.hbm_bw_bytes_per_s * ELEMENTWISE_MEM_EFF_FRAC)
+        self._ew_s_per_byte = 1.0 / (self.gpu.hbm_bw_bytes_per_s * ELEMENTWISE_MEM_EFF_FRAC * self._gpu_mem_scale)
         link = self._link_bw()
         hidden_bytes = ACT_BYTES * m.hidden_size
-        if tp > 1:
+        ach = self.efficiency.achievable
+        if tp > 1 and ach is not None:
+            # Measured (or derived) all-reduce law of this GPU at this TP size: latency plus
+            # the ring's bus bytes at the achievable bus bandwidth (nccl-tests conventions).
+            ar = ach.allreduce_for(tp)
+            self._ar_const_s = ar.latency_s
+            self._ar_s_per_token = 2.0 * (tp - 1) / tp * hidden_bytes / ar.bus_bw_bytes_per_s
+        elif tp > 1:  # a user GPU without achievable figures: the link at face value (borrowed)
             self._ar_const_s = ALLREDUCE_LATENCY_S
             self._ar_s_per_token = 2.0 * (tp - 1) / tp * hidden_bytes / link
         else:
@@ -338,8 +381,8 @@ class StepCostModel:
         self._ar_bytes_per_token = 2.0 * (tp - 1) / tp * hidden_bytes if tp > 1 else 0.0
         self._p2p_const_s = P2P_LATENCY_S
         self._p2p_s_per_token = hidden_bytes / link
-        self._graph_mode = 0
-        self._graph_sizes: tuple[float, ...] = ()
+        self._graph_mode = self.stack.graph_mode_code
+        self._graph_sizes: tuple[float, ...] = tuple(float(x) for x in self.stack.cuda_graph_sizes)
         if self.op_timer is not None:
             self._precompute_timer()
             self._pack = None

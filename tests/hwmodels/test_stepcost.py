@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from servesim.hwmodels.achievable import get_achievable
 from servesim.hwmodels.errors import CapacityError, ConfigError
 from servesim.hwmodels.gpus import get_gpu
 from servesim.hwmodels.models import get_model
@@ -120,11 +121,14 @@ def test_tensor_parallel_shards_gemms_and_adds_allreduce() -> None:
 
 
 def test_allreduce_is_latency_plus_ring_bytes() -> None:
+    """Two all-reduces per layer, each the GPU's measured latency plus the ring's bus bytes at
+    its achievable bus bandwidth for that TP size (hwmodels/data/achievable.yaml)."""
     gpu = get_gpu("h100-sxm")
     m = StepCostModel(gpu=gpu, model="llama-2-7b", tensor_parallel=4)
     ar = {o.op: o for o in m.breakdown(**prefill(1000))}["allreduce"]
-    bw = gpu.scaleup_bw_bytes_per_s_per_direction
-    per = 8e-6 + 2 * 3 / 4 * 1000 * 4096 * 2 / bw
+    fig = get_achievable(gpu).allreduce_for(4)
+    assert fig.bus_bw_bytes_per_s < gpu.scaleup_bw_bytes_per_s_per_direction  # below the link
+    per = fig.latency_s + 2 * 3 / 4 * 1000 * 4096 * 2 / fig.bus_bw_bytes_per_s
     assert ar.time_s == pytest.approx(32 * 2 * per)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from servesim.hwmodels.models import get_model, model_names
+from servesim.hwmodels.stacks import stack_names
 from servesim.hwmodels.stepcost import StepCostModel
 from servesim.hwmodels.stepkernel import kernel_pack, packed_decode_times_s, packed_step_time_s
 
@@ -20,25 +21,25 @@ from servesim.hwmodels.stepkernel import kernel_pack, packed_decode_times_s, pac
 #: window), on GPUs where the weights fit; extra entries add quantized weights and KV.
 SHAPES: list[dict] = [
     {"model": "llama-2-7b", "gpu": "a100-sxm4-80gb"},
-    {"model": "llama-2-7b", "gpu": "h100-sxm", "tensor_parallel": 2, "pipeline_parallel": 2},
+    {"model": "llama-2-7b", "gpu": "h100-sxm", "tensor_parallel": 2, "pipeline_parallel": 2, "stack": "vllm"},
     {"model": "llama-2-13b", "gpu": "l40s", "tensor_parallel": 2, "scheme": "fp8"},
     {"model": "llama-2-70b", "gpu": "h100-sxm", "tensor_parallel": 4, "pipeline_parallel": 2},
-    {"model": "llama-3.1-8b", "gpu": "rtx-4090", "scheme": "w4a16", "kv_dtype": "fp8"},
+    {"model": "llama-3.1-8b", "gpu": "rtx-4090", "scheme": "w4a16", "kv_dtype": "fp8", "stack": "sglang"},
     {"model": "llama-3.1-8b", "gpu": "mi300x", "pipeline_parallel": 3},
-    {"model": "llama-3.1-70b", "gpu": "h200", "tensor_parallel": 8, "scheme": "fp8"},
+    {"model": "llama-3.1-70b", "gpu": "h200", "tensor_parallel": 8, "scheme": "fp8", "stack": "trtllm"},
     {"model": "llama-3.1-405b", "gpu": "b200", "tensor_parallel": 8, "pipeline_parallel": 2, "scheme": "fp8"},
-    {"model": "mistral-7b", "gpu": "a10g", "scheme": "w8a16"},  # sliding window
+    {"model": "mistral-7b", "gpu": "a10g", "scheme": "w8a16", "stack": "vllm"},  # sliding window
     {"model": "mistral-7b", "gpu": "h100-sxm", "tensor_parallel": 2, "pipeline_parallel": 2},
-    {"model": "mixtral-8x7b", "gpu": "h100-sxm", "tensor_parallel": 2},  # routed experts
+    {"model": "mixtral-8x7b", "gpu": "h100-sxm", "tensor_parallel": 2, "stack": "vllm"},  # routed experts
     {"model": "mixtral-8x7b", "gpu": "a100-sxm4-80gb", "tensor_parallel": 2, "pipeline_parallel": 2, "scheme": "w4a16"},
     {"model": "deepseek-v2", "gpu": "h200", "tensor_parallel": 8, "scheme": "fp8"},  # MLA + MoE
-    {"model": "deepseek-v3", "gpu": "h200", "tensor_parallel": 8, "scheme": "fp8"},
+    {"model": "deepseek-v3", "gpu": "h200", "tensor_parallel": 8, "scheme": "fp8", "stack": "sglang"},
     {"model": "deepseek-v3", "gpu": "mi300x", "tensor_parallel": 4, "pipeline_parallel": 2, "scheme": "fp8"},
     {"model": "opt-13b", "gpu": "v100-sxm2-32gb", "tensor_parallel": 2},
     {"model": "opt-66b", "gpu": "a100-sxm4-80gb", "tensor_parallel": 4},
     {"model": "opt-175b", "gpu": "h100-sxm", "tensor_parallel": 8, "pipeline_parallel": 2},
     {"model": "qwen2.5-7b", "gpu": "l4", "scheme": "w4a16", "kv_dtype": "int8"},
-    {"model": "qwen2.5-72b", "gpu": "mi325x", "tensor_parallel": 2, "pipeline_parallel": 2},
+    {"model": "qwen2.5-72b", "gpu": "mi325x", "tensor_parallel": 2, "pipeline_parallel": 2, "stack": "compiled"},
     {"model": "llama-3.1-8b", "gpu": "gaudi2", "step_overhead_s": 0.0},
 ]
 
@@ -67,8 +68,9 @@ def random_steps(rng: np.random.Generator, n: int) -> list[tuple[float, ...]]:
     return steps
 
 
-def test_shapes_cover_every_bundled_model() -> None:
+def test_shapes_cover_every_bundled_model_and_stack() -> None:
     assert {s["model"] for s in SHAPES} == set(model_names())
+    assert {s.get("stack", "generic") for s in SHAPES} == set(stack_names())
     kinds = {get_model(s["model"]) for s in SHAPES}
     assert any(m.is_moe for m in kinds) and any(m.sliding_window_tokens for m in kinds)
     assert any(m.num_kv_heads < m.num_heads for m in kinds)  # GQA
