@@ -213,6 +213,22 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# Grid limits (docs/inputs.md): a launch is sized before its per-iteration arrays (~100
+# bytes per tile iteration) are built; 2e7 iterations is ~2 GB.
+MAX_KERNEL_CTAS = 10_000_000
+MAX_KERNEL_ITERS = 20_000_000
+
+
+def _check_grid(kernel: str, num_ctas: int, num_iters: int, shape: str) -> None:
+    """Refuse a launch whose estimated grid exceeds the limits, before allocating it."""
+    if num_ctas > MAX_KERNEL_CTAS or num_iters > MAX_KERNEL_ITERS:
+        raise ConfigError(
+            f"{kernel} {shape}: about {num_ctas:,} CTAs and {num_iters:,} tile iterations "
+            f"(~{num_iters * 100 / 2**30:.3g} GiB to simulate); the limits are "
+            f"{MAX_KERNEL_CTAS:,} CTAs and {MAX_KERNEL_ITERS:,} iterations (docs/inputs.md)"
+        )
+
+
 def _residency(m: Machine, *, smem_bytes: float, num_threads: int, reg_bytes: int) -> int:
     """Resident CTAs per SM allowed by shared memory, registers, threads and the CTA limit."""
     return int(min(
@@ -343,6 +359,7 @@ def gemm_work(
     tm, tn, kb = _cdiv(m, bm), _cdiv(n, bn), _cdiv(k, bk)
     kb_split = _cdiv(kb, split_k)
     num_ctas = tm * tn * split_k
+    _check_grid("gemm", num_ctas, tm * tn * kb, f"m={m} n={n} k={k}")
     cta = np.arange(num_ctas, dtype=np.int64)
     m_idx = cta % tm
     n_idx = (cta // tm) % tn
@@ -572,6 +589,9 @@ def simulate_prefill_attention(
     stages = max_stages if double_buffering else 1
     tm = _cdiv(query_tokens, bm)
     num_ctas = batch * num_heads * tm
+    _check_grid("attention-prefill", num_ctas, num_ctas * _cdiv(context_tokens, bn),
+                f"batch={batch} query_tokens={query_tokens} context_tokens={context_tokens} "
+                f"num_heads={num_heads}")
     group = num_heads // num_kv_heads
     cta = np.arange(num_ctas, dtype=np.int64)
     mq = cta % tm  # q tile fastest (FA2 grid: blockIdx.x = m_block)
@@ -736,6 +756,9 @@ def simulate_decode_attention(
     per_split = _cdiv(_cdiv(kv_tokens, unit), num_splits) * unit
     num_splits = _cdiv(kv_tokens, per_split)
     num_ctas = batch * num_kv_heads * num_splits
+    _check_grid("attention-decode", num_ctas,
+                batch * num_kv_heads * (_cdiv(kv_tokens, tile) + num_splits),
+                f"batch={batch} context_tokens={context_tokens} num_kv_heads={num_kv_heads}")
     cta = np.arange(num_ctas, dtype=np.int64)
     sp = cta % num_splits
     t0 = sp * per_split
