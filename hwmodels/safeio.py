@@ -395,9 +395,19 @@ def _json_int(text: str) -> int:
     return value
 
 
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Limits(f"duplicate key {short(key)}")
+        out[key] = value
+    return out
+
+
 def load_json(text: str, source: str, *, error: ErrorType = ConfigError,
               line_offset: int = 0) -> Any:
-    """Parse JSON text: finite numbers only, int64 integers, bounded nesting.
+    """Parse JSON text: finite numbers only, int64 integers, bounded nesting, no duplicate
+    keys.
 
     Args:
         text: the JSON document.
@@ -410,7 +420,7 @@ def load_json(text: str, source: str, *, error: ErrorType = ConfigError,
         raise error(f"{source}: nested more than {MAX_DEPTH} levels deep")
     try:
         return json.loads(text, parse_constant=_json_constant, parse_float=_json_float,
-                          parse_int=_json_int)
+                          parse_int=_json_int, object_pairs_hook=_json_object)
     except json.JSONDecodeError as exc:
         raise error(f"{source}: line {exc.lineno + line_offset}, column {exc.colno}: invalid "
                     f"JSON: {exc.msg}") from None
