@@ -160,6 +160,12 @@ def _make_cost_model(cfg: ScenarioCfg, gpu: GpuSpec, model: ModelSpec, scheme: Q
     }
     if cfg.engine.step_overhead_s is not None:
         kwargs["step_overhead_s"] = cfg.engine.step_overhead_s
+    if cfg.engine.profile is not None:
+        from servesim.hwmodels.stacks import load_profile_file
+
+        kwargs["stack"] = load_profile_file(cfg.engine.profile)
+    elif cfg.engine.stack is not None:
+        kwargs["stack"] = cfg.engine.stack
     if cfg.engine.cost_model == "cycle":
         kwargs["op_timer"] = _cycle_timer(gpu)
     return StepCostModel(**kwargs)

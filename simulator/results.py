@@ -595,8 +595,12 @@ class Recorder:
 
     def requests_frame(self, workload: Any, slo: dict[str, float | None]) -> pd.DataFrame:
         arrival = self.arrival_s
-        ttft_ms = (self.first_token_s - arrival) * MS
-        e2el_ms = (self.finish_s - arrival) * MS
+        # Per-request work outside the engine loop (API server, tokenization, admission,
+        # detokenization of the first token): the replica's stack profile, added to TTFT and
+        # E2EL (a constant shift per request; 0 under the default 'generic' profile).
+        over = self._request_overhead_s(np.asarray(workload.prompt_tokens, dtype=np.float64))
+        ttft_ms = (self.first_token_s - arrival + over) * MS
+        e2el_ms = (self.finish_s - arrival + over) * MS
         out = np.asarray(workload.output_tokens, dtype=np.int64)
         with np.errstate(invalid="ignore", divide="ignore"):
             tpot_ms = np.where(out > 1, (e2el_ms - ttft_ms) / (out - 1), np.nan)
@@ -631,6 +635,20 @@ class Recorder:
                 "meets_slo": meets,
             }
         )
+
+    def _request_overhead_s(self, prompt_tokens: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Each request's time outside the engine loop, from its replica's stack profile
+        (``StackProfile.request_overhead_total_s``; 0 for rejected requests)."""
+        over = np.zeros(len(prompt_tokens))
+        rid = np.asarray(self.replica_id)
+        for r, model in self.cost_models.items():
+            stack = getattr(model, "stack", None)
+            if stack is None:
+                continue
+            sel = rid == r
+            if sel.any():
+                over[sel] = stack.request_overhead_total_s(prompt_tokens[sel])
+        return over
 
     def itl_percentile_ms(self, q: float) -> float:
         self._flush_itl()

@@ -259,7 +259,22 @@ class EngineCfg(_Cfg):
         "model (slower, finer).",
     )
     step_overhead_s: Annotated[float, Field(ge=0, le=1e3)] | None = Field(
-        None, description="Host overhead per step in seconds; null = the step-cost default."
+        None, description="Host overhead per step in seconds; null = the stack profile's "
+        "(engine.stack / engine.profile)."
+    )
+    stack: str | None = Field(
+        None,
+        description="Serving-stack profile shipped with servesim (`vllm`, `sglang`, `trtllm`, "
+        "`compiled`, `generic`): per-step host overhead as a function of the batch, CUDA-graph "
+        "padding, per-request overheads (API server, tokenization, detokenization) and kernel-"
+        "family efficiencies (docs/step-cost.md). null = `generic` (the original model). "
+        "Exclusive with engine.profile.",
+    )
+    profile: str | None = Field(
+        None,
+        description="Path of a stack-profile YAML file (a copy of a shipped profile, edited, or "
+        "the output of `servesim calibrate`); relative paths resolve against the scenario file. "
+        "Exclusive with engine.stack.",
     )
     fast_forward: bool = Field(
         True,
@@ -277,6 +292,23 @@ class EngineCfg(_Cfg):
         None, description="Stop the simulation at this simulated time; null = run to the end."
     )
     progress: bool = Field(True, description="Show a progress bar over simulated time.")
+
+    @model_validator(mode="after")
+    def _stack_or_profile(self) -> EngineCfg:
+        if self.stack is not None and self.profile is not None:
+            raise ValueError(
+                f"engine.stack ({self.stack!r}) and engine.profile ({self.profile!r}) are exclusive: "
+                "a profile file already names its stack; give one of them"
+            )
+        if self.stack is not None:
+            from servesim.hwmodels.errors import ConfigError
+            from servesim.hwmodels.stacks import get_stack
+
+            try:
+                get_stack(self.stack)
+            except ConfigError as exc:
+                raise ValueError(f"engine.stack: {exc}") from None
+        return self
 
 
 class SloCfg(_Cfg):
@@ -661,6 +693,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             hardware(holder["hardware"])
         if "model" in holder:
             model(holder["model"])
+        engine = holder.get("engine")
+        if isinstance(engine, dict) and engine.get("profile") is not None:
+            engine["profile"] = _resolve(engine["profile"], base)
     workload = data.get("workload")
     if isinstance(workload, dict):
         trace = workload.get("trace")
