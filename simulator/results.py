@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from servesim.hwmodels.exactsum import fdot, fmean, fstd, fsum
 from servesim.simulator.request import REJECT_REASONS
 
 MS = 1e3
@@ -236,8 +237,10 @@ class Recorder:
     def _flush_itl(self) -> None:
         if self._itl_buf:
             vals = np.concatenate(self._itl_buf)
-            self._itl_sum_s += float(vals.sum())
-            self._itl_sumsq_s2 += float(np.dot(vals, vals))
+            # Exactly rounded sums (#15): np.sum / np.dot round differently with the
+            # buffer's alignment and BLAS kernel, so results differed across processes.
+            self._itl_sum_s += fsum(vals)
+            self._itl_sumsq_s2 += fdot(vals, vals)
             self._itl_n += len(vals)
             self.itl_counts += np.bincount(_itl_bin(vals), minlength=_ITL_NUM_BINS)
             self._itl_buf = []
@@ -257,8 +260,8 @@ class Recorder:
             idx = _segment_rows(row0 + 1, k - 1)
             vals = np.frombuffer(self._st_duration_s, dtype=np.float64)[idx]
             wts = np.repeat(rec[:, _SCOL["num_running"]], k - 1)
-            self._itl_sum_s += float(np.dot(wts, vals))
-            self._itl_sumsq_s2 += float(np.dot(wts, vals * vals))
+            self._itl_sum_s += fdot(wts, vals)
+            self._itl_sumsq_s2 += fdot(wts, vals * vals)
             self._itl_n += int(wts.sum())
             counts = np.bincount(_itl_bin(vals), weights=wts, minlength=_ITL_NUM_BINS)
             self.itl_counts += np.rint(counts).astype(np.int64)
@@ -666,9 +669,9 @@ def _stats(prefix: str, values_ms: npt.NDArray[np.float64], out: dict[str, float
         for p in ("mean", "median", "std", "p90", "p95", "p99"):
             out[f"{p}_{prefix}"] = float("nan")
         return
-    out[f"mean_{prefix}"] = float(v.mean())
+    out[f"mean_{prefix}"] = fmean(v)
     out[f"median_{prefix}"] = float(np.median(v))
-    out[f"std_{prefix}"] = float(v.std())
+    out[f"std_{prefix}"] = fstd(v)
     for p in (90, 95, 99):
         out[f"p{p}_{prefix}"] = float(np.percentile(v, p))
 
@@ -723,7 +726,7 @@ def summarize(
             s[f"{p}_itl_ms"] = float("nan")
     # Time-weighted step statistics.
     w = steps["duration_s"].to_numpy() if len(steps) else np.zeros(0)
-    wsum = float(w.sum())
+    wsum = fsum(w)
     s["num_steps"] = len(steps)
     # Time-weighted means over a multi-million-row frame: one float64 buffer reused for
     # every product (the same elementwise values and sums as the plain expressions).
@@ -731,7 +734,7 @@ def summarize(
 
     def weighted_sum(col: str) -> float:
         np.multiply(steps[col].to_numpy(), w, out=buf)
-        return float(buf.sum())
+        return fsum(buf)
 
     s["mean_batch_size"] = weighted_sum("num_running") / wsum if wsum else 0.0
     mem_cols = [c for c, _ in _MEM_FIELDS]
@@ -749,10 +752,10 @@ def summarize(
         ):
             np.divide(steps[col].to_numpy(), cap, out=buf)
             buf *= w
-            s[name] = float(buf.sum() / wsum)
+            s[name] = fsum(buf) / wsum
         del cap
         # Column by column in float64 (no 2-D copy of the split, no groupby temporaries).
-        parts = {c: float(steps[f"{c}_s"].to_numpy().sum(dtype=np.float64)) for c in _SPLIT_NAMES}
+        parts = {c: fsum(steps[f"{c}_s"].to_numpy()) for c in _SPLIT_NAMES}
         split_total = sum(parts.values())
         for col in _SPLIT_NAMES:
             s[f"step_time_{col}_frac"] = parts[col] / split_total if split_total else 0.0
