@@ -145,7 +145,7 @@ def fit_stack(runs: Sequence[BenchResult], scenario: ScenarioCfg | Mapping[str, 
         notes.append("one run only: nothing held out; the fit is not checked")
 
     def params_of(x: Sequence[float]) -> StackParams:
-        return StackParams(**dict(zip(_NAMES, x, strict=True)))
+        return start.replace(**dict(zip(_NAMES, x, strict=True)))
 
     cache: dict[tuple[float, ...], float] = {}
 

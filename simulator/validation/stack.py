@@ -15,6 +15,9 @@ parameter                  how it acts
                            achieved fraction of peak of every GEMM and attention kernel.
 ``bandwidth_eff_scale``    multiplies the GPU's HBM bandwidth, i.e. the achieved fraction of
                            bandwidth of weight and KV reads.
+``comm_eff_scale``         multiplies the GPU's scale-up (NVLink) and PCIe bandwidth, i.e. the
+                           achieved all-reduce bus bandwidth of tensor parallelism. Not
+                           fitted (a single-GPU file says nothing about it); the bands vary it.
 =========================  =================================================================
 
 The efficiency scales act through a derived GPU file (same name, scaled figures) written to a
@@ -36,7 +39,8 @@ from servesim.simulator.errors import ScenarioError
 
 __all__ = ["StackParams", "apply_params", "load_profile", "write_profile"]
 
-_FIELDS = ("step_overhead_s", "per_request_overhead_s", "compute_eff_scale", "bandwidth_eff_scale")
+_FIELDS = ("step_overhead_s", "per_request_overhead_s", "compute_eff_scale", "bandwidth_eff_scale",
+           "comm_eff_scale")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,12 +52,14 @@ class StackParams:
         per_request_overhead_s: time per request outside the engine loop (s).
         compute_eff_scale: factor on the GPU's peak FLOP/s (> 0).
         bandwidth_eff_scale: factor on the GPU's HBM bandwidth (> 0).
+        comm_eff_scale: factor on the GPU's scale-up and PCIe link bandwidth (> 0).
     """
 
     step_overhead_s: float | None = None
     per_request_overhead_s: float = 0.0
     compute_eff_scale: float = 1.0
     bandwidth_eff_scale: float = 1.0
+    comm_eff_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.step_overhead_s is not None and not (0 <= self.step_overhead_s < 1):
@@ -62,7 +68,7 @@ class StackParams:
             raise ScenarioError(
                 f"per_request_overhead_s must be in [0, 60) s, got {self.per_request_overhead_s}"
             )
-        for name in ("compute_eff_scale", "bandwidth_eff_scale"):
+        for name in ("compute_eff_scale", "bandwidth_eff_scale", "comm_eff_scale"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value <= 4):
                 raise ScenarioError(f"{name} must be in (0, 4], got {value!r}")
@@ -111,7 +117,7 @@ def apply_params(data: Mapping[str, Any], params: StackParams, workdir: Path) ->
     out = dict(data)
     if params.step_overhead_s is not None:
         out["engine"] = {**dict(out.get("engine") or {}), "step_overhead_s": params.step_overhead_s}
-    if params.compute_eff_scale != 1.0 or params.bandwidth_eff_scale != 1.0:
+    if (params.compute_eff_scale, params.bandwidth_eff_scale, params.comm_eff_scale) != (1.0, 1.0, 1.0):
         hw = out.get("hardware")
         groups = hw if isinstance(hw, list) else [hw]
         new = []
@@ -132,9 +138,14 @@ def _scaled_gpu_file(gpu: str, params: StackParams, workdir: Path, index: int) -
     entry["peak_flops_per_s"] = {
         k: float(v) * params.compute_eff_scale for k, v in dict(entry["peak_flops_per_s"]).items()
     }
-    entry["source"] = (f"{entry.get('source', '')}; servesim stack fit: peaks x "
-                       f"{params.compute_eff_scale:.4g}, bandwidth x {params.bandwidth_eff_scale:.4g}")
-    path = workdir / f"gpu-{index}-c{params.compute_eff_scale:.6f}-b{params.bandwidth_eff_scale:.6f}.yaml"
+    for key in ("scaleup_bw_bytes_per_s", "pcie_bw_bytes_per_s"):
+        if entry.get(key) is not None:
+            entry[key] = float(entry[key]) * params.comm_eff_scale
+    entry["source"] = (f"{entry.get('source', '')}; servesim stack parameters: peaks x "
+                       f"{params.compute_eff_scale:.4g}, bandwidth x {params.bandwidth_eff_scale:.4g}, "
+                       f"links x {params.comm_eff_scale:.4g}")
+    path = workdir / (f"gpu-{index}-c{params.compute_eff_scale:.6f}-b{params.bandwidth_eff_scale:.6f}"
+                      f"-l{params.comm_eff_scale:.6f}.yaml")
     path.write_text(yaml.safe_dump(entry, sort_keys=False))
     return path
 

@@ -1,0 +1,217 @@
+"""Prediction bands: low / mid / high for any simulated number, and which assumption
+dominates the width.
+
+**What varies.** Five assumptions, each over a stated range:
+
+==================  ===============================================================  ========
+factor              range                                                            source
+==================  ===============================================================  ========
+GPU compute         peak FLOP/s x (1 -/+ u), u from the GEMM calibration's held-out  residual
+efficiency          median |error| (x 2.44: the 90 % two-sided half-width of a
+                    normal with that median absolute deviation), x the GPU's grade
+GPU bandwidth       HBM bandwidth x (1 -/+ u), same u                                residual
+efficiency
+host overhead       step_overhead_s in [0, 2 x default] (no stack profile); the      issue #13
+per step            fitted value x (1 -/+ 0.3) with a ``--profile``                   mech. 6
+per-request         per_request_overhead_s in [0, 30 ms] (no profile); fitted x      issue #13
+overhead            (1 -/+ 0.3) with a profile                                        mech. 5
+TP communication    scale-up link bandwidth x [0.4, 1] (only with TP or PP > 1):     nccl-tests
+                    all-reduce bus bandwidth reaches ~75-80 % of NVLink for large     mech. 7
+                    messages and far less for the small ones of decode steps
+workload draw       two other workload seeds                                         sampling
+==================  ===============================================================  ========
+
+The GPU grade multiplies u: 1 for a GPU of a measured family (A100, H100: the calibration's
+kernel timings), 2.5 for a GPU whose efficiency is borrowed from another architecture
+(``roofline.profile_for``), and x1.25 / x1.5 more when its datasheet figures are graded
+``medium`` / ``low``.
+
+**Propagation.** Every factor is pushed through the simulation one at a time, to its low and
+its high end with the others at their nominal values (deterministic: no random draws; the
+seed factor uses seeds ``seed + 1`` and ``seed + 2``). For a metric with nominal value m and
+factor i giving values v, the downward and upward log-deviations are
+d_i- = max(0, ln(m / min v)) and d_i+ = max(0, ln(max v / m)); the band is
+``[m exp(-sum d_i-), m exp(+sum d_i+)]``.
+
+NOTE(combination): the deviations are added linearly, i.e. the factors are taken to move
+together (a stack with heavier host code tends to have less tuned kernels too; a GPU whose
+GEMMs fall short usually falls short on bandwidth as well). Adding them in quadrature
+(independent factors, ``combine="quadrature"``) gives bands ~1.6x narrower that covered only
+13 of the 26 shipped cases; linear stacking covers the share stated in docs/validation.md.
+The factor with the largest d_i- + d_i+ *dominates the width*.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from servesim.simulator.validation.stack import StackParams
+
+__all__ = ["Band", "Factor", "band_factors", "efficiency_uncertainty", "propagate"]
+
+#: Half-width of the 90 % interval of a normal, in median absolute deviations: 1.645 x 1.4826.
+_MAD_TO_90 = 1.645 * 1.4826
+_BORROWED_GRADE = 2.5
+_DATASHEET_GRADE = {"high": 1.0, "medium": 1.25, "low": 1.5}
+_PER_REQUEST_MAX_S = 0.030
+_PROFILE_REL = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Factor:
+    """One assumption and its two ends."""
+
+    name: str
+    label: str
+    low: StackParams
+    high: StackParams
+    seeds: tuple[int, ...] = ()  # the workload-seed factor varies seeds, not params
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """low / mid / high of one metric, and what makes it wide.
+
+    Attributes:
+        low, mid, high: the band (mid = the nominal run).
+        dominant: label of the factor contributing most to the width.
+        contributions: factor label -> (down, up) log-deviation.
+    """
+
+    low: float
+    mid: float
+    high: float
+    dominant: str
+    contributions: Mapping[str, tuple[float, float]]
+
+    def covers(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"low": self.low, "mid": self.mid, "high": self.high, "dominant": self.dominant,
+                "contributions": {k: {"down": d, "up": u} for k, (d, u) in self.contributions.items()}}
+
+
+def efficiency_uncertainty(gpu: str) -> tuple[float, str]:
+    """Relative uncertainty u of the GPU's achievable compute and bandwidth, and the grade.
+
+    Returns:
+        (u, grade text), e.g. (0.107, "measured family a100, datasheet high").
+    """
+    from servesim.hwmodels import calibration
+    from servesim.hwmodels.gpus import get_gpu
+    from servesim.hwmodels.roofline import profile_for
+
+    spec = get_gpu(gpu)
+    profile = profile_for(spec)
+    table = _error_table()
+    held = table[(table["role"] == "held-out") & table["gpu"].str.startswith(profile)]
+    med = float(held["median_abs_err_frac"].max()) if len(held) else float(table["median_abs_err_frac"].max())
+    family = spec.name.startswith(profile)
+    grade = 1.0 if family else _BORROWED_GRADE
+    conf = str(getattr(spec, "confidence", "high") or "high").lower()
+    grade *= _DATASHEET_GRADE.get(conf, 1.5)
+    text = (f"{'measured family ' + profile if family else 'efficiency borrowed from ' + profile}, "
+            f"datasheet {conf}")
+    del calibration
+    return _MAD_TO_90 * med * grade, text
+
+
+_TABLE: list[Any] = []
+
+
+def _error_table() -> Any:
+    if not _TABLE:
+        from servesim.hwmodels import calibration
+
+        _TABLE.append(calibration.error_table())
+    return _TABLE[0]
+
+
+#: Range of the achieved fraction of the scale-up link bandwidth (TP/PP all-reduce, p2p).
+COMM_EFF_RANGE = (0.4, 1.0)
+
+
+def band_factors(gpu: str, base: StackParams, *, has_profile: bool, seed: int = 0,
+                 vary_seed: bool = True, multi_gpu: bool = False) -> tuple[list[Factor], str]:
+    """The factors for a run on ``gpu`` around ``base``; and the GPU grade text."""
+    from servesim.hwmodels.stepcost import DEFAULT_STEP_OVERHEAD_S
+
+    u, grade = efficiency_uncertainty(gpu)
+    u = min(u, 0.6)
+    step = base.step_overhead_s if base.step_overhead_s is not None else DEFAULT_STEP_OVERHEAD_S
+    if has_profile:
+        step_lo, step_hi = step * (1 - _PROFILE_REL), step * (1 + _PROFILE_REL)
+        req = base.per_request_overhead_s
+        req_lo, req_hi = req * (1 - _PROFILE_REL), req * (1 + _PROFILE_REL)
+    else:
+        step_lo, step_hi = 0.0, 2.0 * step
+        req_lo, req_hi = 0.0, _PER_REQUEST_MAX_S
+    factors = [
+        Factor("compute", "GPU compute efficiency",
+               base.replace(compute_eff_scale=base.compute_eff_scale * (1 - u)),
+               base.replace(compute_eff_scale=base.compute_eff_scale * (1 + u))),
+        Factor("bandwidth", "GPU memory-bandwidth efficiency",
+               base.replace(bandwidth_eff_scale=base.bandwidth_eff_scale * (1 - u)),
+               base.replace(bandwidth_eff_scale=base.bandwidth_eff_scale * (1 + u))),
+        Factor("step_overhead", "host overhead per step",
+               base.replace(step_overhead_s=step_lo), base.replace(step_overhead_s=step_hi)),
+        Factor("per_request", "per-request overhead",
+               base.replace(per_request_overhead_s=req_lo), base.replace(per_request_overhead_s=req_hi)),
+    ]
+    if multi_gpu:
+        lo, hi = COMM_EFF_RANGE
+        factors.append(Factor("comm", "TP communication",
+                              base.replace(comm_eff_scale=base.comm_eff_scale * lo),
+                              base.replace(comm_eff_scale=base.comm_eff_scale * hi)))
+    if vary_seed:
+        factors.append(Factor("workload_seed", "workload draw", base, base, seeds=(seed + 1, seed + 2)))
+    return factors, f"u = {100 * u:.1f}% ({grade})"
+
+
+def propagate(evaluate: Callable[[StackParams, int], Mapping[str, float]], base: StackParams,
+              factors: Sequence[Factor], *, seed: int = 0,
+              combine: str = "linear") -> dict[str, Band]:
+    """Bands of every metric ``evaluate`` returns (see the module docstring).
+
+    Args:
+        evaluate: ``(params, seed) -> {metric: value}``, one simulation.
+        base: the nominal parameters.
+        factors: from :func:`band_factors`.
+        seed: the nominal seed.
+        combine: ``linear`` (default, see the NOTE above) or ``quadrature``.
+    """
+    if combine not in ("linear", "quadrature"):
+        raise ValueError(f"combine must be 'linear' or 'quadrature', got {combine!r}")
+    mid = dict(evaluate(base, seed))
+    runs: dict[str, list[Mapping[str, float]]] = {}
+    for f in factors:
+        if f.seeds:
+            runs[f.label] = [evaluate(base, s) for s in f.seeds]
+        else:
+            runs[f.label] = [evaluate(f.low, seed), evaluate(f.high, seed)]
+    out: dict[str, Band] = {}
+    for metric, m in mid.items():
+        if not (isinstance(m, int | float) and math.isfinite(m) and m > 0):
+            continue
+        contrib: dict[str, tuple[float, float]] = {}
+        for label, values in runs.items():
+            vs = [float(v[metric]) for v in values
+                  if metric in v and math.isfinite(float(v[metric])) and float(v[metric]) > 0]
+            if not vs:
+                contrib[label] = (0.0, 0.0)
+                continue
+            contrib[label] = (max(0.0, math.log(m / min(vs))), max(0.0, math.log(max(vs) / m)))
+        if combine == "linear":
+            down = sum(d for d, _ in contrib.values())
+            up = sum(u for _, u in contrib.values())
+        else:
+            down = math.sqrt(sum(d * d for d, _ in contrib.values()))
+            up = math.sqrt(sum(u * u for _, u in contrib.values()))
+        dominant = max(contrib, key=lambda k: contrib[k][0] + contrib[k][1]) if contrib else ""
+        out[metric] = Band(low=m * math.exp(-down), mid=float(m), high=m * math.exp(up),
+                           dominant=dominant, contributions=contrib)
+    return out

@@ -1,0 +1,241 @@
+"""The shipped validation cases (``servesim validate``): published end-to-end measurements
+from the allowed sources, each a small scenario plus one measured metric.
+
+The table is data (``simulator/validation/data/cases.yaml``, shipped as package data); this
+module validates it, turns each case into a scenario and runs it. No case carries a tuned
+parameter: every case runs with the simulator's defaults, the stack's profile where the
+scenario schema has ``engine.stack``, and, when given, one :class:`~.stack.StackParams`
+applied to all cases alike (a ``--profile``, or a band draw).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from servesim.simulator.errors import ScenarioError
+from servesim.simulator.validation.stack import StackParams
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from servesim.simulator.validation.bands import Band
+
+__all__ = ["Case", "case_band", "case_scenario", "load_cases", "run_case", "run_cases"]
+
+_METRIC_UNITS = {
+    "output_throughput": "tok/s", "request_throughput": "req/s", "total_token_throughput": "tok/s",
+    "mean_ttft_ms": "ms", "median_ttft_ms": "ms", "mean_tpot_ms": "ms", "median_tpot_ms": "ms",
+    "mean_e2el_ms": "ms", "median_e2el_ms": "ms", "mean_itl_ms": "ms",
+}
+_LOAD_KEYS = {
+    "static": {"kind", "batch", "prompt_tokens", "output_tokens", "rounds"},
+    "poisson": {"kind", "rate_per_s", "num_requests", "prompt_tokens", "output_tokens"},
+}
+#: Serving engine measured -> the stack profile it runs under (``engine.stack``), where the
+#: engine has no profile of its own. NOTE: TurboMind (LMDeploy) is a C++ engine with no Python
+#: host loop and persistent batching, the case the ``compiled`` profile describes.
+STACK_PROFILE = {"turbomind": "compiled", "lmdeploy": "compiled", "tensorrt-llm": "trtllm"}
+
+_CASE_KEYS = {"id", "source", "url", "where", "config", "stack", "scenario", "load", "metric",
+              "reference", "notes"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Case:
+    """One published measurement.
+
+    Attributes:
+        id: unique name.
+        source, url, where: citation (document, address, table/figure and row).
+        stack: the serving engine measured (``turbomind``, ``vllm``, ...).
+        scenario: scenario sections (hardware, model, scheduler, kv_cache, engine).
+        load: the load (see ``data/cases.yaml``).
+        metric: summary metric compared.
+        reference: the published value.
+    """
+
+    id: str
+    source: str
+    url: str
+    where: str
+    stack: str
+    scenario: Mapping[str, Any]
+    load: Mapping[str, Any]
+    metric: str
+    reference: float
+    notes: str = ""
+
+    @property
+    def unit(self) -> str:
+        return _METRIC_UNITS[self.metric]
+
+
+def _default_table() -> str:
+    return resources.files("servesim.simulator.validation").joinpath("data/cases.yaml").read_text()
+
+
+def load_cases(path: str | Path | None = None) -> list[Case]:
+    """Read and check a case table (default: the shipped one).
+
+    Raises:
+        ScenarioError: a malformed table (names the case and the field).
+    """
+    import yaml
+
+    where = str(path) if path is not None else "simulator/validation/data/cases.yaml"
+    try:
+        text = Path(path).read_text() if path is not None else _default_table()
+        raw = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ScenarioError(f"{where}: cannot read the case table: {exc}") from None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("cases"), list):
+        raise ScenarioError(f"{where}: expected a mapping with a 'cases:' list")
+    out: list[Case] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw["cases"]):
+        name = item.get("id", f"#{i + 1}") if isinstance(item, Mapping) else f"#{i + 1}"
+        ctx = f"{where}: case {name}"
+        if not isinstance(item, Mapping):
+            raise ScenarioError(f"{ctx}: expected a mapping")
+        unknown = sorted(set(item) - _CASE_KEYS)
+        if unknown:
+            raise ScenarioError(f"{ctx}: unknown key(s) {unknown}; valid: {sorted(_CASE_KEYS)}")
+        for key in ("id", "source", "url", "where", "stack", "scenario", "load", "metric", "reference"):
+            if key not in item:
+                raise ScenarioError(f"{ctx}: field {key!r} is missing")
+        if name in seen:
+            raise ScenarioError(f"{ctx}: duplicate id")
+        seen.add(name)
+        if item["metric"] not in _METRIC_UNITS:
+            raise ScenarioError(f"{ctx}: metric {item['metric']!r}; valid: {sorted(_METRIC_UNITS)}")
+        ref = item["reference"]
+        if isinstance(ref, bool) or not isinstance(ref, int | float) or not ref > 0:
+            raise ScenarioError(f"{ctx}: reference {ref!r} must be a number > 0")
+        load = item["load"]
+        kind = load.get("kind") if isinstance(load, Mapping) else None
+        if kind not in _LOAD_KEYS:
+            raise ScenarioError(f"{ctx}: load.kind {kind!r}; valid: {sorted(_LOAD_KEYS)}")
+        bad = sorted(set(load) - _LOAD_KEYS[kind])
+        if bad:
+            raise ScenarioError(f"{ctx}: load key(s) {bad} not valid for kind {kind}; valid: {sorted(_LOAD_KEYS[kind])}")
+        if not isinstance(item["scenario"], Mapping):
+            raise ScenarioError(f"{ctx}: scenario must be a mapping of scenario sections")
+        out.append(Case(id=str(name), source=str(item["source"]), url=str(item["url"]),
+                        where=str(item["where"]), stack=str(item["stack"]),
+                        scenario=item["scenario"], load=load, metric=str(item["metric"]),
+                        reference=float(ref), notes=str(item.get("notes", ""))))
+    return out
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def case_scenario(case: Case, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
+    """The case as a scenario mapping (validated later by ``scenario_from_dict``)."""
+    from servesim.simulator.scenario import EngineCfg
+
+    load = case.load
+    batch = int(load.get("batch", 1))
+    base: dict[str, Any] = {
+        "name": case.id,
+        "seed": seed,
+        "hardware": {"tensor_parallel": 1, "replicas": 1, "gpu_memory_utilization": 0.9},
+        "model": {"quantization": "fp16", "kv_cache_dtype": "auto"},
+        "kv_cache": {"manager": "paged", "block_size_tokens": 16},
+        "scheduler": {"policy": "vllm", "max_num_seqs": max(256, batch),
+                      "max_num_batched_tokens": 8192},
+        "engine": {"progress": False},
+    }
+    if "stack" in EngineCfg.model_fields:  # the stack-profile mechanism, when present
+        base["engine"]["stack"] = STACK_PROFILE.get(case.stack, case.stack)
+    data = _merge(base, case.scenario)
+    lengths = {"prompt": {"dist": "fixed", "tokens": int(load["prompt_tokens"])},
+               "output": {"dist": "fixed", "tokens": int(load["output_tokens"])}}
+    if load["kind"] == "static":
+        rounds = 1 if quick else int(load.get("rounds", 2))
+        data["workload"] = {"name": "static-batch", "num_requests": batch * rounds,
+                            "arrivals": {"process": "closed_loop", "num_clients": batch},
+                            "lengths": lengths}
+    else:
+        n = int(load["num_requests"])
+        data["workload"] = {"name": "poisson", "num_requests": min(n, 100) if quick else n,
+                            "arrivals": {"process": "poisson", "rate_per_s": float(load["rate_per_s"])},
+                            "lengths": lengths}
+    return data
+
+
+def run_case(case: Case, params: StackParams | None = None, *, quick: bool = False,
+             seed: int = 0) -> float:
+    """The simulated value of the case's metric."""
+    from servesim.simulator.build import run_scenario
+    from servesim.simulator.scenario import scenario_from_dict
+    from servesim.simulator.validation.replay import simulated_metrics
+    from servesim.simulator.validation.stack import apply_params, temp_workdir
+
+    params = params or StackParams()
+    with temp_workdir() as tmp:
+        data = case_scenario(case, quick=quick, seed=seed)
+        if params.per_request_overhead_s > 0 and data["workload"]["arrivals"]["process"] == "closed_loop":
+            data["workload"]["arrivals"]["think_time_s"] = params.per_request_overhead_s
+        data = apply_params(data, params, Path(tmp))
+        try:
+            res = run_scenario(scenario_from_dict(data, source=f"case {case.id}")).variants[0]
+        except ScenarioError as exc:
+            raise ScenarioError(f"case {case.id}: {exc}") from None
+    metrics = simulated_metrics(res.requests, res.summary, params.per_request_overhead_s)
+    value = metrics.get(case.metric, res.summary.get(case.metric))
+    return float(value) if value is not None else math.nan
+
+
+def case_band(case: Case, params: StackParams | None = None, *, quick: bool = False,
+              seed: int = 0, has_profile: bool = False) -> Band:
+    """The prediction band of the case's metric (:mod:`.bands`)."""
+    from servesim.simulator.validation.bands import band_factors, propagate
+
+    base = params or StackParams()
+    hw = case.scenario.get("hardware") or {}
+    multi = int(hw.get("tensor_parallel", 1)) * int(hw.get("pipeline_parallel", 1)) > 1
+    factors, _ = band_factors(str(hw.get("gpu")), base, has_profile=has_profile, seed=seed,
+                              vary_seed=case.load["kind"] != "static", multi_gpu=multi)
+    memo: dict[tuple[StackParams, int], dict[str, float]] = {}
+
+    def evaluate(p: StackParams, s: int) -> dict[str, float]:
+        if (p, s) not in memo:
+            memo[(p, s)] = {case.metric: run_case(case, p, quick=quick, seed=s)}
+        return memo[(p, s)]
+
+    return propagate(evaluate, base, factors, seed=seed)[case.metric]
+
+
+def run_cases(cases: Sequence[Case], params: StackParams | None = None, *, quick: bool = False,
+              seed: int = 0, bands: bool = False, has_profile: bool = False) -> pd.DataFrame:
+    """Run every case; one row each: ``id``, ``source``, ``where``, ``stack``, ``metric``,
+    ``unit``, ``reference``, ``predicted``, ``error_frac`` ((predicted - reference) /
+    reference); with ``bands``, also ``low``, ``high``, ``covered`` and ``dominant``."""
+    import pandas as pd
+
+    rows = []
+    for case in cases:
+        row: dict[str, Any] = {"id": case.id, "source": case.source, "where": case.where,
+                               "stack": case.stack, "metric": case.metric, "unit": case.unit,
+                               "reference": case.reference}
+        if bands:
+            band = case_band(case, params, quick=quick, seed=seed, has_profile=has_profile)
+            pred = band.mid
+            row.update({"low": band.low, "high": band.high, "covered": band.covers(case.reference),
+                        "dominant": band.dominant})
+        else:
+            pred = run_case(case, params, quick=quick, seed=seed)
+        row["predicted"] = pred
+        row["error_frac"] = (pred - case.reference) / case.reference
+        rows.append(row)
+    return pd.DataFrame(rows)
