@@ -56,7 +56,6 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand(name="kernel", module="kernel", help="Cycle-level kernel model: SMs, SRAM tiles, L2, HBM queues and waves."),
     LazyCommand(name="compare", module="compare", help="Measured benchmark file (vLLM, SGLang, GenAI-Perf, AIPerf) vs servesim's replay of its load."),
     LazyCommand(name="validate", module="validate", help="Run the shipped published end-to-end cases: prediction, reference and error per case."),
-    LazyCommand(name="validate", module="validate", help="Run the shipped published end-to-end cases: prediction, reference and error per case."),
 )
 
 _PREFIX = "servesim.simulator.cli."
