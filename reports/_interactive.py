@@ -73,7 +73,7 @@ def latency_cdf_spec(run: RunData, series: RunSeries) -> Spec:
     colors = variant_colors(run.variants)
     doms = _domains(3, 0.07)
     data: list[Spec] = []
-    layout = _layout(430, hovermode="closest", annotations=[])
+    layout = _layout(460, hovermode="closest", annotations=[])
     for i, (col, title, slo_key) in enumerate(LATENCY_METRICS):
         highs = [float(s.cdf[col][0][-1]) for s in series.by_variant.values() if s.cdf[col][2]]
         lows = [float(x[x > 0][0]) for s in series.by_variant.values()
@@ -105,6 +105,8 @@ def latency_cdf_spec(run: RunData, series: RunSeries) -> Spec:
         layout[_key("y", i)] = _axis("fraction of requests" if i == 0 else "", range=[0, 1.02],
                                      anchor=_ref("x", i), tickformat=".0%")  # fmt: skip
         layout["annotations"].append(_title_annotation(title, sum(doms[i]) / 2, 1.0))
+    layout["legend"] = {"orientation": "h", "y": -0.2, "yanchor": "top"}
+    layout["margin"] = {"l": 70, "r": 20, "t": 40, "b": 90}
     return {"data": data, "layout": layout}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -13,7 +14,8 @@ import pandas as pd
 import pytest
 
 import servesim
-from servesim.reports._data import load_run, run_from_frames
+from servesim.reports._data import STEP_COLUMNS, load_run, run_from_frames
+from servesim.reports._format import fmt_auto, fmt_int, fmt_ms, fmt_pct
 from servesim.reports._roofline_fig import plot_run_roofline
 from servesim.reports.figures import (
     plot_kv_bar,
@@ -23,7 +25,7 @@ from servesim.reports.figures import (
     plot_step_time_split,
     plot_timelines,
 )
-from servesim.reports.report import build_report, interpret
+from servesim.reports.report import build_report, interpret, report_context
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXPECTED_FIGS = {
@@ -202,3 +204,84 @@ def test_reports_does_not_import_the_simulator() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_markdown_escapes_user_text(synthetic_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(synthetic_run, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["scenario"]["description"] = (
+        "# Owned\n## Also owned\n- a list\n![x](https://evil.example/x.png) "
+        "<img src=https://evil.example/y.png> a | b **bold**"
+    )
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    out = build_report(run_dir)
+    md = out["report_md"].read_text()
+    headings = [line for line in md.splitlines() if line.startswith("#")]
+    assert all(h.startswith(("# servesim report:", "## ", "### ")) for h in headings), headings
+    assert not re.search(r"!\[[^\]]*\]\(https?:", md)  # no remote image (ours are local PNGs)
+    assert not re.search(r"(?<!\\)<img", md)
+    assert r"\# Owned \#\# Also owned - a list \!\[x\](https://evil.example/x.png) \<img" in md
+    html = out["report_html"].read_text()
+    assert "&lt;img src=https://evil.example/y.png&gt;" in html and "<img" not in html
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value", "text"),
+    [
+        (fmt_int, 4475.584, "4,476"),
+        (fmt_auto, 1.0, "1"),
+        (fmt_auto, 4475.584, "4,476"),
+        (fmt_auto, 3.4412, "3.44"),
+        (fmt_ms, 0.4213, "0.42 ms"),
+        (fmt_ms, 842.1, "842 ms"),
+        (fmt_ms, 1265.2, "1.27 s"),
+        (fmt_ms, 52_369.6, "52.4 s"),
+        (fmt_ms, 1_078_571.4, "18.0 min"),
+        (fmt_ms, 9_000_000.0, "2.50 h"),
+        (fmt_ms, None, "n/a"),
+        (fmt_pct, 0.3454, "34.5%"),
+    ],
+)
+def test_numbers_print_in_the_unit_that_reads(fmt: object, value: object, text: str) -> None:
+    assert fmt(value) == text  # type: ignore[operator]
+
+
+def test_overloaded_loser_with_free_kv_is_not_credited_to_kv() -> None:
+    """The Azure-hour case: 'slow' cannot keep up (6 of 10 requests/s), its KV is 34 % free
+    with no preemptions; 'fast' keeps up. The KV capacity gap must not be given as a reason."""
+    n, rate = 1000, 10.0
+    arrival = np.arange(n) / rate
+    reqs, steps, variants = [], [], {}
+    for v, finish in (("fast", arrival + 1.0), ("slow", np.arange(1, n + 1) / 6.0)):
+        reqs.append(pd.DataFrame({
+            "variant": v, "request_id": np.arange(n), "replica_id": 0, "arrival_s": arrival,
+            "first_token_s": arrival + 0.1, "finish_s": finish, "status": "completed",
+            "ttft_ms": (finish - arrival) * 500, "tpot_ms": 20.0,
+            "e2el_ms": (finish - arrival) * 1e3,
+        }))  # fmt: skip
+        t = np.arange(0.0, finish.max(), 0.5)
+        queue = np.zeros(len(t)) if v == "fast" else np.maximum(0, t * rate - t * 6.0)
+        steps.append(pd.DataFrame({"variant": v, "replica_id": 0, "t_s": t, "duration_s": 0.5,
+                                   "queue_len": queue}))  # fmt: skip
+        variants[v] = {
+            "completed": n, "output_throughput": 1200.0 if v == "fast" else 720.0,
+            "num_preemptions": 0, "kv_free_frac": 0.34 if v == "slow" else 0.9,
+            "kv_capacity_tokens": 479_695 if v == "slow" else 1_199_281,
+            "mean_batch_size": 55.0 if v == "slow" else 20.0, "p99_ttft_ms": 1e6 if v == "slow"
+            else 900.0, "step_time_compute_frac": 0.78 if v == "slow" else 0.5,
+            "step_time_weight_read_frac": 0.1, "config": {"max_num_seqs": 256},
+        }  # fmt: skip
+    steps_df = pd.concat(steps).reindex(columns=list(STEP_COLUMNS), fill_value=0)
+    run = run_from_frames({"scenario": {"name": "x"}, "variants": variants},
+                          pd.concat(reqs), steps_df)  # fmt: skip
+    text = interpret(run)
+    assert text.startswith("fast kept up with the offered 10.0 requests/s; slow did not")
+    assert "slow sustains about 6.0" in text and "requests/s (60% of its arrivals)" in text
+    assert "slow's binding constraint was compute: 78% of its step time went to compute" in text
+    assert "KV capacity did not bind (34% free on average, no preemptions)" in text
+    assert "KV cache held more tokens" not in text
+    context = report_context(run)
+    assert len(context["banners"]) == 1 and context["banners"][0].startswith(
+        "slow: 10.0 requests/s arrived over 1.7 min, but it sustains only about 6.0"
+    )
