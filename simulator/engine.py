@@ -804,7 +804,8 @@ class DecodeTwin:
 
 def decode_twin(cost: Any, b: int) -> DecodeTwin | None:
     """The :class:`DecodeTwin` of ``cost`` for batch ``b``; None for ``b <= 0`` or a cost
-    model with an op timer (the cycle model: steps are then costed by ``step_time_s``)."""
-    if b <= 0 or getattr(cost, "op_timer", None) is not None:
+    model with an op timer (the cycle model: steps are then costed by ``step_time_s``) or
+    without a packed form (a test's hand-written cost model)."""
+    if b <= 0 or getattr(cost, "op_timer", None) is not None or not hasattr(cost, "packed"):
         return None
     return DecodeTwin(cost, b)

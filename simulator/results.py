@@ -92,10 +92,7 @@ _STRETCH_COLS = (
     "queue_len",  # after the last
     "decode_seqs",  # cost-model batch (running + static-batching padding)
     "ctx_tokens0",  # cost-model context tokens of the first step
-    "row0",  # index of the first step in the flat start/duration columns
-    *(f"s_{c}" for c, _ in _MEM_FIELDS),
-    *(f"e_{c}" for c, _ in _MEM_FIELDS),
-    "capacity_slots",
+    "row0",  # index of the first step in the flat start/duration/memory columns
     "prefix_hit_tokens",
     "prefix_query_tokens",
 )
@@ -148,8 +145,8 @@ class Recorder:
 
     Step rows are kept compactly until the end: a stepped row is one tuple (flushed into
     float64 blocks), and a fast-forwarded stretch of ``k`` decode steps is one record (its
-    constants and the exact memory split at its two ends) plus its ``k`` start times and
-    durations in flat ``array('d')`` columns. :meth:`steps_frame` expands them, vectorised,
+    constants) plus its ``k`` start times and durations in flat ``array('d')`` columns and
+    its ``k`` exact memory splits in a flat ``array('q')``. :meth:`steps_frame` expands them, vectorised,
     into the per-step timeline; the inter-token gaps a stretch implies (``k - 1`` per
     sequence, each the step's duration) are binned from the same columns.
     """
@@ -181,6 +178,8 @@ class Recorder:
         self._stretch_blocks: list[npt.NDArray[np.float64]] = []
         self._st_start_s = array("d")
         self._st_duration_s = array("d")
+        # Stretch steps' memory split, one row of _MEM_FIELDS per step (flat).
+        self._st_mem = array("q")
         # Column chunks of the compiled loop: (replica, ordinal of the first row, columns).
         self._col_chunks: list[tuple[int, int, dict[str, npt.NDArray[Any]]]] = []
         self._num_rows = 0  # also the ordinal of the next row (the log's insertion order)
@@ -322,28 +321,26 @@ class Recorder:
         queue_len: int,
         decode_seqs: int,
         ctx_tokens0: int,
-        mem_start: Any,
-        mem_end: Any,
+        mems: list[Any],
     ) -> None:
         """The ``k`` rows of a fast-forwarded decode stretch, recorded as one record.
 
         The queue is ``queue_len0`` long after each step but the last, ``queue_len`` after
         the last. Step ``j`` decodes ``num_running`` sequences (``decode_seqs`` including padding) over
-        ``ctx_tokens0 + num_running * j`` context tokens. Within a stretch the memory split is
-        interpolated linearly between its exact values at the start and at the end (token
-        states grow by one slot per sequence per step).
+        ``ctx_tokens0 + num_running * j`` context tokens. ``mems`` holds the KV manager's
+        exact memory split after each of the ``k`` steps (as a stepped row records it); the
+        prefix counters cannot change within a stretch and are taken from the last.
         """
         k = len(t_s)
-        s, e = mem_start, mem_end
+        e = mems[-1]
         self._stretches.extend((
             self._num_rows, replica_id, k, num_running, queue_len0, queue_len, decode_seqs, ctx_tokens0,
-            len(self._st_start_s),
-            s.token_slots, s.reserved_slots, s.internal_frag_slots, s.external_frag_slots, s.cached_slots,
-            s.free_slots,
-            e.token_slots, e.reserved_slots, e.internal_frag_slots, e.external_frag_slots, e.cached_slots,
-            e.free_slots,
-            e.capacity_slots, e.prefix_hit_tokens, e.prefix_query_tokens,
+            len(self._st_start_s), e.prefix_hit_tokens, e.prefix_query_tokens,
         ))
+        st_mem = self._st_mem
+        for m in mems:
+            st_mem.extend((m.token_slots, m.reserved_slots, m.internal_frag_slots, m.external_frag_slots,
+                           m.cached_slots, m.free_slots))
         self._st_start_s.extend(t_s)
         self._st_duration_s.extend(duration_s)
         self._num_rows += k
@@ -414,18 +411,10 @@ class Recorder:
         cols["queue_len"] = np.where(last, rep("queue_len"), rep("queue_len0"))
         jf = j.astype(np.float64)
         cols["in_ctx_tokens"] = rep("ctx_tokens0") + cols["num_running"] * jf
-        # The memory split, as (start + (end - start) * (j + 1) / k) rounded; the rounding
-        # residual goes to each row's largest category, so rows sum to capacity and stay
-        # non-negative.
-        frac = (jf + 1.0) / np.repeat(k.astype(np.float64), k)
-        grid = np.empty((n, len(_MEM_FIELDS)))
+        # The exact memory split of every step (recorded per step by the replica).
+        mem = np.frombuffer(self._st_mem, dtype=np.int64).reshape(-1, len(_MEM_FIELDS))
         for i, (col, _attr) in enumerate(_MEM_FIELDS):
-            a, b = rep("s_" + col), rep("e_" + col)
-            grid[:, i] = np.rint(a + (b - a) * frac)
-        residual = rep("capacity_slots") - grid.sum(axis=1)
-        grid[np.arange(n), grid.argmax(axis=1)] += residual
-        for i, (col, _attr) in enumerate(_MEM_FIELDS):
-            cols[col] = grid[:, i]
+            cols[col] = mem[idx, i]
         return cols
 
     def _split_into(
@@ -528,7 +517,7 @@ class Recorder:
             fill(lo, cols, m)
             lo += m
             del cols
-        self._st_start_s, self._st_duration_s = array("d"), array("d")
+        self._st_start_s, self._st_duration_s, self._st_mem = array("d"), array("d"), array("q")
         # Stable order by (time, replica), ties in the order the steps were logged.
         order = np.lexsort((ordinal, out["replica_id"], out["t_s"]))
         ordinal = np.empty(0, np.int64)  # free it before the permutation

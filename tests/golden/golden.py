@@ -81,7 +81,7 @@ def write_golden(name: str) -> None:
 
 
 def _read_csv(src: Any) -> pd.DataFrame:
-    return pd.read_csv(src, keep_default_na=False, na_values=[""])
+    return pd.read_csv(src, keep_default_na=False, na_values=[""], float_precision="round_trip")
 
 
 def read_golden(name: str) -> tuple[dict[str, Any], pd.DataFrame]:
