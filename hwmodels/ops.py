@@ -26,7 +26,7 @@ from servesim.hwmodels.quant import KvDtype, QuantScheme
 
 #: Operator names in report order. ``up_proj`` replaces ``gate_up_proj`` for non-gated MLPs.
 OP_ORDER: tuple[str, ...] = (
-    "qkv_proj", "attention", "o_proj", "gate_up_proj", "up_proj", "down_proj", "moe", "norm",
+    "qkv_proj", "attention", "o_proj", "gate_up_proj", "up_proj", "down_proj", "moe", "act_quant", "norm",
     "lm_head", "allreduce", "pipeline_p2p", "overhead",
 )
 #: Bounds an operator can be reported with.

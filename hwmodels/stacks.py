@@ -17,6 +17,9 @@ How each field enters the model (``docs/step-cost.md`` has the table):
   steps; ``all`` - every step up to the largest size; ``none``);
 * TTFT and E2EL ``+= request_overhead_s + request_overhead_s_per_prompt_token x prompt tokens
   + response_overhead_s`` (work outside the engine loop, applied per request in the results);
+* ``separate_act_quant``: with W8A8/FP8 schemes, one memory-bound kernel per quantized GEMM
+  reads the fp16 activations and writes the 8-bit ones (its cost grows with the tokens, so it
+  acts as an efficiency of FP8 prefill, not a fixed cost);
 * kernel-family efficiencies divide the time of their kernels (``fp8_gemm_eff``: FP8 GEMMs;
   ``weight_only_eff``: W4A16/W8A16 GEMMs; ``moe_gemm_eff``: routed-expert grouped GEMMs;
   ``prefill_attn_eff`` / ``decode_attn_eff``: attention; ``mla_attn_eff``: MLA attention, on top
@@ -77,6 +80,9 @@ class StackProfile:
         response_overhead_s: per request, first token to the client (detokenize, stream).
         fp8_gemm_eff, weight_only_eff, moe_gemm_eff, prefill_attn_eff, decode_attn_eff,
             mla_attn_eff: kernel-family efficiency factors.
+        separate_act_quant: W8A8/FP8 activations are quantized by separate elementwise
+            kernels before each quantized GEMM (vLLM, SGLang) rather than fused into the
+            preceding norm/activation kernel (TensorRT-LLM).
         sources: per field, where its default comes from.
     """
 
@@ -95,6 +101,7 @@ class StackProfile:
     prefill_attn_eff: float = 1.0
     decode_attn_eff: float = 1.0
     mla_attn_eff: float = 1.0
+    separate_act_quant: bool = False
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -109,6 +116,8 @@ class StackProfile:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 < v <= 1.5):
                 raise ConfigError(f"{where}: {f} must be an efficiency in (0, 1.5], got {v!r}")
             object.__setattr__(self, f, float(v))
+        if not isinstance(self.separate_act_quant, bool):
+            raise ConfigError(f"{where}: separate_act_quant must be true or false, got {self.separate_act_quant!r}")
         if self.cuda_graphs not in CUDA_GRAPH_MODES:
             raise ConfigError(f"{where}: cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, "
                               f"got {self.cuda_graphs!r}")

@@ -315,6 +315,30 @@ class StepCostModel:
             is_routed=g.is_routed,
         )
 
+    def _act_quant_coefs(self, ops: list[GemmOp]) -> list[_GemmCoef]:
+        """Activation-quantization kernels of W8A8/FP8 schemes when the stack runs them
+        separately: one memory-bound elementwise kernel per quantized GEMM, reading the fp16
+        input (K per token, x experts per token for routed GEMMs) and writing it at the
+        scheme's activation width. Written as a GEMM row with no compute side so the reference
+        and the packed form treat it like every other kernel (``launch + memory``)."""
+        sch = self.scheme
+        if not self.stack.separate_act_quant or sch.weight_only or sch.act_bytes >= ACT_BYTES:
+            return []
+        bw = self.gpu.hbm_bw_bytes_per_s * ELEMENTWISE_MEM_EFF_FRAC * self._gpu_mem_scale
+        out = []
+        for g in ops:
+            if not g.quantized:
+                continue
+            per_token = (ACT_BYTES + sch.act_bytes) * g.k * (g.active_copies if g.is_routed else 1)
+            out.append(_GemmCoef(
+                op="act_quant", n=0, k=g.k, compute_type=sch.compute_type, weight_bits=0,
+                s_per_padded_token=0.0, s_compute_const=0.0, s_dequant_per_tile=0.0,
+                s_mem_const=0.0, s_mem_const_weights=0.0, s_mem_per_token=per_token / bw,
+                flops_per_token=0.0, weight_bytes=0.0, act_bytes_per_token=per_token,
+                num_copies=1, active_copies=1, is_routed=False,
+            ))
+        return out
+
     def _precompute(self) -> None:
         m, tp = self.model, self.tp
         # Layer kinds present: (total layer count, GEMM coefficients); dense first, then MoE.
@@ -323,7 +347,8 @@ class StepCostModel:
         for moe_layer in (False, True):
             count = m.num_moe_layers if moe_layer else m.num_dense_layers
             if count:
-                gemms = [self._coef(g) for g in layer_gemms(m, self.scheme, tp, moe_layer=moe_layer)]
+                ops = layer_gemms(m, self.scheme, tp, moe_layer=moe_layer)
+                gemms = [self._coef(g) for g in ops] + self._act_quant_coefs(ops)
                 self._kinds.append((float(count), gemms))
                 kind_is_moe.append(moe_layer)
         self._head = self._coef(lm_head_gemm(m, self.scheme, tp))
@@ -455,7 +480,8 @@ class StepCostModel:
         """
         self._timer_kinds = [
             (n_layers, tuple(
-                (c.is_routed, c.n, c.k, c.compute_type, c.weight_bits, float(c.num_copies), float(c.active_copies))
+                (c.is_routed, c.n, c.k, c.compute_type, c.weight_bits, float(c.num_copies), float(c.active_copies),
+                 c.s_mem_per_token if c.op == "act_quant" else -1.0)
                 for c in gemms
             ))
             for n_layers, gemms in self._kinds
@@ -478,8 +504,10 @@ class StepCostModel:
         mm = max(int(T), 1)
         for n_layers, gemms in self._timer_kinds:
             layer = layer_common
-            for routed, n, k, ct, wb, e, ka in gemms:
-                if routed:
+            for routed, n, k, ct, wb, e, ka, quant_s_per_token in gemms:
+                if quant_s_per_token >= 0.0:  # activation quantization: an elementwise kernel
+                    layer += self._launch_s + quant_s_per_token * T
+                elif routed:
                     touched = e * (1.0 - (1.0 - ka / e) ** T)
                     m_e = T * ka / max(touched, 1e-9)
                     layer += touched * float(gemm(max(int(ceil(m_e)), 1), n, k, ct, wb))
@@ -572,7 +600,7 @@ class StepCostModel:
             tm = c.s_mem_const + c.s_mem_per_token * m
             flops = c.flops_per_token * m
             nbytes = c.weight_bytes + c.act_bytes_per_token * m
-        if self.op_timer is not None:
+        if self.op_timer is not None and c.op != "act_quant":
             gemm = self.op_timer.gemm_time_s
             memo = self._memo_gemm.setdefault((c.n, c.k, c.compute_type, c.weight_bits), {})
             if c.is_routed:
