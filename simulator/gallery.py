@@ -80,7 +80,7 @@ def gallery_entries() -> list[GalleryEntry]:
         folder = root / kind
         if not folder.is_dir():
             continue
-        for path in sorted(folder.glob("*.yaml")):
+        for path in sorted(folder.glob("*.yaml"), key=lambda p: p.stem):
             entries.append(
                 GalleryEntry(name=path.stem, kind=kind, path=path, summary=_summary(path))
             )
