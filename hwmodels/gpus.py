@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from servesim.hwmodels.errors import ConfigError, unknown_name
 from servesim.hwmodels.units import GiB
@@ -170,27 +170,28 @@ class GpuSpec:
 class GpuFile(BaseModel):
     """Schema of one GPU entry in YAML (bundled catalogue and user files alike)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Finite and within physical sense (docs/inputs.md): 1e300 GiB would overflow to inf.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(min_length=1)
-    display_name: str = ""
-    aliases: list[str] = []
+    name: str = Field(min_length=1, max_length=200)
+    display_name: str = Field("", max_length=1000)
+    aliases: list[str] = Field([], max_length=100)
     vendor: str = ""
     arch: str = ""
     memory_type: str | None = None
-    hbm_gib: PositiveFloat
-    hbm_bw_bytes_per_s: PositiveFloat
-    peak_flops_per_s: dict[str, PositiveFloat]
-    num_sms: PositiveInt | None = None
-    clock_hz: PositiveFloat | None = None
-    l2_bytes: PositiveInt | None = None
-    sram_bytes_per_sm: PositiveInt | None = None
-    smem_max_bytes_per_sm: PositiveInt | None = None
-    regfile_bytes_per_sm: PositiveInt | None = None
+    hbm_gib: float = Field(gt=0, le=1e6)
+    hbm_bw_bytes_per_s: float = Field(gt=0, le=1e16)
+    peak_flops_per_s: dict[str, Annotated[float, Field(gt=0, le=1e20)]]
+    num_sms: int | None = Field(None, ge=1, le=1_000_000)
+    clock_hz: float | None = Field(None, gt=0, le=1e11)
+    l2_bytes: int | None = Field(None, ge=1, le=1 << 40)
+    sram_bytes_per_sm: int | None = Field(None, ge=1, le=1 << 30)
+    smem_max_bytes_per_sm: int | None = Field(None, ge=1, le=1 << 30)
+    regfile_bytes_per_sm: int | None = Field(None, ge=1, le=1 << 30)
     scaleup: str | None = None
-    scaleup_bw_bytes_per_s: PositiveFloat | None = None
-    pcie_bw_bytes_per_s: PositiveFloat | None = None
-    tdp_w: PositiveFloat | None = None
+    scaleup_bw_bytes_per_s: float | None = Field(None, gt=0, le=1e16)
+    pcie_bw_bytes_per_s: float | None = Field(None, gt=0, le=1e16)
+    tdp_w: float | None = Field(None, gt=0, le=1e6)
     confidence: str = "user"
     source: str = "user-supplied"
     notes: str = ""
@@ -259,10 +260,12 @@ class GpuFile(BaseModel):
 
 
 def _format_validation_error(where: str, exc: ValidationError) -> str:
+    from servesim.hwmodels.safeio import clip, short
+
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        parts.append(clip(f"{loc}: {err['msg']} (got {short(err.get('input'))})"))
     return f"{where}: invalid GPU spec: " + "; ".join(parts)
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "check_finite",
     "check_int",
     "check_regular_file",
+    "clip",
     "load_json",
     "load_yaml",
     "prepare_out_dir",
@@ -90,6 +91,11 @@ def short(value: Any, limit: int = 60) -> str:
         return text
     size = len(value) if isinstance(value, str | bytes | list | dict) else len(text)
     return f"{text[: limit - 3]}... ({size} characters)"
+
+
+def clip(text: str, limit: int = 400) -> str:
+    """A message line cut to ``limit`` characters (for messages that embed a value)."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
 
 
 # ---------------------------------------------------------------------------- files

@@ -48,6 +48,7 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
+from servesim.hwmodels.safeio import clip as _clip
 from servesim.hwmodels.safeio import safe_component as _safe_component
 from servesim.hwmodels.safeio import short as _short
 from servesim.simulator.errors import CapacityError, ScenarioError, SimulatorError
@@ -295,6 +296,8 @@ class RateResult:
     limiting_slo: str | None = None
     binding_constraint: str = ""
     binding_reason: str = ""
+    band: Any = None  # validation.bands.Band of rate_per_s, when asked for (bands=True)
+    band_grade: str = ""
 
     def __repr__(self) -> str:
         return (
@@ -556,7 +559,7 @@ def plan_from_dict(
         cfg = _PlanFile.model_validate(dict(data))
     except ValidationError as exc:
         msgs = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+            _clip(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}") for e in exc.errors()
         )
         raise ScenarioError(f"{where}: {msgs}") from None
     base_dir = Path(base_dir) if base_dir is not None else None
@@ -726,6 +729,7 @@ class PlanResult:
     table: pd.DataFrame
     probes: pd.DataFrame
     curves: pd.DataFrame
+    bands: pd.DataFrame | None = None  # validation.bands.plan_bands, when asked for
 
     def write(self, out: str | Path) -> Path:
         """Write ``plan.csv``, ``plan.parquet``, ``probes.parquet``, ``curves.parquet``,

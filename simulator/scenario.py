@@ -42,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from servesim.hwmodels.safeio import load_yaml, read_text, short
+from servesim.hwmodels.safeio import clip, load_yaml, read_text, short
 from servesim.simulator.errors import ScenarioError, SimulatorError
 from servesim.workloads.config import WorkloadCfg
 
@@ -822,8 +822,9 @@ def _format_errors(
         if message not in msgs:
             msgs.append(message)
     if not by_path:  # every error came from a union branch we filtered: show them raw
-        return [str(exc)]
-    return [f"{path}: {' or '.join(msgs)}" for path, msgs in by_path.items()]
+        return [clip(str(exc), 2000)]
+    # Values are echoed inside the messages: cut each line (a 10 MB value is not echoed whole).
+    return [clip(f"{path}: {' or '.join(msgs)}") for path, msgs in by_path.items()]
 
 
 def _walk(

@@ -66,6 +66,7 @@ from servesim.hwmodels.safeio import (
     INT64_MAX,
     MAX_TRACE_BYTES,
     check_regular_file,
+    clip,
     load_yaml,
     prepare_out_dir,
     read_text,
@@ -216,6 +217,7 @@ class SweepSpec:
     params: Mapping[str, Any]
     samples: int = 0
     sampling_seed: int = 0
+    base_source: str = "base"
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (for ``sweep.json``)."""
@@ -263,6 +265,8 @@ def read_yaml_mapping(path: Path, kind: str) -> dict[str, Any]:
     """
     raw = load_yaml(read_text(path, f"{kind} file", error=ScenarioError), str(path),
                     error=ScenarioError)
+    if raw is None:
+        raise ScenarioError(f"{path}: the {kind} file is empty")
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: a {kind} file must be a mapping, got {type(raw).__name__}")
     if "name" not in raw:
@@ -315,8 +319,10 @@ def sweep_from_dict(
         if not isinstance(base, dict):
             raise ScenarioError(f"{base_path}: a scenario must be a mapping")
         scenario_dir: Path | None = base_path.parent
+        base_source = str(base_path)
     else:
         base, scenario_dir = dict(cfg.base), base_dir
+        base_source = f"{where}: base"
     if cfg.random is not None:
         params = {k: v.model_dump(exclude_none=True) for k, v in cfg.random.params.items()}
         return SweepSpec(
@@ -327,6 +333,7 @@ def sweep_from_dict(
             params=params,
             samples=cfg.random.samples,
             sampling_seed=cfg.random.seed,
+            base_source=base_source,
         )
     kind: Literal["grid", "zip", "points"]
     if cfg.grid is not None:
@@ -336,7 +343,8 @@ def sweep_from_dict(
     else:
         kind, params = "points", {"points": list(cfg.points or [])}
     return SweepSpec(
-        name=cfg.name or "sweep", base=base, base_dir=scenario_dir, kind=kind, params=params
+        name=cfg.name or "sweep", base=base, base_dir=scenario_dir, kind=kind, params=params,
+        base_source=base_source,
     )
 
 
@@ -507,6 +515,8 @@ class PointTask:
     # SHA-256 of the point's validated, resolved scenario: --resume recomputes a point
     # whose scenario changed even though its parameters did not.
     scenario_digest: str | None = None
+    # Where the base scenario came from (error messages).
+    source: str = "scenario"
 
 
 def run_point(task: PointTask) -> list[dict[str, Any]]:
@@ -537,7 +547,8 @@ def validate_point(task: PointTask) -> str:
     from servesim.simulator.scenario import scenario_from_dict
 
     data = apply_params(task.base, task.point.params)
-    cfg = scenario_from_dict(data, base_dir=None if task.base_dir is None else Path(task.base_dir))
+    cfg = scenario_from_dict(data, base_dir=None if task.base_dir is None else Path(task.base_dir),
+                             source=f"{task.source} (point {task.point.index})")
     return _digest(cfg.model_dump(mode="json", exclude={"engine": {"progress"}}))[:16]
 
 
@@ -1232,7 +1243,7 @@ def run_sweep(
     tasks = []
     invalid: dict[str, BaseException] = {}
     for p in points:
-        task = PointTask(point=p, base=spec.base, base_dir=base_dir)
+        task = PointTask(point=p, base=spec.base, base_dir=base_dir, source=spec.base_source)
         try:
             task = dataclasses.replace(task, scenario_digest=validate_point(task))
         except SimulatorError as exc:
@@ -1275,5 +1286,5 @@ def _format_validation(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        parts.append(clip(f"{loc}: {err['msg']}" if loc else err["msg"]))
     return "; ".join(parts)
