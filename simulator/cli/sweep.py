@@ -107,6 +107,7 @@ def plan(
     workers: Annotated[int | None, typer.Option("--workers", "-w", min=1)] = None,
     scheduler_address: Annotated[str | None, typer.Option()] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    bands: Annotated[bool, typer.Option("--bands", help="Also give the top candidates' max rate and GPU count as ranges, with the assumption that dominates the width (writes bands.csv).")] = False,
 ) -> None:
     """Rank candidate configurations by cost for a target rate under SLOs."""
     from servesim.simulator.capacity import load_plan, plan_capacity
@@ -122,7 +123,38 @@ def plan(
         )
         out_dir = result.write(out if out is not None else Path("out") / parsed.name)
     _print_plan(result)
+    if bands:
+        from servesim.simulator.cli.validate import print_plan_bands
+        from servesim.simulator.validation.bands import plan_bands
+
+        with _user_errors():
+            result.bands = plan_bands(result)
+        result.bands.to_csv(out_dir / "bands.csv", index=False)
+        print_plan_bands(result.bands)
+    _print_deploy(result, out_dir)
     typer.echo(f"report: {out_dir / 'report.md'} and {out_dir / 'report.html'}")
+
+
+def _print_deploy(result: object, out_dir: Path) -> None:
+    """Print the vLLM / SGLang command lines of the best candidates; write OUT/deploy.sh."""
+    from servesim.simulator.capacity import PlanResult
+    from servesim.simulator.deploy import commands_script, plan_deploy_commands
+
+    assert isinstance(result, PlanResult)
+    with _user_errors():
+        items = plan_deploy_commands(result, top_k=max(1, result.spec.top_k))
+    if not items:
+        return
+    typer.echo("deploy the best candidates (one replica each; notes say what needs a checkpoint):")
+    for it in items:
+        typer.echo(f"  #{it['rank']} {it['label']} x {it['replicas']} replica(s)")
+        for note in it["notes"]:
+            typer.echo(f"    note: {note}")
+        typer.echo(f"    {it['vllm']}")
+        typer.echo(f"    {it['sglang']}")
+    path = out_dir / "deploy.sh"
+    path.write_text(commands_script(items, title=result.spec.name) + "\n", encoding="utf-8")
+    typer.echo(f"commands: {path}")
 
 
 def _print_plan(result: object) -> None:
