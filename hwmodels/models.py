@@ -420,42 +420,42 @@ def model_names() -> list[str]:
     return list(_bundled())
 
 
-#: Hugging Face model ids (lower case; looked up case-insensitively) -> bundled model. A
+#: Hugging Face model ids (as spelled on the Hub; looked up case-insensitively) -> bundled model. A
 #: fine-tune (Instruct, chat) has its base model's architecture, so both ids map to one config.
 #: Only ids whose config.json matches the bundled one in every field the simulator reads are
 #: listed (Mistral-7B v0.3 is not: its vocabulary is 32768). docs/hardware-and-models.md
 #: prints this table; a test checks that each target is bundled.
 HF_MODEL_IDS: dict[str, str] = {
-    "meta-llama/llama-2-7b-hf": "llama-2-7b",
-    "meta-llama/llama-2-7b-chat-hf": "llama-2-7b",
-    "meta-llama/llama-2-13b-hf": "llama-2-13b",
-    "meta-llama/llama-2-13b-chat-hf": "llama-2-13b",
-    "meta-llama/llama-2-70b-hf": "llama-2-70b",
-    "meta-llama/llama-2-70b-chat-hf": "llama-2-70b",
-    "meta-llama/llama-3.1-8b": "llama-3.1-8b",
-    "meta-llama/llama-3.1-8b-instruct": "llama-3.1-8b",
-    "meta-llama/meta-llama-3.1-8b": "llama-3.1-8b",
-    "meta-llama/meta-llama-3.1-8b-instruct": "llama-3.1-8b",
-    "meta-llama/llama-3.1-70b": "llama-3.1-70b",
-    "meta-llama/llama-3.1-70b-instruct": "llama-3.1-70b",
-    "meta-llama/meta-llama-3.1-70b": "llama-3.1-70b",
-    "meta-llama/meta-llama-3.1-70b-instruct": "llama-3.1-70b",
-    "meta-llama/llama-3.1-405b": "llama-3.1-405b",
-    "meta-llama/llama-3.1-405b-instruct": "llama-3.1-405b",
-    "meta-llama/meta-llama-3.1-405b": "llama-3.1-405b",
-    "meta-llama/meta-llama-3.1-405b-instruct": "llama-3.1-405b",
-    "mistralai/mistral-7b-v0.1": "mistral-7b",
-    "mistralai/mistral-7b-instruct-v0.1": "mistral-7b",
-    "mistralai/mixtral-8x7b-v0.1": "mixtral-8x7b",
-    "mistralai/mixtral-8x7b-instruct-v0.1": "mixtral-8x7b",
-    "qwen/qwen2.5-7b": "qwen2.5-7b",
-    "qwen/qwen2.5-7b-instruct": "qwen2.5-7b",
-    "qwen/qwen2.5-72b": "qwen2.5-72b",
-    "qwen/qwen2.5-72b-instruct": "qwen2.5-72b",
-    "deepseek-ai/deepseek-v2": "deepseek-v2",
-    "deepseek-ai/deepseek-v2-chat": "deepseek-v2",
-    "deepseek-ai/deepseek-v3": "deepseek-v3",
-    "deepseek-ai/deepseek-v3-base": "deepseek-v3",
+    "meta-llama/Llama-2-7b-hf": "llama-2-7b",
+    "meta-llama/Llama-2-7b-chat-hf": "llama-2-7b",
+    "meta-llama/Llama-2-13b-hf": "llama-2-13b",
+    "meta-llama/Llama-2-13b-chat-hf": "llama-2-13b",
+    "meta-llama/Llama-2-70b-hf": "llama-2-70b",
+    "meta-llama/Llama-2-70b-chat-hf": "llama-2-70b",
+    "meta-llama/Llama-3.1-8B": "llama-3.1-8b",
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "meta-llama/Meta-Llama-3.1-8B": "llama-3.1-8b",
+    "meta-llama/Meta-Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "meta-llama/Llama-3.1-70B": "llama-3.1-70b",
+    "meta-llama/Llama-3.1-70B-Instruct": "llama-3.1-70b",
+    "meta-llama/Meta-Llama-3.1-70B": "llama-3.1-70b",
+    "meta-llama/Meta-Llama-3.1-70B-Instruct": "llama-3.1-70b",
+    "meta-llama/Llama-3.1-405B": "llama-3.1-405b",
+    "meta-llama/Llama-3.1-405B-Instruct": "llama-3.1-405b",
+    "meta-llama/Meta-Llama-3.1-405B": "llama-3.1-405b",
+    "meta-llama/Meta-Llama-3.1-405B-Instruct": "llama-3.1-405b",
+    "mistralai/Mistral-7B-v0.1": "mistral-7b",
+    "mistralai/Mistral-7B-Instruct-v0.1": "mistral-7b",
+    "mistralai/Mixtral-8x7B-v0.1": "mixtral-8x7b",
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": "mixtral-8x7b",
+    "Qwen/Qwen2.5-7B": "qwen2.5-7b",
+    "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b",
+    "Qwen/Qwen2.5-72B": "qwen2.5-72b",
+    "Qwen/Qwen2.5-72B-Instruct": "qwen2.5-72b",
+    "deepseek-ai/DeepSeek-V2": "deepseek-v2",
+    "deepseek-ai/DeepSeek-V2-Chat": "deepseek-v2",
+    "deepseek-ai/DeepSeek-V3": "deepseek-v3",
+    "deepseek-ai/DeepSeek-V3-Base": "deepseek-v3",
     "facebook/opt-13b": "opt-13b",
     "facebook/opt-66b": "opt-66b",
 }
@@ -473,8 +473,9 @@ def get_model(name_or_path: str | Path | ModelSpec) -> ModelSpec:
     bundled = _bundled()
     if text.lower() in bundled:
         return bundled[text.lower()]
-    if text.lower() in HF_MODEL_IDS and not Path(text).exists():
-        return bundled[HF_MODEL_IDS[text.lower()]]
+    hf_ids = {k.lower(): v for k, v in HF_MODEL_IDS.items()}
+    if text.lower() in hf_ids and not Path(text).exists():
+        return bundled[hf_ids[text.lower()]]
     if text.endswith(".json") or Path(text).exists():
         return load_model_config(text)
     raise unknown_name("model", text, bundled)

@@ -82,8 +82,7 @@ def hf_model_id(name: str) -> str:
     ids = [k for k, v in HF_MODEL_IDS.items() if v == name.lower()]
     if not ids:
         return name
-    tuned = [k for k in ids if k.endswith(("-instruct", "-chat-hf", "-chat"))]
-    # The canonical capitalisation is not stored; Hugging Face resolves ids case-insensitively.
+    tuned = [k for k in ids if k.lower().endswith(("-instruct", "-chat-hf", "-chat"))]
     return (tuned or ids)[0]
 
 

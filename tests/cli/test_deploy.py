@@ -30,13 +30,13 @@ def _flags(line: str) -> dict[str, str | None]:
 def test_quickstart_commands_are_exact():
     cmds = deploy_commands(load_scenario(QUICKSTART))
     assert cmds.vllm == (
-        "vllm serve meta-llama/llama-3.1-8b-instruct --tensor-parallel-size 1 "
+        "vllm serve meta-llama/Llama-3.1-8B-Instruct --tensor-parallel-size 1 "
         "--gpu-memory-utilization 0.9 --max-num-seqs 256 --dtype float16 "
         "--max-num-batched-tokens 8192 --block-size 16 --no-enable-prefix-caching "
         "--max-model-len 8192"
     )
     assert cmds.sglang == (
-        "python -m sglang.launch_server --model-path meta-llama/llama-3.1-8b-instruct --tp 1 "
+        "python -m sglang.launch_server --model-path meta-llama/Llama-3.1-8B-Instruct --tp 1 "
         "--mem-fraction-static 0.9 --max-running-requests 256 --dtype float16 "
         "--chunked-prefill-size 8192 --page-size 16 --disable-radix-cache --context-length 8192"
     )
