@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from servesim.simulator.scenario import ScenarioCfg
     from servesim.simulator.sweep import ExecutorKind, SweepSpec
 
-__all__ = ["load", "max_sustainable_rate", "plan_capacity", "run", "sweep"]
+__all__ = ["bands", "load", "max_sustainable_rate", "plan_capacity", "run", "sweep"]
 
 
 def load(
@@ -144,6 +144,8 @@ def max_sustainable_rate(
     percentile: str = "p99",
     rel_tol: float = 0.05,
     overrides: Sequence[str] | Mapping[str, Any] = (),
+    bands: bool = False,
+    profile: str | Path | None = None,
     **kwargs: Any,
 ) -> RateResult:
     """Highest arrival rate whose run meets the SLOs, by bisection on the scaled stream.
@@ -163,6 +165,10 @@ def max_sustainable_rate(
         rel_tol: relative tolerance of the answer (0.05: the true limit lies within 5 %
             above the returned rate).
         overrides: dotted-path overrides applied first.
+        bands: also compute the rate's prediction band (``result.band``: low / mid / high and
+            the dominant assumption; :mod:`simulator.validation.bands`). Re-runs the
+            bisection once per assumption end (about 11 times).
+        profile: a stack-fit profile (``servesim calibrate --from``) for the bands.
         **kwargs: see :func:`simulator.capacity.max_sustainable_rate` (bounds, initial rate,
             variant, executor for the probes).
 
@@ -177,7 +183,15 @@ def max_sustainable_rate(
     cfg = load(scenario, overrides)
     slo = SloTarget(ttft_ms=ttft_ms, tpot_ms=tpot_ms, goodput_frac=goodput_frac,
                     percentile=percentile)
-    return _msr(cfg, slo=slo, rel_tol=rel_tol, **kwargs)
+    result = _msr(cfg, slo=slo, rel_tol=rel_tol, **kwargs)
+    if bands:
+        from servesim.simulator.validation.bands import rate_band
+
+        params, has_profile = _profile(profile)
+        search = {k: v for k, v in kwargs.items() if k in ("min_rate_per_s", "max_rate_per_s", "variant")}
+        result.band, result.band_grade = rate_band(cfg, slo, params=params, has_profile=has_profile,
+                                                   rel_tol=rel_tol, **search)
+    return result
 
 
 def plan_capacity(
@@ -188,6 +202,8 @@ def plan_capacity(
     scheduler_address: str | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    bands: bool = False,
+    profile: str | Path | None = None,
 ) -> PlanResult:
     """Plan capacity: for each candidate configuration, the max rate per replica, the
     replicas, GPUs and dollars needed for the target rate, and what binds.
@@ -199,18 +215,73 @@ def plan_capacity(
         out: when given, write the plan table, probes and the report (Markdown + HTML with
             figures) there.
         progress: show a progress bar.
+        bands: also give the top candidates' max rate and GPU count as ranges
+            (``result.bands``: low / mid / high, and the assumption that dominates the width).
+        profile: a stack-fit profile (``servesim calibrate --from``) for the bands.
 
     Returns:
         :class:`simulator.capacity.PlanResult` (``.table`` ranked, ``.probes``,
-        ``.curves``, ``.write(dir)``).
+        ``.curves``, ``.bands``, ``.write(dir)``).
     """
     from servesim.simulator.capacity import plan_capacity as _plan
 
     result = _plan(plan, executor=executor, workers=workers,
                    scheduler_address=scheduler_address, progress=progress)
+    if bands:
+        from servesim.simulator.validation.bands import plan_bands
+
+        params, has_profile = _profile(profile)
+        result.bands = plan_bands(result, params=params, has_profile=has_profile)
     if out is not None:
         result.write(out)
     return result
+
+
+def bands(
+    scenario: str | Path | Mapping[str, Any] | ScenarioCfg,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    profile: str | Path | None = None,
+    metrics: Sequence[str] | None = None,
+    variant: str | None = None,
+) -> pd.DataFrame:
+    """Prediction bands of a run's summary metrics.
+
+    Each assumption (GPU compute and bandwidth efficiency, host overhead per step,
+    per-request overhead, TP link bandwidth, workload draw) is pushed through the simulation
+    to both ends of its range; see :mod:`simulator.validation.bands`.
+
+    Args:
+        scenario: path, mapping or :class:`ScenarioCfg` (one configuration, or ``variant``).
+        overrides: dotted-path overrides (see :func:`load`).
+        profile: a stack-fit profile (``servesim calibrate --from``): its parameters are the
+            nominal values and the overhead ranges narrow to +/- 30 %.
+        metrics: summary keys (default: throughputs, mean/p99 TTFT and TPOT, mean E2E).
+        variant: the variant to band when the scenario has several.
+
+    Returns:
+        One row per metric: ``metric``, ``low``, ``mid``, ``high``, ``dominant`` (the
+        assumption that makes the band widest), ``grade`` (the GPU's efficiency uncertainty).
+    """
+    import pandas as pd
+
+    from servesim.simulator.validation.bands import RUN_METRICS, run_bands
+
+    cfg = load(scenario, overrides)
+    params, has_profile = _profile(profile)
+    found, grade = run_bands(cfg, params=params, has_profile=has_profile,
+                             metrics=tuple(metrics or RUN_METRICS), variant=variant)
+    return pd.DataFrame([{"metric": k, "low": b.low, "mid": b.mid, "high": b.high,
+                          "dominant": b.dominant, "grade": grade} for k, b in found.items()])
+
+
+def _profile(profile: str | Path | None) -> tuple[Any, bool]:
+    """(StackParams, came from a profile)."""
+    from servesim.simulator.validation.stack import StackParams, load_profile
+
+    if profile is None:
+        return StackParams(), False
+    return load_profile(profile), True
 
 
 def _override_strings(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:

@@ -27,7 +27,7 @@ try:
 except _metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-_API = ("load", "max_sustainable_rate", "plan_capacity", "run", "sweep")
+_API = ("bands", "load", "max_sustainable_rate", "plan_capacity", "run", "sweep")
 
 __all__ = ["__version__", *_API]
 

@@ -165,6 +165,11 @@ def run(
         typer.Option(min=1, help=_BENCH_HELP + "at most C requests in flight (closed loop of "
                      "C clients; needs the default --request-rate inf).", show_default=False),
     ] = None,
+    bands: Annotated[
+        bool,
+        typer.Option("--bands", help="Also give each summary metric a prediction band (low/mid/high) "
+                     "and the assumption that dominates its width; writes bands.json (docs/validation.md)."),
+    ] = False,
 ) -> None:
     """Run a scenario (a YAML file, a gallery name, or flags only) and write results and a report."""
     params = dict(locals())  # the command's parameters (first statement), for run.json
@@ -239,7 +244,15 @@ def run(
     if not no_report:
         _build_report(run_dir, Console(stderr=True))
 
+    bands_doc = None
+    if bands:
+        from servesim.simulator.cli.validate import run_bands_report
+
+        with user_errors():
+            bands_doc = run_bands_report(cfg, run_dir)
     summary = _read_summary(run_dir)
+    if bands_doc is not None:
+        summary["bands"] = bands_doc
     if json_:
         typer.echo(json.dumps(summary, indent=2))
     elif flag_form:
@@ -249,6 +262,10 @@ def run(
     else:
         _print_summary(summary, cfg, Console())
         typer.echo(f"results: {run_dir}")
+    if bands_doc is not None and not json_:
+        from servesim.simulator.cli.validate import print_bands
+
+        print_bands(bands_doc)
     if failure is not None:
         names = ", ".join(str(getattr(r, "name", "?")) for r in done)
         typer.secho(

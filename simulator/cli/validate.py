@@ -105,3 +105,58 @@ def _print(df: Any, summary: dict[str, Any], *, bands: bool) -> None:
               f"{summary['within_10pct']} within 10%")
     if bands:
         con.print(f"bands cover {100 * summary['coverage_frac']:.0f}% of the cases")
+
+
+# ---------------------------------------------------------------------------- run / plan bands
+
+
+def run_bands_report(cfg: Any, run_dir: Path | None = None) -> dict[str, Any]:
+    """Bands of every variant's summary metrics (``servesim run --bands``); written to
+    ``<run_dir>/bands.json`` when a directory is given::
+
+        {variant: {"grade": "...", "metrics": {metric: {"low", "mid", "high", "dominant",
+                                                         "contributions": {...}}}}}
+    """
+    from servesim.simulator.cli.compare import json_safe
+    from servesim.simulator.scenario import resolve_variants
+    from servesim.simulator.validation.bands import run_bands
+
+    doc: dict[str, Any] = {}
+    for name, variant_cfg in resolve_variants(cfg):
+        found, grade = run_bands(variant_cfg)
+        doc[name] = {"grade": grade, "metrics": {k: b.to_dict() for k, b in found.items()}}
+    doc = json_safe(doc)
+    if run_dir is not None:
+        (Path(run_dir) / "bands.json").write_text(json.dumps(doc, indent=2))
+    return doc
+
+
+def print_bands(doc: dict[str, Any]) -> None:
+    """Print :func:`run_bands_report`'s document as one table per variant."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(highlight=False)
+    for name, entry in doc.items():
+        table = Table(title=f"prediction bands: {name} (GPU efficiency {entry['grade']})")
+        for col in ("metric", "low", "mid", "high", "widest assumption"):
+            table.add_column(col, justify="left" if col in ("metric", "widest assumption") else "right")
+        for metric, b in entry["metrics"].items():
+            table.add_row(metric, *(f"{b[k]:,.4g}" if b[k] is not None else "n/a" for k in ("low", "mid", "high")),
+                          b["dominant"])
+        con.print(table)
+
+
+def print_plan_bands(df: Any) -> None:
+    """Print the planner's ranges (:func:`simulator.validation.bands.plan_bands`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="prediction bands of the planner's answer (docs/validation.md)")
+    for col in ("#", "candidate", "max req/s/replica (low-mid-high)", "GPUs (low-mid-high)", "widest assumption"):
+        table.add_column(col)
+    for r in df.to_dict(orient="records"):
+        table.add_row(str(r["rank"]), str(r["label"]),
+                      f"{r['max_rate_low']:.3g} - {r['max_rate_mid']:.3g} - {r['max_rate_high']:.3g}",
+                      f"{r['gpus_low']} - {r['gpus_mid']} - {r['gpus_high']}", str(r["dominant"]))
+    Console(highlight=False).print(table)

