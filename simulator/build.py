@@ -47,6 +47,7 @@ from servesim.simulator.compiled import CompiledCluster, CompiledReplica, unsupp
 from servesim.simulator.engine import Replica
 from servesim.simulator.errors import CapacityError, ConfigError, SimulatorError
 from servesim.simulator.memory import make_kv_manager
+from servesim.simulator.reference import ReferenceReplica
 from servesim.simulator.results import Recorder, Results, VariantResult, summarize
 from servesim.simulator.scenario import HardwareCfg, ScenarioCfg, resolve_variants
 from servesim.simulator.scheduling import scheduler_class
@@ -320,6 +321,7 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
                 reservation=cfg.kv_cache.reservation,
                 placement=cfg.kv_cache.placement,
                 watermark_frac=cfg.kv_cache.watermark_frac,
+                prefix_caching=prefix_caching_enabled(cfg),
             )
 
             if loop == "compiled":
@@ -343,8 +345,9 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
                     starvation_limit_s=sc.starvation_limit_s,
                 )
 
+            replica_cls = ReferenceReplica if loop == "reference" else Replica
             cluster.add_replica(
-                Replica(
+                replica_cls(
                     env,
                     replica_id=replica_id,
                     kv=kv,
@@ -411,9 +414,21 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
     return VariantResult(name=name, summary=summary, requests=requests, steps=steps)
 
 
+def prefix_caching_enabled(cfg: ScenarioCfg) -> bool:
+    """``kv_cache.prefix_caching`` resolved: paged only; null = on for the vllm and sarathi
+    schedulers (vLLM v1 enables automatic prefix caching by default), off otherwise."""
+    if cfg.kv_cache.manager != "paged":
+        return False
+    if cfg.kv_cache.prefix_caching is None:
+        return cfg.scheduler.policy in ("vllm", "sarathi")
+    return cfg.kv_cache.prefix_caching
+
+
 def _choose_loop(cfg: ScenarioCfg, groups: list[_Group], workload: Any) -> tuple[str, list[Any]]:
-    """``engine.loop`` resolved to "compiled" or "python", with the step-cost packs."""
+    """``engine.loop`` resolved to "compiled", "python" or "reference", with the step-cost packs."""
     mode = cfg.engine.loop
+    if mode == "reference":
+        return "reference", []
     if mode == "python" or (mode == "auto" and not cfg.engine.fast_forward):
         return "python", []
     packs = [kernel_pack(g.cost) for g in groups]
@@ -423,6 +438,7 @@ def _choose_loop(cfg: ScenarioCfg, groups: list[_Group], workload: Any) -> tuple
         preemption=cfg.scheduler.preemption,
         cost_packs=packs,
         workload=workload,
+        prefix_caching=prefix_caching_enabled(cfg),
     )
     if reason is None:
         return "compiled", packs

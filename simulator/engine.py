@@ -139,6 +139,8 @@ class Replica:
         self._swapped_slots_count: dict[int, int] = {}
         # Paged managers' block size (0: ask the manager for every stretch's memory check).
         self._block_tokens = int(getattr(kv, "block_size_tokens", 0)) if kv.kind in ("paged", "radix") else 0
+        # Radix and paged with prefix caching cache full pages as they are computed.
+        self._caches_prefixes = bool(kv.caches_prefixes)
         self._arrival_hint: Callable[[], float] | None = None
         self.scheduler = scheduler_factory(self)
         recorder.cost_models[replica_id] = cost
@@ -162,7 +164,7 @@ class Replica:
 
     def match_prefix_tokens(self, req: ReqState) -> int:
         """Prompt tokens of ``req`` cached here now (prefix-affinity routing, SGLang order)."""
-        if req.block_ids is None or self.kv.kind != "radix":
+        if req.block_ids is None or not self._caches_prefixes:
             return 0
         return self.kv.match_prefix(req.block_ids, req.block_tokens, req.prompt_tokens)
 
@@ -589,6 +591,22 @@ class Replica:
                 k = lo
         return k
 
+    def _steps_to_keyed_page(self, d: npt.NDArray[np.int64], ctx0: npt.NDArray[np.int64], k: int) -> int:
+        """Cut a stretch so that no page with a prefix identity fills before its last step.
+
+        Filling such a page is a cache event (:meth:`_cache_computed`), committed at the step
+        that fills it, exactly as when stepping.
+        """
+        b = self._block_tokens
+        for s, c in zip(d.tolist(), ctx0.tolist(), strict=True):
+            owner = self.slot_owner[s]
+            if owner is None or owner.block_ids is None or owner.slots[0] != s:
+                continue
+            end = (c // b + 1) * b  # the next page is full at this context
+            if end <= len(owner.block_ids) * owner.block_tokens and end - c < k:
+                k = end - c
+        return k
+
     def _run_stretch(self, plan: StepPlan):
         d = plan.decode_slots
         n = len(d)
@@ -600,6 +618,8 @@ class Replica:
         k = k_finish if k_finish < MAX_STRETCH_STEPS else MAX_STRETCH_STEPS
         if k > 1:
             k = self._plan_stretch_length(d, ctx0, k)
+            if self._caches_prefixes:
+                k = self._steps_to_keyed_page(d, ctx0, k)
         elif k < 1:
             k = 1
         b = n + plan.padding_seqs
@@ -671,6 +691,8 @@ class Replica:
             req.computed_tokens += ch.new_tokens
             for s in req.slots:
                 self.ctx_tokens[s] = req.computed_tokens
+            if self._caches_prefixes and req.block_ids is not None:
+                self._cache_computed(req, req.slots[0], end_s)
             if req.computed_tokens < req.prefill_target_tokens:
                 continue
             # The prompt is in: this step sampled a token (the first, or the next after a
@@ -717,10 +739,17 @@ class Replica:
         # steps' durations, which the recorder takes from the stretch's step rows.
         self.recorder.itl(first_end_s - last[slots])
         ctx, gen = self.ctx_tokens, self.gen_tokens
+        old_pages = ctx[slots] // self._block_tokens if self._caches_prefixes else None
         if new_ctx is None:
             ctx[slots] += k
         else:
             ctx[slots] = new_ctx
+        if old_pages is not None:
+            # Decode filled a page: it becomes shareable now (its tokens' KV is written).
+            for s in slots[ctx[slots] // self._block_tokens != old_pages].tolist():
+                owner = self.slot_owner[s]
+                if owner is not None and owner.block_ids is not None and owner.slots[0] == s:
+                    self._cache_computed(owner, s, end_s)
         gen[slots] += k
         last[slots] = end_s
         if not may_finish:
@@ -740,6 +769,16 @@ class Replica:
             for req in finished:
                 req.generated_tokens = int(gen[req.slots[0]])
                 self._finish(req, end_s)
+
+    def _cache_computed(self, req: ReqState, slot: int, now_s: float) -> None:
+        """The KV manager caches ``slot``'s computed full pages (one call per event)."""
+        self.kv.cache_computed(
+            slot,
+            now_s=now_s,
+            block_ids=req.block_ids,
+            block_tokens=req.block_tokens,
+            total_tokens=int(self.ctx_tokens[slot]),
+        )
 
     def _finish(self, req: ReqState, end_s: float) -> None:
         if self.static_batching:

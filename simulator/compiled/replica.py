@@ -37,8 +37,13 @@ def _mapped_bytes(nbytes: int) -> npt.NDArray[np.uint8]:
 
 
 def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_packs: list[Any],
-                       workload: Any) -> str | None:
-    """Why the compiled loop cannot run this variant, or None when it can."""
+                       workload: Any, prefix_caching: bool = False) -> str | None:
+    """Why the compiled loop cannot run this variant, or None when it can.
+
+    NOTE(prefix caching): the compiled loop makes no prefix-cache calls, so paged with
+    prefix caching runs there only when the workload carries no prefix block ids (then
+    nothing can hit, and the results equal those without prefix caching).
+    """
     if policy not in L.POLICIES:
         return f"scheduler.policy is {policy!r} (the compiled loop runs {', '.join(map(repr, L.POLICIES))})"
     if kv_manager != "paged":
@@ -52,6 +57,8 @@ def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_pa
             return "the workload has parallel sampling or beam search (fan-out)"
         if int(np.max(workload.depends_on)) >= 0:
             return "the workload has dependent requests (closed-loop clients or multi-turn sessions)"
+        if prefix_caching and workload.has_prefix_ids:
+            return "kv_cache.prefix_caching is on and the workload carries prefix block ids"
     return None
 
 
