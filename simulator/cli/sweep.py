@@ -51,7 +51,7 @@ _EXECUTOR_HELP = (
 
 
 def sweep(
-    spec: Annotated[Path, typer.Argument(help="Sweep YAML (base: + grid:/zip:/random:).")],
+    spec: Annotated[Path, typer.Argument(help="Sweep YAML (base: + grid:/zip:/random:) or a gallery name (sweep-rate-gpu).")],
     executor: Annotated[
         ExecutorChoice, typer.Option("--executor", "-e", help=_EXECUTOR_HELP)
     ] = ExecutorChoice.local,
@@ -70,10 +70,11 @@ def sweep(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Run a parameter sweep; one row per point x variant in OUT/results.parquet."""
+    from servesim.simulator.gallery import resolve_path
     from servesim.simulator.sweep import RESULTS_FILE, load_sweep, run_sweep
 
     with _user_errors():
-        parsed = load_sweep(spec)
+        parsed = load_sweep(resolve_path(spec, ("examples",)))
         out_dir = out if out is not None else Path("out") / parsed.name
         df = run_sweep(
             parsed,
@@ -97,7 +98,7 @@ def sweep(
 
 
 def plan(
-    spec: Annotated[Path, typer.Argument(help="Plan YAML (base, target rate, SLOs, prices, candidates).")],
+    spec: Annotated[Path, typer.Argument(help="Plan YAML (base, target rate, SLOs, prices, candidates) or a gallery name (plan).")],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output directory (default: out/<name>).")
     ] = None,
@@ -111,9 +112,10 @@ def plan(
 ) -> None:
     """Rank candidate configurations by cost for a target rate under SLOs."""
     from servesim.simulator.capacity import load_plan, plan_capacity
+    from servesim.simulator.gallery import resolve_path
 
     with _user_errors():
-        parsed = load_plan(spec)
+        parsed = load_plan(resolve_path(spec, ("examples",)))
         result = plan_capacity(
             parsed,
             executor=executor.value,
