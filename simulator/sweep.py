@@ -844,7 +844,7 @@ class _Store:
     geometrically (after 1, 2, 4, 8 ... rows), so storing n points costs O(n) in all.
 
     The journal ``OUT/.results.journal.jsonl`` has one JSON line per finished point (all its
-    rows), flushed and fsynced before the point counts as done, so a kill loses at most the
+    rows), flushed before the point counts as done, so a kill loses at most the
     points in flight; a torn last line is ignored. ``results.parquet`` is rewritten from
     every row at the end and the journal removed: a completed run leaves no other file.
     """
@@ -855,6 +855,7 @@ class _Store:
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self._journal: Any = None
         self._written_rows = 0
+        self._num_rows = 0  # rows added by add() (only times the checkpoints)
 
     @property
     def journal_path(self) -> Path | None:
@@ -897,6 +898,7 @@ class _Store:
                 tmp.unlink()
 
     def add(self, point_id: str, rows: list[dict[str, Any]]) -> None:
+        self._num_rows += len(rows) - len(self.rows.get(point_id, ()))
         self.rows[point_id] = rows
         if self.out is None:
             return
@@ -908,11 +910,11 @@ class _Store:
             except OSError as exc:
                 raise SimulatorError(f"cannot write {path}: {exc.strerror}") from None
         line = json.dumps({"point_id": point_id, "rows": rows}, default=str, allow_nan=True)
+        # flush (not fsync): a finished point survives the death of this process, which is
+        # the failure a sweep must survive; the checkpoints are complete files anyway.
         self._journal.write(line.encode() + b"\n")
         self._journal.flush()
-        os.fsync(self._journal.fileno())
-        total = sum(len(r) for r in self.rows.values())
-        if total >= 2 * max(self._written_rows, 1):
+        if self._num_rows >= 2 * max(self._written_rows, 1):
             self.checkpoint()
 
     def frame(self) -> pd.DataFrame:
@@ -948,7 +950,8 @@ def _frame(rows: Sequence[Mapping[str, Any]], param_names: Sequence[str]) -> pd.
     pandas' nullable ``Int64`` / ``boolean`` types, so an error row (no metrics) never turns
     a count column into floats.
     """
-    df = pd.DataFrame(list(rows))
+    rows = list(rows)
+    df = pd.DataFrame(rows)
     first = [*ID_COLUMNS, *param_names, *STATUS_COLUMNS]
     if df.empty:
         return pd.DataFrame(columns=first)
@@ -960,14 +963,22 @@ def _frame(rows: Sequence[Mapping[str, Any]], param_names: Sequence[str]) -> pd.
     for col in param_names:
         df[col] = _uniform_column(df[col])
     df["point_index"] = df["point_index"].astype("int64")
+    for col in ("point_id", "variant", "status", "error", "scenario_digest"):
+        df[col] = df[col].astype("str")  # missing stays missing; never object-or-str by luck
+    # The Python types of the values as the workers returned them (pandas has already
+    # turned an int column with gaps into floats).
+    kinds: dict[str, set[type]] = {c: set() for c in rest}
+    for row in rows:
+        for col in rest:
+            v = row.get(col)
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                kinds[col].add(type(_scalar(v)))
     for col in rest:
-        df[col] = _typed_metric(df[col])
+        df[col] = _typed_metric(df[col], kinds[col])
     return df
 
 
-def _typed_metric(col: pd.Series) -> pd.Series:
-    values = [v for v in col if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    kinds = {type(v) for v in values}
+def _typed_metric(col: pd.Series, kinds: set[type]) -> pd.Series:
     if kinds == {bool}:
         return col.astype("boolean")
     if kinds and kinds <= {int}:
@@ -1120,7 +1131,7 @@ def _run_all(todo: Sequence[Any], fn: Callable[[Any], list[dict[str, Any]]], poo
         bar()
 
     suspects = _run_window(todo, fn, pool, record, window=pool.window)
-    for task in suspects:  # alone: if it dies again, it is the culprit
+    for task, _exc in suspects:  # alone: if it dies again, it is the culprit
         again = _run_window([task], fn, pool, record, window=1)
         for t, exc in again:
             record(t, _error_rows(t.point, RuntimeError(
