@@ -32,6 +32,7 @@ from servesim.reports._style import (
     plain_log_ticks,
     save_figure,
     set_title,
+    si_log_ticks,
     variant_colors,
 )
 
@@ -163,6 +164,7 @@ def draw_run_roofline(run: RunData) -> Figure | None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain_log_ticks(ax.xaxis)
+    si_log_ticks(ax.yaxis)
     ys = [p[3] for p in all_points] + [peak for _, _, peak, _ in groups]
     y_lo = min(min(ys), min(bw * x_lo for _, _, _, bw in groups))
     ax.set_xlim(x_lo, x_hi)
@@ -175,15 +177,13 @@ def draw_run_roofline(run: RunData) -> Figure | None:
         for members in groups.values()
         for v, rl in members
     ]
-    first = ax.legend(handles=roof_handles + variant_handles, fontsize=7, loc="upper left")
-    ax.add_artist(first)
-    markers = [("compute", "o"), ("memory / weight reads", "^"), ("KV reads", "v"), ("other", "D")]
-    ax.legend(handles=[Line2D([], [], marker=m, ls="none", color="grey", label=lab)
-                       for lab, m in markers],
-              fontsize=7, loc="lower right", title="operator bound", title_fontsize=7)  # fmt: skip
+    ax.legend(handles=roof_handles + variant_handles, fontsize=7, loc="upper left")
+    note = "marker = operator bound: circle compute, triangle up memory / weight reads, " \
+           "triangle down KV reads, diamond other"  # fmt: skip
     if skipped:
-        ax.text(0.01, 0.01, "not on a roofline: " + ", ".join(skipped), transform=ax.transAxes,
-                fontsize=6.5, va="bottom", ha="left", color="dimgray")  # fmt: skip
+        note += "\nnot on a roofline: " + ", ".join(skipped)
+    ax.text(0.99, 0.01, note, transform=ax.transAxes, fontsize=6.5, va="bottom", ha="right",
+            color="dimgray")  # fmt: skip
     set_title(ax, "Representative step's operators on the GPU roofline", fontsize=10)
     return fig
 

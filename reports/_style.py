@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 #: Fixed variant palette (matplotlib's tab10, then tab20's lighter half): index = variant order.
 VARIANT_PALETTE: tuple[str, ...] = (
@@ -150,6 +150,10 @@ def place_axes(
         wspace=wspace_in / panel_w,
         hspace=hspace_in / panel_h,
     )
+    for ax in axes:
+        # At most ~5 ticks per axis: each tick is a handful of artists to build and draw.
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
     return axes
 
 
@@ -163,6 +167,19 @@ def legend_rows(labels: Sequence[str], width_in: float, *, fontsize: float = 8) 
     entry_in = 0.75 + char_in * max((len(s) for s in labels), default=1)
     ncols = max(1, min(len(labels), int((width_in - 0.3) // entry_in)))
     return ncols, -(-len(labels) // ncols)
+
+
+def _si(value: float) -> str:
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def si_log_ticks(axis: Axis) -> None:
+    """Log-axis tick labels with SI prefixes (``100T`` FLOP/s), no mathtext, no minor ticks."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: _si(v)))
+    axis.set_minor_locator(NullLocator())
 
 
 def plain_log_ticks(axis: Axis) -> None:

@@ -82,28 +82,34 @@ def draw_latency_cdfs(run: RunData, series: RunSeries | None = None) -> Figure:
     colors = variant_colors(run.variants)
     fig = new_figure(width_in=13.0, height_in=4.2)
     axes = place_axes(fig, 1, 3, left_in=0.65, top_in=0.75, bottom_in=0.55, wspace_in=0.55)
-    for ax, (col, title, slo_key) in zip(axes, LATENCY_METRICS, strict=True):
+    for i, (ax, (col, title, slo_key)) in enumerate(zip(axes, LATENCY_METRICS, strict=True)):
         highs = [float(s.cdf[col][0][-1]) for s in series.by_variant.values() if s.cdf[col][2]]
         lows = [float(x[x > 0][0]) for s in series.by_variant.values()
                 for x in (s.cdf[col][0],) if (x > 0).any()]  # fmt: skip
         unit, scale = duration_unit(max(highs, default=0.0))
+        missing = []
         for v in run.variants:
             xs, ys, n = series.by_variant[v].cdf[col]
             if n == 0:
+                missing.append(v)
                 ax.plot([], [], color=colors[v], label=f"{v} (no data)")
                 continue
             ax.step(xs / scale, ys, where="post", color=colors[v], label=f"{v} (n={n:,d})")
         if slo_key in series.slo:
             value = series.slo[slo_key]
-            ax.axvline(value / scale, color="black", ls="--", lw=1, label=f"SLO {value:g} ms")
+            ax.axvline(value / scale, color="black", ls="--", lw=1, label="SLO")
+            title += f", SLO {value:g} ms"
         if lows and max(highs) / min(lows) > 100:
             ax.set_xscale("log")
             plain_log_ticks(ax.xaxis)
-        set_title(ax, title, fontsize=10)
+        if missing and i > 0:
+            title += f"\nno data: {', '.join(missing)}"
+        set_title(ax, title, fontsize=9.5)
         ax.set_xlabel(f"{col.split('_')[0].upper()} ({unit})")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+    # One legend: the variants are the same in every panel (n counts TTFT's requests).
+    axes[0].legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("fraction of requests")
     fig.suptitle("Request latency distributions (empirical CDF)", y=0.985)
     return fig

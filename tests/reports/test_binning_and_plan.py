@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from servesim.reports._data import (
     step_intervals,
     time_edges,
 )
+from servesim.reports._series import binned_means
 from servesim.reports._style import axis_label
 from servesim.reports.plan_report import pareto_front, plot_latency_vs_rate, plot_pareto
 
@@ -132,3 +134,35 @@ def test_pareto_plot_writes_png(tmp_path: Path) -> None:
     )
     out = plot_pareto(df, label_col="config", hue="gpu", path=tmp_path / "p.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sequential_binning_matches_brute_force_and_the_general_method() -> None:
+    """Two replicas of back-to-back steps with idle gaps: the per-replica cumulative-sum path
+    gives the brute-force bin averages, as does the general sort-based one; overlapping
+    intervals fall back to the general method."""
+    rng = np.random.default_rng(1)
+    starts, ends, reps = [], [], []
+    for r in range(2):
+        dur = rng.uniform(0.01, 0.3, 300)
+        gap = np.where(rng.random(300) < 0.1, rng.uniform(0, 1, 300), 0.0)
+        s = np.cumsum(dur + gap) - dur
+        starts.append(s)
+        ends.append(s + dur)
+        reps.append(np.full(300, r))
+    start, end, replica = np.concatenate(starts), np.concatenate(ends), np.concatenate(reps)
+    values = rng.integers(0, 50, (3, 600)).astype(np.float64)
+    edges = np.linspace(0, float(end.max()) + 1, 41)
+    width = np.diff(edges)
+    want = np.array([
+        [np.sum(v * np.clip(np.minimum(end, b) - np.maximum(start, a), 0, None)) / (b - a)
+         for a, b in itertools.pairwise(edges)]
+        for v in values
+    ])  # fmt: skip
+    assert width.min() > 0
+    np.testing.assert_allclose(binned_means(start, end, values, edges, replica), want, rtol=1e-9)
+    np.testing.assert_allclose(binned_means(start, end, values, edges), want, rtol=1e-9)
+    overlapping = end + 0.5  # steps of one replica overlap: not sequential
+    want_overlap = binned_means(start, overlapping, values, edges)
+    np.testing.assert_allclose(
+        binned_means(start, overlapping, values, edges, replica), want_overlap, rtol=1e-12
+    )

@@ -1,0 +1,194 @@
+"""Report speed: building ``report.md`` + ``report.html`` + the PNGs of the Azure-hour run.
+
+The Azure-hour run is ``scenarios/gpu-comparison.yaml`` on the full Azure LLM inference trace
+2023 (conversation; 19,366 requests, three variants, ~270k steps). Issue 14 measured its report
+at 3.3 s of the run's 5.9 s; the target is <= 1 s.
+
+Prints, for a fresh process: the first build (what ``servesim run`` pays: it builds once),
+then the median of ``--repeat`` further builds, each split into its phases (read the run,
+bin the timelines, draw the PNGs, build the interactive figures and render both templates).
+
+A noisy shared machine moves absolute times, so the headline is a ratio measured in the same
+process: the report code as it was before issue 14 (``--baseline-ref``, default ``9310bb5``,
+extracted from git into a temporary directory and imported as the top-level ``reports`` it
+then was) builds the same run, alternating with the current code, and the median of the
+per-pair ratios is printed. Also printed: the build against reading the run's Parquet files
+(the floor) and against a bare one-line matplotlib PNG.
+
+    python benchmarks/bench_report.py                    # simulates the Azure hour first
+    python benchmarks/bench_report.py --run-dir out/gpu-comparison   # an existing run
+    python benchmarks/bench_report.py --repeat 5
+    python benchmarks/bench_report.py --baseline-ref none      # skip the old code
+
+Without ``--run-dir`` the run needs ../shared/traces/azure2023 (it takes ~20-30 s to simulate;
+the simulation is not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+AZURE_CONV = ROOT.parent / "shared" / "traces" / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
+
+
+def simulate_azure_hour(run_dir: Path) -> Path:
+    """Run scenarios/gpu-comparison.yaml on the full trace into ``run_dir`` (not timed)."""
+    import servesim as ss
+
+    if not AZURE_CONV.is_file():
+        sys.exit(f"bench_report: the full trace {AZURE_CONV} is missing; pass --run-dir")
+    results = ss.run(ROOT / "scenarios" / "gpu-comparison.yaml",
+                     overrides={"workload.trace.path": str(AZURE_CONV)})  # fmt: skip
+    results.write(run_dir)
+    return run_dir
+
+
+def bare_figure_s(path: Path) -> float:
+    """Wall time of the simplest static figure: one line of 200 points, saved as PNG."""
+    import numpy as np
+
+    from servesim.reports._style import new_figure, place_axes, save_figure
+
+    t0 = time.perf_counter()
+    fig = new_figure(width_in=8.0, height_in=4.5)
+    (ax,) = place_axes(fig, 1, 1)
+    ax.plot(np.arange(200.0), np.sin(np.arange(200.0) / 10))
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    save_figure(fig, path)
+    return time.perf_counter() - t0
+
+
+def load_baseline(ref: str, into: Path) -> object:
+    """The ``reports.report`` module of git revision ``ref`` (the pre-#14 top-level package),
+    extracted into ``into`` and imported from there."""
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", ref, "reports/"],
+                           check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+    (into / "reports").mkdir(parents=True)
+    for name in files:
+        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{name}"], check=True,
+                              capture_output=True).stdout  # fmt: skip
+        (into / name).write_bytes(blob)
+    sys.path.insert(0, str(into))
+    return importlib.import_module("reports.report")
+
+
+def build_phases(run_dir: Path, out_dir: Path) -> dict[str, float]:
+    """One report build, timed phase by phase (the same steps as ``build_report``)."""
+    from servesim.reports._data import load_run
+    from servesim.reports._interactive import run_figure_specs
+    from servesim.reports._render import figure_json, render
+    from servesim.reports._series import compute_series
+    from servesim.reports._style import save_figure
+    from servesim.reports.figures import run_figure_drawers
+    from servesim.reports.report import FIGURE_TEXT, FigureRef, report_context
+
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    run = load_run(run_dir)
+    t1 = time.perf_counter()
+    series = compute_series(run)
+    t2 = time.perf_counter()
+    pngs = {}
+    for key, draw in run_figure_drawers(run, series).items():
+        fig = draw()
+        if fig is not None:
+            pngs[key] = save_figure(fig, out_dir / f"fig_{key}.png")
+    t3 = time.perf_counter()
+    specs = run_figure_specs(run, series, list(pngs))
+    context = report_context(run)
+    md = render("run.md.j2", **context, missing_figures=[],
+                figures=[FigureRef(k, *FIGURE_TEXT[k], png=p.name) for k, p in pngs.items()])
+    html = render("run.html.j2", **context, missing_figures=[],
+                  figures=[FigureRef(k, *FIGURE_TEXT[k], json=figure_json(s)) for k, s in specs.items()])  # fmt: skip
+    (out_dir / "report.md").write_text(md, encoding="utf-8")
+    (out_dir / "report.html").write_text(html, encoding="utf-8")
+    t4 = time.perf_counter()
+    t["read run"] = t1 - t0
+    t["bin timelines"] = t2 - t1
+    t[f"draw {len(pngs)} PNGs"] = t3 - t2
+    t["interactive + templates"] = t4 - t3
+    t["total"] = t4 - t0
+    return t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, help="an existing run directory")
+    parser.add_argument("--repeat", type=int, default=3, help="warm builds after the first")
+    parser.add_argument("--baseline-ref", default="9310bb5",
+                        help="git revision of the old report code to compare with, or 'none'")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        run_dir = args.run_dir or simulate_azure_hour(tmp_path / "run")
+        out = tmp_path / "report"
+        out.mkdir()
+        t_import = time.perf_counter()
+        from servesim.reports.report import build_report
+
+        t_import = time.perf_counter() - t_import
+        t0 = time.perf_counter()
+        paths = build_report(run_dir, out_dir=out)
+        first = time.perf_counter() - t0
+        warm = [build_phases(run_dir, out) for _ in range(max(1, args.repeat))]
+        floor = min(_read_s(run_dir) for _ in range(3))
+        bare = min(bare_figure_s(tmp_path / "bare.png") for _ in range(3))
+
+        if args.baseline_ref != "none":
+            old = load_baseline(args.baseline_ref, tmp_path / "baseline")
+            old_out, new_out = tmp_path / "old", tmp_path / "new"
+            old_out.mkdir()
+            new_out.mkdir()
+            old.build_report(run_dir, out_dir=old_out)  # type: ignore[attr-defined]  # warm
+            pairs, cpu = [], []
+            for _ in range(max(1, args.repeat)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                old.build_report(run_dir, out_dir=old_out)  # type: ignore[attr-defined]
+                t1, c1 = time.perf_counter(), time.process_time()
+                build_report(run_dir, out_dir=new_out)
+                t2, c2 = time.perf_counter(), time.process_time()
+                pairs.append((t1 - t0, t2 - t1))
+                cpu.append((c1 - c0, c2 - c1))
+            for what, xs in (("wall", pairs), ("CPU", cpu)):
+                print(f"baseline {args.baseline_ref} (report code before #14) vs now, same "
+                      f"process, {len(xs)} alternating pairs, {what} time: old median "
+                      f"{statistics.median(o for o, _ in xs):.2f} s, new median "
+                      f"{statistics.median(n for _, n in xs):.2f} s, new is "
+                      f"{statistics.median(o / n for o, n in xs):.1f}x faster")  # fmt: skip
+        html_mib = paths["report_html"].stat().st_size / 2**20
+        png_kib = sum(p.stat().st_size for k, p in paths.items() if k.startswith("fig_")) / 1024
+        print(f"run directory: {run_dir}")
+        print(f"import servesim.reports.report: {t_import:.2f} s (once per process)")
+        print(f"first build_report (what `servesim run` pays): {first:.2f} s")
+        print(f"warm builds, median of {len(warm)}:")
+        for phase in warm[0]:
+            print(f"  {phase:<26} {statistics.median(w[phase] for w in warm):6.3f} s")
+        total = statistics.median(w["total"] for w in warm)
+        print(f"same-process ratios: first build = {first / floor:.1f} x reading the run "
+              f"({floor:.3f} s), = {first / bare:.1f} x a bare one-line PNG figure ({bare:.3f} s); "
+              f"warm build = {total / floor:.1f} x reading, {total / bare:.1f} x bare figure")  # fmt: skip
+        print(f"outputs: report.html {html_mib:.1f} MiB (plotly.js is 4.6 MiB of it), "
+              f"PNGs {png_kib:.0f} KiB")
+
+
+def _read_s(run_dir: Path) -> float:
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    for name in ("requests.parquet", "steps.parquet"):
+        pd.read_parquet(Path(run_dir) / name)
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    main()
