@@ -273,9 +273,13 @@ def _latency_sentences(run: RunData, served: list[str], fastest: str | None) -> 
         slo_txt = ", ".join(
             f"{k.removesuffix('_ms').upper()} < {x:g} ms" for k, x in sorted(slo.items())
         )
+        best = good_ranked[0]
         out.append(
-            f"Under the SLO ({slo_txt}), {good_ranked[0]} had the highest goodput "
-            f"({fmt_auto(good[good_ranked[0]])} requests/s)."
+            f"Under the SLO ({slo_txt}), {best} had the highest goodput "
+            f"({fmt_auto(good[best])} requests/s)."
+            if len(good_ranked) > 1
+            else f"Under the SLO ({slo_txt}), {best}'s goodput was {fmt_auto(good[best])} "
+            "requests/s."
         )
     return out
 
