@@ -5,8 +5,12 @@ Never imports the simulator: everything here reads a run directory (``summary.js
 
 Entry points:
     build_report(run_dir) -> {"report_md": ..., "report_html": ..., "fig_<name>": ...}
+    plan_report.build_plan_report(out, table=, curves=, plan=) -> {"report.md": text, ...}
     plan_report.plot_latency_vs_rate(df, x, y, hue, slo, path)
     plan_report.plot_pareto(df, x, y, label_col, path)
+
+Both reports render through one template engine (Jinja2, ``templates/``) and one stylesheet;
+``report.html`` draws interactive figures with the plotly.js it embeds (offline, no server).
 """
 
 from __future__ import annotations

@@ -90,6 +90,8 @@ def fmt_ms(x: Any) -> str:
     if f is None:
         return NA
     a = abs(f)
+    if a < 1_000 and f == round(f):
+        return f"{f:.0f} ms"  # a round target (an SLO of 50 ms) stays round
     if a < 10:
         return f"{f:.2f} ms"
     if a < 100:

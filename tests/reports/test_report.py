@@ -239,6 +239,7 @@ def test_markdown_escapes_user_text(synthetic_run: Path, tmp_path: Path) -> None
         (fmt_ms, 52_369.6, "52.4 s"),
         (fmt_ms, 1_078_571.4, "18.0 min"),
         (fmt_ms, 9_000_000.0, "2.50 h"),
+        (fmt_ms, 50.0, "50 ms"),
         (fmt_ms, None, "n/a"),
         (fmt_pct, 0.3454, "34.5%"),
     ],
