@@ -671,7 +671,8 @@ class StepCostModel:
         t_ar = 2.0 * (self._ar_const_s + self._ar_s_per_token * Tg) * on
         att_p, att_d = self._attention(B, pf, pairs, kvt, ndec, ctx, nsamp)
         common = t_ew + t_ar + att_p[0] + att_d[0]
-        a_comp = B.where(att_p[1] >= att_p[2], att_p[0], 0.0) + B.where(att_d[1] >= att_d[2], att_d[0], 0.0)
+        # Split by bound: an operator's time goes to its dominant side (bool x float).
+        a_comp = att_p[0] * (att_p[1] >= att_p[2]) + att_d[0] * (att_d[1] >= att_d[2])
         a_kv = att_p[0] + att_d[0] - a_comp
         # ---- one layer of each kind (dense, MoE): shared parts + its GEMMs
         layers: list[tuple[Any, Any, Any]] = []  # (time, compute side, memory side) per kind
@@ -681,8 +682,9 @@ class StepCostModel:
                 t, tc, tm, flops, nbytes = self._gemm(B, c, Tg)
                 layer = layer + t
                 is_c = tc >= tm
-                comp = comp + B.where(is_c, t, 0.0)
-                mem = mem + B.where(is_c, 0.0, t)
+                t_c = t * is_c
+                comp = comp + t_c
+                mem = mem + (t - t_c)
                 if rec is not None:
                     _record(rec, c.op, n_layers * t, n_layers * flops, n_layers * nbytes,
                             "compute" if is_c else "memory")
@@ -716,7 +718,7 @@ class StepCostModel:
                         (self.pp - 1) * ACT_BYTES * self.model.hidden_size * Tg, "communication")
             _record(rec, "overhead", over, 0.0, 0.0, "overhead")
         # ---- split by bound and per pipeline stage (side sums of the same operator times)
-        head_c = B.where(h_c >= h_m, t_h, 0.0)
+        head_c = t_h * (h_c >= h_m)
         comp = mem = kv = comm = 0.0
         for (n_layers, _), (_, l_comp, l_mem) in zip(self._kinds, layers, strict=True):
             comp = comp + n_layers * l_comp
@@ -728,7 +730,9 @@ class StepCostModel:
         comm = comm + (self.pp - 1) * t_p2p_one
         worst: Any = 0.0
         last = self.pp - 1
-        for s, counts in enumerate(self._stage_counts):
+        if self.pp == 1 and stage_out is None:  # one stage: the whole step but the overhead
+            worst = total
+        for s, counts in enumerate(self._stage_counts if (self.pp > 1 or stage_out is not None) else ()):
             stage: Any = 0.0
             for n_s, (layer, _, _) in zip(counts, layers, strict=True):
                 stage = stage + n_s * layer
@@ -739,10 +743,14 @@ class StepCostModel:
             worst = B.mx(worst, stage)
             if stage_out is not None:
                 stage_out.append(stage)
-        z = 0.0 * T
+        if B is not _ScalarBackend:  # every field an array, also where a part is a constant
+            comp, mem, kv, comm, over, worst = (
+                x if isinstance(x, np.ndarray) and x.shape == T.shape else x + 0.0 * T
+                for x in (comp, mem, kv, comm, over, worst)
+            )
         return StepCostArrays(
-            time_s=time, compute_s=comp + z, weight_read_s=mem + z, kv_read_s=kv + z, comm_s=comm + z,
-            overhead_s=over + z, bottleneck_stage_s=worst + z,
+            time_s=time, compute_s=comp, weight_read_s=mem, kv_read_s=kv, comm_s=comm,
+            overhead_s=over, bottleneck_stage_s=worst,
         )
 
     # ------------------------------------------------------------------ public API
