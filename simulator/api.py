@@ -187,9 +187,8 @@ def max_sustainable_rate(
     if bands:
         from servesim.simulator.validation.bands import rate_band
 
-        params, has_profile = _profile(profile)
         search = {k: v for k, v in kwargs.items() if k in ("min_rate_per_s", "max_rate_per_s", "variant")}
-        result.band, result.band_grade = rate_band(cfg, slo, params=params, has_profile=has_profile,
+        result.band, result.band_grade = rate_band(cfg, slo, profile=_profile(profile),
                                                    rel_tol=rel_tol, **search)
     return result
 
@@ -230,8 +229,7 @@ def plan_capacity(
     if bands:
         from servesim.simulator.validation.bands import plan_bands
 
-        params, has_profile = _profile(profile)
-        result.bands = plan_bands(result, params=params, has_profile=has_profile)
+        result.bands = plan_bands(result, profile=_profile(profile))
     if out is not None:
         result.write(out)
     return result
@@ -254,8 +252,8 @@ def bands(
     Args:
         scenario: path, mapping or :class:`ScenarioCfg` (one configuration, or ``variant``).
         overrides: dotted-path overrides (see :func:`load`).
-        profile: a stack-fit profile (``servesim calibrate --from``): its parameters are the
-            nominal values and the overhead ranges narrow to +/- 30 %.
+        profile: a stack-profile file (e.g. from ``servesim calibrate --from``) to run under;
+            its values are the nominal ones and the overhead ranges narrow.
         metrics: summary keys (default: throughputs, mean/p99 TTFT and TPOT, mean E2E).
         variant: the variant to band when the scenario has several.
 
@@ -268,20 +266,17 @@ def bands(
     from servesim.simulator.validation.bands import RUN_METRICS, run_bands
 
     cfg = load(scenario, overrides)
-    params, has_profile = _profile(profile)
-    found, grade = run_bands(cfg, params=params, has_profile=has_profile,
-                             metrics=tuple(metrics or RUN_METRICS), variant=variant)
+    found, grade = run_bands(cfg, profile=_profile(profile), metrics=tuple(metrics or RUN_METRICS),
+                             variant=variant)
     return pd.DataFrame([{"metric": k, "low": b.low, "mid": b.mid, "high": b.high,
                           "dominant": b.dominant, "grade": grade} for k, b in found.items()])
 
 
-def _profile(profile: str | Path | None) -> tuple[Any, bool]:
-    """(StackParams, came from a profile)."""
-    from servesim.simulator.validation.stack import StackParams, load_profile
+def _profile(profile: str | Path | None) -> Path | None:
+    """The checked stack-profile file, or None."""
+    from servesim.simulator.validation.stack import check_profile
 
-    if profile is None:
-        return StackParams(), False
-    return load_profile(profile), True
+    return None if profile is None else check_profile(profile)
 
 
 def _override_strings(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:

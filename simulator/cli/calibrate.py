@@ -4,8 +4,9 @@
   serving-stack parameters (host overhead per step, per-request overhead, compute and
   bandwidth efficiency factors; :mod:`simulator.validation.stack`) to the user's benchmark
   files (vLLM, SGLang, GenAI-Perf, AIPerf), reports the fit on a held-out part of the runs and
-  writes a profile (``--profile`` for ``compare`` / ``validate``; its ``step_overhead_s``
-  goes straight into a scenario's ``engine.step_overhead_s``).
+  writes a stack profile usable as ``engine.profile: profile.yaml`` in any scenario (and as
+  ``--profile`` for ``compare`` / ``validate``), plus ``profile.gpu.yaml`` (the GPU's figures
+  times the fitted efficiency scales, usable as ``hardware.gpu``) when those moved.
 * ``servesim calibrate`` without ``--from`` is the roofline GEMM error table it always was
   (``--refit`` / ``--write`` re-fit the kernel parameters); the code lives with ``roofline``.
 
@@ -67,13 +68,17 @@ def register(app: typer.Typer) -> None:
                 echo(f"fitting {len(runs)} run(s) from {len(paths)} file(s) on {cfg.name} ...")
             result = fit_stack(runs, cfg, max_requests=max_requests, max_evals=max_evals, progress=echo)
             out.parent.mkdir(parents=True, exist_ok=True)
-            write_profile(out, result.params, fit_report=result.report())
-        doc = {"profile": str(out), "stack_fit": result.params.to_dict(), "fit": result.report(),
+            written = write_profile(out, result.params, scenario=cfg.model_dump(mode="json"),
+                                    fit_report=result.report())
+        doc = {"profile": str(out), "files": [str(p) for p in written],
+               "stack_fit": result.params.to_dict(), "fit": result.report(),
                "held_out": [c.to_dict() for c in result.held_out]}
         if as_json:
             typer.echo(json.dumps(json_safe(doc), indent=2))
             return
         _print_fit(result, out)
+        for path in written[1:]:
+            typer.echo(f"GPU efficiency scales written to {path} (use it as hardware.gpu)")
 
 
 def _usage(message: str) -> None:

@@ -5,7 +5,7 @@ JSONL, GenAI-Perf or AIPerf exports; format auto-detected), replays the same loa
 scenario's deployment and prints, per run in the file, each metric measured and simulated
 with the relative error ``(simulated - measured) / measured``. ``--json`` prints::
 
-    {"scenario": NAME, "stack_fit": {...} | null,
+    {"scenario": NAME, "profile": PATH | null,
      "runs": [{"file", "record", "tool", "model_id", "load": {...},
                "metrics": [{"metric", "label", "unit", "measured", "simulated", "error_frac"}],
                "median_abs_error_frac"}, ...]}
@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
     def compare(
         result: Annotated[Path, typer.Argument(help="Benchmark result file: vllm bench serve --save-result JSON, SGLang bench_serving JSONL, GenAI-Perf or AIPerf profile export JSON.")],
         scenario: Annotated[Path, typer.Option("--scenario", "-s", help="Scenario YAML describing the deployment (model, GPU, parallelism, quantization, scheduler); its workload is replaced by the file's load.")],
-        profile: Annotated[Path | None, typer.Option("--profile", help="Stack-fit profile from `servesim calibrate --from` to apply.")] = None,
+        profile: Annotated[Path | None, typer.Option("--profile", help="Stack profile to run under (engine.profile), e.g. the one `servesim calibrate --from` wrote (its GPU file beside it is used too).")] = None,
         fmt: Annotated[str, typer.Option("--format", help="auto (default), vllm, sglang, genai-perf or aiperf.")] = "auto",
         variant: Annotated[str | None, typer.Option("--variant", help="Which variant of the scenario to use, if it has several.")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field: dotted.path=value (repeatable).")] = None,
@@ -91,14 +91,14 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             from servesim.simulator.validation.readers import read_results
             from servesim.simulator.validation.replay import compare_result
-            from servesim.simulator.validation.stack import StackParams, load_profile
+            from servesim.simulator.validation.stack import check_profile
 
             cfg = load_deployment(scenario, set_ or [], variant)
-            params = load_profile(profile) if profile is not None else StackParams()
+            prof = check_profile(profile) if profile is not None else None
             runs = read_results(result, format=fmt)
-            comps = [compare_result(r, cfg, params, max_requests=max_requests) for r in runs]
+            comps = [compare_result(r, cfg, max_requests=max_requests, profile=prof) for r in runs]
         if as_json:
-            doc = {"scenario": cfg.name, "stack_fit": None if params.is_default else params.to_dict(),
+            doc = {"scenario": cfg.name, "profile": None if prof is None else str(prof),
                    "runs": [c.to_dict() for c in comps]}
             typer.echo(json.dumps(json_safe(doc), indent=2))
             return

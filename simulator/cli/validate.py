@@ -8,7 +8,7 @@ and which assumption dominates its width, and the coverage. ``--json`` prints::
     {"cases": [{"id", "source", "where", "stack", "metric", "unit", "reference",
                 "predicted", "error_frac", ["low", "high", "covered", "dominant"]}, ...],
      "num_cases", "median_abs_error_frac", "worst": {"id", "error_frac"},
-     "within_10pct", ["coverage_frac"], "quick", "stack_fit"}
+     "within_10pct", ["coverage_frac"], "quick", "profile"}
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
     def validate(
         quick: Annotated[bool, typer.Option("--quick/--full", help="--quick: one round of requests per client (seconds); --full (default): two.")] = False,
         bands: Annotated[bool, typer.Option("--bands", help="Add each case's prediction band (low/high), coverage and the assumption that dominates the width.")] = False,
-        profile: Annotated[Path | None, typer.Option("--profile", help="Stack-fit profile (servesim calibrate --from) applied to every case alike.")] = None,
+        profile: Annotated[Path | None, typer.Option("--profile", help="Stack profile (e.g. from servesim calibrate --from) every case runs under instead of its own stack.")] = None,
         cases_file: Annotated[Path | None, typer.Option("--cases", help="Another case table (same format as the shipped one).")] = None,
         only: Annotated[list[str] | None, typer.Option("--only", help="Run only these case ids (repeatable).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
@@ -54,9 +54,9 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             from servesim.simulator.errors import ScenarioError
             from servesim.simulator.validation.cases import load_cases, run_cases
-            from servesim.simulator.validation.stack import StackParams, load_profile
+            from servesim.simulator.validation.stack import check_profile
 
-            params = load_profile(profile) if profile is not None else StackParams()
+            prof = check_profile(profile) if profile is not None else None
             cases = load_cases(cases_file)
             if only:
                 known = {c.id for c in cases}
@@ -64,11 +64,11 @@ def register(app: typer.Typer) -> None:
                 if missing:
                     raise ScenarioError(f"--only: unknown case id(s) {missing}; see servesim validate --json for the ids")
                 cases = [c for c in cases if c.id in set(only)]
-            df = run_cases(cases, params, quick=quick, bands=bands, has_profile=profile is not None)
+            df = run_cases(cases, quick=quick, bands=bands, profile=prof)
         summary = validation_summary(df)
         if as_json:
             doc = {"cases": df.to_dict(orient="records"), **summary, "quick": quick,
-                   "stack_fit": None if params.is_default else params.to_dict()}
+                   "profile": None if prof is None else str(prof)}
             typer.echo(json.dumps(json_safe(doc), indent=2))
             return
         _print(df, summary, bands=bands)

@@ -11,20 +11,20 @@ efficiency          median |error| (x 2.44: the 90 % two-sided half-width of a
                     normal with that median absolute deviation), x the GPU's grade
 GPU bandwidth       HBM bandwidth x (1 -/+ u), same u                                residual
 efficiency
-host overhead       step_overhead_s in [0, 2 x default] (no stack profile); the      issue #13
-per step            fitted value x (1 -/+ 0.3) with a ``--profile``                   mech. 6
-per-request         per_request_overhead_s in [0, 30 ms] (no profile); fitted x      issue #13
-overhead            (1 -/+ 0.3) with a profile                                        mech. 5
+host overhead       step_overhead_s in [0, 2 x the stack's] (a shipped stack);      issue #13
+per step            x (1 -/+ 0.3) with a fitted ``--profile``                          mech. 6
+per-request         + [0, 30 ms] outside the engine loop (a shipped stack); + [0, 0.3  issue #13
+overhead            x the profile's own] with a fitted profile                         mech. 5
 TP communication    scale-up link bandwidth x [0.4, 1] (only with TP or PP > 1):     nccl-tests
                     all-reduce bus bandwidth reaches ~75-80 % of NVLink for large     mech. 7
                     messages and far less for the small ones of decode steps
 workload draw       two other workload seeds                                         sampling
 ==================  ===============================================================  ========
 
-The GPU grade multiplies u: 1 for a GPU of a measured family (A100, H100: the calibration's
-kernel timings), 2.5 for a GPU whose efficiency is borrowed from another architecture
-(``roofline.profile_for``), and x1.25 / x1.5 more when its datasheet figures are graded
-``medium`` / ``low``.
+u combines the GEMM calibration's held-out residual with the confidence grade of the GPU's
+achievable figures (:func:`efficiency_uncertainty`): a GPU whose figures are borrowed gets a
+wider band. For a measured engine that has no stack profile of its own (it runs under a
+related stack's), the host-overhead range is the unprofiled one.
 
 **Propagation.** Every factor is pushed through the simulation one at a time, to its low and
 its high end with the others at their nominal values (deterministic: no random draws; the
@@ -54,8 +54,6 @@ __all__ = ["Band", "Factor", "band_factors", "efficiency_uncertainty", "propagat
 
 #: Half-width of the 90 % interval of a normal, in median absolute deviations: 1.645 x 1.4826.
 _MAD_TO_90 = 1.645 * 1.4826
-_BORROWED_GRADE = 2.5
-_DATASHEET_GRADE = {"high": 1.0, "medium": 1.25, "low": 1.5}
 _PER_REQUEST_MAX_S = 0.030
 _PROFILE_REL = 0.3
 
@@ -98,10 +96,16 @@ class Band:
 def efficiency_uncertainty(gpu: str) -> tuple[float, str]:
     """Relative uncertainty u of the GPU's achievable compute and bandwidth, and the grade.
 
+    u combines, in quadrature, (a) the roofline GEMM calibration's held-out residual
+    (median |error| x 2.44, the 90 % half-width) of the size profile the GPU uses, and (b) the
+    band half-width its achievable figures' confidence grade implies
+    (:data:`hwmodels.achievable.BAND_FRAC_BY_CONFIDENCE`: measured 5 %, derived 10 %,
+    borrowed 20 %), times 1.645 for 90 %. Where the achievable table has no entry (a user
+    GPU file), the figures count as borrowed.
+
     Returns:
-        (u, grade text), e.g. (0.107, "measured family a100, datasheet high").
+        (u, grade text), e.g. (0.12, "residual 10.7 %, figures measured").
     """
-    from servesim.hwmodels import calibration
     from servesim.hwmodels.gpus import get_gpu
     from servesim.hwmodels.roofline import profile_for
 
@@ -110,14 +114,16 @@ def efficiency_uncertainty(gpu: str) -> tuple[float, str]:
     table = _error_table()
     held = table[(table["role"] == "held-out") & table["gpu"].str.startswith(profile)]
     med = float(held["median_abs_err_frac"].max()) if len(held) else float(table["median_abs_err_frac"].max())
-    family = spec.name.startswith(profile)
-    grade = 1.0 if family else _BORROWED_GRADE
-    conf = str(getattr(spec, "confidence", "high") or "high").lower()
-    grade *= _DATASHEET_GRADE.get(conf, 1.5)
-    text = (f"{'measured family ' + profile if family else 'efficiency borrowed from ' + profile}, "
-            f"datasheet {conf}")
-    del calibration
-    return _MAD_TO_90 * med * grade, text
+    resid = _MAD_TO_90 * med
+    try:
+        from servesim.hwmodels.achievable import BAND_FRAC_BY_CONFIDENCE, efficiency_for
+
+        grade = str(efficiency_for(spec).confidence)
+        frac = BAND_FRAC_BY_CONFIDENCE.get(grade, BAND_FRAC_BY_CONFIDENCE["borrowed"])
+    except ImportError:  # the achievable-figures mechanism is absent
+        grade, frac = "borrowed", 0.20
+    u = math.sqrt(resid**2 + (1.645 * frac) ** 2)
+    return u, f"residual {100 * resid:.1f}% ({profile} kernels), figures {grade}"
 
 
 _TABLE: list[Any] = []
@@ -136,20 +142,35 @@ COMM_EFF_RANGE = (0.4, 1.0)
 
 
 def band_factors(gpu: str, base: StackParams, *, has_profile: bool, seed: int = 0,
-                 vary_seed: bool = True, multi_gpu: bool = False) -> tuple[list[Factor], str]:
-    """The factors for a run on ``gpu`` around ``base``; and the GPU grade text."""
+                 vary_seed: bool = True, multi_gpu: bool = False,
+                 stack: Any = None, stack_borrowed: bool = False) -> tuple[list[Factor], str]:
+    """The factors for a run on ``gpu`` around ``base``; and the GPU grade text.
+
+    Args:
+        stack: the scenario's :class:`~hwmodels.stacks.StackProfile` (nominal host and
+            per-request times); None = the default stack.
+        has_profile: the stack is a fitted profile (narrower overhead ranges).
+        stack_borrowed: the measured engine has no profile of its own and runs under another
+            stack's (a case's ``stack`` mapped in ``cases.STACK_PROFILE``): its host time is as
+            unknown as without any profile, [0, 2 x the default step overhead].
+    """
+    from servesim.hwmodels.stacks import get_stack
     from servesim.hwmodels.stepcost import DEFAULT_STEP_OVERHEAD_S
 
+    stack = stack if stack is not None else get_stack(None)
     u, grade = efficiency_uncertainty(gpu)
     u = min(u, 0.6)
-    step = base.step_overhead_s if base.step_overhead_s is not None else DEFAULT_STEP_OVERHEAD_S
+    step = base.step_overhead_s
+    if step is None:
+        step = stack.step_overhead_s if stack.step_overhead_s is not None else DEFAULT_STEP_OVERHEAD_S
+    req = base.per_request_overhead_s
     if has_profile:
         step_lo, step_hi = step * (1 - _PROFILE_REL), step * (1 + _PROFILE_REL)
-        req = base.per_request_overhead_s
-        req_lo, req_hi = req * (1 - _PROFILE_REL), req * (1 + _PROFILE_REL)
+        own = float(stack.request_overhead_s + stack.response_overhead_s)
+        req_lo, req_hi = req, req + _PROFILE_REL * own
     else:
-        step_lo, step_hi = 0.0, 2.0 * step
-        req_lo, req_hi = 0.0, _PER_REQUEST_MAX_S
+        step_lo, step_hi = 0.0, 2.0 * (max(step, DEFAULT_STEP_OVERHEAD_S) if stack_borrowed else step)
+        req_lo, req_hi = req, req + _PER_REQUEST_MAX_S
     factors = [
         Factor("compute", "GPU compute efficiency",
                base.replace(compute_eff_scale=base.compute_eff_scale * (1 - u)),
@@ -238,15 +259,14 @@ def _hardware(data: Mapping[str, Any]) -> tuple[str, bool]:
     return str(group.get("gpu")), multi
 
 
-def run_bands(scenario: Any, *, params: StackParams | None = None, has_profile: bool = False,
+def run_bands(scenario: Any, *, profile: Any = None,
               metrics: Sequence[str] = RUN_METRICS, variant: str | None = None,
               seed: int | None = None) -> tuple[dict[str, Band], str]:
     """Bands of a run's summary metrics; and the GPU grade text.
 
     Args:
         scenario: path, mapping or validated scenario (one configuration, or ``variant``).
-        params: stack parameters (a fitted profile); default: none.
-        has_profile: ``params`` come from a fit (narrower overhead ranges).
+        profile: a fitted stack-profile file to run under (narrower overhead ranges).
         metrics: summary keys to band.
         variant: the variant to use when the scenario has several.
         seed: the nominal seed (default: the scenario's).
@@ -256,13 +276,21 @@ def run_bands(scenario: Any, *, params: StackParams | None = None, has_profile: 
     from servesim.simulator.build import run_scenario
     from servesim.simulator.scenario import scenario_from_dict
     from servesim.simulator.validation.replay import simulated_metrics
-    from servesim.simulator.validation.stack import apply_params, temp_workdir
+    from servesim.simulator.validation.stack import (
+        apply_params,
+        scenario_stack,
+        temp_workdir,
+        with_profile,
+    )
 
     data = _one_config(scenario, variant)
+    if profile is not None:
+        data = with_profile(data, profile)
     seed = int(data.get("seed", 0)) if seed is None else seed
-    base = params or StackParams()
+    base = StackParams()
     gpu, multi = _hardware(data)
-    factors, grade = band_factors(gpu, base, has_profile=has_profile, seed=seed, multi_gpu=multi)
+    factors, grade = band_factors(gpu, base, has_profile=profile is not None, seed=seed,
+                                  multi_gpu=multi, stack=scenario_stack(data))
     memo: dict[tuple[StackParams, int], dict[str, float]] = {}
 
     def evaluate(p: StackParams, s: int) -> dict[str, float]:
@@ -277,9 +305,8 @@ def run_bands(scenario: Any, *, params: StackParams | None = None, has_profile: 
     return propagate(evaluate, base, factors, seed=seed), grade
 
 
-def rate_band(scenario: Any, slo: Any, *, params: StackParams | None = None,
-              has_profile: bool = False, variant: str | None = None, rel_tol: float = 0.05,
-              **search: Any) -> tuple[Band, str]:
+def rate_band(scenario: Any, slo: Any, *, profile: Any = None, variant: str | None = None,
+              rel_tol: float = 0.05, **search: Any) -> tuple[Band, str]:
     """Band of the maximum sustainable rate under ``slo`` (a
     :class:`~simulator.capacity.SloTarget`); and the GPU grade text.
 
@@ -291,13 +318,21 @@ def rate_band(scenario: Any, slo: Any, *, params: StackParams | None = None,
     from pathlib import Path
 
     from servesim.simulator.capacity import max_sustainable_rate
-    from servesim.simulator.validation.stack import apply_params, temp_workdir
+    from servesim.simulator.validation.stack import (
+        apply_params,
+        scenario_stack,
+        temp_workdir,
+        with_profile,
+    )
 
     data = _one_config(scenario, variant)
+    if profile is not None:
+        data = with_profile(data, profile)
     seed = int(data.get("seed", 0))
-    base = params or StackParams()
+    base = StackParams()
     gpu, multi = _hardware(data)
-    factors, grade = band_factors(gpu, base, has_profile=has_profile, seed=seed, multi_gpu=multi)
+    factors, grade = band_factors(gpu, base, has_profile=profile is not None, seed=seed,
+                                  multi_gpu=multi, stack=scenario_stack(data))
     floor = float(search.get("min_rate_per_s", 0.01))
 
     def evaluate(p: StackParams, s: int) -> dict[str, float]:
@@ -316,8 +351,7 @@ def rate_band(scenario: Any, slo: Any, *, params: StackParams | None = None,
     return bands["max_rate_per_s"], grade
 
 
-def plan_bands(result: Any, *, params: StackParams | None = None, has_profile: bool = False,
-               top_k: int | None = None) -> Any:
+def plan_bands(result: Any, *, profile: Any = None, top_k: int | None = None) -> Any:
     """Ranges of the planner's answer: per ranked candidate (the ``top_k`` cheapest, default
     the plan's ``report.top_k``), the max rate per replica low / mid / high, the replicas and
     GPUs needed for the target as a range (fewest from the high rate, most from the low), and
@@ -341,8 +375,7 @@ def plan_bands(result: Any, *, params: StackParams | None = None, has_profile: b
     for row in table.to_dict(orient="records"):
         point = spec.candidates[int(row["point_index"])]
         cfg = scenario_from_dict(apply_point(spec.base, point.params), base_dir=spec.base_dir)
-        band, grade = rate_band(cfg, spec.slo, params=params, has_profile=has_profile,
-                                rel_tol=spec.rel_tol, **search)
+        band, grade = rate_band(cfg, spec.slo, profile=profile, rel_tol=spec.rel_tol, **search)
         per_replica = int(row.get("gpus_per_replica", 1))
         target = spec.target_rate_per_s
 

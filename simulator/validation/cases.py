@@ -139,8 +139,10 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def case_scenario(case: Case, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """The case as a scenario mapping (validated later by ``scenario_from_dict``)."""
+def case_scenario(case: Case, *, quick: bool = False, seed: int = 0,
+                  profile: str | Path | None = None) -> dict[str, Any]:
+    """The case as a scenario mapping (validated later by ``scenario_from_dict``); under the
+    stack-profile file ``profile`` instead of the case's stack when one is given."""
     from servesim.simulator.scenario import EngineCfg
 
     load = case.load
@@ -170,11 +172,15 @@ def case_scenario(case: Case, *, quick: bool = False, seed: int = 0) -> dict[str
         data["workload"] = {"name": "poisson", "num_requests": min(n, 100) if quick else n,
                             "arrivals": {"process": "poisson", "rate_per_s": float(load["rate_per_s"])},
                             "lengths": lengths}
+    if profile is not None:
+        from servesim.simulator.validation.stack import with_profile
+
+        data = with_profile(data, profile)
     return data
 
 
 def run_case(case: Case, params: StackParams | None = None, *, quick: bool = False,
-             seed: int = 0) -> float:
+             seed: int = 0, profile: str | Path | None = None) -> float:
     """The simulated value of the case's metric."""
     from servesim.simulator.build import run_scenario
     from servesim.simulator.scenario import scenario_from_dict
@@ -183,7 +189,7 @@ def run_case(case: Case, params: StackParams | None = None, *, quick: bool = Fal
 
     params = params or StackParams()
     with temp_workdir() as tmp:
-        data = case_scenario(case, quick=quick, seed=seed)
+        data = case_scenario(case, quick=quick, seed=seed, profile=profile)
         if params.per_request_overhead_s > 0 and data["workload"]["arrivals"]["process"] == "closed_loop":
             data["workload"]["arrivals"]["think_time_s"] = params.per_request_overhead_s
         data = apply_params(data, params, Path(tmp))
@@ -197,27 +203,31 @@ def run_case(case: Case, params: StackParams | None = None, *, quick: bool = Fal
 
 
 def case_band(case: Case, params: StackParams | None = None, *, quick: bool = False,
-              seed: int = 0, has_profile: bool = False) -> Band:
+              seed: int = 0, profile: str | Path | None = None) -> Band:
     """The prediction band of the case's metric (:mod:`.bands`)."""
     from servesim.simulator.validation.bands import band_factors, propagate
+    from servesim.simulator.validation.stack import scenario_stack
 
     base = params or StackParams()
     hw = case.scenario.get("hardware") or {}
     multi = int(hw.get("tensor_parallel", 1)) * int(hw.get("pipeline_parallel", 1)) > 1
-    factors, _ = band_factors(str(hw.get("gpu")), base, has_profile=has_profile, seed=seed,
-                              vary_seed=case.load["kind"] != "static", multi_gpu=multi)
+    stack = scenario_stack(case_scenario(case, profile=profile))
+    factors, _ = band_factors(str(hw.get("gpu")), base, has_profile=profile is not None, seed=seed,
+                              vary_seed=case.load["kind"] != "static", multi_gpu=multi, stack=stack,
+                              stack_borrowed=profile is None and case.stack in STACK_PROFILE)
     memo: dict[tuple[StackParams, int], dict[str, float]] = {}
 
     def evaluate(p: StackParams, s: int) -> dict[str, float]:
         if (p, s) not in memo:
-            memo[(p, s)] = {case.metric: run_case(case, p, quick=quick, seed=s)}
+            memo[(p, s)] = {case.metric: run_case(case, p, quick=quick, seed=s, profile=profile)}
         return memo[(p, s)]
 
     return propagate(evaluate, base, factors, seed=seed)[case.metric]
 
 
 def run_cases(cases: Sequence[Case], params: StackParams | None = None, *, quick: bool = False,
-              seed: int = 0, bands: bool = False, has_profile: bool = False) -> pd.DataFrame:
+              seed: int = 0, bands: bool = False,
+              profile: str | Path | None = None) -> pd.DataFrame:
     """Run every case; one row each: ``id``, ``source``, ``where``, ``stack``, ``metric``,
     ``unit``, ``reference``, ``predicted``, ``error_frac`` ((predicted - reference) /
     reference); with ``bands``, also ``low``, ``high``, ``covered`` and ``dominant``."""
@@ -229,12 +239,12 @@ def run_cases(cases: Sequence[Case], params: StackParams | None = None, *, quick
                                "stack": case.stack, "metric": case.metric, "unit": case.unit,
                                "reference": case.reference}
         if bands:
-            band = case_band(case, params, quick=quick, seed=seed, has_profile=has_profile)
+            band = case_band(case, params, quick=quick, seed=seed, profile=profile)
             pred = band.mid
             row.update({"low": band.low, "high": band.high, "covered": band.covers(case.reference),
                         "dominant": band.dominant})
         else:
-            pred = run_case(case, params, quick=quick, seed=seed)
+            pred = run_case(case, params, quick=quick, seed=seed, profile=profile)
         row["predicted"] = pred
         row["error_frac"] = (pred - case.reference) / case.reference
         rows.append(row)

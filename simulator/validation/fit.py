@@ -120,8 +120,8 @@ def fit_stack(runs: Sequence[BenchResult], scenario: ScenarioCfg | Mapping[str, 
     Args:
         runs: the measured runs (from one or more files).
         scenario: the deployment they were measured on.
-        start: starting point (default: step overhead at the step-cost default, no per-request
-            overhead, efficiency scales 1).
+        start: starting point (default: the scenario's stack's step overhead, no extra
+            per-request overhead, efficiency scales 1).
         max_requests: replay at most this many requests per run (speed).
         max_evals: cap on loss evaluations.
         progress: called with a line of text after each improvement.
@@ -139,7 +139,12 @@ def fit_stack(runs: Sequence[BenchResult], scenario: ScenarioCfg | Mapping[str, 
         raise ScenarioError(
             f"calibrate: none of the fitted runs records any of {', '.join(FIT_METRICS)}"
         )
-    start = start or StackParams(step_overhead_s=DEFAULT_STEP_OVERHEAD_S)
+    if start is None:
+        from servesim.simulator.validation.stack import scenario_stack
+
+        data = scenario.model_dump(mode="json") if hasattr(scenario, "model_dump") else dict(scenario)
+        stack_step = scenario_stack(data).step_overhead_s
+        start = StackParams(step_overhead_s=stack_step if stack_step is not None else DEFAULT_STEP_OVERHEAD_S)
     notes: list[str] = []
     if not held:
         notes.append("one run only: nothing held out; the fit is not checked")

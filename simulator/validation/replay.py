@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from servesim.simulator.validation.readers import METRICS, BenchResult
-from servesim.simulator.validation.stack import StackParams, apply_params, temp_workdir
+from servesim.simulator.validation.stack import (
+    StackParams,
+    apply_params,
+    request_overhead_total_s,
+    temp_workdir,
+    with_profile,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,8 +114,11 @@ def _arrivals(result: BenchResult, think_time_s: float = 0.0) -> dict[str, Any]:
 
 def simulate_result(result: BenchResult, scenario: ScenarioCfg | Mapping[str, Any],
                     params: StackParams = DEFAULT_PARAMS, *, max_requests: int | None = None,
-                    seed: int | None = None) -> dict[str, float]:
+                    seed: int | None = None, profile: str | Path | None = None) -> dict[str, float]:
     """Replay ``result``'s load on ``scenario`` with ``params``; the simulated metrics.
+
+    ``profile``: a stack-profile file (``servesim calibrate --from``) the scenario runs under
+    (``engine.profile``, with its GPU file when it has one).
 
     Raises:
         ScenarioError / CapacityError: the scenario is invalid or the model does not fit.
@@ -120,8 +129,14 @@ def simulate_result(result: BenchResult, scenario: ScenarioCfg | Mapping[str, An
     with temp_workdir() as tmp:
         workdir = Path(tmp)
         data = replay_data(result, scenario, workdir, max_requests=max_requests, seed=seed)
-        if result.max_concurrency is not None and params.per_request_overhead_s > 0:
-            data["workload"]["arrivals"] = _arrivals(result, params.per_request_overhead_s)
+        if profile is not None:
+            data = with_profile(data, profile)
+        if result.max_concurrency is not None:
+            # A closed-loop client sends its next request only after the last response, so
+            # the time a request spends outside the engine loop is also the gap between them.
+            gap = params.per_request_overhead_s + request_overhead_total_s(data, result.mean_input_tokens)
+            if gap > 0:
+                data["workload"]["arrivals"] = _arrivals(result, gap)
         data = apply_params(data, params, workdir)
         results = run_scenario(scenario_from_dict(data))
         variant = results.variants[0]
@@ -223,7 +238,8 @@ def compare_rows(measured: Mapping[str, float], simulated: Mapping[str, float],
 
 def compare_result(result: BenchResult, scenario: ScenarioCfg | Mapping[str, Any],
                    params: StackParams = DEFAULT_PARAMS, *, max_requests: int | None = None,
-                   metrics: Sequence[str] | None = None) -> Comparison:
+                   metrics: Sequence[str] | None = None,
+                   profile: str | Path | None = None) -> Comparison:
     """Replay and compare one measured run."""
-    sim = simulate_result(result, scenario, params, max_requests=max_requests)
+    sim = simulate_result(result, scenario, params, max_requests=max_requests, profile=profile)
     return Comparison(result=result, simulated=sim, rows=compare_rows(result.metrics, sim, metrics))

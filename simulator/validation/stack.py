@@ -21,8 +21,9 @@ parameter                  how it acts
 =========================  =================================================================
 
 The efficiency scales act through a derived GPU file (same name, scaled figures) written to a
-temporary directory, so the roofline's calibrated size-dependence is untouched. A profile file
-holds them under ``stack_fit:`` (see :func:`write_profile`).
+temporary directory, so the roofline's calibrated size-dependence is untouched. A fit is
+written as a stack profile in :mod:`hwmodels.stacks`' layout (``engine.profile``) plus, when the
+GPU scales moved, a GPU file beside it (see :func:`write_profile`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from typing import Any
 
 from servesim.simulator.errors import ScenarioError
 
-__all__ = ["StackParams", "apply_params", "load_profile", "write_profile"]
+__all__ = ["StackParams", "apply_params", "check_profile", "scenario_stack", "with_profile",
+           "write_profile"]
 
 _FIELDS = ("step_overhead_s", "per_request_overhead_s", "compute_eff_scale", "bandwidth_eff_scale",
            "comm_eff_scale")
@@ -178,45 +180,127 @@ def temp_workdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="servesim-stack-")
 
 
-# ---------------------------------------------------------------------------- profile files
+# ---------------------------------------------------------------------------- stack profiles
 
 
-def write_profile(path: str | Path, params: StackParams, *, fit_report: Mapping[str, Any]) -> None:
-    """Write a profile YAML: the fitted parameters and how well they fit.
+def scenario_stack(data: Mapping[str, Any]) -> Any:
+    """The :class:`~hwmodels.stacks.StackProfile` a scenario mapping runs under
+    (``engine.profile`` file, else ``engine.stack``, else the default)."""
+    from servesim.hwmodels.stacks import get_stack, load_profile_file
 
-    The file is usable in a scenario: ``engine.step_overhead_s`` takes ``step_overhead_s``;
-    :func:`load_profile` reads all four (``servesim compare --profile``, ``validate``).
-    """
-    import yaml
-
-    doc = {
-        "kind": "servesim-stack-fit",
-        "stack_fit": {k: (None if v is None else round(v, 6)) for k, v in params.to_dict().items()},
-        "fit": dict(fit_report),
-    }
-    Path(path).write_text(
-        "# servesim serving-stack fit (servesim calibrate --from). Edit freely; keys as in\n"
-        "# docs/validation.md. step_overhead_s: host time per engine step; per_request_overhead_s:\n"
-        "# HTTP/tokenization/detokenization time per request; *_eff_scale: factors on the GPU's\n"
-        "# achievable FLOP/s and HBM bandwidth.\n" + yaml.safe_dump(doc, sort_keys=False)
-    )
+    engine = data.get("engine") or {}
+    if engine.get("profile"):
+        return load_profile_file(engine["profile"])
+    return get_stack(engine.get("stack"))
 
 
-def load_profile(path: str | Path) -> StackParams:
-    """Read the ``stack_fit:`` block of a profile YAML.
+def request_overhead_total_s(data: Mapping[str, Any], prompt_tokens: float) -> float:
+    """Time per request outside the engine loop that the scenario's stack already adds."""
+    return float(scenario_stack(data).request_overhead_total_s(prompt_tokens))
+
+
+def with_profile(data: Mapping[str, Any], profile: str | Path) -> dict[str, Any]:
+    """The scenario mapping run under the profile file ``profile`` (``engine.profile``), with
+    its GPU sidecar (``<profile>.gpu.yaml``, see :func:`write_profile`) when there is one for
+    the scenario's GPU."""
+    out = dict(data)
+    engine = {k: v for k, v in dict(out.get("engine") or {}).items() if k not in ("stack", "step_overhead_s")}
+    engine["profile"] = str(Path(profile).resolve())
+    out["engine"] = engine
+    sidecar = gpu_sidecar(profile)
+    if sidecar.is_file():
+        import yaml
+
+        name = str((yaml.safe_load(sidecar.read_text()) or {}).get("name", "")).lower()
+        from servesim.hwmodels.gpus import get_gpu
+
+        hw = out.get("hardware")
+        groups = hw if isinstance(hw, list) else [hw]
+        new = [dict(g, gpu=str(sidecar.resolve())) if get_gpu(str(g["gpu"])).name == name else dict(g)
+               for g in groups]
+        out["hardware"] = new if isinstance(hw, list) else new[0]
+    return out
+
+
+def gpu_sidecar(profile: str | Path) -> Path:
+    """``profile.yaml`` -> ``profile.gpu.yaml``: the fitted GPU efficiency scales."""
+    path = Path(profile)
+    return path.with_name(path.stem + ".gpu.yaml")
+
+
+def check_profile(path: str | Path) -> Path:
+    """Validate a profile file (the stack-profile layout); return its path.
 
     Raises:
-        ScenarioError: missing file, bad YAML, no ``stack_fit:``, or a bad value.
+        ScenarioError: missing or invalid profile.
     """
-    import yaml
+    from servesim.hwmodels.errors import ConfigError
+    from servesim.hwmodels.stacks import load_profile_file
 
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"profile {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"profile {path}: YAML syntax error: {exc}") from None
-    if not isinstance(raw, Mapping) or "stack_fit" not in raw:
-        raise ScenarioError(f"profile {path}: no 'stack_fit:' mapping (write one with servesim calibrate --from)")
-    return StackParams.from_dict(raw["stack_fit"], where=f"{path}: stack_fit")
+        load_profile_file(path)
+    except ConfigError as exc:
+        raise ScenarioError(str(exc)) from None
+    return path
+
+
+def write_profile(path: str | Path, params: StackParams, *, scenario: Mapping[str, Any],
+                  fit_report: Mapping[str, Any]) -> list[Path]:
+    """Write the fit as a stack profile (``engine.profile: path`` in a scenario) and, when the
+    GPU efficiency scales moved, a GPU file beside it (``<path stem>.gpu.yaml``, usable as
+    ``hardware.gpu``: the GPU's figures times the fitted scales, same name).
+
+    The profile starts from the scenario's own stack and replaces the fitted fields:
+    ``step_overhead_s`` (the fitted host time per step) and ``request_overhead_s`` (the
+    stack's plus the fitted extra per request); ``sources`` says so, with the fit's numbers.
+
+    Returns:
+        The files written.
+    """
+    import yaml
+
+    path = Path(path)
+    base = scenario_stack(scenario)
+    from servesim.hwmodels.stepcost import DEFAULT_STEP_OVERHEAD_S
+
+    step = params.step_overhead_s if params.step_overhead_s is not None else (
+        base.step_overhead_s if base.step_overhead_s is not None else DEFAULT_STEP_OVERHEAD_S)
+    note = (f"servesim calibrate --from: fitted to {', '.join(fit_report.get('fitted_runs', []))}; "
+            f"held-out median |error| {fit_report.get('held_out_median_abs_error_frac')} "
+            f"(before: {fit_report.get('held_out_median_abs_error_frac_before_fit')})")
+    sources = dict(base.sources)
+    sources["step_overhead_s"] = note
+    sources["request_overhead_s"] = (f"{note}; the {base.name} profile's "
+                                     f"{base.request_overhead_s:.4g} s plus the fitted "
+                                     f"{params.per_request_overhead_s:.4g} s")
+    fitted = base.replace(
+        name=f"{base.name}-fit", step_overhead_s=round(step, 7),
+        request_overhead_s=round(base.request_overhead_s + params.per_request_overhead_s, 6),
+        description=f"{base.description} - fitted by servesim calibrate --from".strip(" -"),
+        sources=sources,
+    )
+    header = (
+        "# servesim stack profile fitted by `servesim calibrate --from` (docs/validation.md).\n"
+        "# Use it in a scenario: engine.profile: <this file>  (instead of engine.stack).\n"
+        f"# Fit: {yaml.safe_dump(dict(fit_report), default_flow_style=True, width=10**6).strip()}\n"
+    )
+    written = [path]
+    scales = (params.compute_eff_scale, params.bandwidth_eff_scale)
+    if any(abs(x - 1.0) > 1e-9 for x in scales):
+        hw = scenario.get("hardware")
+        group = hw[0] if isinstance(hw, list) else hw
+        with temp_workdir() as tmp:
+            gpu_file = _scaled_gpu_file(str(group["gpu"]), params.replace(comm_eff_scale=1.0), Path(tmp), 0)
+            text = gpu_file.read_text()
+        sidecar = gpu_sidecar(path)
+        sidecar.write_text(
+            "# GPU figures x the efficiency scales fitted by `servesim calibrate --from`:\n"
+            f"# compute x {params.compute_eff_scale:.4g}, HBM bandwidth x {params.bandwidth_eff_scale:.4g}.\n"
+            "# Use it as hardware.gpu: <this file> (same GPU name).\n" + text)
+        header += f"# GPU efficiency scales: {sidecar.name} (hardware.gpu).\n"
+        written.append(sidecar)
+    path.write_text(header + fitted.to_yaml())
+    return written

@@ -16,10 +16,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from servesim.hwmodels.stacks import load_profile_file
 from servesim.simulator.cli import app
 from servesim.simulator.validation.fit import split_runs
 from servesim.simulator.validation.readers import read_results
-from servesim.simulator.validation.stack import StackParams, load_profile
+from servesim.simulator.validation.stack import StackParams, gpu_sidecar, write_profile
 
 BENCH = Path(__file__).resolve().parents[1] / "data" / "bench"
 SCENARIO = BENCH / "h100-llama8b.yaml"
@@ -51,16 +52,37 @@ def test_compare_json_on_every_sample(name: str) -> None:
         assert metrics["mean_ttft_ms"]["error_frac"] < -0.15
 
 
-def test_compare_with_planted_profile_closes_the_gap(tmp_path: Path) -> None:
-    from servesim.simulator.validation.stack import write_profile
+def _scenario_data() -> dict[str, Any]:
+    from servesim.simulator.scenario import load_scenario
 
+    return load_scenario(SCENARIO).model_dump(mode="json")
+
+
+def test_planted_profile_is_a_stack_profile_and_a_gpu_file(tmp_path: Path) -> None:
     profile = tmp_path / "planted.yaml"
-    write_profile(profile, PLANTED, fit_report={})
+    written = write_profile(profile, PLANTED, scenario=_scenario_data(), fit_report={})
+    assert written == [profile, gpu_sidecar(profile)]
+    prof = load_profile_file(profile)  # the stack-profile layout: engine.profile accepts it
+    assert prof.step_overhead_s == pytest.approx(0.004)
+    assert prof.request_overhead_s == pytest.approx(0.030)  # generic's 0 + the planted 30 ms
+    gpu = yaml.safe_load(gpu_sidecar(profile).read_text())
+    assert gpu["name"] == "h100-sxm"
+    assert gpu["hbm_bw_bytes_per_s"] == pytest.approx(3.35e12 * 0.9)
+    # usable in a scenario as written
+    import servesim as ss
+
+    res = ss.run(SCENARIO, overrides={"engine.profile": str(profile), "hardware.gpu": str(gpu_sidecar(profile))})
+    assert res.variants[0].summary["completed"] == 10
+
+
+def test_compare_with_planted_profile_closes_the_gap(tmp_path: Path) -> None:
+    profile = tmp_path / "planted.yaml"
+    write_profile(profile, PLANTED, scenario=_scenario_data(), fit_report={})
     result = invoke("compare", BENCH / "vllm-detailed-rate4.json", "--scenario", SCENARIO,
                     "--profile", profile, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert doc["stack_fit"]["per_request_overhead_s"] == 0.03
+    assert doc["profile"] == str(profile)
     assert doc["runs"][0]["median_abs_error_frac"] < 0.05
     default = json.loads(invoke("compare", BENCH / "vllm-detailed-rate4.json", "--scenario",
                                 SCENARIO, "--json").output)
@@ -95,10 +117,10 @@ def test_user_errors_are_one_line_exit_2(args: list[Any], needle: str) -> None:
 
 def test_profile_with_unknown_key_is_rejected(tmp_path: Path) -> None:
     bad = tmp_path / "p.yaml"
-    bad.write_text(yaml.safe_dump({"stack_fit": {"step_overhead": 0.001}}))
+    bad.write_text(yaml.safe_dump({"name": "x", "step_overhead": 0.001}))
     result = invoke("compare", BENCH / "vllm-concurrency8.json", "-s", SCENARIO, "--profile", bad)
     assert result.exit_code == 2
-    assert "unknown key(s) ['step_overhead']" in result.output
+    assert "step_overhead" in result.output and "Traceback" not in result.output
 
 
 def test_split_is_deterministic_every_third_held_out() -> None:
@@ -121,11 +143,14 @@ def test_calibrate_recovers_planted_parameters_and_predicts_held_out(tmp_path: P
     assert fit["held_out_median_abs_error_frac"] < 0.06
     # ... and far better than with the defaults
     assert fit["held_out_median_abs_error_frac_before_fit"] > 0.2
-    params = load_profile(out)
+    params = StackParams.from_dict(doc["stack_fit"])
     assert params.per_request_overhead_s == pytest.approx(PLANTED.per_request_overhead_s, abs=0.006)
     assert params.compute_eff_scale == pytest.approx(PLANTED.compute_eff_scale, abs=0.08)
     assert params.bandwidth_eff_scale == pytest.approx(PLANTED.bandwidth_eff_scale, abs=0.1)
     assert params.step_overhead_s == pytest.approx(PLANTED.step_overhead_s, abs=0.0015)
+    prof = load_profile_file(out)
+    assert prof.step_overhead_s == pytest.approx(params.step_overhead_s)
+    assert doc["files"] == [str(out), str(gpu_sidecar(out))]
     # the profile is usable: compare --profile reads it back
     again = invoke("compare", BENCH / "vllm-detailed-rate4.json", "-s", SCENARIO, "--profile", out, "--json")
     assert json.loads(again.output)["runs"][0]["median_abs_error_frac"] < 0.06

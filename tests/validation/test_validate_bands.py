@@ -102,20 +102,25 @@ def test_multi_gpu_band_varies_the_tp_link() -> None:
 
 
 def test_fitted_profile_narrows_the_overhead_ranges() -> None:
-    base = StackParams(step_overhead_s=0.002, per_request_overhead_s=0.01)
-    wide, _ = band_factors("h100-sxm", base, has_profile=False)
-    narrow, _ = band_factors("h100-sxm", base, has_profile=True)
+    from servesim.hwmodels.stacks import get_stack
+
+    vllm = get_stack("vllm")
+    wide, _ = band_factors("h100-sxm", StackParams(), has_profile=False, stack=vllm)
+    narrow, _ = band_factors("h100-sxm", StackParams(), has_profile=True, stack=vllm)
     w = {f.name: f for f in wide}
     n = {f.name: f for f in narrow}
-    assert (w["step_overhead"].low.step_overhead_s, w["step_overhead"].high.step_overhead_s) == (0.0, 0.004)
-    assert n["step_overhead"].low.step_overhead_s == pytest.approx(0.0014)
-    assert n["per_request"].high.per_request_overhead_s == pytest.approx(0.013)
+    step = vllm.step_overhead_s
+    assert (w["step_overhead"].low.step_overhead_s, w["step_overhead"].high.step_overhead_s) == (0.0, 2 * step)
+    assert n["step_overhead"].low.step_overhead_s == pytest.approx(0.7 * step)
+    assert w["per_request"].high.per_request_overhead_s == pytest.approx(0.030)
+    own = vllm.request_overhead_s + vllm.response_overhead_s
+    assert n["per_request"].high.per_request_overhead_s == pytest.approx(0.3 * own)
 
 
 def test_borrowed_gpu_efficiency_gets_a_wider_band() -> None:
     measured, grade_m = band_factors("a100-sxm4-80gb", StackParams(), has_profile=False)
     borrowed, grade_b = band_factors("mi300x", StackParams(), has_profile=False)
-    assert "borrowed" in grade_b and "measured family" in grade_m
+    assert "figures derived" in grade_b and "figures measured" in grade_m
     assert borrowed[0].high.compute_eff_scale > measured[0].high.compute_eff_scale
 
 
@@ -130,18 +135,15 @@ def test_linear_combination_is_wider_than_quadrature() -> None:
     assert lin.high == pytest.approx(100.0 * (1 + factors[0].high.compute_eff_scale - 1) ** 2)
 
 
-def test_bands_coverage_on_the_shipped_validation() -> None:
-    """Share of published cases whose reference lies inside the band.
+def test_bands_cover_at_least_80_percent_of_the_shipped_validation() -> None:
+    """Share of published cases whose reference lies inside the band (issue #13: >= 80 %).
 
-    NOTE: the issue's target is >= 80 %; with the simulator's current mechanisms the bands
-    cover 20 of 26 (77 %): the misses are LMDeploy's TP-4 Llama-2-70B runs at batch 16-64,
-    which the simulator predicts 18-46 % fast (issue #13 mechanism 7, TP communication as
-    the batch grows), and one 7B batch-64 long-output run. docs/validation.md lists them.
-    This asserts the measured coverage, not the target.
+    The misses (docs/validation.md) are LMDeploy's TP-4 Llama-2-70B runs at batch 32-64,
+    which the simulator predicts 28-51 % fast.
     """
     df = run_cases(load_cases(), quick=True, bands=True)
     assert (df["low"] <= df["predicted"]).all() and (df["predicted"] <= df["high"]).all()
-    assert df["covered"].mean() >= 0.75
+    assert df["covered"].mean() >= 0.80
 
 
 def test_api_bands_and_rate_band() -> None:
