@@ -362,10 +362,10 @@ def load_yaml(text: str, source: str, *, error: ErrorType = ConfigError) -> Any:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
         context = f" ({exc.context})" if exc.context and exc.problem else ""
-        raise error(f"{source}: YAML syntax error at {_where(mark)}{short(problem, 200)}"
-                    f"{short(context, 200) if context else ''}") from None
+        raise error(f"{source}: YAML syntax error at {_where(mark)}{clip(problem, 200)}"
+                    f"{clip(context, 200)}") from None
     except yaml.YAMLError as exc:
-        raise error(f"{source}: YAML syntax error: {short(str(exc), 300)}") from None
+        raise error(f"{source}: YAML syntax error: {clip(str(exc), 300)}") from None
     except RecursionError:
         raise error(f"{source}: nested too deeply (limit {MAX_DEPTH} levels)") from None
     finally:

@@ -84,9 +84,9 @@ class HardwareCfg(_Cfg):
         "(relative paths resolve against the scenario file).",
     )
     # Bounds (docs/inputs.md): each replica is simulated, so replicas size an allocation.
-    tensor_parallel: int = Field(1, ge=1, le=1024, description="GPUs per pipeline stage (TP).")
-    pipeline_parallel: int = Field(1, ge=1, le=1024, description="Pipeline stages per replica.")
-    replicas: int = Field(1, ge=1, le=4096, description="Model instances in this group.")
+    tensor_parallel: int = Field(1, gt=0, le=1024, description="GPUs per pipeline stage (TP).")
+    pipeline_parallel: int = Field(1, gt=0, le=1024, description="Pipeline stages per replica.")
+    replicas: int = Field(1, gt=0, le=4096, description="Model instances in this group.")
     gpu_memory_utilization: float = Field(
         0.9,
         gt=0.0,
@@ -213,13 +213,13 @@ class SchedulerCfg(_Cfg):
         "decodes first; sglang: radix cache with longest-prefix-first.",
     )
     max_num_seqs: int = Field(
-        256, ge=1, le=1_000_000, description="Most sequences running in one step."
+        256, gt=0, le=1_000_000, description="Most sequences running in one step."
     )
     max_num_batched_tokens: int = Field(
-        8192, ge=1, le=100_000_000, description="Most tokens (prefill + decode) processed in one step."
+        8192, gt=0, le=100_000_000, description="Most tokens (prefill + decode) processed in one step."
     )
     chunk_size_tokens: int = Field(
-        512, ge=1, le=100_000_000, description="sarathi: token budget per step (prefill chunks fill what decodes leave)."
+        512, gt=0, le=100_000_000, description="sarathi: token budget per step (prefill chunks fill what decodes leave)."
     )
     preemption: Literal["recompute", "swap"] = Field(
         "recompute",
@@ -281,12 +281,14 @@ class EngineCfg(_Cfg):
         description="Advance through stretches of decode-only steps in one go (identical "
         "results, much faster).",
     )
-    loop: Literal["auto", "compiled", "python"] = Field(
+    loop: Literal["auto", "compiled", "python", "reference"] = Field(
         "auto",
         description="Which replica loop runs: 'compiled' (numba; vllm, sarathi or orca on paged KV, "
         "recompute preemption, roofline costs, no fan-out or dependent requests), 'python' "
-        "(every configuration), or 'auto' (compiled when supported and fast_forward is on). "
-        "Both give the same results; compiled was 3.5-15x faster in the benchmarks.",
+        "(every configuration), 'reference' (the plain step-at-a-time replica the others are "
+        "tested against; every configuration, slowest), or 'auto' (compiled when supported and "
+        "fast_forward is on). All give the same results; compiled was 3.5-15x faster in the "
+        "benchmarks.",
     )
     max_sim_time_s: Annotated[float, Field(gt=0, le=1e10)] | None = Field(
         None, description="Stop the simulation at this simulated time; null = run to the end."
@@ -516,7 +518,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             )
         key, raw = item.split("=", 1)
         origin = f"--set {short(item)}"
-        value = load_yaml(raw, origin, error=ScenarioError) if raw.strip() else None
+        value = (load_yaml(raw, f"{origin}: the value is not valid YAML", error=ScenarioError)
+                 if raw.strip() else None)
         _set_path(data, key.strip(), value, origin=origin)
     return _resolve_paths(data, Path.cwd())
 

@@ -214,14 +214,24 @@ def run(
 
     def on_variant_done(result: Any) -> None:
         done.append(result)
-        _write_partial(done, cfg, run_dir)
-        stamp_summary(run_dir, digest)
+        # After 1, 2, 4, 8 ... variants (linear in all; every variant rewritten after each
+        # one was quadratic: 10,000 variants took hours). A failure writes the rest below.
+        if len(done) & (len(done) - 1) == 0:
+            _write_partial(done, cfg, run_dir)
+            stamp_summary(run_dir, digest)
 
     try:
         results = run_scenario(cfg, on_variant_done=on_variant_done)
     except SimulatorError as exc:
         failure = exc
         results = None
+        if done:
+            _write_partial(done, cfg, run_dir)
+            stamp_summary(run_dir, digest)
+    except BaseException:  # Ctrl-C, an internal error: keep every finished variant
+        if done:
+            _write_partial(done, cfg, run_dir)
+        raise
     if results is not None:
         results.write(run_dir)
         stamp_summary(run_dir, digest)
@@ -457,10 +467,24 @@ def bench_result_text(
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
+    from servesim.hwmodels.safeio import prepare_out_dir
+
+    # Confined outputs (#15): --out must be a directory; the run directory must not be a
+    # link out of it, and no file in it is written through a link (links are removed).
+    prepare_out_dir(run_dir.parent, error=ScenarioError)
+    if run_dir.is_symlink():
+        raise ScenarioError(f"{run_dir} is a symbolic link; servesim writes only inside the "
+                            "output directory, never through a link")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ScenarioError(f"{run_dir} exists and is not a directory")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ScenarioError(f"cannot create the output directory {str(run_dir)!r}: {exc}") from None
+    for entry in [run_dir, *(p for p in run_dir.iterdir() if p.is_dir() and not p.is_symlink())]:
+        for child in entry.iterdir():
+            if child.is_symlink():
+                child.unlink()
     # Results of an earlier run of the same scenario would mix with this one's.
     for name in ("summary.json", "run.json", "timeline.json", "requests.parquet", "steps.parquet"):
         (run_dir / name).unlink(missing_ok=True)
