@@ -15,7 +15,10 @@ def _ensure_numba_cache_dir() -> None:
     if "NUMBA_CACHE_DIR" in os.environ:
         return
     if not os.access(Path(__file__).parent, os.W_OK):
-        os.environ["NUMBA_CACHE_DIR"] = str(Path.home() / ".cache" / "servesim" / "numba")
+        # XDG Base Directory: $XDG_CACHE_HOME when set to an absolute path, else ~/.cache.
+        base = os.environ.get("XDG_CACHE_HOME", "")
+        root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".cache"
+        os.environ["NUMBA_CACHE_DIR"] = str(root / "servesim" / "numba")
 
 
 _ensure_numba_cache_dir()

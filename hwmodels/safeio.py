@@ -58,6 +58,7 @@ __all__ = [
     "safe_component",
     "scan_text_file",
     "short",
+    "user_cache_dir",
     "write_bytes_in",
     "write_text_in",
 ]
@@ -480,6 +481,14 @@ def check_int(value: Any, where: str, *, lo: int = 0, hi: int = INT64_MAX,
 
 
 # ---------------------------------------------------------------------------- outputs
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/servesim/<parts>`` (``~/.cache`` when unset or not absolute, as the
+    XDG Base Directory specification says)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".cache"
+    return root.joinpath("servesim", *parts)
 
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 

@@ -178,8 +178,10 @@ def cycle_cache_dir() -> Path:
     The cache only memoises deterministic simulations keyed by shape and by a fingerprint of
     the GPU and model parameters, so results are the same with or without it.
     """
+    from servesim.hwmodels.safeio import user_cache_dir
+
     root = os.environ.get("SERVESIM_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "servesim" / "cycle"
+    return Path(root) if root else user_cache_dir("cycle")
 
 
 _CYCLE_TIMERS: dict[str, Any] = {}

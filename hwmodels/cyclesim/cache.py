@@ -320,10 +320,10 @@ class CycleCostModel:
         Raises:
             ConfigError: unreadable file, other format, other GPU or other parameters.
         """
-        try:
-            payload = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cycle cache {path}: cannot read: {exc}") from None
+        from servesim.hwmodels.safeio import load_json, read_text
+
+        # A cache file is input like any other: size, UTF-8, finite numbers, depth (#15).
+        payload = load_json(read_text(path, "cycle cache"), f"cycle cache {path}")
         if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
             raise ConfigError(f"cycle cache {path}: not a format-{CACHE_FORMAT} cycle cache")
         if payload.get("gpu") != self.gpu_name or payload.get("fingerprint") != self.fingerprint:
@@ -332,6 +332,12 @@ class CycleCostModel:
                 f"{payload.get('fingerprint')!r}, not {self.gpu_name!r}/{self.fingerprint!r}"
             )
         entries = payload.get("entries", [])
+        if not isinstance(entries, list) or not all(
+            isinstance(e, list) and len(e) >= 2 and isinstance(e[-1], int | float)
+            and not isinstance(e[-1], bool) and all(isinstance(x, str | int) for x in e[:-1])
+            for e in entries
+        ):
+            raise ConfigError(f"cycle cache {path}: entries are not [key..., seconds] lists")
         for entry in entries:
             self._times_s[tuple(entry[:-1])] = float(entry[-1])
         self._memo.clear()
