@@ -521,10 +521,12 @@ class StepCostModel:
         T = pf + ndec
         if T <= 0:
             return self.step_overhead_s
-        total = self._memo_tok.get(T)
+        # GEMMs, elementwise kernels and all-reduces run on the CUDA-graph-padded token count.
+        Tg = self._graph_tokens(_ScalarBackend, T, pf)
+        total = self._memo_tok.get(Tg)
         if total is None:
-            total = self._timer_tok_s(T)
-            _memo_put(self._memo_tok, T, total)
+            total = self._timer_tok_s(Tg)
+            _memo_put(self._memo_tok, Tg, total)
         attn = 0.0
         if pf > 0:
             chunks = nsamp if nsamp > 1.0 else 1.0
@@ -557,7 +559,7 @@ class StepCostModel:
                     max(int(rows), 1), c.n, c.k, c.compute_type, c.weight_bits))
                 _memo_put(self._memo_rows, rows, h)
             total += h
-        return total + self.step_overhead_s
+        return total + (self.step_overhead_s + self.step_overhead_s_per_seq * rows)
 
     # ------------------------------------------------------------------ evaluation
     def _padded(self, B: Any, m: Any) -> Any:

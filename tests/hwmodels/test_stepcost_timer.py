@@ -65,11 +65,14 @@ def random_steps(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize(("model", "tp", "pp", "scheme"), CONFIGS)
 @pytest.mark.parametrize("timer_kind", ["counting", "roofline"])
-def test_fast_path_equals_cost(model: str, tp: int, pp: int, scheme: str, timer_kind: str) -> None:
+@pytest.mark.parametrize("stack", ["generic", "vllm"])
+def test_fast_path_equals_cost(model: str, tp: int, pp: int, scheme: str, timer_kind: str, stack: str) -> None:
+    """Also under a stack with CUDA-graph padding, per-sequence host overhead and (FP8)
+    activation-quantization kernels."""
     gpu = get_gpu("h100-sxm")
     timer = CountingTimer() if timer_kind == "counting" else RooflineTimer(gpu)
     m = StepCostModel(gpu=gpu, model=model, tensor_parallel=tp, pipeline_parallel=pp, scheme=scheme,
-                      op_timer=timer)
+                      op_timer=timer, stack=stack)
     arrays = random_steps(150)
     vec = m.cost(**arrays)
     for i in range(150):
