@@ -19,6 +19,7 @@ per-pair ratios is printed. Also printed: the build against reading the run's Pa
     python benchmarks/bench_report.py --run-dir out/gpu-comparison   # an existing run
     python benchmarks/bench_report.py --repeat 5
     python benchmarks/bench_report.py --baseline-ref none      # skip the old code
+    python benchmarks/bench_report.py --calls                  # + Python calls, old vs new
 
 Without ``--run-dir`` the run needs ../shared/traces/azure2023 (it takes ~20-30 s to simulate;
 the simulation is not timed).
@@ -126,6 +127,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="warm builds after the first")
     parser.add_argument("--baseline-ref", default="9310bb5",
                         help="git revision of the old report code to compare with, or 'none'")
+    parser.add_argument("--calls", action="store_true",
+                        help="also count Python function calls per build, old and new")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,6 +162,21 @@ def main() -> None:
                 t2, c2 = time.perf_counter(), time.process_time()
                 pairs.append((t1 - t0, t2 - t1))
                 cpu.append((c1 - c0, c2 - c1))
+            if args.calls:
+                # Python function calls: a deterministic proxy for the interpreter-bound part
+                # of the work, immune to the machine's load (numpy, Agg and zlib are not counted).
+                import cProfile
+                import pstats
+
+                counts = []
+                for fn, out_dir in ((old.build_report, old_out), (build_report, new_out)):  # type: ignore[attr-defined]
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    fn(run_dir, out_dir=out_dir)
+                    prof.disable()
+                    counts.append(pstats.Stats(prof).total_calls)  # type: ignore[attr-defined]
+                print(f"Python function calls per build: old {counts[0]:,}, new {counts[1]:,} "
+                      f"({counts[0] / counts[1]:.1f}x fewer)")  # fmt: skip
             for what, xs in (("wall", pairs), ("CPU", cpu)):
                 print(f"baseline {args.baseline_ref} (report code before #14) vs now, same "
                       f"process, {len(xs)} alternating pairs, {what} time: old median "

@@ -136,8 +136,14 @@ def place_axes(
     hspace_in: float = 0.6,
     sharex: bool = False,
     sharey: bool = False,
+    xbins: int = 5,
+    ybins: int = 5,
 ) -> list[Axes]:
-    """A rows x cols grid of axes with fixed margins and gaps given in inches."""
+    """A rows x cols grid of axes with fixed margins and gaps given in inches.
+
+    ``xbins``/``ybins`` cap the number of tick intervals (each tick is several artists to
+    build and draw; small panels read well with two or three).
+    """
     w, h = fig.get_size_inches()
     axes = fig.subplots(rows, cols, squeeze=False, sharex=sharex, sharey=sharey).ravel().tolist()
     panel_w = max(0.5, (w - left_in - right_in - wspace_in * (cols - 1)) / cols)
@@ -151,9 +157,8 @@ def place_axes(
         hspace=hspace_in / panel_h,
     )
     for ax in axes:
-        # At most ~5 ticks per axis: each tick is a handful of artists to build and draw.
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=xbins))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=ybins))
     return axes
 
 

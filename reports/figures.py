@@ -81,7 +81,8 @@ def draw_latency_cdfs(run: RunData, series: RunSeries | None = None) -> Figure:
     series = _series(run, series, None)
     colors = variant_colors(run.variants)
     fig = new_figure(width_in=13.0, height_in=4.2)
-    axes = place_axes(fig, 1, 3, left_in=0.65, top_in=0.75, bottom_in=0.55, wspace_in=0.55)
+    axes = place_axes(fig, 1, 3, left_in=0.65, top_in=0.75, bottom_in=0.55, wspace_in=0.55,
+                      ybins=4)  # fmt: skip
     for i, (ax, (col, title, slo_key)) in enumerate(zip(axes, LATENCY_METRICS, strict=True)):
         highs = [float(s.cdf[col][0][-1]) for s in series.by_variant.values() if s.cdf[col][2]]
         lows = [float(x[x > 0][0]) for s in series.by_variant.values()
@@ -132,7 +133,7 @@ def draw_timelines(
     unit, scale = time_unit(float(series.edges_s[-1]))
     x = series.mid_s / scale
     fig = new_figure(width_in=11.0, height_in=7.6)
-    ax_tp, ax_bs, ax_q = place_axes(fig, 3, 1, top_in=0.6, bottom_in=0.6, hspace_in=0.45,
+    ax_tp, ax_bs, ax_q = place_axes(fig, 3, 1, top_in=0.6, bottom_in=0.6, hspace_in=0.45, ybins=3,
                                     left_in=0.85, sharex=True)  # fmt: skip
     for v in run.variants:
         s = series.by_variant[v]
@@ -178,7 +179,7 @@ def _small_multiples(
     legend_in = 0.08 + 0.22 * nrows
     fig = new_figure(width_in=width, height_in=2.9 * rows + 0.55 + legend_in + 0.2)
     axes = place_axes(fig, rows, cols, top_in=0.95, bottom_in=0.55 + legend_in, hspace_in=0.95,
-                      wspace_in=0.7, sharey=True)  # fmt: skip
+                      wspace_in=0.7, sharey=True, xbins=4, ybins=2)  # fmt: skip
     for ax in axes[len(run.variants) :]:
         ax.set_visible(False)
     _bottom_legend(fig, handles)
