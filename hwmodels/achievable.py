@@ -149,8 +149,8 @@ class GpuAchievable:
         return self.hbm_bw.value / self.peak_hbm_bw_bytes_per_s
 
     def gemm(self, compute_type: str) -> Figure:
-        """The large-GEMM fraction of peak for ``compute_type`` (bf16 falls back to fp16's
-        entry and vice versa only where the data file says so; anything else is an error)."""
+        """The large-GEMM fraction of peak for ``compute_type``; a clear error if the data
+        file has none (no silent fallback to another type)."""
         try:
             return self.gemm_frac[compute_type]
         except KeyError:
@@ -347,6 +347,12 @@ def efficiency_for(gpu: GpuSpec | str) -> GpuEfficiency:
     )
 
 
+def band_frac_for(gpu: GpuSpec | str) -> float:
+    """Relative prediction-band half-width ``gpu``'s figures imply (its overall grade,
+    :data:`BAND_FRAC_BY_CONFIDENCE`; ``borrowed`` for a GPU without figures)."""
+    return BAND_FRAC_BY_CONFIDENCE[efficiency_for(gpu).confidence]
+
+
 def calibration_gpu(profile: str) -> str:
     """The catalogue GPU a roofline profile (``a100``/``h100``) was fitted on."""
     return _load()[0][profile]
@@ -361,6 +367,7 @@ __all__ = [
     "GpuAchievable",
     "GpuEfficiency",
     "achievable_names",
+    "band_frac_for",
     "calibration_gpu",
     "efficiency_for",
     "get_achievable",

@@ -8,6 +8,7 @@ from servesim.hwmodels.achievable import (
     BAND_FRAC_BY_CONFIDENCE,
     CONFIDENCE_GRADES,
     achievable_names,
+    band_frac_for,
     calibration_gpu,
     efficiency_for,
     get_achievable,
@@ -89,3 +90,9 @@ def test_a_user_gpu_without_figures_is_graded_borrowed() -> None:
         get_achievable(custom)
     with pytest.raises(ConfigError, match="fp8"):
         eff.compute("fp8")
+
+
+def test_band_fraction_follows_the_grade() -> None:
+    assert band_frac_for("h100-sxm") == BAND_FRAC_BY_CONFIDENCE["measured"]
+    assert band_frac_for("gaudi2") == BAND_FRAC_BY_CONFIDENCE["borrowed"]
+    assert band_frac_for("h200") == BAND_FRAC_BY_CONFIDENCE["derived"]
