@@ -691,7 +691,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(section, dict) and section.get("config") is not None:
             section["config"] = _resolve(section["config"], base)
 
-    for holder in [data, *[v for v in data.get("variants") or [] if isinstance(v, dict)]]:
+    variants = data.get("variants")
+    variants = variants if isinstance(variants, list) else []  # a non-list fails validation
+    for holder in [data, *[v for v in variants if isinstance(v, dict)]]:
         if "hardware" in holder:
             hardware(holder["hardware"])
         if "model" in holder:

@@ -15,6 +15,7 @@ from servesim.simulator.cluster import Cluster
 from servesim.simulator.compiled import CompiledCluster, CompiledReplica
 from servesim.simulator.engine import Replica
 from servesim.simulator.memory import make_kv_manager
+from servesim.simulator.reference import ReferenceReplica
 from servesim.simulator.results import Recorder, summarize
 from servesim.simulator.scheduling import scheduler_class
 from servesim.workloads.request import Workload
@@ -102,6 +103,7 @@ def simulate(
 ) -> SimpleNamespace:
     """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects.
 
+    ``loop="reference"`` runs the plain reference replica (``simulator.reference``);
     ``loop="compiled"`` runs the compiled loop (vllm/sarathi/orca on paged KV; ``cost`` a roofline
     ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``).
     """
@@ -137,7 +139,7 @@ def simulate(
             cluster.add_replica(crep)
             reps.append(crep)
             continue
-        rep = Replica(
+        rep = (ReferenceReplica if loop == "reference" else Replica)(
             env,
             replica_id=i,
             kv=kv,
