@@ -450,7 +450,10 @@ class StepCostModel:
         head[sk.P_GRAPH_MODE] = float(self._graph_mode)
         head[sk.P_NUM_GRAPH] = float(len(self._graph_sizes))
         head[sk.P_NUM_KINDS] = float(len(self._kinds))
+        head[sk.P_NUM_STAGES] = float(self.pp)
         body: list[float] = list(self._graph_sizes)
+        for counts in self._stage_counts:
+            body += [float(c) for c in counts]
         for n_layers, gemms in self._kinds:
             body += [n_layers, float(len(gemms))]
             for c in gemms:

@@ -16,6 +16,7 @@ Pack layout (float64)::
 
     [0:P_HEADER]          scalars (P_* indices below)
     [P_HEADER:+n_graph]   CUDA-graph capture sizes in tokens, ascending (n_graph = cf[P_NUM_GRAPH])
+    then per pipeline stage: its layer count of each kind (n_stages x n_kinds floats)
     then per layer kind:  n_layers, n_gemms, then GEMM_FIELDS floats per GEMM
                           (routed, s_tok, s_c0, s_dq, s_m0, s_mw, s_mt, copies, active)
 
@@ -69,8 +70,11 @@ P_OVERHEAD_PER_SEQ = 28
 P_GRAPH_MODE = 29
 P_NUM_GRAPH = 30
 P_NUM_KINDS = 31
-P_HEADER = 32
+P_NUM_STAGES = 32
+P_HEADER = 33
 GEMM_FIELDS = 9
+#: Fields :func:`packed_step_cost` writes, in order (``StepCostArrays``' fields).
+COST_FIELDS = ("time_s", "compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s", "bottleneck_stage_s")
 
 
 @njit(cache=True)
@@ -130,7 +134,7 @@ def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
         tm = (kvl * (ctx + ndec) + qo * ndec) / cf[P_DEC_BW] + bh
         layer_common += launch + (tc if tc > tm else tm)
     total = 0.0
-    pos = P_HEADER + int(cf[P_NUM_GRAPH])
+    pos = P_HEADER + int(cf[P_NUM_GRAPH]) + int(cf[P_NUM_STAGES]) * int(cf[P_NUM_KINDS])
     for _ in range(int(cf[P_NUM_KINDS])):
         n_layers = cf[pos]
         n_gemms = int(cf[pos + 1])
@@ -171,6 +175,151 @@ def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
 
 
 @njit(cache=True)
+def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
+    """One step's time *and* its split by bound into ``out[0:7]`` (:data:`COST_FIELDS`):
+    ``StepCostModel.cost(...)``'s fields on scalars, bit for bit (``out[0]`` is
+    :func:`packed_step_time_s`). For a kernel that records each step's split as it runs."""
+    T = pf + ndec
+    if T <= 0.0:
+        for i in range(7):
+            out[i] = 0.0
+        out[0] = cf[P_OVERHEAD]
+        out[5] = cf[P_OVERHEAD]
+        return
+    Tg = graph_tokens(cf, T, pf)
+    window = cf[P_WINDOW]
+    if window != 0.0:
+        pairs = min(pairs, pf * window)
+        ctx = min(ctx, ndec * window)
+    launch = cf[P_LAUNCH]
+    tile = cf[P_TILE]
+    tiles = float(math.ceil(Tg / tile))
+    mp = _padded(Tg, tiles, tile)
+    kvl = cf[P_KVL]
+    qo = cf[P_QO]
+    bh = cf[P_BH]
+    t_ew = cf[P_EW_CONST] + cf[P_EW_PER_BYTE] * cf[P_EW_BYTES] * Tg
+    t_ar = 2.0 * (cf[P_AR_CONST] + cf[P_AR_PER_TOKEN] * Tg)
+    att_p = 0.0
+    c_p = 0.0
+    if pf > 0.0:
+        tc = cf[P_FPP_PREFILL] * pairs / cf[P_PF_PEAK] + cf[P_PF_FH]
+        tm = (kvl * (kv_tokens + pf) + qo * pf) / cf[P_PF_BW] + bh
+        att_p = launch + (tc if tc > tm else tm)
+        c_p = 1.0 if tc >= tm else 0.0
+    att_d = 0.0
+    c_d = 0.0
+    if ndec > 0.0:
+        tc = cf[P_FPP_DECODE] * ctx / cf[P_DEC_PEAK] + cf[P_DEC_FH]
+        tm = (kvl * (ctx + ndec) + qo * ndec) / cf[P_DEC_BW] + bh
+        att_d = launch + (tc if tc > tm else tm)
+        c_d = 1.0 if tc >= tm else 0.0
+    common = t_ew + t_ar + att_p + att_d
+    a_comp = att_p * c_p + att_d * c_d
+    a_kv = att_p + att_d - a_comp
+    n_kinds = int(cf[P_NUM_KINDS])
+    n_stages = int(cf[P_NUM_STAGES])
+    stage_pos = P_HEADER + int(cf[P_NUM_GRAPH])
+    pos = stage_pos + n_stages * n_kinds
+    layer_t = np.zeros(n_kinds)
+    layer_c = np.zeros(n_kinds)
+    layer_m = np.zeros(n_kinds)
+    counts = np.zeros(n_kinds)
+    for kd in range(n_kinds):
+        counts[kd] = cf[pos]
+        n_gemms = int(cf[pos + 1])
+        pos += 2
+        layer = common
+        comp = a_comp
+        mem = t_ew
+        for _g in range(n_gemms):
+            routed = cf[pos]
+            s_tok = cf[pos + 1]
+            s_c0 = cf[pos + 2]
+            s_dq = cf[pos + 3]
+            s_m0 = cf[pos + 4]
+            s_mw = cf[pos + 5]
+            s_mt = cf[pos + 6]
+            e = cf[pos + 7]
+            k = cf[pos + 8]
+            pos += GEMM_FIELDS
+            if routed != 0.0:
+                touched = e * (1.0 - (1.0 - k / e) ** Tg)
+                m_e = Tg * k / touched
+                t_e = float(math.ceil(m_e / tile))
+                mp_e = _padded(m_e, t_e, tile)
+                tc = touched * (s_tok * mp_e + s_c0 + s_dq * t_e)
+                tm = touched * s_mw + bh + s_mt * Tg * k
+            else:
+                tc = s_tok * mp + s_c0 + s_dq * tiles
+                tm = s_m0 + s_mt * Tg
+            t = launch + (tc if tc > tm else tm)
+            layer = layer + t
+            t_c = t * (1.0 if tc >= tm else 0.0)
+            comp = comp + t_c
+            mem = mem + (t - t_c)
+        layer_t[kd] = layer
+        layer_c[kd] = comp
+        layer_m[kd] = mem
+    total = 0.0
+    for kd in range(n_kinds):
+        total = total + counts[kd] * layer_t[kd]
+    rows = num_prefill_seqs + ndec
+    t_h = 0.0
+    head_c = 0.0
+    if rows > 0.0:
+        h_tiles = float(math.ceil(rows / tile))
+        h_mp = _padded(rows, h_tiles, tile)
+        tc = cf[P_H_TOK] * h_mp + cf[P_H_C0] + cf[P_H_DQ] * h_tiles
+        tm = cf[P_H_M0] + cf[P_H_MT] * rows
+        t_h = launch + (tc if tc > tm else tm)
+        head_c = t_h * (1.0 if tc >= tm else 0.0)
+    total = total + t_h
+    p2p = cf[P_P2P_CONST] + cf[P_P2P_PER_TOKEN] * Tg
+    total = total + cf[P_PP_MINUS_1] * p2p
+    over = cf[P_OVERHEAD] + cf[P_OVERHEAD_PER_SEQ] * rows
+    comp = 0.0
+    mem = 0.0
+    kv = 0.0
+    comm = 0.0
+    for kd in range(n_kinds):
+        comp = comp + counts[kd] * layer_c[kd]
+        mem = mem + counts[kd] * layer_m[kd]
+        kv = kv + counts[kd] * a_kv
+        comm = comm + counts[kd] * t_ar
+    comp = comp + head_c
+    mem = mem + (t_h - head_c)
+    comm = comm + cf[P_PP_MINUS_1] * p2p
+    if n_stages == 1:
+        worst = total
+    else:
+        worst = 0.0
+        for st in range(n_stages):
+            stage = 0.0
+            for kd in range(n_kinds):
+                stage = stage + cf[stage_pos + st * n_kinds + kd] * layer_t[kd]
+            if st == n_stages - 1:
+                stage = stage + t_h
+            if st > 0:
+                stage = stage + p2p
+            worst = worst if worst >= stage else stage
+    out[0] = total + over
+    out[1] = comp
+    out[2] = mem
+    out[3] = kv
+    out[4] = comm
+    out[5] = over
+    out[6] = worst
+
+
+@njit(cache=True)
+def packed_steps_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
+    """:func:`packed_step_cost` for many steps (1-d float64 inputs; ``out`` shaped (n, 7))."""
+    for i in range(pf.shape[0]):
+        packed_step_cost(cf, pf[i], pairs[i], kv_tokens[i], num_prefill_seqs[i], ndec[i], ctx[i], out[i])
+
+
+@njit(cache=True)
 def packed_decode_times_s(cf, num_decode_seqs, ctx_tokens):
     """Decode-only step times for one batch size over many context sizes (int64 array):
     ``packed_step_time_s`` element by element (the engine's decode stretches)."""
@@ -190,10 +339,13 @@ def kernel_pack(cost: Any) -> npt.NDArray[np.float64] | None:
 
 
 __all__ = [
+    "COST_FIELDS",
     "GEMM_FIELDS",
     "P_HEADER",
     "graph_tokens",
     "kernel_pack",
     "packed_decode_times_s",
+    "packed_step_cost",
     "packed_step_time_s",
+    "packed_steps_cost",
 ]

@@ -15,7 +15,14 @@ import pytest
 from servesim.hwmodels.models import get_model, model_names
 from servesim.hwmodels.stacks import stack_names
 from servesim.hwmodels.stepcost import StepCostModel
-from servesim.hwmodels.stepkernel import kernel_pack, packed_decode_times_s, packed_step_time_s
+from servesim.hwmodels.stepkernel import (
+    COST_FIELDS,
+    kernel_pack,
+    packed_decode_times_s,
+    packed_step_cost,
+    packed_step_time_s,
+    packed_steps_cost,
+)
 
 #: Every bundled model under tensor and pipeline parallelism (dense, GQA, MoE, MLA, sliding
 #: window), on GPUs where the weights fit; extra entries add quantized weights and KV.
@@ -82,10 +89,22 @@ def test_packed_form_is_the_reference_bit_for_bit(shape: dict) -> None:
     cost = StepCostModel(**shape)
     cf = cost.packed()
     rng = np.random.default_rng(11)
-    for step in random_steps(rng, 150):
-        want = cost.cost(**dict(zip(FIELDS, step, strict=True))).time_s
+    out = np.empty(len(COST_FIELDS))
+    steps = random_steps(rng, 150)
+    refs = []
+    for step in steps:
+        ref = cost.cost(**dict(zip(FIELDS, step, strict=True)))
+        want = ref.time_s
         assert packed_step_time_s(cf, *step) == want, step
         assert cost.step_time_s(**dict(zip(FIELDS, step, strict=True))) == want, step
+        # the split by bound too, field by field (a kernel records it as it runs)
+        packed_step_cost(cf, *step, out)
+        assert out.tolist() == [getattr(ref, f) for f in COST_FIELDS], step
+        refs.append(out.copy())
+    cols = [np.ascontiguousarray([st[i] for st in steps], dtype=np.float64) for i in range(6)]
+    many = np.empty((len(steps), len(COST_FIELDS)))
+    packed_steps_cost(cf, *cols, many)
+    assert many.tolist() == np.asarray(refs).tolist()
 
 
 @pytest.mark.parametrize("shape", SHAPES[::4], ids=lambda s: "-".join(str(v) for v in s.values()))
