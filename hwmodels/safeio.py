@@ -354,8 +354,9 @@ def load_yaml(text: str, source: str, *, error: ErrorType = ConfigError) -> Any:
     Raises:
         error: syntax errors and limit violations, with line and column.
     """
-    loader = _HardenedLoader(text)
+    loader = None
     try:
+        loader = _HardenedLoader(text)  # the reader refuses control characters here
         return loader.get_single_data()
     except _Limits as exc:
         raise error(f"{source}: {_where(exc.mark)}{exc}") from None
@@ -365,12 +366,21 @@ def load_yaml(text: str, source: str, *, error: ErrorType = ConfigError) -> Any:
         context = f" ({exc.context})" if exc.context and exc.problem else ""
         raise error(f"{source}: YAML syntax error at {_where(mark)}{clip(problem, 200)}"
                     f"{clip(context, 200)}") from None
+    except yaml.reader.ReaderError as exc:
+        line, col = _text_line_col(text, exc.position)
+        raise error(f"{source}: line {line}, column {col}: character 0x{exc.character:02x} is not "
+                    "allowed in YAML (a control character; is it a binary file?)") from None
     except yaml.YAMLError as exc:
         raise error(f"{source}: YAML syntax error: {clip(str(exc), 300)}") from None
     except RecursionError:
         raise error(f"{source}: nested too deeply (limit {MAX_DEPTH} levels)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _text_line_col(text: str, offset: int) -> tuple[int, int]:
+    return text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1
 
 
 def _where(mark: Any) -> str:

@@ -20,18 +20,26 @@ How it runs:
   one worker per core by default) or ``dask`` (``Client(address).get_executor()``, or a
   :class:`distributed.LocalCluster` when no address is given). An ``Executor`` instance can
   be passed as well (it is used, not shut down).
-* **Storage**: ``OUT/results.parquet`` is one Parquet file, rewritten after every finished
-  point through a temporary file and :func:`os.replace`, so a kill leaves either the old or
-  the new file, never a torn one. (A directory of part files would make appends O(1) but
-  leaves readers to merge and de-duplicate; sweeps here are hundreds to a few thousand
-  points, where rewriting costs milliseconds.) ``OUT/sweep.json`` records the spec.
+* **Storage**: each finished point is appended to ``OUT/.results.journal.jsonl`` (one JSON
+  line per point, flushed before the point counts as done) and ``OUT/results.parquet`` is
+  rewritten after 1, 2, 4, 8 ... rows through a temporary file and :func:`os.replace`, so
+  storing n points costs O(n) and a kill leaves complete files. At the end the Parquet file
+  holds every row and the journal is removed: a completed run leaves no other file. Files
+  are written inside ``OUT`` only, never through a symlink, with the user's umask.
+  ``OUT/sweep.json`` records the spec.
 * **Identity and resume**: a point's ``point_id`` is a SHA-256 digest of the canonical JSON
   of the base scenario and the point's parameters (never ``hash()``, which is salted per
-  process). ``resume=True`` keeps the rows of points already stored with status ``ok``
-  and runs the rest; points stored with status ``error`` are run again (errors may be
-  transient: a killed worker).
+  process), and ``scenario_digest`` one of its validated, resolved scenario. ``resume=True``
+  keeps the ``ok`` rows of points whose id and scenario digest still match, drops rows of
+  points no longer in the sweep, and runs the rest (failed points too), so the file holds
+  exactly one row per point and variant.
 * **Failures**: an exception inside a point becomes a row with ``status="error"`` and the
-  message in ``error``; the sweep goes on.
+  message in ``error``; the sweep goes on (the CLI exits 1 with a count). A worker that dies
+  (segfault, OOM kill) costs at most its own point: the pool is rebuilt, the points that were
+  in flight are retried one at a time, and a point whose worker dies again is an error row.
+  Workers die with the main process (``PR_SET_PDEATHSIG`` and a watchdog thread).
+* **Limits** (docs/inputs.md): :data:`MAX_POINTS` points and :data:`MAX_ROWS` rows per
+  sweep, counted before expanding; random ranges finite and bounded.
 * **Determinism**: rows never depend on the executor or the worker count: each point is a
   pure function of its parameters (the scenario seed is a parameter like any other), no
   wall-clock column is stored, and rows are sorted by ``point_index`` (then variant order)
