@@ -42,6 +42,40 @@ FIGURE_NAME = "quant_error.png"
 DEFAULT_ALPHA = 0.5
 
 
+#: Largest activation tensor read (docs/inputs.md): 256 Mi elements.
+MAX_NPY_ELEMENTS = 1 << 28
+
+
+def _check_npy_size(path: Path) -> None:
+    """Size a .npy array from its header before numpy allocates it (a 100-byte file can
+    claim 10^12 elements; numpy would try to allocate 7 TiB)."""
+    import math
+
+    import numpy as np
+
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ConfigError(f"activation file {path}: bad .npy header ({exc})") from None
+    count = math.prod(shape)
+    if count > MAX_NPY_ELEMENTS:
+        raise ConfigError(
+            f"activation file {path}: shape {shape} is {count:,} elements; the limit is "
+            f"{MAX_NPY_ELEMENTS:,} (docs/inputs.md)"
+        )
+    if count * dtype.itemsize > path.stat().st_size - offset:
+        raise ConfigError(
+            f"activation file {path}: the header claims shape {shape} ({count:,} elements) "
+            "but the file is shorter; it is truncated or not a .npy file"
+        )
+
+
 def load_activations(path: Path) -> npt.NDArray[np.float64]:
     """Read a user's activation tensor from ``.npy`` (no pickles) as ``X[tokens, channels]``.
 
@@ -63,6 +97,7 @@ def load_activations(path: Path) -> npt.NDArray[np.float64]:
             f"activation file {path}: not a .npy file (no NUMPY header); save the array with "
             "numpy.save"
         )
+    _check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:

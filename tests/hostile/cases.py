@@ -592,9 +592,46 @@ def kernel_cases() -> list[Case]:
     ]
 
 
+def _npy(shape: tuple[int, ...], payload: bytes = b"", descr: str = "<f8") -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + payload
+
+
+def quant_cases() -> list[Case]:
+    """quant-error --npy: activation tensors are data too."""
+    import io
+
+    import numpy as np
+
+    def saved(arr: np.ndarray, allow_pickle: bool = False) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=allow_pickle)
+        return buf.getvalue()
+
+    args = ["quant-error", "--npy", "{d}/x.npy", "--no-plot"]
+    return [
+        Case("quant-npy-claims-1e12", {"x.npy": _npy((10**12,), b"\0" * 64)}, args, "x.npy"),
+        Case("quant-npy-truncated", {"x.npy": _npy((1000, 64), b"\0" * 64)}, args, "x.npy"),
+        Case("quant-npy-pickle", {"x.npy": saved(np.array([{"a": 1}], dtype=object),
+                                                 allow_pickle=True)}, args, "x.npy"),
+        Case("quant-npy-garbage", {"x.npy": b"\x93NUMPYgarbage"}, args, "x.npy"),
+        Case("quant-npy-not-npy", {"x.npy": "hello"}, args, "x.npy"),
+        Case("quant-npy-nan", {"x.npy": saved(np.full((4, 8), np.nan))}, args, "x.npy"),
+        Case("quant-npy-empty", {"x.npy": saved(np.zeros((0, 8)))}, args, "x.npy"),
+        Case("quant-npy-dir", {"x.npy": None}, args, "x.npy"),
+    ]
+
+
 def all_cases() -> list[Case]:
     cases = (document_cases() + file_kind_cases() + scenario_field_cases() + sweep_plan_cases()
-             + config_json_cases() + gpu_field_cases() + trace_cases() + kernel_cases())
+             + config_json_cases() + gpu_field_cases() + trace_cases() + kernel_cases()
+             + quant_cases())
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1]
     return cases
