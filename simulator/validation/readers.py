@@ -190,17 +190,19 @@ def detect_format(path: Path, records: Sequence[Mapping[str, Any]] | None = None
 
 def _load_records(path: Path) -> list[dict[str, Any]]:
     """One JSON object, or several (JSONL, or vLLM's newline-separated --append-result)."""
-    if not path.is_file():
+    from servesim.hwmodels import safeio
+
+    if not path.exists():
         raise BenchFileError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BenchFileError(f"{path}: cannot read: {exc}") from None
+    # Hardened read (#15): a regular file, at most 1 GiB, UTF-8 with the line of a bad byte.
+    text = safeio.read_text(path, "benchmark file", max_bytes=1 << 30, error=BenchFileError)
     if not text.strip():
         raise BenchFileError(f"{path}: empty file")
+    if safeio._json_depth(text) > safeio.MAX_DEPTH:
+        raise BenchFileError(f"{path}: nested more than {safeio.MAX_DEPTH} levels deep")
     try:
         whole = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError, ValueError):
         whole = None
     if isinstance(whole, dict):
         return [whole]
@@ -214,6 +216,9 @@ def _load_records(path: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise BenchFileError(f"{path}: line {lineno}: not JSON ({exc.msg})") from None
+        except (RecursionError, ValueError) as exc:
+            raise BenchFileError(f"{path}: line {lineno}: not JSON ({safeio.clip(str(exc))})"
+                                 ) from None
         if not isinstance(rec, dict):
             raise BenchFileError(f"{path}: line {lineno}: expected a JSON object")
         out.append(rec)

@@ -628,10 +628,27 @@ def quant_cases() -> list[Case]:
     ]
 
 
+def compare_cases() -> list[Case]:
+    """compare: measured benchmark files (vLLM, SGLang, GenAI-Perf, AIPerf)."""
+    files = [
+        ("binary", bytes(range(256)) * 4, "bench.json"),
+        ("non-utf8", b'{"a": "\xff"}', "UTF-8"),
+        ("deep-nesting", "[" * 5000 + "]" * 5000, "nested"),
+        ("deep-jsonl-line", '{"a": 1}\n' + "[" * 5000 + "]" * 5000, "nested"),
+        ("not-json", "hello", "bench.json"),
+        ("top-level-list", "[1, 2]", "bench.json"),
+        ("empty", "", "empty"),
+        ("directory", None, "directory"),
+    ]
+    return [Case(f"compare-{cid}", {"s.yaml": _yaml(SCENARIO), "bench.json": content},
+                 ["compare", "-s", "{d}/s.yaml", "{d}/bench.json"], place)
+            for cid, content, place in files]
+
+
 def all_cases() -> list[Case]:
     cases = (document_cases() + file_kind_cases() + scenario_field_cases() + sweep_plan_cases()
              + config_json_cases() + gpu_field_cases() + trace_cases() + kernel_cases()
-             + quant_cases())
+             + quant_cases() + compare_cases())
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1]
     return cases
