@@ -172,6 +172,37 @@ def _make_cost_model(cfg: ScenarioCfg, gpu: GpuSpec, model: ModelSpec, scheme: Q
     return StepCostModel(**kwargs)
 
 
+#: KV-manager state of all replicas together (docs/inputs.md): each replica's allocator
+#: holds arrays sized by its KV blocks (~10 MiB for Llama-3.1-8B on an H100).
+MAX_REPLICA_STATE_BYTES = 8 << 30
+
+
+def _state_bytes(obj: Any, depth: int = 0) -> int:
+    """Bytes of the numpy arrays an allocator object holds (two attribute levels deep)."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if depth > 2 or obj is None or isinstance(obj, str | bytes | int | float | bool):
+        return 0
+    if isinstance(obj, tuple | list):
+        return sum(_state_bytes(v, depth + 1) for v in obj[:64])
+    names = list(getattr(obj, "__dict__", {})) + list(getattr(type(obj), "__slots__", ()))
+    return sum(_state_bytes(getattr(obj, n, None), depth + 1) for n in names)
+
+
+def _check_replica_state(kv: Any, count: int, group: int | None) -> None:
+    """Refuse a cluster whose KV-manager state would exceed the limit, from the first
+    replica's actual footprint, before the other ``count - 1`` are built."""
+    each = _state_bytes(kv)
+    if each * count > MAX_REPLICA_STATE_BYTES:
+        where = "hardware.replicas" if group is None else f"hardware.{group}.replicas"
+        raise ConfigError(
+            f"{where}: {count:,} replica engines x {each / 2**20:.1f} MiB of KV-cache state = "
+            f"{each * count / 2**30:.1f} GiB; the limit is "
+            f"{MAX_REPLICA_STATE_BYTES / 2**30:.0f} GiB (docs/inputs.md). Simulate fewer "
+            "replicas (the rate per replica is what matters) or a smaller KV cache"
+        )
+
+
 def cycle_cache_dir() -> Path:
     """Where cycle-model operator times persist between runs (``SERVESIM_CACHE_DIR`` overrides).
 
@@ -313,7 +344,7 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
         # Each virtual engine's step takes the full pipeline latency (the sum of the stage
         # times); with balanced stages that keeps every stage busy. The imbalance bubble is
         # reported as pipeline_bubble_frac.
-        for _ in range(g.hw.replicas * pp):
+        for k in range(g.hw.replicas * pp):
             kv = make_kv_manager(
                 cfg.kv_cache.manager,
                 capacity_tokens=g.budget.kv_capacity_tokens // pp,
@@ -325,6 +356,8 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
                 watermark_frac=cfg.kv_cache.watermark_frac,
                 prefix_caching=prefix_caching_enabled(cfg),
             )
+            if k == 0:  # sized before the other replicas are built (#15)
+                _check_replica_state(kv, g.hw.replicas * pp, gi if len(groups) > 1 else None)
 
             if loop == "compiled":
                 recorder.cost_models[replica_id] = g.cost

@@ -277,6 +277,7 @@ def scenario_field_cases() -> list[Case]:
                                _with("workload.num_requests", 10**6)), "rate_per_s"),
         ("onoff-duty", _with("workload.arrivals", {"process": "onoff", "rate_per_s": 1e-6,
                                                    "on_s": 1e-6, "off_s": 1e9}), "rate"),
+        ("replicas-4096", _with("hardware.replicas", 4096), "hardware.replicas"),
     ]
     for cid, doc, place in sized:
         out.append(Case(f"run-sized-{cid}", {"s.yaml": _yaml(doc)},
