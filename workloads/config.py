@@ -43,6 +43,7 @@ MAX_TIME_S = 1e10  # 317 years
 MIN_TIME_S = 1e-6
 MAX_CV = 100.0
 MIN_CV = 1e-3  # gamma shape 1/cv^2 <= 1e6
+MAX_PREFIX_IDS = 1 << 28  # prefix block ids of a synthetic workload (int64: 2 GiB)
 
 # Bounded types: finite (no .inf/.nan, the config refuses them), within the limits above.
 Rate = Annotated[float, Field(ge=MIN_RATE_PER_S, le=MAX_RATE_PER_S)]
@@ -340,9 +341,8 @@ class TreeOfThoughtCfg(_Prefix):
         nodes = tree_nodes(self.depth, self.branching)
         if nodes > MAX_UNIT_REQUESTS:
             raise ValueError(
-                f"a tree of depth {self.depth} and branching {self.branching} has "
-                f"{nodes:,} nodes (requests); the limit is {MAX_UNIT_REQUESTS:,} per tree "
-                "(docs/inputs.md)"
+                f"a tree of depth {self.depth} and branching {self.branching} has more than "
+                f"{MAX_UNIT_REQUESTS:,} nodes (requests), the limit per tree (docs/inputs.md)"
             )
         return self
 
@@ -469,6 +469,48 @@ def estimate_requests(cfg: WorkloadCfg) -> int:
     return cfg.num_requests * max(cfg.sampling.n, cfg.sampling.beam_width)
 
 
+def _mean_tokens(dist: object) -> float:
+    """Expected length of a length distribution (0 when unknown: an empirical trace)."""
+    kind = getattr(dist, "dist", None)
+    cap = getattr(dist, "max_tokens", None) or MAX_TOKENS
+    if kind == "fixed":
+        return float(dist.tokens)  # type: ignore[attr-defined]
+    if kind == "uniform":
+        return (dist.min_tokens + dist.max_tokens) / 2  # type: ignore[attr-defined]
+    if kind in ("normal", "lognormal"):
+        return min(float(dist.mean_tokens), cap)  # type: ignore[attr-defined]
+    if kind == "zipf":
+        return cap / 2
+    return 0.0
+
+
+def estimate_prefix_ids(cfg: WorkloadCfg) -> float:
+    """Expected number of prefix block ids a synthetic workload materialises: each
+    request's whole context (shared prefix, inherited turns or tree levels, its own
+    prompt) in blocks of ``prefixes.block_tokens``."""
+    p, lengths = cfg.prefixes, cfg.lengths
+    if cfg.trace is not None or lengths is None or not cfg.num_requests or not p.block_tokens:
+        return 0.0
+    new = _mean_tokens(lengths.prompt)
+    out = _mean_tokens(lengths.output) if lengths.output is not None else 0.0
+    pool = 0.0
+    if p.kind == "system_prompts":
+        shared = _mean_tokens(p.prompt_tokens)
+        pool = p.num_prompts * shared
+        context = shared + new
+    elif p.kind == "few_shot":
+        context = p.prefix_tokens + new
+    elif p.kind == "multi_turn":
+        context = p.system_prompt_tokens + (p.max_turns + 1) / 2 * (new + out) + out
+    elif p.kind == "tree_of_thought":
+        context = p.system_prompt_tokens + (p.depth + 1) * (new + out)
+    else:
+        context = new
+    if lengths.max_total_tokens is not None:
+        context = min(context, lengths.max_total_tokens)
+    return (cfg.num_requests * context + pool) / p.block_tokens
+
+
 def check_size(cfg: WorkloadCfg) -> None:
     """Refuse a workload whose estimate exceeds :data:`MAX_REQUESTS` before building it.
 
@@ -482,6 +524,15 @@ def check_size(cfg: WorkloadCfg) -> None:
             f"workload: {cfg.num_requests:,} requests x {fan} samples = {n:,} sequences; the "
             f"limit is {MAX_REQUESTS:,} (docs/inputs.md). Lower workload.num_requests or "
             "workload.sampling"
+        )
+    ids = estimate_prefix_ids(cfg)
+    if ids > MAX_PREFIX_IDS:
+        raise ConfigError(
+            f"workload: about {ids:.3g} prefix block ids ({cfg.num_requests:,} requests whose "
+            f"context averages ~{ids * cfg.prefixes.block_tokens / cfg.num_requests:.3g} "
+            f"tokens, in blocks of prefixes.block_tokens={cfg.prefixes.block_tokens}); the "
+            f"limit is {MAX_PREFIX_IDS:,} (docs/inputs.md). Lower num_requests, the lengths, "
+            "max_turns / depth, or set lengths.max_total_tokens"
         )
     if cfg.trace is None and cfg.arrivals is not None and cfg.num_requests is not None:
         a = cfg.arrivals

@@ -278,6 +278,15 @@ def scenario_field_cases() -> list[Case]:
         ("onoff-duty", _with("workload.arrivals", {"process": "onoff", "rate_per_s": 1e-6,
                                                    "on_s": 1e-6, "off_s": 1e9}), "rate"),
         ("replicas-4096", _with("hardware.replicas", 4096), "hardware.replicas"),
+        ("turns-1e6-context", _with("workload.prefixes", {"kind": "multi_turn",
+                                                          "max_turns": 1_000_000},
+                                    _with("workload.num_requests", 1_000_000)), "max_turns"),
+        ("pool-1e6-of-1e7", _with("workload.prefixes", {
+            "kind": "system_prompts", "num_prompts": 1_000_000, "block_tokens": 1,
+            "prompt_tokens": {"dist": "fixed", "tokens": 10_000_000}}), "prefix block ids"),
+        ("tree-contexts", _with("workload.prefixes", {"kind": "tree_of_thought", "depth": 18,
+                                                      "branching": 2, "block_tokens": 1},
+                                _with("workload.num_requests", 10_000_000)), "prefix block"),
     ]
     for cid, doc, place in sized:
         out.append(Case(f"run-sized-{cid}", {"s.yaml": _yaml(doc)},
