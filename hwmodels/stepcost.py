@@ -451,6 +451,7 @@ class StepCostModel:
         head[sk.P_NUM_GRAPH] = float(len(self._graph_sizes))
         head[sk.P_NUM_KINDS] = float(len(self._kinds))
         head[sk.P_NUM_STAGES] = float(self.pp)
+        head[sk.P_LAYOUT] = sk.LAYOUT_VERSION
         body: list[float] = list(self._graph_sizes)
         for counts in self._stage_counts:
             body += [float(c) for c in counts]

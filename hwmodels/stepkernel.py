@@ -31,6 +31,8 @@ capture size when the step runs as a graph (the stack profile decides which step
 from __future__ import annotations
 
 import math
+import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,7 +73,24 @@ P_GRAPH_MODE = 29
 P_NUM_GRAPH = 30
 P_NUM_KINDS = 31
 P_NUM_STAGES = 32
-P_HEADER = 33
+#: Version stamp of this module's code, stored in every pack. numba's on-disk cache keys a
+#: kernel on its *own* source file only, so a kernel elsewhere (the compiled replica loop) that
+#: inlined an older ``packed_step_time_s`` survives a change of this module and would misread
+#: a new pack; every evaluation compares the stamp compiled into it with the pack's and raises.
+P_LAYOUT = 33
+P_HEADER = 34
+
+
+def _source_stamp() -> float:
+    try:
+        return float(zlib.crc32(Path(__file__).read_bytes()) & 0xFFFFFF)
+    except OSError:  # no source file (frozen install): a fixed stamp
+        return 1.0
+
+
+LAYOUT_VERSION = _source_stamp()
+_STALE = ("step-cost pack from a newer hwmodels.stepkernel than the compiled caller: a stale numba "
+          "cache; delete the __pycache__/*.nbi and *.nbc files (or NUMBA_CACHE_DIR) and rerun")
 GEMM_FIELDS = 9
 #: Fields :func:`packed_step_cost` writes, in order (``StepCostArrays``' fields).
 COST_FIELDS = ("time_s", "compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s", "bottleneck_stage_s")
@@ -108,6 +127,8 @@ def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
     """One step's latency in seconds from the pack ``cf`` (arguments as ``StepCostModel.cost``:
     prefill tokens, attention pairs, prefill KV tokens, sampled prefill sequences, decoding
     sequences, decode context tokens)."""
+    if cf[P_LAYOUT] != LAYOUT_VERSION:
+        raise ValueError(_STALE)
     T = pf + ndec
     if T <= 0.0:
         return cf[P_OVERHEAD]
@@ -179,6 +200,8 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
     """One step's time *and* its split by bound into ``out[0:7]`` (:data:`COST_FIELDS`):
     ``StepCostModel.cost(...)``'s fields on scalars, bit for bit (``out[0]`` is
     :func:`packed_step_time_s`). For a kernel that records each step's split as it runs."""
+    if cf[P_LAYOUT] != LAYOUT_VERSION:
+        raise ValueError(_STALE)
     T = pf + ndec
     if T <= 0.0:
         for i in range(7):
@@ -341,6 +364,7 @@ def kernel_pack(cost: Any) -> npt.NDArray[np.float64] | None:
 __all__ = [
     "COST_FIELDS",
     "GEMM_FIELDS",
+    "LAYOUT_VERSION",
     "P_HEADER",
     "graph_tokens",
     "kernel_pack",

@@ -140,3 +140,18 @@ def test_pack_is_a_copy_and_cycle_model_has_none() -> None:
 
     timed = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b", op_timer=Timer())
     assert kernel_pack(timed) is None
+
+
+def test_a_pack_from_other_stepkernel_code_is_refused() -> None:
+    """numba caches a caller (the compiled loop) keyed on the caller's own source, so a caller
+    that inlined an older ``packed_step_time_s`` can outlive a change of the step-cost code;
+    the pack carries a stamp of that code and a mismatch raises instead of misreading."""
+    from servesim.hwmodels.stepkernel import LAYOUT_VERSION, P_LAYOUT
+
+    cf = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b").packed()
+    assert cf[P_LAYOUT] == LAYOUT_VERSION
+    cf[P_LAYOUT] += 1.0
+    with pytest.raises(ValueError, match="stale numba cache"):
+        packed_step_time_s(cf, 0.0, 0.0, 0.0, 0.0, 4.0, 400.0)
+    with pytest.raises(ValueError, match="stale numba cache"):
+        packed_step_cost(cf, 0.0, 0.0, 0.0, 0.0, 4.0, 400.0, np.empty(len(COST_FIELDS)))
