@@ -247,3 +247,29 @@ def test_random_kills_then_resume_leave_exactly_one_row_per_point(tmp_path: Path
     assert sorted(set(stored["point_index"])) == list(range(n))
     _one_row_per_point_and_variant(stored)
     _no_leftovers(out)
+
+
+def test_cli_sweep_exits_1_with_a_count_when_a_point_failed(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A point that fails is an error row, the others are kept, and the exit status is 1."""
+    from servesim.simulator import sweep
+    from tests.hostile.cases import SCENARIO
+    from tests.hostile.runner import run_in_process
+
+    def fake_run_point(task: PointTask) -> list[dict]:
+        return [{"point_index": task.point.index, "point_id": task.point.point_id,
+                 **task.point.params, "variant": "default", "status": "ok", "error": None,
+                 "completed": 8}]
+
+    monkeypatch.setattr(sweep, "run_point", fake_run_point)
+    spec = {"name": "sw", "base": SCENARIO,
+            "grid": {"kv_cache.block_size_tokens": [16, 32, 1000]}}  # 1000 > 256: invalid
+    (tmp_path / "sw.yaml").write_text(json.dumps(spec))
+    out = run_in_process(["sweep", str(tmp_path / "sw.yaml"), "-e", "serial", "--no-progress",
+                          "--out", str(tmp_path / "out")], tmp_path)
+    assert out.code == 1, out.text
+    assert "1 of 3 points failed" in out.text
+    assert "Traceback" not in out.text
+    stored = read_results(tmp_path / "out")
+    assert list(stored["status"]) == ["ok", "ok", "error"]
+    assert str(stored["completed"].dtype) == "Int64"
