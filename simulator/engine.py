@@ -592,10 +592,13 @@ class Replica:
         return k
 
     def _steps_to_keyed_page(self, d: npt.NDArray[np.int64], ctx0: npt.NDArray[np.int64], k: int) -> int:
-        """Cut a stretch so that no page with a prefix identity fills before its last step.
+        """Cut a stretch so that no page of a request with a prefix identity fills before its
+        last step.
 
-        Filling such a page is a cache event (:meth:`_cache_computed`), committed at the step
-        that fills it, exactly as when stepping.
+        Filling a page is a cache event (:meth:`_cache_computed`, called by
+        :meth:`_commit_decode` for every filled page of such a request, generated tokens'
+        pages included: the manager refreshes the request's cached path then), committed at
+        the step that fills it, exactly as when stepping.
         """
         b = self._block_tokens
         for s, c in zip(d.tolist(), ctx0.tolist(), strict=True):
@@ -603,7 +606,7 @@ class Replica:
             if owner is None or owner.block_ids is None or owner.slots[0] != s:
                 continue
             end = (c // b + 1) * b  # the next page is full at this context
-            if end <= len(owner.block_ids) * owner.block_tokens and end - c < k:
+            if end - c < k:
                 k = end - c
         return k
 

@@ -81,7 +81,9 @@ def write_golden(name: str) -> None:
 
 
 def _read_csv(src: Any) -> pd.DataFrame:
-    return pd.read_csv(src, keep_default_na=False, na_values=[""], float_precision="round_trip")
+    # pandas >= 3 parses floats exactly by default (and deprecates float_precision).
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    return pd.read_csv(src, keep_default_na=False, na_values=[""], **exact)
 
 
 def read_golden(name: str) -> tuple[dict[str, Any], pd.DataFrame]:
