@@ -129,9 +129,13 @@ def _words(text: str) -> list[str]:
     return words
 
 
+def _is_placeholder(word: str) -> bool:
+    """``SWEEP.yaml``, ``N``, ``OUT/NAME``, ``...``: stands for something the reader supplies."""
+    return "..." in word or bool(_PLACEHOLDER.match(word))
+
+
 def is_synopsis(words: list[str]) -> bool:
-    return any("[" in w or "]" in w or "..." in w or "|" in w or _PLACEHOLDER.match(w)
-               for w in words[1:])
+    return any("[" in w or "]" in w or "|" in w or _is_placeholder(w) for w in words[1:])
 
 
 def concrete_forms(words: list[str]) -> list[list[str]]:
@@ -145,7 +149,7 @@ def concrete_forms(words: list[str]) -> list[list[str]]:
             kept.append(w)
         if w.endswith("]"):
             depth -= w.count("]")
-    if any(_PLACEHOLDER.match(w) or "..." in w for w in kept[1:]):
+    if any(_is_placeholder(w) for w in kept[1:]):
         return []
     forms: list[list[str]] = [[]]
     for w in kept:
@@ -284,7 +288,7 @@ def test_every_shown_command_names_real_commands_and_options(doc):
             cmd, rest = resolve_command(words)
             where = f"{doc}:{shown.line}: {shown.text}"
             if hasattr(cmd, "get_command"):  # a group: the next word must be a subcommand
-                if rest and not rest[0].startswith("-"):
+                if rest and not rest[0].startswith("-") and not _is_placeholder(rest[0]):
                     problems.append(f"{where}: no command {rest[0]!r}")
                 continue
             valid = options_of(cmd)
