@@ -138,8 +138,8 @@ def test_user_config_minimal_fields(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("{not json", "not valid JSON"),
-        ("[1, 2]", "must hold a JSON object"),
+        ("{not json", "line 1, column 2: invalid JSON"),
+        ("[1, 2]", "expected a JSON object, got list"),
         ('{"hidden_size": 64}', "lacks required field 'num_hidden_layers'"),
         ('{"num_hidden_layers": 2, "hidden_size": -1, "num_attention_heads": 4, "vocab_size": 9}',
          "'hidden_size' must be a positive integer, got -1"),
