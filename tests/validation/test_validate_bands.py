@@ -139,7 +139,7 @@ def test_bands_cover_at_least_80_percent_of_the_shipped_validation() -> None:
     """Share of published cases whose reference lies inside the band (issue #13: >= 80 %).
 
     The misses (docs/validation.md) are LMDeploy's TP-4 Llama-2-70B runs at batch 32-64,
-    which the simulator predicts 28-51 % fast.
+    which the simulator predicts 28-51 % fast, and 4-bit AWQ decode on the RTX 4090, 40 % slow.
     """
     df = run_cases(load_cases(), quick=True, bands=True)
     assert (df["low"] <= df["predicted"]).all() and (df["predicted"] <= df["high"]).all()
