@@ -144,6 +144,11 @@ def main() -> None:
         paths = build_report(run_dir, out_dir=out)
         first = time.perf_counter() - t0
         warm = [build_phases(run_dir, out) for _ in range(max(1, args.repeat))]
+        html_only = []
+        for _ in range(max(1, args.repeat)):
+            t0 = time.perf_counter()
+            build_report(run_dir, out_dir=tmp_path / "html-only", formats=("html",))
+            html_only.append(time.perf_counter() - t0)
         floor = min(_read_s(run_dir) for _ in range(3))
         bare = min(bare_figure_s(tmp_path / "bare.png") for _ in range(3))
 
@@ -192,6 +197,8 @@ def main() -> None:
         for phase in warm[0]:
             print(f"  {phase:<26} {statistics.median(w[phase] for w in warm):6.3f} s")
         total = statistics.median(w["total"] for w in warm)
+        print(f"report.html alone (formats=('html',), no PNGs), median of {len(html_only)}: "
+              f"{statistics.median(html_only):.3f} s")
         print(f"same-process ratios: first build = {first / floor:.1f} x reading the run "
               f"({floor:.3f} s), = {first / bare:.1f} x a bare one-line PNG figure ({bare:.3f} s); "
               f"warm build = {total / floor:.1f} x reading, {total / bare:.1f} x bare figure")  # fmt: skip

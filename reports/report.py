@@ -11,7 +11,7 @@ paths, PNGs saved without a date stamp; the footer names the servesim version.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -464,47 +464,65 @@ def report_context(run: RunData) -> dict[str, Any]:
     }
 
 
-def build_report(run_dir: Path, *, out_dir: Path | None = None) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and the ``fig_*.png`` figures of a run.
+def build_report(
+    run_dir: Path, *, out_dir: Path | None = None, formats: Collection[str] = ("md", "html")
+) -> dict[str, Path]:
+    """Write ``report.md`` (with its ``fig_*.png`` figures) and ``report.html`` of a run.
 
     Args:
         run_dir: a run directory in the engine's format (``summary.json``,
             ``requests.parquet``, ``steps.parquet``).
         out_dir: where to write; ``run_dir`` if None.
+        formats: which reports to write: ``"md"`` (with the PNGs it links; drawing them is
+            most of the time a report takes) and/or ``"html"`` (interactive, needs no PNG).
 
     Returns:
-        ``{"report_md": ..., "report_html": ..., "fig_<name>": ...}``, figures in report order;
-        a figure without data is left out.
+        ``{"report_md": ..., "report_html": ..., "fig_<name>": ...}`` for what was written,
+        figures in report order; a figure without data is left out.
+
+    Raises:
+        ValueError: ``formats`` is empty or names an unknown format.
     """
+    formats = set(formats)
+    if not formats or formats - {"md", "html"}:
+        raise ValueError(f"formats: give 'md' and/or 'html', got {sorted(formats)}")
     run = load_run(Path(run_dir))
     out_dir = Path(run_dir) if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     series = compute_series(run)
+    drawers = run_figure_drawers(run, series)
     pngs: dict[str, Path] = {}
-    for key, draw in run_figure_drawers(run, series).items():
-        fig = draw()
-        if fig is not None:
-            pngs[key] = save_figure(fig, out_dir / f"fig_{key}.png")
-    specs = run_figure_specs(run, series, list(pngs))
+    if "md" in formats:
+        for key, draw in drawers.items():
+            fig = draw()
+            if fig is not None:
+                pngs[key] = save_figure(fig, out_dir / f"fig_{key}.png")
     context = report_context(run)
-    missing = [note for key, note in _MISSING_FIGURE_NOTES.items() if key not in pngs]
+    present = list(pngs) if "md" in formats else list(drawers)
+    specs = run_figure_specs(run, series, present) if "html" in formats else {}
+    shown = set(pngs) | set(specs)
+    missing = [note for key, note in _MISSING_FIGURE_NOTES.items() if key not in shown]
     if not run.variants:
         missing = []
-    md_figs = [FigureRef(k, *FIGURE_TEXT[k], png=p.name) for k, p in pngs.items()]
-    html_figs = [
-        FigureRef(k, *FIGURE_TEXT[k], json=figure_json(spec),
-                  height_px=int(spec["layout"].get("height", 400)))
-        for k, spec in specs.items()
-    ]
-    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    md_path.write_text(
-        render("run.md.j2", **context, figures=md_figs, missing_figures=missing), encoding="utf-8"
-    )
-    html_path.write_text(
-        render("run.html.j2", **context, figures=html_figs, missing_figures=missing),
-        encoding="utf-8",
-    )
-    out: dict[str, Path] = {"report_md": md_path, "report_html": html_path}
+    out: dict[str, Path] = {}
+    if "md" in formats:
+        md_figs = [FigureRef(k, *FIGURE_TEXT[k], png=p.name) for k, p in pngs.items()]
+        out["report_md"] = out_dir / "report.md"
+        out["report_md"].write_text(
+            render("run.md.j2", **context, figures=md_figs, missing_figures=missing),
+            encoding="utf-8",
+        )
+    if "html" in formats:
+        html_figs = [
+            FigureRef(k, *FIGURE_TEXT[k], json=figure_json(spec),
+                      height_px=int(spec["layout"].get("height", 400)))
+            for k, spec in specs.items()
+        ]
+        out["report_html"] = out_dir / "report.html"
+        out["report_html"].write_text(
+            render("run.html.j2", **context, figures=html_figs, missing_figures=missing),
+            encoding="utf-8",
+        )
     out.update({f"fig_{k}": p for k, p in pngs.items()})
     return out
 

@@ -286,3 +286,15 @@ def test_overloaded_loser_with_free_kv_is_not_credited_to_kv() -> None:
     assert len(context["banners"]) == 1 and context["banners"][0].startswith(
         "slow: 10.0 requests/s arrived over 1.7 min, but it sustains only about 6.0"
     )
+
+
+def test_html_only_report_draws_no_png(synthetic_run: Path, tmp_path: Path) -> None:
+    """``formats=("html",)`` skips the PNGs (most of a report's time) and still shows every
+    figure interactively; an unknown format is an error."""
+    out = build_report(synthetic_run, out_dir=tmp_path, formats=("html",))
+    assert set(out) == {"report_html"}
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "report.md").exists()
+    html = out["report_html"].read_text()
+    assert html.count('<div class="plot" data-spec=') == len(EXPECTED_FIGS)
+    with pytest.raises(ValueError, match="'md' and/or 'html'"):
+        build_report(synthetic_run, out_dir=tmp_path, formats=("pdf",))
