@@ -354,7 +354,8 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
                 reservation=cfg.kv_cache.reservation,
                 placement=cfg.kv_cache.placement,
                 watermark_frac=cfg.kv_cache.watermark_frac,
-                prefix_caching=prefix_caching_enabled(cfg),
+                # Without prefix ids nothing can hit: the plain pool gives identical results.
+                prefix_caching=prefix_caching_enabled(cfg) and workload.has_prefix_ids,
             )
             if k == 0:  # sized before the other replicas are built (#15)
                 _check_replica_state(kv, g.hw.replicas * pp, gi if len(groups) > 1 else None)

@@ -120,3 +120,27 @@ def test_run_trace_matches_twin(kind: str, capacity: int, seed: int) -> None:
     if not paged:
         assert fast.num_tree_nodes == ref.num_tree_nodes
         assert fast.tree_tokens == ref.tree_tokens
+
+
+@pytest.mark.parametrize("capacity", [64, 160])
+def test_prefix_caching_without_ids_is_plain_paging(capacity: int) -> None:
+    """No prefix identity, nothing to hit: paged with prefix caching makes the same decisions
+    and memory split as plain paged (only the free-block order differs: queue vs stack)."""
+    cfg = {
+        "capacity_tokens": capacity,
+        "block_size_tokens": PAGE,
+        "max_seqs": MAX_SEQS,
+        "max_seq_len": MAX_SEQ_LEN,
+    }
+    ops, keys = make_trace(3000, 0)
+    ops[:, 4] = 0
+    results = []
+    for pc in (False, True):
+        m = make_kv_manager("paged", prefix_caching=pc, **cfg)
+        got = np.zeros(len(ops), dtype=np.int64)
+        _blocks.run_trace(m._arena, ops, keys, got)
+        m.check_invariants()
+        results.append((got, m.stats(), [m.num_tokens(s) for s in range(MAX_SEQS)]))
+    assert (results[0][0] == 1).any()  # memory pressure was reached
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1:] == results[1][1:]
