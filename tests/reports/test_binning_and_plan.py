@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+import servesim
 from servesim.reports._data import (
     binned_mean,
     cumulative_at,
@@ -19,7 +20,14 @@ from servesim.reports._data import (
 )
 from servesim.reports._series import binned_means
 from servesim.reports._style import axis_label
-from servesim.reports.plan_report import pareto_front, plot_latency_vs_rate, plot_pareto
+from servesim.reports.plan_report import (
+    build_plan_report,
+    pareto_front,
+    plot_latency_vs_rate,
+    plot_pareto,
+)
+
+from ._plan_data import PLAN, plan_frames
 
 
 def test_interval_integral_matches_brute_force() -> None:
@@ -166,3 +174,23 @@ def test_sequential_binning_matches_brute_force_and_the_general_method() -> None
     np.testing.assert_allclose(
         binned_means(start, overlapping, values, edges, replica), want_overlap, rtol=1e-12
     )
+
+
+def test_plan_report_reads_as_a_decision(tmp_path: Path) -> None:
+    """Integers as integers, headings not file stems, real lists, the shared templates."""
+    table, curves = plan_frames()
+    texts = build_plan_report(tmp_path, table=table, curves=curves, plan=PLAN)
+    md, html = texts["report.md"], texts["report.html"]
+    row = next(line for line in md.splitlines() if line.startswith("| 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # rank, candidate, max req/s, replicas, GPUs, $/hour, $/M, tok/s per GPU, tok/s per user
+    assert cells[:9] == ["1", "h100-sxm tp1 fp16 paged", "7.25", "2", "2", "$6.00", "$0.33",
+                         "4,476", "38.2"]  # fmt: skip
+    assert "1.0" not in cells and "4475.584" not in md
+    assert "## Throughput per GPU vs throughput per user" in md and "## pareto" not in md
+    assert r"Target: **12 requests/s** with p99 TTFT \<= 500 ms, p99 TPOT \<= 50 ms." in md
+    assert html.count("<ul>") == 3 and "<li><strong>h100-sxm tp1 fp16 paged 70b</strong>" in html
+    assert html.count('<div class="plot" data-spec=') == 3 and 'class="sortable"' in html
+    assert f"servesim {servesim.__version__}" in md and f"servesim {servesim.__version__}" in html
+    assert {p.name for p in tmp_path.iterdir()} == {"pareto.png", "ttft_vs_rate.png",
+                                                    "tpot_vs_rate.png"}  # fmt: skip
