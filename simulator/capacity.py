@@ -891,6 +891,9 @@ def _write_plan(result: PlanResult, out: Path) -> Path:
 
     # Confined writes (#15): every file lands inside `out`, atomically, never via a symlink.
     out = prepare_out_dir(out, error=ScenarioError)
+    for child in out.iterdir():  # figures are saved by path: never through a link
+        if child.is_symlink():
+            child.unlink()
     spec, table = result.spec, result.table
     write_bytes_in(out, "plan.csv", lambda p: table.to_csv(p, index=False))
     write_bytes_in(out, "plan.parquet", lambda p: table.to_parquet(p, index=False))

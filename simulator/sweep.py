@@ -893,7 +893,7 @@ class _Store:
                     try:
                         entry = json.loads(raw)
                         stored[str(entry["point_id"])] = [dict(r) for r in entry["rows"]]
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, RecursionError):
                         continue  # a torn last line (killed mid-write), or garbage
         return stored
 
