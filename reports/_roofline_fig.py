@@ -155,12 +155,6 @@ def draw_run_roofline(run: RunData) -> Figure | None:
     for (v, marker), (px, py) in by_marker.items():
         ax.scatter(px, py, marker=marker, color=colors[v], s=36, edgecolors="black",
                    linewidths=0.4, zorder=3)  # fmt: skip
-    labelled: set[str] = set()
-    for _v, name, x, y, _bound in all_points:
-        if name not in labelled:  # one label per op name keeps overlaid variants readable
-            labelled.add(name)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6.5,
-                        annotation_clip=True)  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain_log_ticks(ax.xaxis)
@@ -169,6 +163,22 @@ def draw_run_roofline(run: RunData) -> Figure | None:
     y_lo = min(min(ys), min(bw * x_lo for _, _, _, bw in groups))
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(10 ** math.floor(math.log10(y_lo / 2)), max(ys) * 4)
+    # Operators of a decode step crowd at one intensity: each label goes just below its point,
+    # or one text line below a label already there (positions in decades: log-log axes).
+    y0, y1 = ax.get_ylim()
+    height_in = ax.get_position().height * fig.get_size_inches()[1]
+    line_dec = 0.12 * math.log10(y1 / y0) / height_in  # one 6.5 pt line, in decades of y
+    labelled: set[str] = set()
+    placed: list[tuple[float, float]] = []
+    for _v, name, x, y, _bound in sorted(all_points, key=lambda p: -p[3]):
+        if name in labelled:  # one label per op name keeps overlaid variants readable
+            continue
+        labelled.add(name)
+        lx, ly = math.log10(x) + 0.03, math.log10(y) - line_dec
+        while any(abs(lx - px) < 0.35 and abs(ly - py) < line_dec for px, py in placed):
+            ly -= line_dec / 2
+        placed.append((lx, ly))
+        ax.text(10**lx, 10**ly, name, fontsize=6.5, va="center", ha="left", clip_on=True)
     ax.set_xlabel("arithmetic intensity (FLOP/byte); dotted: ridge points")
     ax.set_ylabel("attainable performance (FLOP/s)")
     ax.grid(alpha=0.3, which="major", lw=0.4)
