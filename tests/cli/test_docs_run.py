@@ -8,7 +8,7 @@ directory laid out like a checkout:
 
     <tmp>/repo/scenarios -> the gallery          <tmp>/repo/tests -> tests/ (trace excerpts)
     <tmp>/repo/examples/  copies, grids cut to one point (see _shrink_example)
-    <tmp>/repo/my.yaml    the quickstart scenario (docs use my.yaml as "your scenario")
+    <tmp>/repo/my.yaml, results.json, ...   stand-ins for "your" files (PLACEHOLDER_FILES)
     <tmp>/repo/my-model/config.json, acts.npy    the other placeholder inputs
     <tmp>/shared -> ../shared next to the checkout, when it exists
 
@@ -67,6 +67,17 @@ EXCERPTS = {
         "tests/data/traces/azure2023_conv_300.csv",
     "../shared/traces/azure2023/AzureLLMInferenceTrace_code.csv":
         "tests/data/traces/azure2023_code_300.csv",
+}
+
+# Files the docs use as "yours" -> what stands in for them (copied into the temp checkout).
+PLACEHOLDER_FILES = {
+    "my.yaml": "scenarios/quickstart.yaml",
+    "my-deployment.yaml": "scenarios/quickstart.yaml",
+    "results.json": "tests/data/bench/vllm-detailed-rate4.json",
+    "run1.json": "tests/data/bench/vllm-detailed-rate4.json",
+    "run2.json": "tests/data/bench/vllm-concurrency8.json",
+    "sglang.jsonl": "tests/data/bench/sglang-random.jsonl",
+    "sweep.jsonl": "tests/data/bench/sglang-random.jsonl",
 }
 
 _FENCE = re.compile(r"^\s*```\s*([\w-]*)")
@@ -252,7 +263,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             _shrink_example(p, repo / "examples" / p.name)
         elif p.is_file():
             shutil.copy2(p, repo / "examples" / p.name)
-    shutil.copy2(ROOT / "scenarios" / "quickstart.yaml", repo / "my.yaml")
+    for name, source in PLACEHOLDER_FILES.items():
+        shutil.copy2(ROOT / source, repo / name)
     (repo / "my-model").mkdir()
     shutil.copy2(ROOT / "hwmodels" / "data" / "models" / "llama-3.1-8b.json",
                  repo / "my-model" / "config.json")
@@ -311,8 +323,8 @@ def _plan(doc: str) -> list[tuple[Shown, list[str]]]:
             cmd, rest = resolve_command(form)
             if hasattr(cmd, "get_command"):
                 continue  # a group or command name in prose (`servesim kernel`)
-            if shown.inline and not rest:
-                continue  # `servesim run` in prose names the command (checked above)
+            if shown.inline and (not rest or rest[-1].startswith("-")):
+                continue  # `servesim run`, `servesim calibrate --from` in prose name things
             text = " ".join(form)
             if any(text.startswith(prefix) for prefix in SKIP):
                 continue
@@ -329,19 +341,27 @@ def test_every_shown_command_runs(doc, workdir):
     """Each concrete command exits 0 (in document order, in the checkout-like temp dir)."""
     script = _script()
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    failures = []
-    for shown, words in _plan(doc):
+
+    def attempt(shown: Shown, words: list[str]) -> str | None:
         res = subprocess.run([script, *words[1:]], cwd=workdir, env=env, capture_output=True,
                              text=True, timeout=900)
         if shown.error:  # shown failing: it must fail the same way, on one line
             shown_text = shown.error.split("...")[0].rstrip()
             if res.returncode != 2 or not res.stderr.startswith(shown_text):
-                failures.append(f"{doc}:{shown.line}: `{' '.join(words)}` should print "
-                                f"{shown_text!r} and exit 2; got {res.returncode}: {res.stderr!r}")
-            continue
+                return (f"{doc}:{shown.line}: `{' '.join(words)}` should print "
+                        f"{shown_text!r} and exit 2; got {res.returncode}: {res.stderr!r}")
+            return None
         if res.returncode != 0:
-            failures.append(f"{doc}:{shown.line}: `{' '.join(words)}` -> {res.returncode}: "
-                            f"{(res.stderr or res.stdout).strip()[-600:]}")
+            return (f"{doc}:{shown.line}: `{' '.join(words)}` -> {res.returncode}: "
+                    f"{(res.stderr or res.stdout).strip()[-600:]}")
+        return None
+
+    # In document order; a command that fails is tried once more at the end, since a doc may
+    # use a file that a later example writes (`compare --profile fitted.yaml` before
+    # `calibrate --out fitted.yaml`).
+    plan = _plan(doc)
+    first = [(shown, words) for shown, words in plan if attempt(shown, words) is not None]
+    failures = [msg for shown, words in first if (msg := attempt(shown, words)) is not None]
     assert failures == [], "\n".join(failures)
 
 
