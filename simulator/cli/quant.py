@@ -62,7 +62,8 @@ def _check_npy_size(path: Path) -> None:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(f)
             offset = f.tell()
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise ConfigError(f"activation file {path}: bad .npy header ({exc})") from None
+        raise ConfigError(f"activation file {path}: bad .npy header, cannot read it as a plain "
+                          f"numeric array ({exc})") from None
     count = math.prod(shape)
     if count > MAX_NPY_ELEMENTS:
         raise ConfigError(
