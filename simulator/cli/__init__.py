@@ -94,6 +94,21 @@ class LazyGroup(TyperGroup):
             self._loaded[entry.module] = group
         return group.get_command(ctx, cmd_name)
 
+    def _path_of(self, args: list[str]) -> str:
+        """``servesim run`` for ``run -o``: the command words an argument list starts with."""
+        words, cmd = ["servesim"], self
+        try:
+            ctx = self.make_context("servesim", ["gallery"], resilient_parsing=True)
+            for word in args:
+                sub = cmd.get_command(ctx, word) if hasattr(cmd, "get_command") else None
+                if sub is None:
+                    break
+                words.append(word)
+                cmd = sub
+        except Exception:  # the path only improves a message; never fail on it
+            pass
+        return " ".join(words)
+
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         # The one-line help comes from the table: listing commands imports none of them.
         rows = [(c.name, c.help) for c in COMMANDS]
@@ -122,7 +137,7 @@ class LazyGroup(TyperGroup):
             )
             code = rv if isinstance(rv, int) else 0
         except _click_exception_types() as exc:
-            _fail(_usage_message(exc))
+            _fail(_usage_message(exc, self._path_of(list(sys.argv[1:] if args is None else args))))
             code = int(getattr(exc, "exit_code", 2)) or 2
         except SimulatorError as exc:
             _fail(str(exc))
@@ -150,11 +165,15 @@ def _option_names(command: Any) -> list[str]:
     return [n for n in names if n.startswith("--")]
 
 
-def _usage_message(exc: BaseException) -> str:
-    """One line: what was wrong, for which option or argument, and what is valid."""
+def _usage_message(exc: BaseException, path: str = "servesim") -> str:
+    """One line: what was wrong, for which option or argument, and what is valid.
+
+    ``path`` names the command when the error carries no context (click's parser raises
+    "Option '-o' requires an argument" without one).
+    """
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command", None)
-    where = ctx.command_path if ctx is not None else "servesim"
+    where = ctx.command_path if ctx is not None else path
     cls = type(exc).__name__
     help_hint = f"see '{where} --help'"
     if cls == "NoArgsIsHelpError" or (

@@ -191,6 +191,10 @@ def test_bad_value(path, option):
     assert "not-a-value" in line or "valid" in line or "should be" in line, line
 
 
+def test_an_option_without_its_value_names_the_command():
+    assert_usage_error(servesim("run", "-o"), "servesim run:", "'-o' requires an argument")
+
+
 def test_bad_values_named_in_the_issue():
     assert_usage_error(servesim("run", "x.yaml", "--seed", "abc"), "--seed")
     assert_usage_error(servesim("sweep", "s.yaml", "--executor", "foo"), "--executor", "local")
