@@ -20,19 +20,26 @@ and ``servesim --help`` stay fast.
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
-
-try:
-    __version__: str = _metadata.version("servesim")
-except _metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
-
 _API = ("bands", "load", "max_sustainable_rate", "plan_capacity", "run", "sweep")
 
 __all__ = ["__version__", *_API]
 
 
+def _version() -> str:
+    # NOTE: importlib.metadata costs tens of ms at import; `servesim --help` must not pay it,
+    # so the version is read on first access (then cached in the module's namespace).
+    from importlib import metadata
+
+    try:
+        return metadata.version("servesim")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str):
+    if name == "__version__":
+        globals()["__version__"] = version = _version()
+        return version
     if name in _API:
         from servesim.simulator import api
 
