@@ -141,6 +141,7 @@ class Replica:
         self._block_tokens = int(getattr(kv, "block_size_tokens", 0)) if kv.kind in ("paged", "radix") else 0
         # Radix and paged with prefix caching cache full pages as they are computed.
         self._caches_prefixes = bool(kv.caches_prefixes)
+        self._caches_when_scheduled = bool(kv.caches_when_scheduled)
         self._arrival_hint: Callable[[], float] | None = None
         self.scheduler = scheduler_factory(self)
         recorder.cost_models[replica_id] = cost
@@ -259,7 +260,19 @@ class Replica:
     def grow_prefill(self, req: ReqState, new_tokens: int, now_s: float) -> bool:
         slots = req.slots
         totals = np.array([req.computed_tokens + new_tokens] * len(slots), dtype=np.int64)
-        return self.kv.grow(np.array(slots, dtype=np.int64), totals, now_s=now_s)
+        ok = self.kv.grow(np.array(slots, dtype=np.int64), totals, now_s=now_s)
+        if ok and self._caches_when_scheduled and req.block_ids is not None:
+            # vLLM v1 caches the blocks of a chunk when it schedules it (allocate_slots): a
+            # request scheduled later in the same step shares them (its attention reads the
+            # KV the step writes first).
+            self.kv.cache_computed(
+                slots[0],
+                now_s=now_s,
+                block_ids=req.block_ids,
+                block_tokens=req.block_tokens,
+                total_tokens=int(totals[0]),
+            )
+        return ok
 
     def grow_decode(self, slots: npt.NDArray[np.int64], now_s: float) -> bool:
         return self.kv.grow(slots, self.ctx_tokens[slots] + 1, now_s=now_s)

@@ -139,6 +139,10 @@ class KVCacheManager(ABC):
     block_size_tokens: int
     #: Whether full pages are cached by prefix identity (radix; paged with prefix caching).
     caches_prefixes: bool = False
+    #: Whether pages are cached when a step that computes them is scheduled (vLLM v1's
+    #: ``allocate_slots`` caches the blocks it allocates for the step, so a request scheduled
+    #: later in the same step hits them) rather than after the step (SGLang).
+    caches_when_scheduled: bool = False
 
     @abstractmethod
     def fits_ever(

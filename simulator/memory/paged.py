@@ -58,6 +58,7 @@ class PagedKVCache(KVCacheManager):
     ) -> None:
         self.prefix_caching = bool(prefix_caching) and self.kind == "paged"
         self.caches_prefixes = self.prefix_caching or self.kind == "radix"
+        self.caches_when_scheduled = self.prefix_caching
         self._block_tokens: int | None = None
         self._intern: dict[tuple[int, tuple[int, ...]], int] = {}
         self.block_size_tokens = block_size_tokens
