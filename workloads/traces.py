@@ -341,11 +341,15 @@ def _finish(
 
 
 def _read_mooncake(path: Path) -> Workload:
-    stamps_ms: list[float] = []
-    prompt: list[int] = []
-    output: list[int] = []
-    ids: list[int] = []
-    counts: list[int] = []
+    from array import array
+
+    # Typed arrays, not lists of Python numbers: 8 bytes per value (a list of ints costs
+    # ~36), so memory stays proportional to the file.
+    stamps_ms = array("d")
+    prompt = array("q")
+    output = array("q")
+    ids = array("q")
+    counts = array("q")
     scan_text_file(path, "trace", error=TraceError)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -377,6 +381,9 @@ def _read_mooncake(path: Path) -> Workload:
                 )
             ids.extend(h)
             counts.append(len(h))
+            if len(counts) > MAX_TRACE_REQUESTS:
+                raise TraceError(f"{path}: more than {MAX_TRACE_REQUESTS:,} requests "
+                                 "(docs/inputs.md)")
     if not prompt:
         raise TraceError(f"{path}: the file is empty (no requests)")
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
