@@ -209,7 +209,12 @@ class ReferenceReplica:
         """Room for ``new_tokens`` more prompt tokens in each of ``req``'s sequences."""
         slots = np.array(req.slots, dtype=np.int64)
         totals = np.full(len(slots), req.computed_tokens + new_tokens, dtype=np.int64)
-        return self.kv.grow(slots, totals, now_s=now_s)
+        ok = self.kv.grow(slots, totals, now_s=now_s)
+        if ok and self.kv.caches_when_scheduled and req.block_ids is not None:
+            # vLLM v1 prefix caching caches a chunk's blocks when it schedules it (#16).
+            self.kv.cache_computed(int(slots[0]), now_s=now_s, block_ids=req.block_ids,
+                                   block_tokens=req.block_tokens, total_tokens=int(totals[0]))
+        return ok
 
     def grow_decode(self, slots: npt.NDArray[np.int64], now_s: float) -> bool:
         """Room for one more token in each of ``slots`` (all or nothing)."""

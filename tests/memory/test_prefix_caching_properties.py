@@ -1,5 +1,6 @@
-"""Prefix caching in the engine on random workloads (hypothesis): fast-forward equals stepping,
-invariants hold, every request ends, for paged with prefix caching and radix.
+"""Prefix caching in the engine on random workloads (hypothesis): fast-forward equals stepping
+and the reference replica, invariants hold, every request ends, for paged with prefix caching
+and radix.
 
 Prefix ids here cover the prompt *and* the output (as chats do), so decode fills keyed pages
 and every cache event (prefill chunk, page filled by decode, finish, preemption) occurs. The
@@ -44,7 +45,7 @@ def chat_workloads(draw):
     return workload(np.cumsum(gaps), prompts, outputs, **kw)
 
 
-def _run(wl, policy, kind, ff, preemption):
+def _run(wl, policy, kind, ff, preemption, loop="python"):
     return simulate(
         wl,
         policy=policy,
@@ -58,6 +59,7 @@ def _run(wl, policy, kind, ff, preemption):
         cost=LinearCost(1.0, 0.125, 0.25),
         fast_forward=ff,
         preemption=preemption,
+        loop=loop,
     )
 
 
@@ -90,7 +92,10 @@ def test_fast_forward_equals_stepping_with_prefix_caching(
     ]
     pd.testing.assert_frame_equal(a.requests[cols], b.requests[cols])
     pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
-    for res in (a, b):
+    # the plain reference replica makes the same cache calls at the same events
+    c = _run(wl, policy, kind, True, preemption, loop="reference")
+    pd.testing.assert_frame_equal(a.requests[cols], c.requests[cols])
+    for res in (a, b, c):
         assert set(res.requests["status"]) <= {"completed", "rejected"}
         for rep in res.replicas:
             assert rep.kv.caches_prefixes
