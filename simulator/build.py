@@ -189,18 +189,28 @@ def _state_bytes(obj: Any, depth: int = 0) -> int:
     return sum(_state_bytes(getattr(obj, n, None), depth + 1) for n in names)
 
 
-def _check_replica_state(kv: Any, count: int, group: int | None) -> None:
+def _check_replica_state(kv: Any, count: int, group: int | None, before: int = 0) -> int:
     """Refuse a cluster whose KV-manager state would exceed the limit, from the first
-    replica's actual footprint, before the other ``count - 1`` are built."""
+    replica's actual footprint, before the other ``count - 1`` are built.
+
+    Args:
+        before: state bytes of the groups already counted (a list of many groups adds up).
+
+    Returns:
+        The running total in bytes.
+    """
     each = _state_bytes(kv)
-    if each * count > MAX_REPLICA_STATE_BYTES:
+    total = before + each * count
+    if total > MAX_REPLICA_STATE_BYTES:
         where = "hardware.replicas" if group is None else f"hardware.{group}.replicas"
         raise ConfigError(
-            f"{where}: {count:,} replica engines x {each / 2**20:.1f} MiB of KV-cache state = "
-            f"{each * count / 2**30:.1f} GiB; the limit is "
+            f"{where}: {count:,} replica engines x {each / 2**20:.1f} MiB of KV-cache state"
+            + (f" + {before / 2**30:.1f} GiB of earlier groups" if before else "")
+            + f" = {total / 2**30:.1f} GiB; the limit is "
             f"{MAX_REPLICA_STATE_BYTES / 2**30:.0f} GiB (docs/inputs.md). Simulate fewer "
             "replicas (the rate per replica is what matters) or a smaller KV cache"
         )
+    return total
 
 
 def cycle_cache_dir() -> Path:
@@ -336,6 +346,28 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
     sched_cls = scheduler_class(cfg.scheduler.policy)
     sc = cfg.scheduler
     replica_id = 0
+
+    def new_kv(g: Any) -> Any:
+        return make_kv_manager(
+            cfg.kv_cache.manager,
+            capacity_tokens=g.budget.kv_capacity_tokens // g.hw.pipeline_parallel,
+            block_size_tokens=cfg.kv_cache.block_size_tokens,
+            max_seqs=sc.max_num_seqs + 1,
+            max_seq_len=g.max_model_len_tokens,
+            reservation=cfg.kv_cache.reservation,
+            placement=cfg.kv_cache.placement,
+            watermark_frac=cfg.kv_cache.watermark_frac,
+            # Without prefix ids nothing can hit: the plain pool gives identical results.
+            prefix_caching=prefix_caching_enabled(cfg) and workload.has_prefix_ids,
+        )
+
+    # Sized before built (#15): one probe engine per group, measured, times its count; the
+    # whole cluster is refused before any replica exists when the sum is past the limit.
+    state_bytes = 0
+    for gi, g in enumerate(groups):
+        state_bytes = _check_replica_state(
+            new_kv(g), g.hw.replicas * g.hw.pipeline_parallel,
+            gi if len(groups) > 1 else None, state_bytes)
     for gi, g in enumerate(groups):
         pcie = g.gpu.pcie_bw_bytes_per_s_per_direction or 16e9
         pp = g.hw.pipeline_parallel
@@ -344,21 +376,8 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
         # Each virtual engine's step takes the full pipeline latency (the sum of the stage
         # times); with balanced stages that keeps every stage busy. The imbalance bubble is
         # reported as pipeline_bubble_frac.
-        for k in range(g.hw.replicas * pp):
-            kv = make_kv_manager(
-                cfg.kv_cache.manager,
-                capacity_tokens=g.budget.kv_capacity_tokens // pp,
-                block_size_tokens=cfg.kv_cache.block_size_tokens,
-                max_seqs=sc.max_num_seqs + 1,
-                max_seq_len=g.max_model_len_tokens,
-                reservation=cfg.kv_cache.reservation,
-                placement=cfg.kv_cache.placement,
-                watermark_frac=cfg.kv_cache.watermark_frac,
-                # Without prefix ids nothing can hit: the plain pool gives identical results.
-                prefix_caching=prefix_caching_enabled(cfg) and workload.has_prefix_ids,
-            )
-            if k == 0:  # sized before the other replicas are built (#15)
-                _check_replica_state(kv, g.hw.replicas * pp, gi if len(groups) > 1 else None)
+        for _ in range(g.hw.replicas * pp):
+            kv = new_kv(g)
 
             if loop == "compiled":
                 recorder.cost_models[replica_id] = g.cost

@@ -278,6 +278,8 @@ def scenario_field_cases() -> list[Case]:
         ("onoff-duty", _with("workload.arrivals", {"process": "onoff", "rate_per_s": 1e-6,
                                                    "on_s": 1e-6, "off_s": 1e9}), "rate"),
         ("replicas-4096", _with("hardware.replicas", 4096), "hardware.replicas"),
+        ("replicas-many-groups", _with("hardware", [{"gpu": "h100-sxm", "replicas": 20}] * 200),
+         "earlier groups"),
         ("turns-1e6-context", _with("workload.prefixes", {"kind": "multi_turn",
                                                           "max_turns": 1_000_000},
                                     _with("workload.num_requests", 1_000_000)), "max_turns"),
