@@ -7,6 +7,8 @@ step events, measured in the same process (ratios are robust to a noisy shared m
     python benchmarks/bench_engine.py                     # both cases
     python benchmarks/bench_engine.py --requests 200000   # smaller synthetic case
     python benchmarks/bench_engine.py --skip-synthetic
+    python benchmarks/bench_engine.py --table             # issue 12: scheduler x manager x preemption
+    python benchmarks/bench_engine.py --table --loops auto,reference
 
 The Azure case needs ../shared/traces/azure2023 (skipped with a note when absent). Both
 cases run in the compiled replica loop (``engine.loop: auto``); add ``--python`` to time the
@@ -86,12 +88,64 @@ def run_case(label: str, data: dict) -> None:
     print(f"throughput         {s['output_throughput']:>12,.0f} output tok/s, mean batch {s['mean_batch_size']:.1f}")
 
 
+#: The configurations of issue 12's table: (scheduler, KV manager, preemption), each with the
+#: manager its paper pairs it with, plus the common cross pairings.
+TABLE_CONFIGS = (
+    ("vllm", "paged", "recompute"),
+    ("vllm", "paged", "swap"),
+    ("sarathi", "paged", "recompute"),
+    ("orca", "paged", "recompute"),
+    ("orca", "contiguous", "recompute"),
+    ("static", "contiguous", "recompute"),
+    ("sglang", "radix", "recompute"),
+    ("vllm", "radix", "recompute"),
+)
+
+
+def run_table(common: dict, loops: list[str]) -> None:
+    """Issue 12's table on the Azure hour: wall and CPU time per scheduler x manager x
+    preemption (x loop), and the ratio to a bare SimPy loop of as many step events, timed in
+    the same process right after each run (so the machine's load affects both alike)."""
+    print("\n## Azure 2023 conversation hour, per scheduler x KV manager x preemption")
+    print(f"{'scheduler':9s} {'manager':10s} {'preempt':9s} {'loop':9s} {'wall s':>7s} {'CPU s':>7s} "
+          f"{'steps':>8s} {'bare s':>7s} {'x bare':>7s}")
+    rows = []
+    for policy, manager, preemption in TABLE_CONFIGS:
+        for loop in loops:
+            data = {
+                "name": "bench-table", **common,
+                "kv_cache": {"manager": manager, "block_size_tokens": 16},
+                "scheduler": {"policy": policy, "max_num_seqs": 256, "max_num_batched_tokens": 8192,
+                              "preemption": preemption},
+                "engine": {"progress": False, "loop": loop},
+                "workload": {"trace": {"path": str(AZURE_CONV)}},
+            }
+            warm = {**data, "workload": {"trace": {"path": str(AZURE_CONV), "max_requests": 50}}}
+            run_scenario(scenario_from_dict(warm))
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            res = run_scenario(scenario_from_dict(data))
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            v = res.variants[0]
+            steps = len(v.steps)
+            bare = bare_simpy_s(steps)
+            ran = v.summary["config"]["engine_loop"]
+            rows.append(wall)
+            print(f"{policy:9s} {manager:10s} {preemption:9s} {ran:9s} {wall:7.2f} {cpu:7.2f} {steps:8,d} "
+                  f"{bare:7.2f} {wall / bare:7.1f}", flush=True)
+    fastest = min(rows)
+    print(f"slowest / fastest: {max(rows) / fastest:.1f}x (target 1.5x); fastest {fastest:.2f} s (target 0.3 s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=1_000_000, help="synthetic case size")
     ap.add_argument("--skip-azure", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--python", action="store_true", help="time the Python engine (engine.loop: python)")
+    ap.add_argument("--table", action="store_true",
+                    help="issue 12's table: every scheduler x KV manager x preemption on the Azure hour")
+    ap.add_argument("--loops", default="auto",
+                    help="with --table: comma-separated engine.loop values (auto, python, reference)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}")
     common = {
@@ -101,6 +155,13 @@ def main() -> None:
         "scheduler": {"policy": "vllm", "max_num_seqs": 256, "max_num_batched_tokens": 8192},
         "engine": {"progress": False, "loop": "python" if args.python else "auto"},
     }
+    if args.table:
+        if not AZURE_CONV.is_file():
+            print(f"(no table: {AZURE_CONV} not found)")
+            return
+        run_table({k: v for k, v in common.items() if k not in ("kv_cache", "scheduler", "engine")},
+                  args.loops.split(","))
+        return
     if not args.skip_azure:
         if AZURE_CONV.is_file():
             run_case(
