@@ -99,7 +99,9 @@ class AllReduceFigure:
     """All-reduce within one node for ``tp`` GPUs (nccl-tests / rccl-tests conventions).
 
     ``time = latency_s + busbytes / bus_bw_bytes_per_s`` with ``busbytes = 2 (tp-1)/tp x
-    message bytes`` (the ring all-reduce's bytes per GPU, nccl-tests' ``busbw`` definition).
+    message bytes`` (the ring all-reduce's bytes per GPU, nccl-tests' ``busbw`` definition),
+    or, where the data file gives measured times at a few message sizes (``curve_us``), those
+    times interpolated (:meth:`time_s`).
     """
 
     tp: int
@@ -107,10 +109,38 @@ class AllReduceFigure:
     bus_bw_bytes_per_s: float
     confidence: str
     source: str
+    #: Measured all-reduce times ``(message_bytes, seconds)`` at a few sizes, ascending (empty:
+    #: the affine law alone). See :meth:`time_s`.
+    curve: tuple[tuple[float, float], ...] = ()
 
     @property
     def band_frac(self) -> float:
         return BAND_FRAC_BY_CONFIDENCE[self.confidence]
+
+    def points(self) -> tuple[tuple[float, float, float], ...]:
+        """The law as ``(message_bytes, seconds, seconds_per_byte)`` segments, ascending from 0 bytes.
+
+        Without a curve: one segment, ``latency_s + busbytes / bus_bw``. With a curve: from
+        ``(0, latency_s)`` through the measured points, linear between them (a message size
+        between two measurements costs the interpolated time: NCCL switches protocol - LL,
+        LL128, Simple - across this range, so a single latency + bandwidth underestimates
+        the mid sizes), and past the last point its time plus the extra bus bytes at
+        ``bus_bw_bytes_per_s`` (the large-message bus bandwidth).
+        """
+        per_byte = 2.0 * (self.tp - 1) / self.tp / self.bus_bw_bytes_per_s
+        pts = [(0.0, self.latency_s)] + [p for p in self.curve if p[0] > 0.0]
+        out = []
+        for i, (b, t) in enumerate(pts):
+            slope = per_byte if i == len(pts) - 1 else (pts[i + 1][1] - t) / (pts[i + 1][0] - b)
+            out.append((b, t, slope))
+        return tuple(out)
+
+    def time_s(self, message_bytes: float) -> float:
+        """Seconds of one all-reduce of ``message_bytes`` (per GPU) under :meth:`points`."""
+        segs = self.points()
+        i = max(j for j, (b, _, _) in enumerate(segs) if b <= message_bytes) if message_bytes > 0 else 0
+        b, t, slope = segs[i]
+        return t + (message_bytes - b) * slope
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,6 +228,24 @@ def _figure(raw: Any, where: str, key: str = "value") -> Figure:
                   source=_check_source(raw.get("source"), where))
 
 
+def _parse_curve(raw: Any, where: str, latency_s: float) -> tuple[tuple[float, float], ...]:
+    """``curve_us: [[message_bytes, microseconds], ...]``: ascending sizes, non-decreasing
+    times, none below the latency."""
+    if raw is None:
+        return ()
+    try:
+        pts = tuple((float(b), float(us) * 1e-6) for b, us in raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: curve_us must be a list of [message_bytes, microseconds]") from None
+    prev_b, prev_t = 0.0, latency_s
+    for b, t in pts:
+        if not (b > prev_b and t >= prev_t):
+            raise ConfigError(f"{where}: curve_us needs ascending sizes > 0 and non-decreasing times "
+                              f">= latency_s, got {raw!r}")
+        prev_b, prev_t = b, t
+    return pts
+
+
 def _parse_gpu(name: str, raw: Mapping[str, Any], gpu: GpuSpec) -> GpuAchievable:
     where = f"{_DATA_FILE} {name}"
     profile = raw.get("size_profile")
@@ -228,8 +276,9 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], gpu: GpuSpec) -> GpuAchievable
         lat, bw = float(entry["latency_s"]), float(entry["bus_bw_bytes_per_s"])
         if not (lat >= 0 and bw > 0):
             raise ConfigError(f"{where} allreduce.tp.{tp}: latency_s >= 0 and bus_bw_bytes_per_s > 0")
+        curve = _parse_curve(entry.get("curve_us"), f"{where} allreduce.tp.{tp}", lat)
         allreduce[int(tp)] = AllReduceFigure(
-            tp=int(tp), latency_s=lat, bus_bw_bytes_per_s=bw,
+            tp=int(tp), latency_s=lat, bus_bw_bytes_per_s=bw, curve=curve,
             confidence=_check_grade(entry.get("confidence", ar_conf), f"{where} allreduce.tp.{tp}"),
             source=_check_source(entry.get("source", ar_src), f"{where} allreduce.tp.{tp}"),
         )

@@ -14,8 +14,9 @@ per-request loop. The model (details and sources in ``docs/step-cost.md``):
   pairs plus one read of the chunks' KV; decode reads every decoding sequence's KV once
   (``decode_ctx_tokens x`` KV bytes per token per layer, at the KV dtype; MLA reads the latent).
 * Elementwise kernels (``norm``: add+RMSNorm, RoPE, activation) are memory-bound.
-* Tensor parallel: GEMMs and heads are sharded; two ring all-reduces per layer cost
-  ``latency + 2 (n-1)/n x bytes / unidirectional link bandwidth``.
+* Tensor parallel: GEMMs and heads are sharded; two all-reduces per layer, each the GPU's
+  measured all-reduce time at that message size and TP size (interpolated; past the measured
+  sizes, and where none are listed, ``latency + 2 (n-1)/n x bytes / bus bandwidth``).
 * Pipeline parallel: layers split into ``pp`` contiguous stages. The *latency* of a step is the
   sum of the stage times plus ``pp - 1`` activation transfers (a batch traverses every stage);
   with ``pp`` micro-batches in flight a new step can start every ``bottleneck_stage_s`` (the
@@ -35,7 +36,7 @@ the same order: the tests pin the two bit for bit on every bundled model shape.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -392,17 +393,30 @@ class StepCostModel:
         link = self._link_bw()
         hidden_bytes = ACT_BYTES * m.hidden_size
         ach = self.efficiency.achievable
+        # One all-reduce of T tokens: piecewise linear in T, ``y_i + (T - x_i) s_i`` on the
+        # segment with the largest ``x_i <= T`` (x_0 = 0). Without measured sizes it is one
+        # segment, latency + ring bus bytes at the bus bandwidth (nccl-tests conventions).
+        ar_x: list[float] = [0.0]
+        ar_y: list[float] = [0.0]
         if tp > 1 and ach is not None:
-            # Measured (or derived) all-reduce law of this GPU at this TP size: latency plus
-            # the ring's bus bytes at the achievable bus bandwidth (nccl-tests conventions).
+            # Measured (or derived) all-reduce law of this GPU at this TP size: latency, the
+            # measured times at a few message sizes (interpolated), and past the largest the
+            # ring's bus bytes at the achievable large-message bus bandwidth.
             ar = ach.allreduce_for(tp)
-            self._ar_const_s = ar.latency_s
-            self._ar_s_per_token = 2.0 * (tp - 1) / tp * hidden_bytes / ar.bus_bw_bytes_per_s
+            ar_y[0] = ar.latency_s
+            for b, t in ar.curve:
+                ar_x.append(b / hidden_bytes)
+                ar_y.append(t)
+            last_per_token = 2.0 * (tp - 1) / tp * hidden_bytes / ar.bus_bw_bytes_per_s
         elif tp > 1:  # a user GPU without achievable figures: the link at face value (borrowed)
-            self._ar_const_s = ALLREDUCE_LATENCY_S
-            self._ar_s_per_token = 2.0 * (tp - 1) / tp * hidden_bytes / link
+            ar_y[0] = ALLREDUCE_LATENCY_S
+            last_per_token = 2.0 * (tp - 1) / tp * hidden_bytes / link
         else:
-            self._ar_const_s = self._ar_s_per_token = 0.0
+            last_per_token = 0.0
+        ar_s = [(ar_y[i + 1] - ar_y[i]) / (ar_x[i + 1] - ar_x[i]) for i in range(len(ar_x) - 1)]
+        ar_s.append(last_per_token)
+        self._ar_x, self._ar_y, self._ar_s = tuple(ar_x), tuple(ar_y), tuple(ar_s)
+        self._ar_xv, self._ar_yv, self._ar_sv = (np.asarray(v, dtype=np.float64) for v in (ar_x, ar_y, ar_s))
         self._ar_bytes_per_token = 2.0 * (tp - 1) / tp * hidden_bytes if tp > 1 else 0.0
         self._p2p_const_s = P2P_LATENCY_S
         self._p2p_s_per_token = hidden_bytes / link
@@ -432,8 +446,7 @@ class StepCostModel:
         head[sk.P_EW_CONST] = self._ew_const_s
         head[sk.P_EW_PER_BYTE] = self._ew_s_per_byte
         head[sk.P_EW_BYTES] = self._ew_bytes
-        head[sk.P_AR_CONST] = self._ar_const_s
-        head[sk.P_AR_PER_TOKEN] = self._ar_s_per_token
+        head[sk.P_AR_NPTS] = float(len(self._ar_x))
         head[sk.P_FPP_PREFILL] = self._attn_fpp_prefill
         head[sk.P_FPP_DECODE] = self._attn_fpp_decode
         head[sk.P_WINDOW] = self._window or 0.0
@@ -453,6 +466,8 @@ class StepCostModel:
         head[sk.P_NUM_STAGES] = float(self.pp)
         head[sk.P_LAYOUT] = sk.LAYOUT_VERSION
         body: list[float] = list(self._graph_sizes)
+        for x, y, sl in zip(self._ar_x, self._ar_y, self._ar_s, strict=True):
+            body += [x, y, sl]
         for counts in self._stage_counts:
             body += [float(c) for c in counts]
         for n_layers, gemms in self._kinds:
@@ -504,7 +519,7 @@ class StepCostModel:
         ceil = math.ceil
         total = 0.0
         layer_common = self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * T
-        layer_common += 2.0 * (self._ar_const_s + self._ar_s_per_token * T)
+        layer_common += 2.0 * self._allreduce_s(_ScalarBackend, T)
         mm = max(int(T), 1)
         for n_layers, gemms in self._timer_kinds:
             layer = layer_common
@@ -587,6 +602,15 @@ class StepCostModel:
         if self._graph_mode == 1:
             use = use & (pf <= 0)
         return np.where(use, arr[idx], T)
+
+    def _allreduce_s(self, B: Any, T: Any) -> Any:
+        """One tensor-parallel all-reduce of ``T`` tokens' hidden states (piecewise linear in
+        the message size; see ``_precompute``). The packed form scans the same segments."""
+        if B is _ScalarBackend:
+            i = bisect_right(self._ar_x, T) - 1 if T > 0 else 0
+            return self._ar_y[i] + (T - self._ar_x[i]) * self._ar_s[i]
+        idx = np.maximum(np.searchsorted(self._ar_xv, T, side="right") - 1, 0)
+        return self._ar_yv[idx] + (T - self._ar_xv[idx]) * self._ar_sv[idx]
 
     def _gemm(self, B: Any, c: _GemmCoef, m: Any) -> tuple[Any, Any, Any, Any, Any]:
         """(time, compute side, memory side, FLOPs, bytes) of one GEMM kernel for ``m`` tokens."""
@@ -674,7 +698,7 @@ class StepCostModel:
         on = B.pos(T)
         # ---- the parts every layer shares: elementwise kernels, all-reduces, attention
         t_ew = (self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * Tg) * on
-        t_ar = 2.0 * (self._ar_const_s + self._ar_s_per_token * Tg) * on
+        t_ar = 2.0 * self._allreduce_s(B, Tg) * on
         att_p, att_d = self._attention(B, pf, pairs, kvt, ndec, ctx, nsamp)
         common = t_ew + t_ar + att_p[0] + att_d[0]
         # Split by bound: an operator's time goes to its dominant side (bool x float).

@@ -16,6 +16,8 @@ Pack layout (float64)::
 
     [0:P_HEADER]          scalars (P_* indices below)
     [P_HEADER:+n_graph]   CUDA-graph capture sizes in tokens, ascending (n_graph = cf[P_NUM_GRAPH])
+    then n_ar x 3 floats: the all-reduce law's segments (x tokens, y seconds, s seconds/token),
+                          x ascending from 0 (n_ar = cf[P_AR_NPTS])
     then per pipeline stage: its layer count of each kind (n_stages x n_kinds floats)
     then per layer kind:  n_layers, n_gemms, then GEMM_FIELDS floats per GEMM
                           (routed, s_tok, s_c0, s_dq, s_m0, s_mw, s_mt, copies, active)
@@ -24,6 +26,8 @@ One step, with ``T = prefill + decode tokens`` and ``Tg`` = T padded up to the n
 capture size when the step runs as a graph (the stack profile decides which steps do)::
 
     layer   = ew(Tg) + 2 allreduce(Tg) + prefill_attn + decode_attn + sum_g gemm_g(Tg)
+    allreduce(T) = y_i + (T - x_i) s_i on the last segment with x_i <= T (piecewise linear in
+              the message size: measured all-reduce times, hwmodels/data/achievable.yaml)
     time    = sum_kind n_layers x layer + lm_head(sampled rows) + (pp-1) p2p(Tg)
               + host_overhead + host_overhead_per_seq x (sampled rows)
 """
@@ -53,32 +57,31 @@ P_DEC_BW = 10
 P_EW_CONST = 11
 P_EW_PER_BYTE = 12
 P_EW_BYTES = 13
-P_AR_CONST = 14
-P_AR_PER_TOKEN = 15
-P_FPP_PREFILL = 16
-P_FPP_DECODE = 17
-P_WINDOW = 18
-P_H_TOK = 19
-P_H_C0 = 20
-P_H_DQ = 21
-P_H_M0 = 22
-P_H_MT = 23
-P_PP_MINUS_1 = 24
-P_P2P_CONST = 25
-P_P2P_PER_TOKEN = 26
-P_OVERHEAD = 27
-P_OVERHEAD_PER_SEQ = 28
+P_AR_NPTS = 14
+P_FPP_PREFILL = 15
+P_FPP_DECODE = 16
+P_WINDOW = 17
+P_H_TOK = 18
+P_H_C0 = 19
+P_H_DQ = 20
+P_H_M0 = 21
+P_H_MT = 22
+P_PP_MINUS_1 = 23
+P_P2P_CONST = 24
+P_P2P_PER_TOKEN = 25
+P_OVERHEAD = 26
+P_OVERHEAD_PER_SEQ = 27
 #: 0: no CUDA graphs; 1: decode-only steps run as graphs; 2: every step up to the largest size.
-P_GRAPH_MODE = 29
-P_NUM_GRAPH = 30
-P_NUM_KINDS = 31
-P_NUM_STAGES = 32
+P_GRAPH_MODE = 28
+P_NUM_GRAPH = 29
+P_NUM_KINDS = 30
+P_NUM_STAGES = 31
 #: Version stamp of this module's code, stored in every pack. numba's on-disk cache keys a
 #: kernel on its *own* source file only, so a kernel elsewhere (the compiled replica loop) that
 #: inlined an older ``packed_step_time_s`` survives a change of this module and would misread
 #: a new pack; every evaluation compares the stamp compiled into it with the pack's and raises.
-P_LAYOUT = 33
-P_HEADER = 34
+P_LAYOUT = 32
+P_HEADER = 33
 
 
 def _source_stamp() -> float:
@@ -123,6 +126,17 @@ def graph_tokens(cf, T, pf):
 
 
 @njit(cache=True)
+def allreduce_s(cf, T):
+    """One all-reduce of ``T`` tokens: the last segment with ``x_i <= T`` (``x_0 = 0``)."""
+    base = P_HEADER + int(cf[P_NUM_GRAPH])
+    i = int(cf[P_AR_NPTS]) - 1
+    while i > 0 and cf[base + 3 * i] > T:
+        i -= 1
+    p = base + 3 * i
+    return cf[p + 1] + (T - cf[p]) * cf[p + 2]
+
+
+@njit(cache=True)
 def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
     """One step's latency in seconds from the pack ``cf`` (arguments as ``StepCostModel.cost``:
     prefill tokens, attention pairs, prefill KV tokens, sampled prefill sequences, decoding
@@ -145,7 +159,7 @@ def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
     qo = cf[P_QO]
     bh = cf[P_BH]
     layer_common = cf[P_EW_CONST] + cf[P_EW_PER_BYTE] * cf[P_EW_BYTES] * Tg
-    layer_common += 2.0 * (cf[P_AR_CONST] + cf[P_AR_PER_TOKEN] * Tg)
+    layer_common += 2.0 * allreduce_s(cf, Tg)
     if pf > 0.0:
         tc = cf[P_FPP_PREFILL] * pairs / cf[P_PF_PEAK] + cf[P_PF_FH]
         tm = (kvl * (kv_tokens + pf) + qo * pf) / cf[P_PF_BW] + bh
@@ -155,7 +169,7 @@ def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
         tm = (kvl * (ctx + ndec) + qo * ndec) / cf[P_DEC_BW] + bh
         layer_common += launch + (tc if tc > tm else tm)
     total = 0.0
-    pos = P_HEADER + int(cf[P_NUM_GRAPH]) + int(cf[P_NUM_STAGES]) * int(cf[P_NUM_KINDS])
+    pos = P_HEADER + int(cf[P_NUM_GRAPH]) + 3 * int(cf[P_AR_NPTS]) + int(cf[P_NUM_STAGES]) * int(cf[P_NUM_KINDS])
     for _ in range(int(cf[P_NUM_KINDS])):
         n_layers = cf[pos]
         n_gemms = int(cf[pos + 1])
@@ -222,7 +236,7 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
     qo = cf[P_QO]
     bh = cf[P_BH]
     t_ew = cf[P_EW_CONST] + cf[P_EW_PER_BYTE] * cf[P_EW_BYTES] * Tg
-    t_ar = 2.0 * (cf[P_AR_CONST] + cf[P_AR_PER_TOKEN] * Tg)
+    t_ar = 2.0 * allreduce_s(cf, Tg)
     att_p = 0.0
     c_p = 0.0
     if pf > 0.0:
@@ -242,7 +256,7 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
     a_kv = att_p + att_d - a_comp
     n_kinds = int(cf[P_NUM_KINDS])
     n_stages = int(cf[P_NUM_STAGES])
-    stage_pos = P_HEADER + int(cf[P_NUM_GRAPH])
+    stage_pos = P_HEADER + int(cf[P_NUM_GRAPH]) + 3 * int(cf[P_AR_NPTS])
     pos = stage_pos + n_stages * n_kinds
     layer_t = np.zeros(n_kinds)
     layer_c = np.zeros(n_kinds)
@@ -366,6 +380,7 @@ __all__ = [
     "GEMM_FIELDS",
     "LAYOUT_VERSION",
     "P_HEADER",
+    "allreduce_s",
     "graph_tokens",
     "kernel_pack",
     "packed_decode_times_s",

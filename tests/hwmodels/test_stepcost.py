@@ -121,15 +121,22 @@ def test_tensor_parallel_shards_gemms_and_adds_allreduce() -> None:
 
 
 def test_allreduce_is_latency_plus_ring_bytes() -> None:
-    """Two all-reduces per layer, each the GPU's measured latency plus the ring's bus bytes at
-    its achievable bus bandwidth for that TP size (hwmodels/data/achievable.yaml)."""
+    """Two all-reduces per layer, each the GPU's measured all-reduce time for that message size
+    and TP size: measured times interpolated, past them (and where none are listed) latency plus
+    the ring's bus bytes at the achievable bus bandwidth (hwmodels/data/achievable.yaml)."""
     gpu = get_gpu("h100-sxm")
     m = StepCostModel(gpu=gpu, model="llama-2-7b", tensor_parallel=4)
     ar = {o.op: o for o in m.breakdown(**prefill(1000))}["allreduce"]
     fig = get_achievable(gpu).allreduce_for(4)
     assert fig.bus_bw_bytes_per_s < gpu.scaleup_bw_bytes_per_s_per_direction  # below the link
-    per = fig.latency_s + 2 * 3 / 4 * 1000 * 4096 * 2 / fig.bus_bw_bytes_per_s
+    per = fig.time_s(1000 * 4096 * 2)  # 8 MB: past the measured sizes, the last + bus bytes at bus bw
+    assert per == pytest.approx(fig.curve[-1][1] + 2 * 3 / 4 * (8192000 - fig.curve[-1][0]) / fig.bus_bw_bytes_per_s)
     assert ar.time_s == pytest.approx(32 * 2 * per)
+    # without measured sizes (TP 2 here): latency + the ring's bus bytes at the bus bandwidth
+    m2 = StepCostModel(gpu=gpu, model="llama-2-7b", tensor_parallel=2)
+    fig2 = get_achievable(gpu).allreduce_for(2)
+    ar2 = {o.op: o for o in m2.breakdown(**prefill(1000))}["allreduce"]
+    assert ar2.time_s == pytest.approx(32 * 2 * (fig2.latency_s + 1000 * 4096 * 2 / fig2.bus_bw_bytes_per_s))
 
 
 def test_pipeline_stages_sum_to_the_step_latency() -> None:

@@ -155,3 +155,25 @@ def test_a_pack_from_other_stepkernel_code_is_refused() -> None:
         packed_step_time_s(cf, 0.0, 0.0, 0.0, 0.0, 4.0, 400.0)
     with pytest.raises(ValueError, match="stale numba cache"):
         packed_step_cost(cf, 0.0, 0.0, 0.0, 0.0, 4.0, 400.0, np.empty(len(COST_FIELDS)))
+
+
+@pytest.mark.parametrize("gpu,tp", [("h100-sxm", 4), ("h100-sxm", 8), ("a100-sxm4-80gb", 4)])
+def test_allreduce_curve_segments_are_bit_equal(gpu: str, tp: int) -> None:
+    """The all-reduce law is piecewise linear in the message size (measured times,
+    hwmodels/data/achievable.yaml): token counts exactly on, just around and between its
+    points (32..256 tokens = 0.5..4 MB for hidden 8192), below the first and past the last,
+    with and without CUDA-graph padding, give the reference's float in the packed form."""
+    for stack in (None, "vllm"):
+        cost = StepCostModel(gpu=gpu, model="llama-3.1-70b", tensor_parallel=tp, stack=stack)
+        cf = cost.packed()
+        out = np.empty(len(COST_FIELDS))
+        for b in (1, 7, 31, 32, 33, 48, 63, 64, 95, 96, 97, 128, 191, 192, 255, 256, 257, 300, 1000):
+            for pf in (0.0, 17.0):
+                kw = {"prefill_tokens": pf, "prefill_attn_pairs": pf * (pf + 1) / 2, "prefill_kv_tokens": pf,
+                      "num_prefill_seqs": 1.0 if pf else 0.0, "num_decode_seqs": float(b),
+                      "decode_ctx_tokens": float(b * 300)}
+                ref = cost.cost(**kw)
+                args = tuple(kw.values())
+                assert packed_step_time_s(cf, *args) == ref.time_s, (stack, b, pf)
+                packed_step_cost(cf, *args, out)
+                assert tuple(out) == tuple(getattr(ref, f) for f in COST_FIELDS), (stack, b, pf)
