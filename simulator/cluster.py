@@ -29,7 +29,7 @@ from simpy.core import URGENT
 
 from servesim.simulator.engine import Replica
 from servesim.simulator.errors import UnknownNameError
-from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN, ReqState
+from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN, REJECT_SEQS, ReqState
 from servesim.simulator.results import Recorder
 
 ROUTERS = ("round_robin", "least_outstanding", "least_kv_load", "prefix_affinity")
@@ -165,10 +165,14 @@ class Cluster:
             return
         fanout = int(self._fanout[idx])
         eligible = [r for r in self.replicas if r.kv.fits_ever(prompt, prompt + output, fanout, r.kv_sharing)]
-        if not eligible:
-            self.recorder.rejected(idx, t_s, REJECT_KV)
+        # A group runs its sequences together: wider than the scheduler's seats, it could
+        # never be admitted (it would wait forever).
+        seated = [r for r in eligible if fanout <= r.scheduler.max_num_seqs]
+        if not seated:
+            self.recorder.rejected(idx, t_s, REJECT_SEQS if eligible else REJECT_KV)
             self.on_finish(idx, t_s)
             return
+        eligible = seated
         block_ids = None
         if self._block_tokens > 0:
             lo, hi = self._offsets[idx], self._offsets[idx + 1]

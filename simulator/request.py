@@ -22,10 +22,12 @@ REJECT_REASONS: tuple[str, ...] = (
     "",
     "exceeds_max_model_len",
     "exceeds_kv_capacity",
+    "exceeds_max_num_seqs",
 )
 REJECT_NONE = 0
 REJECT_MAX_LEN = 1
 REJECT_KV = 2
+REJECT_SEQS = 3  # a fan-out group wider than scheduler.max_num_seqs could never be seated
 
 
 class ReqState:

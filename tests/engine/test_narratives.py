@@ -130,6 +130,16 @@ def test_request_that_never_fits_the_kv_cache_is_rejected() -> None:
     assert res.requests["reject_reason"].tolist()[1] == "exceeds_kv_capacity"
 
 
+def test_fanout_wider_than_max_num_seqs_is_rejected() -> None:
+    """A group of 3 parallel samples on a replica with 2 seats could never be admitted: it is
+    rejected at arrival (it used to wait until the run ended), and the others run."""
+    wl = workload([0.0, 0.0, 0.0], [4, 4, 4], [2, 2, 2], num_samples=[1, 3, 2])
+    for loop in ("python", "reference"):
+        res = simulate(wl, max_num_seqs=2, loop=loop)
+        assert res.requests["status"].tolist() == ["completed", "rejected", "completed"]
+        assert res.requests["reject_reason"].tolist() == ["", "exceeds_max_num_seqs", ""]
+
+
 def test_request_whose_output_outgrows_the_kv_cache_is_rejected() -> None:
     """The prompt fits but prompt + output never can: rejected at arrival, not preempted
     and re-queued forever (capacity 48 slots, 25 + 25 tokens)."""
