@@ -1458,8 +1458,9 @@ SKIPPED = -2
 
 @njit(cache=True)
 def _run_trace_apc(arena, ops, keys, results):
-    """``run_trace`` for paged with prefix caching: every op through the kernels; a grow
-    that fills pages caches them (as the engine's ``cache_computed``)."""
+    """``run_trace`` for paged with prefix caching: every op through the kernels; every
+    successful grow caches the seq's full pages (``cache_computed``; the engine calls it only
+    when a page fills, so this driver does more tree walks than a run)."""
     num_seqs = arena[C_S]
     page_tokens = arena[C_PAGE]
     max_seq_len = arena[C_MAX_SEQ_LEN]
