@@ -808,6 +808,10 @@ class Replica:
         if self.on_finish is not None:
             self.on_finish(req.idx, end_s)
 
+    def end_static_batch(self, now_s: float) -> None:
+        """Static batching: return the batch's requests if all are done (scheduler-facing)."""
+        self._finish_static_batch(now_s)
+
     def _finish_static_batch(self, end_s: float) -> None:
         if not self.static_batching or not self.running:
             return

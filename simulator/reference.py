@@ -441,6 +441,10 @@ class ReferenceReplica:
         if self.on_finish is not None:
             self.on_finish(req.idx, end_s)
 
+    def end_static_batch(self, now_s: float) -> None:
+        """Static batching: the scheduler ends a batch whose generating members were preempted."""
+        self._end_static_batch_if_done(now_s)
+
     def _end_static_batch_if_done(self, end_s: float) -> None:
         """Static batching: when every request of the batch is done, all of them return."""
         if not self.running or any(r.phase != DONE for r in self.running):

@@ -45,6 +45,15 @@ class StaticScheduler(Scheduler):
             # manager a failed grow would stall the batch, so fall back to preemption.
             self._decode_with_preemption(plan, now_s)
             live = plan.decode_slots
+            if not len(live):
+                # Every member still generating was preempted: the batch ends now (its
+                # finished members return) and the next one forms from the queue, where the
+                # preempted members wait first.
+                rep.end_static_batch(now_s)
+                nxt = self.schedule(now_s)
+                nxt.num_preemptions += plan.num_preemptions
+                nxt.swap_bytes += plan.swap_bytes
+                return nxt
         plan.decode_slots = live
         padding = [r for r in rep.running if r.phase == DONE]
         plan.padding_seqs = sum(len(r.slots) for r in padding)

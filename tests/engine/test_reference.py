@@ -61,10 +61,7 @@ def workloads(draw, *, fanout: bool = True, dependents: bool = True, prefixes: b
 @st.composite
 def configs(draw):
     policy = draw(st.sampled_from(POLICIES))
-    # NOTE(issue 12): an engine bug these tests found is kept out of the draws (both engines
-    # fail the same way; see docs/engine.md): static batching on a growing (paged, radix)
-    # cache can preempt a batch member and then plan an empty step.
-    kv_kind = "contiguous" if policy == "static" else draw(st.sampled_from(MANAGERS))
+    kv_kind = draw(st.sampled_from(MANAGERS))
     return {
         "policy": policy,
         "kv_kind": kv_kind,
@@ -153,3 +150,17 @@ def test_reference_forces_preemption_on_a_tiny_pool() -> None:
     for res in (rec, swp):
         _assert_identical(simulate(wl, loop="python", preemption=("swap" if res is swp else "recompute"),
                                    swap_space_bytes=1e12, **kw), res)
+
+
+def test_static_batch_whose_generating_members_are_all_preempted_ends() -> None:
+    """Static batching on a paged cache: when the members still generating are preempted
+    (the cache cannot grow them), the batch ends and the next one forms; it used to plan an
+    empty step (InvariantError). The differential draw that found it, both engines."""
+    wl = workload(np.zeros(2), [1, 17], [13, 17])
+    kw = {"policy": "static", "kv_kind": "paged", "capacity_tokens": 48, "block_size_tokens": 4,
+          "max_num_seqs": 2, "max_num_batched_tokens": 16, "chunk_size_tokens": 4, "max_seq_len": 72,
+          "kv_sharing": False, "swap_space_bytes": 0.0, "cost": COST}
+    ref = simulate(wl, loop="reference", **kw)
+    assert (ref.requests["status"] == "completed").all()
+    assert ref.requests["num_preemptions"].sum() > 0
+    _assert_identical(simulate(wl, loop="python", **kw), ref)
