@@ -30,8 +30,8 @@ def test_burst_hit_rate_matches_low_load() -> None:
     """Issue #16 gap 1: a running request's prefix is shared, so a burst (200 requests/s,
     all arriving while the first prefill runs) hits as often as a trickle (2/s)."""
     n = "workload.num_requests=80"
-    low = hit_rates(SHARED, n, "workload.arrivals.rate_per_s=2")
-    burst = hit_rates(SHARED, n, "workload.arrivals.rate_per_s=200")
+    low = hit_rates(SHARED, n, "workload.arrivals={process: poisson, rate_per_s: 2}")
+    burst = hit_rates(SHARED, n, "workload.arrivals={process: poisson, rate_per_s: 200}")
     assert low["paged-no-cache"] == burst["paged-no-cache"] == 0.0
     for name in ("vllm-prefix-caching", "radix"):
         assert low[name] > 0.9
