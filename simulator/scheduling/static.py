@@ -16,6 +16,13 @@ class StaticScheduler(Scheduler):
 
     name = "static"
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # A swapped-out member could never rejoin: a request-level batch admits only at its
+        # start, and a new batch forms from the queue (FasterTransformer has no swap space).
+        # So static batching preempts by recompute, as sglang does.
+        self.preemption = "recompute"
+
     def schedule(self, now_s: float) -> StepPlan:
         plan = StepPlan()
         rep = self.replica

@@ -164,3 +164,22 @@ def test_static_batch_whose_generating_members_are_all_preempted_ends() -> None:
     assert (ref.requests["status"] == "completed").all()
     assert ref.requests["num_preemptions"].sum() > 0
     _assert_identical(simulate(wl, loop="python", **kw), ref)
+
+
+def test_static_batching_with_swap_configured_preempts_by_recompute() -> None:
+    """Found by the differential test in CI: a static batch whose members were swapped out
+    left them in the swapped queue, which a request-level batch never reads, and the next
+    plan was empty with requests outstanding (InvariantError). Static batching recomputes."""
+    wl = workload(np.zeros(12), [1, 1, 11, 13, 1, 1, 1, 1, 1, 1, 1, 1],
+                  [1, 1, 11, 13, 1, 1, 1, 1, 1, 1, 1, 1])
+    cfg = {"policy": "static", "kv_kind": "paged", "preemption": "swap", "capacity_tokens": 48,
+           "block_size_tokens": 4, "max_num_seqs": 2, "max_num_batched_tokens": 16,
+           "chunk_size_tokens": 4, "max_seq_len": 72, "kv_sharing": False,
+           "swap_space_bytes": 40_000.0, "replicas": 1, "router": "round_robin", "cost": COST}
+    ref = simulate(wl, loop="reference", **cfg)
+    fast = simulate(wl, loop="python", fast_forward=True, **cfg)
+    _assert_identical(fast, ref)
+    assert set(ref.requests["status"]) == {"completed"}
+    assert ref.summary["num_preemptions"] > 0
+    for run in (ref, fast):
+        assert all(not rep.swapped and rep.swap_used_bytes == 0 for rep in run.replicas)
