@@ -105,6 +105,29 @@ def _padded(m: float, tiles: float, tile: float) -> float:
 
 
 @njit(cache=True)
+def _gemm_s(cf, pos, Tg, mp, tiles, tile, bh):
+    """(compute, memory) seconds of the GEMM packed at ``cf[pos:pos + GEMM_FIELDS]``: one
+    formula for every caller, so a new term is written once. A routed (MoE) GEMM touches
+    ``e (1 - (1 - k/e)^T)`` experts, each with its share of the ``T k`` routed rows."""
+    routed = cf[pos]
+    s_tok = cf[pos + 1]
+    s_c0 = cf[pos + 2]
+    s_dq = cf[pos + 3]
+    s_m0 = cf[pos + 4]
+    s_mw = cf[pos + 5]
+    s_mt = cf[pos + 6]
+    e = cf[pos + 7]
+    k = cf[pos + 8]
+    if routed != 0.0:
+        touched = e * (1.0 - (1.0 - k / e) ** Tg)
+        m_e = Tg * k / touched
+        t_e = float(math.ceil(m_e / tile))
+        mp_e = _padded(m_e, t_e, tile)
+        return touched * (s_tok * mp_e + s_c0 + s_dq * t_e), touched * s_mw + bh + s_mt * Tg * k
+    return s_tok * mp + s_c0 + s_dq * tiles, s_m0 + s_mt * Tg
+
+
+@njit(cache=True)
 def graph_tokens(cf, T, pf):
     """Tokens a step computes on: ``T`` padded up to the next CUDA-graph capture size, when
     the step runs as a captured graph (``P_GRAPH_MODE``) and ``T`` is within the largest."""
@@ -176,26 +199,8 @@ def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
         pos += 2
         layer = layer_common
         for _g in range(n_gemms):
-            routed = cf[pos]
-            s_tok = cf[pos + 1]
-            s_c0 = cf[pos + 2]
-            s_dq = cf[pos + 3]
-            s_m0 = cf[pos + 4]
-            s_mw = cf[pos + 5]
-            s_mt = cf[pos + 6]
-            e = cf[pos + 7]
-            k = cf[pos + 8]
+            tc, tm = _gemm_s(cf, pos, Tg, mp, tiles, tile, bh)
             pos += GEMM_FIELDS
-            if routed != 0.0:
-                touched = e * (1.0 - (1.0 - k / e) ** Tg)
-                m_e = Tg * k / touched
-                t_e = float(math.ceil(m_e / tile))
-                mp_e = _padded(m_e, t_e, tile)
-                tc = touched * (s_tok * mp_e + s_c0 + s_dq * t_e)
-                tm = touched * s_mw + bh + s_mt * Tg * k
-            else:
-                tc = s_tok * mp + s_c0 + s_dq * tiles
-                tm = s_m0 + s_mt * Tg
             layer += launch + (tc if tc > tm else tm)
         total += n_layers * layer
     rows = num_prefill_seqs + ndec
@@ -270,26 +275,8 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
         comp = a_comp
         mem = t_ew
         for _g in range(n_gemms):
-            routed = cf[pos]
-            s_tok = cf[pos + 1]
-            s_c0 = cf[pos + 2]
-            s_dq = cf[pos + 3]
-            s_m0 = cf[pos + 4]
-            s_mw = cf[pos + 5]
-            s_mt = cf[pos + 6]
-            e = cf[pos + 7]
-            k = cf[pos + 8]
+            tc, tm = _gemm_s(cf, pos, Tg, mp, tiles, tile, bh)
             pos += GEMM_FIELDS
-            if routed != 0.0:
-                touched = e * (1.0 - (1.0 - k / e) ** Tg)
-                m_e = Tg * k / touched
-                t_e = float(math.ceil(m_e / tile))
-                mp_e = _padded(m_e, t_e, tile)
-                tc = touched * (s_tok * mp_e + s_c0 + s_dq * t_e)
-                tm = touched * s_mw + bh + s_mt * Tg * k
-            else:
-                tc = s_tok * mp + s_c0 + s_dq * tiles
-                tm = s_m0 + s_mt * Tg
             t = launch + (tc if tc > tm else tm)
             layer = layer + t
             t_c = t * (1.0 if tc >= tm else 0.0)
