@@ -48,12 +48,15 @@ R_FTD = 7  # first token done
 R_ORDER = 8
 R_SLOT = 9  # -1 while holding no KV
 R_CACHED = 10
-R_NUM = 11
+# Reserved request rows (one range per feature, so parallel work merges cleanly):
+# 11-13 prefix caching / radix, 14-16 swap and contiguous, 17-20 fan-out and dependents.
+R_NUM = 24
 # Rows of ``rqf``.
 Q_FIRST_SCHED = 0
 Q_FIRST_TOKEN = 1
 Q_FINISH = 2
-Q_NUM = 3
+# Reserved: 3 prefix caching / radix, 4 swap and contiguous, 5-6 fan-out and dependents.
+Q_NUM = 8
 
 # Phases (as simulator.request).
 WAITING = 0
@@ -86,7 +89,10 @@ H_LASTBIN = 20
 H_NSTEPS = 21
 H_POLICY = 22  # POLICY_*
 H_BUDGET = 23  # decode-then-prefill policies: token budget per step
-H_HEADER = 24
+# Reserved header words, one range per feature: 24-31 prefix caching / radix / sglang,
+# 32-39 swap and contiguous / static, 40-47 fan-out, dependents and the cycle cost,
+# 48-63 spare.
+H_HEADER = 64
 # Scheduling policies the kernel runs (``simulator.scheduling``).
 POLICY_VLLM = 0
 POLICY_SARATHI = 1  # decodes first, then prompt chunks under chunk_size_tokens
@@ -100,15 +106,18 @@ F_A = 3  # its attention pairs
 F_ITL_SUM = 4
 F_ITL_SQ = 5
 F_LASTGAP = 6
-F_HEADER = 8
+# Reserved: 8-11 prefix caching / radix, 12-15 swap and contiguous, 16-19 fan-out,
+# dependents and the cycle cost, 20-23 spare.
+F_HEADER = 24
 # Step-row columns.
 SF_T, SF_D, SF_A = 0, 1, 2
 SF_NUM = 3
 # (Paged KV has no reserved, externally fragmented or cached slots: those columns are zero.)
 SI_RUN, SI_NPF, SI_PT, SI_DT, SI_Q, SI_PRE, SI_TOK, SI_INT, SI_FREE, SI_SAMP = range(10)
-SI_NUM = 10
-SQ_KV, SQ_CTX, SQ_PQ = 0, 1, 2
-SQ_NUM = 3
+SI_RES, SI_EXT, SI_CACHED = 10, 11, 12  # reserved / externally fragmented / cached slots
+SI_NUM = 13
+SQ_KV, SQ_CTX, SQ_PQ, SQ_HIT = 0, 1, 2, 3  # SQ_HIT: prefix-hit tokens
+SQ_NUM = 4
 
 # Return codes of :func:`advance`.
 DONE_OK = 0
@@ -128,7 +137,9 @@ _NO_KEYS = np.zeros(0, dtype=np.int64)
 # free-slot stack, context / generated / target tokens and owner per slot, the planned
 # step's prefill chunks (3 words each), its decode slots, two scratch arrays, then the ITL
 # histogram.
-K_RUN, K_FREE, K_CTX, K_GEN, K_TGT, K_OWNER, K_CHUNK, K_DEC, K_IDS, K_TOT, K_ITL = 0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12
+# Reserved regions: 13-15 prefix caching / radix, 16-18 swap and contiguous, 19-21 fan-out
+# and dependents, 22-23 spare.
+K_RUN, K_FREE, K_CTX, K_GEN, K_TGT, K_OWNER, K_CHUNK, K_DEC, K_IDS, K_TOT, K_ITL = 0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 24
 
 
 def itl_offset(slots: int) -> int:
