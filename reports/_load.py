@@ -88,7 +88,7 @@ def measure_load(run: RunData, v: str) -> Load | None:
     if window <= 0:
         return None
     mid = t0 + window / 2
-    done = (reqs["status"].astype(str) == "completed").to_numpy()
+    done = reqs["status"].eq("completed").to_numpy(dtype=bool, na_value=False)
     finish = reqs["finish_s"].to_numpy(np.float64)
     completed_half = int(np.count_nonzero(done & (finish >= mid) & (finish <= t1)))
     arrived_half = int(np.count_nonzero(arrivals >= mid))
