@@ -354,10 +354,16 @@ class StepCostModel:
             need = math.ceil(total / self.gpu.hbm_bytes)
             raise CapacityError(
                 f"{self.model.name} weights do not fit: {total / GiB:.1f} GiB under {self.scheme.name} "
-                f"/ (tp={self.tp} x pp={self.pp}) = {per_gpu / GiB:.1f} GiB per GPU, but {self.gpu.name} "
+                f"/ (tp={self.tp} x pp={self.pp}{self._ep_label()}) = {per_gpu / GiB:.1f} GiB per GPU, but {self.gpu.name} "
                 f"has {self.gpu.hbm_bytes / GiB:.1f} GiB of HBM (before any KV cache or activations). "
                 f"Use at least {need} GPUs (tp x pp), a smaller scheme (e.g. fp8, w4a16) or a larger GPU."
             )
+
+    def _ep_label(self) -> str:
+        if self.ep == 1 and self.adp == 1:
+            return ""
+        return (f", expert_parallel={self.ep}, attention_data_parallel={self.adp}, "
+                f"redundant_experts={self.redundant_experts}")
 
     def _link_bw(self) -> float:
         bw = self.gpu.scaleup_bw_bytes_per_s_per_direction or self.gpu.pcie_bw_bytes_per_s_per_direction
