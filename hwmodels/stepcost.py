@@ -564,7 +564,17 @@ class StepCostModel:
         self._ar_xv, self._ar_yv, self._ar_sv = (np.asarray(v, dtype=np.float64) for v in (ar_x, ar_y, ar_s))
         self._ar_bytes_per_token = 2.0 * (tp - 1) / tp * hidden_bytes if tp > 1 else 0.0
         b_d = 1.0 + 4.0 / 128.0 if self.scheme.act_bytes < ACT_BYTES else ACT_BYTES
+        # Bytes each rank token sends + receives back per MoE layer (breakdown only): k copies
+        # (low-latency kernels) or one per distinct destination (normal kernels, _alltoall_coef).
         self._a2a_bytes_per_token = float(m.experts_per_tok * m.hidden_size) * (b_d + ACT_BYTES)
+        self._a2a_dest = float(m.experts_per_tok)
+        if m.is_moe and self.ep > 1:
+            ach = self.efficiency.achievable
+            fig = ach.alltoall_for(self.ep) if ach is not None else None
+            if fig is not None:
+                groups = self.ep if self.ep <= fig.node_gpus else max(self.ep // fig.node_gpus, 1)
+                self._a2a_dest = expected_distinct_groups(m.num_experts + self.redundant_experts, groups,
+                                                          m.experts_per_tok)
         self._p2p_const_s = P2P_LATENCY_S
         self._p2p_s_per_token = hidden_bytes / link
         self._graph_mode = self.stack.graph_mode_code
@@ -916,8 +926,8 @@ class StepCostModel:
             a2as.append(a2a)
             layers.append((layer, comp, mem))
             if rec is not None and (ll_c or ll_t):
-                _record(rec, "alltoall", n_layers * a2a, 0.0,
-                        n_layers * self._a2a_bytes_per_token * Tg, "communication")
+                per_tok = self._a2a_bytes_per_token * (self._a2a_dest / self.model.experts_per_tok if pf > 0 else 1.0)
+                _record(rec, "alltoall", n_layers * a2a, 0.0, n_layers * per_tok * Tg, "communication")
             if rec is not None:
                 _record(rec, "attention", n_layers * (att_p[0] + att_d[0]), n_layers * (att_p[3] + att_d[3]),
                         n_layers * (att_p[4] + att_d[4]), "compute" if a_comp >= a_kv else "memory")
