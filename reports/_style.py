@@ -7,11 +7,13 @@ variant's position in ``summary.json`` (the scenario's order), never by name or 
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -22,7 +24,7 @@ matplotlib.use("Agg")  # headless: reports run in CI and on servers without a di
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, Locator, LogLocator, MaxNLocator, NullLocator
 
@@ -275,13 +277,55 @@ def png_bytes(rgba: npt.NDArray[np.uint8], dpi: float = DPI) -> bytes:
     ))  # fmt: skip
 
 
+class _StringRenderer(RendererAgg):
+    """Agg, drawing each plain-text string as one bitmap.
+
+    matplotlib 3.11 draws text glyph by glyph (a Python loop that sets the size and transform,
+    renders and blends every glyph: ~40 % of a report figure's drawing time); up to 3.10 it
+    rasterised each string into one bitmap in C and blended that once. This renderer keeps the
+    3.10 way for plain text, with the same layout and hinting as 3.11's own measurement of the
+    string (``set_text``), so text sits where matplotlib placed it and reads the same. Mathtext,
+    and any FreeType build without the string bitmap calls, go through matplotlib's own path.
+    Upstream is making the per-glyph path faster (matplotlib PR #32120, merged after 3.11.2);
+    this can go once that is released.
+    """
+
+    def draw_text(  # type: ignore[override]
+        self, gc: Any, x: float, y: float, s: str, prop: Any, angle: float,
+        ismath: bool | str = False, mtext: Any = None,
+    ) -> None:  # fmt: skip
+        font = self._prepare_font(prop) if not ismath else None
+        if font is None or not hasattr(font, "draw_glyphs_to_bitmap"):
+            super().draw_text(gc, x, y, s, prop, angle, ismath, mtext)
+            return
+        font.set_text(s, 0, flags=get_hinting_flag())  # angle 0: draw_text_image rotates
+        font.draw_glyphs_to_bitmap(antialiased=gc.get_antialiased())
+        descent = font.get_descent() / 64.0
+        xo, yo = (v / 64.0 for v in font.get_bitmap_offset())
+        xd, yd = descent * math.sin(math.radians(angle)), descent * math.cos(math.radians(angle))
+        self._renderer.draw_text_image(np.asarray(font.get_image()), round(x + xo + xd),
+                                       round(y + yo + yd) + 1, angle, gc)  # fmt: skip
+
+
+class _ReportCanvas(FigureCanvasAgg):
+    """The Agg canvas of :func:`save_figure`, with :class:`_StringRenderer`."""
+
+    def get_renderer(self) -> RendererAgg:  # type: ignore[override]
+        w, h = self.get_width_height(physical=True)
+        key = (w, h, self.figure.dpi)
+        if getattr(self, "_string_renderer_key", None) != key:
+            self.renderer = _StringRenderer(w, h, self.figure.dpi)
+            self._string_renderer_key = key
+        return self.renderer
+
+
 def save_figure(fig: Figure, path: Path) -> Path:
     """Draw ``fig`` with Agg at :data:`DPI` and write it as a PNG (:func:`png_bytes`), so the
     bytes are reproducible. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.set_dpi(DPI)
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas = _ReportCanvas(fig)
     canvas.draw()
     path.write_bytes(png_bytes(np.asarray(canvas.buffer_rgba()), DPI))
     plt.close(fig)  # harmless for Figure() objects; frees pyplot ones passed in by callers
