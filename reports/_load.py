@@ -98,7 +98,8 @@ def measure_load(run: RunData, v: str) -> Load | None:
         s, e = step_intervals(steps, hold=True)
         fifth = window / 5
         edges = np.array([t0, t0 + fifth, t1 - fifth, t1])
-        q = binned_means(s, e, steps["queue_len"].to_numpy(np.float64), edges)[0]
+        q = binned_means(s, e, steps["queue_len"].to_numpy(np.float64), edges,
+                         steps["replica_id"].to_numpy())[0]  # fmt: skip
         q0, q1 = float(q[0]), float(q[2])
     return Load(
         num_arrivals=len(arrivals),
