@@ -220,6 +220,12 @@ def check_expert_parallel(model: ModelSpec, tp: int, ep: int, adp: int, redundan
             f"attention_data_parallel={adp} needs expert_parallel == tensor_parallel ({tp}): the DeepEP "
             f"all-to-all spreads the experts over the whole group; got expert_parallel={ep}"
         )
+    if adp > 1 and model.num_heads % (tp // adp):
+        raise ConfigError(
+            f"tensor_parallel / attention_data_parallel = {tp // adp} GPUs share each attention group and must "
+            f"divide the {model.num_heads} heads of {model.name}; valid attention_data_parallel: "
+            f"{', '.join(str(d) for d in divisors if model.num_heads % (tp // d) == 0)}"
+        )
     if redundant and ep == 1:
         raise ConfigError(f"redundant_experts={redundant} needs expert_parallel > 1")
     slots = model.num_experts + redundant
