@@ -50,6 +50,10 @@ STACK_PROFILE = {"turbomind": "compiled", "lmdeploy": "compiled", "tensorrt-llm"
                  # NOTE: TensorRT-LLM's static-batch benchmark (NVIDIA's H200 posts): engines run
                  # from a benchmark binary, no serving front end, as compiled.yaml describes.
                  "tensorrt-llm-static": "compiled",
+                 # NOTE: the same benchmark on TensorRT-LLM v0.5/v0.6 (the H200 launch post names
+                 # v0.5.0): generation attention in the CUDA-core masked-MHA kernels; v0.7a's
+                 # tensor-core GQA kernels (its Dec 2023 post) are what `compiled` describes.
+                 "tensorrt-llm-0.5-static": "trtllm-0.5",
                  # NOTE: the engine behind Splitwise's profiling data is not named in the data;
                  # servesim's default step-cost model, host time unknown in the bands.
                  "splitwise-profiler": "generic"}
