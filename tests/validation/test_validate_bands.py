@@ -248,3 +248,34 @@ def test_plan_bands_cli_gives_gpu_count_as_a_range(tmp_path: Path) -> None:
     assert row["gpus_low"] <= row["gpus_mid"] <= row["gpus_high"]
     assert row["max_rate_low"] <= row["max_rate_mid"] <= row["max_rate_high"]
     assert isinstance(row["dominant"], str) and row["dominant"]
+
+
+def test_step_loads_price_one_phase_per_node() -> None:
+    """Load kinds decode_step / prefill_step (the LMSYS PD + large-scale EP cases): the per-node
+    throughput of one steady step of the deployment, every attention rank at the per-GPU batch."""
+    from servesim.hwmodels.stepcost import StepCostModel
+
+    dec = _case("lmsys-ep72-h100-deepseek-v3-decode-b256-ctx2000")
+    m = StepCostModel(gpu="h100-sxm", model="deepseek-v3", scheme="fp8", stack="sglang", tensor_parallel=72,
+                      expert_parallel=72, attention_data_parallel=72, redundant_experts=32)
+    n = 256 * 72
+    step = m.step_time_s(num_decode_seqs=n, decode_ctx_tokens=n * 2000)
+    assert run_case(dec) == pytest.approx(n / step / 9.0, rel=1e-12)
+    pre = _case("lmsys-ep32-h100-deepseek-v3-prefill-p4096")
+    assert 0.7 <= run_case(pre) / pre.reference <= 0.95  # two-batch overlap not modelled
+
+
+@pytest.mark.parametrize(("load", "metric", "message"), [
+    ({"kind": "decode_step", "batch_per_gpu": 8, "node_gpus": 8}, "output_throughput_per_node",
+     "load.context_tokens is missing"),
+    ({"kind": "decode_step", "batch_per_gpu": 8, "context_tokens": 100, "node_gpus": 8}, "output_throughput",
+     "metric 'output_throughput' for load kind decode_step"),
+    ({"kind": "static", "batch": 2, "prompt_tokens": 8, "output_tokens": 8}, "input_throughput_per_node",
+     "needs load kind prefill_step"),
+    ({"kind": "prefill_step", "tokens_per_gpu": 0, "prompt_tokens": 8, "node_gpus": 8}, "input_throughput_per_node",
+     "load.tokens_per_gpu 0 must be a whole number >= 1"),
+])
+def test_bad_step_loads_are_one_line_errors(tmp_path: Path, load: dict[str, Any], metric: str, message: str) -> None:
+    bad = invoke("validate", "--cases", _table(tmp_path, load, metric))
+    assert bad.exit_code == 2 and message in bad.output, bad.output
+    assert "Traceback" not in bad.output
