@@ -91,6 +91,8 @@ class StackProfile:
         kv_quant_decode_eff: bandwidth fraction of decode attention over an 8/4-bit KV cache
             relative to the same kernel over a 16-bit one.
         decode_attn_tensor_cores: false: decode attention computes on CUDA cores.
+        alltoall_overlap_frac: share of the MoE all-to-all hidden behind compute (two-batch
+            overlap); 0 = none (the shipped profiles: not modelled, varied in the bands).
         separate_act_quant: W8A8/FP8 activations are quantized by separate elementwise
             kernels before each quantized GEMM (vLLM, SGLang) rather than fused into the
             preceding norm/activation kernel (TensorRT-LLM).
@@ -114,6 +116,7 @@ class StackProfile:
     mla_attn_eff: float = 1.0
     kv_quant_decode_eff: float = 1.0
     decode_attn_tensor_cores: bool = True
+    alltoall_overlap_frac: float = 0.0
     separate_act_quant: bool = False
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -129,6 +132,10 @@ class StackProfile:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 < v <= 1.5):
                 raise ConfigError(f"{where}: {f} must be an efficiency in (0, 1.5], got {v!r}")
             object.__setattr__(self, f, float(v))
+        a2a = self.alltoall_overlap_frac
+        if not isinstance(a2a, (int, float)) or isinstance(a2a, bool) or not (0 <= a2a <= 1):
+            raise ConfigError(f"{where}: alltoall_overlap_frac must be a fraction in [0, 1], got {a2a!r}")
+        object.__setattr__(self, "alltoall_overlap_frac", float(a2a))
         for f in ("separate_act_quant", "decode_attn_tensor_cores"):
             if not isinstance(getattr(self, f), bool):
                 raise ConfigError(f"{where}: {f} must be true or false, got {getattr(self, f)!r}")

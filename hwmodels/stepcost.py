@@ -498,7 +498,11 @@ class StepCostModel:
                 if self.ep > 1:
                     gemms = [self._expert_parallel_coef(c) if c.is_routed else c for c in gemms]
                 self._kinds.append((float(count), gemms))
-                self._kind_a2a.append(self._alltoall_coef() if moe_layer else (0.0, 0.0, 0.0, 0.0))
+                # Two-batch overlap hides alltoall_overlap_frac of it (stack profile; folded
+                # into the coefficients, so the packed form carries it unchanged).
+                keep = 1.0 - self.stack.alltoall_overlap_frac
+                self._kind_a2a.append(tuple(keep * x for x in self._alltoall_coef()) if moe_layer
+                                      else (0.0, 0.0, 0.0, 0.0))
                 kind_is_moe.append(moe_layer)
         self._head = self._coef(lm_head_gemm(m, self.scheme, tp))
         # Contiguous stages; earlier stages take the remainder layers (as vLLM's

@@ -333,7 +333,9 @@ def case_band(case: Case, params: StackParams | None = None, *, quick: bool = Fa
     stack = scenario_stack(case_scenario(case, profile=profile))
     factors, _ = band_factors(str(hw.get("gpu")), base, has_profile=profile is not None, seed=seed,
                               vary_seed=case.load["kind"] not in ("static", *_STEP_METRIC), multi_gpu=multi, stack=stack,
-                              stack_borrowed=profile is None and case.stack in STACK_PROFILE)
+                              stack_borrowed=profile is None and case.stack in STACK_PROFILE,
+                              alltoall=int(hw.get("expert_parallel", 1)) > 1
+                              and int(hw.get("attention_data_parallel", 1)) > 1)
     memo: dict[tuple[StackParams, int], dict[str, float]] = {}
 
     def evaluate(p: StackParams, s: int) -> dict[str, float]:
