@@ -203,7 +203,7 @@ def test_bands_cover_at_least_80_percent_of_the_shipped_validation() -> None:
     The misses (docs/validation.md): LMDeploy's TP-4 Llama-2-70B runs at batch 64 (25-39 %
     fast), 4-bit AWQ decode on the RTX 4090 (40 % slow), and Splitwise's TP-8 Llama-2-70B decode
     probes (52-60 % fast: a ~20-30 ms per-step cost of the profiled engine that no stack
-    profile has). 40 of 48 covered.
+    profile has). 44 of 52 covered (the 4 LMSYS EP cases through the all-to-all overlap factor).
     """
     df = run_cases(load_cases(), quick=True, bands=True)
     assert (df["low"] <= df["predicted"]).all() and (df["predicted"] <= df["high"]).all()
@@ -279,3 +279,17 @@ def test_bad_step_loads_are_one_line_errors(tmp_path: Path, load: dict[str, Any]
     bad = invoke("validate", "--cases", _table(tmp_path, load, metric))
     assert bad.exit_code == 2 and message in bad.output, bad.output
     assert "Traceback" not in bad.output
+
+
+def test_alltoall_deployments_get_an_overlap_factor() -> None:
+    """EP + DP attention cases: the band spans no overlap (nominal) to the whole all-to-all
+    hidden; other cases have no such factor."""
+    factors, _ = band_factors("h100-sxm", StackParams(), has_profile=False, multi_gpu=True, alltoall=True)
+    (f,) = [f for f in factors if f.name == "alltoall_overlap"]
+    assert f.low == StackParams() and f.high.alltoall_overlap_frac == 1.0
+    plain, _ = band_factors("h100-sxm", StackParams(), has_profile=False, multi_gpu=True)
+    assert all(f.name != "alltoall_overlap" for f in plain)
+    band = case_band(_case("lmsys-ep72-h100-deepseek-v3-decode-b256-ctx2000"))
+    assert band.dominant == "all-to-all overlap (two-batch overlap)" and band.high > 1.8 * band.mid
+    with pytest.raises(Exception, match="alltoall_overlap_frac"):
+        StackParams(alltoall_overlap_frac=2.0)
