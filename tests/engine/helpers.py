@@ -100,12 +100,14 @@ def simulate(
     watermark_frac: float = 0.0,
     loop: str = "python",
     until_s: float | None = None,
+    prefix_caching: bool = False,
 ) -> SimpleNamespace:
     """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects.
 
     ``loop="reference"`` runs the plain reference replica (``simulator.reference``);
     ``loop="compiled"`` runs the compiled loop (vllm/sarathi/orca on paged KV; ``cost`` a roofline
-    ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``).
+    ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``);
+    ``prefix_caching`` turns on vLLM v1's automatic prefix caching (paged only).
     """
     cost = cost or LinearCost()
     env = simpy.Environment()
@@ -128,6 +130,7 @@ def simulate(
             max_seq_len=max_seq_len,
             reservation=reservation,
             watermark_frac=watermark_frac,
+            prefix_caching=prefix_caching,
         )
         if compiled:
             rec.cost_models[i] = cost
