@@ -155,6 +155,7 @@ _NO_KEYS = np.zeros(0, dtype=np.int64)
 # Reserved regions: 13-15 prefix caching / radix, 16-18 swap and contiguous, 19-21 fan-out
 # and dependents, 22-23 spare.
 K_RUN, K_FREE, K_CTX, K_GEN, K_TGT, K_OWNER, K_CHUNK, K_DEC, K_IDS, K_TOT, K_ITL = 0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 24
+K_APCOK = 13  # APC: leading pages of the slot whose own blocks are their trie nodes
 
 
 def itl_offset(slots: int) -> int:
@@ -211,10 +212,22 @@ def _held_pages(ri, rq, kva, req, slot, total):
 @njit(cache=True)
 def _cache_computed(ri, rq, kva, pk, req, slot, total, now_s):
     """The first ``total`` tokens of ``slot`` are computed: cache its full pages now
-    (``ReferenceReplica._cache_computed``; radix and APC)."""
+    (``ReferenceReplica._cache_computed``; radix and APC).
+
+    NOTE(speed): with APC, a page whose trie node is a block the slot holds stays so while
+    the slot lives (held blocks are never in the free queue, so neither they nor their
+    ancestors, held too, are evicted), so re-inserting those pages walks the trie and
+    changes nothing; ``K_APCOK`` counts them and insertion resumes after them (decode
+    fills a page every ``P`` tokens, and past the prompt's identity there is nothing new).
+    """
     n = _held_pages(ri, rq, kva, req, slot, total)
-    if n > 0:
-        _blocks.cache_blocks(kva, slot, _keys(rq, pk, req, n), n, now_s)
+    if n <= 0:
+        return
+    if ri[H_APC] == 1:
+        o_ok = H_HEADER + K_APCOK * ri[H_S] + slot
+        ri[o_ok] = _prefix.apc_cache(kva, slot, _keys(rq, pk, req, n), n, ri[o_ok])
+        return
+    _blocks.cache_blocks(kva, slot, _keys(rq, pk, req, n), n, now_s)
 
 
 @njit(cache=True)
@@ -500,6 +513,7 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, chunked):
             rq[R_CACHED, req] = hit
             rqf[Q_FIRST_SCHED, req] = now_s
         ri[o_ctx + slot] = hit
+        ri[H_HEADER + K_APCOK * s + slot] = 0
         ri[o_tgt + slot] = rq[R_OUTPUT, req]
         ri[o_gen + slot] = rq[R_GEN, req]
         ri[o_owner + slot] = req

@@ -50,18 +50,18 @@ def page_keys_csr(
     klo = np.concatenate(([0], np.cumsum(kn)[:-1])).astype(np.int64)
     total = int(kn.sum())
     if bt % p == 0:
-        # Each page lies in one block: key (k*P mod bt, id) -> packed or interned.
+        # Each page lies in one block: key (k*P mod bt, id) -> id * per + k mod per, or
+        # interned when the ids are too large (or negative) to pack.
         per = bt // p
-        req = np.repeat(np.arange(len(kn)), kn)
-        k = np.arange(total, dtype=np.int64) - klo[req]
-        blk = ids[offsets[:-1][req] + k // per]
-        sub = k % per
-        if len(blk) == 0 or (blk.min() >= 0 and blk.max() < _PACK_LIMIT):
-            pk = blk * per + sub
-        else:
-            pairs = np.stack([blk, sub], axis=1)
-            _, pk = np.unique(pairs, axis=0, return_inverse=True)
-        return klo, kn, np.ascontiguousarray(pk.reshape(-1), dtype=np.int64)
+        blk = np.empty(total, dtype=np.int64)
+        sub = np.empty(total, dtype=np.int64)
+        _page_blocks(offsets, ids, kn, klo, per, blk, sub)
+        if len(ids) == 0 or (ids.min() >= 0 and ids.max() < _PACK_LIMIT):
+            blk *= per
+            blk += sub
+            return klo, kn, blk
+        _, inv = np.unique(np.stack([blk, sub], axis=1), axis=0, return_inverse=True)
+        return klo, kn, np.ascontiguousarray(inv.reshape(-1), dtype=np.int64)
     # General case (pages straddle blocks): the facade's interning, page by page.
     pk = np.empty(total, dtype=np.int64)
     intern: dict[tuple[int, tuple[int, ...]], int] = {}
@@ -77,6 +77,18 @@ def page_keys_csr(
             key = (start % bt, tuple(id_list[base + lo : base + hi + 1]))
             pk[out + k] = intern.setdefault(key, len(intern))
     return klo, kn, pk
+
+
+@njit(cache=True)
+def _page_blocks(offsets, ids, kn, klo, per, blk, sub):
+    """Page ``k`` of request ``i`` lies in its block ``k // per`` at ``k % per`` pages in:
+    ``blk[klo[i] + k]`` is that block's id, ``sub[klo[i] + k]`` the page's place in it."""
+    for i in range(kn.shape[0]):
+        base = offsets[i]
+        out = klo[i]
+        for k in range(kn[i]):
+            blk[out + k] = ids[base + k // per]
+            sub[out + k] = k % per
 
 
 @njit(cache=True)
@@ -101,3 +113,46 @@ def held_pages(kva, s, total, kn):
         n = kn
     t = table_len(kva, s)
     return n if n < t else t
+
+
+@njit(cache=True)
+def apc_cache(kva, s, keys, n, k):
+    """APC ``cache_blocks`` of ``keys[:n]`` for live seq ``s`` whose first ``k`` pages are
+    its own trie nodes (see :func:`own_trie_pages`): the trie walk over them finds them and
+    changes nothing, so insertion resumes at page ``k``. Returns the new count."""
+    if n <= k:
+        return k
+    nb = kva[_blocks.C_NB]
+    table = _blocks._table(kva)
+    node0 = 0
+    if k > 0:
+        node0 = _blocks._f32(kva, _blocks.O_BLOCK_NODE, nb)[table[s, k - 1]]
+    _blocks.apc_insert_from(kva, s, keys, n, k, node0)
+    return own_trie_pages(kva, s, keys, n, k, node0)
+
+
+@njit(cache=True)
+def own_trie_pages(kva, s, keys, n, k, node):
+    """APC: how many leading pages of ``keys[:n]`` seq ``s`` holds as the trie's own nodes
+    (``table[s, i]`` is the trie node of ``keys[i]`` under page ``i - 1``'s node), given that
+    the first ``k`` are and page ``k - 1``'s node is ``node`` (0: the root).
+
+    Such pages stay so while ``s`` lives: a held block is never in the free queue, so
+    neither it nor its ancestors (held too) can be evicted.
+    """
+    nb = kva[_blocks.C_NB]
+    nn = kva[_blocks.C_NN]
+    in_tree = _blocks._f8(kva, _blocks.O_IN_TREE, nb)
+    block_node = _blocks._f32(kva, _blocks.O_BLOCK_NODE, nb)
+    block_key = _blocks._f64(kva, _blocks.O_BLOCK_KEY, nb)
+    parent = _blocks._f32(kva, _blocks.O_PARENT, nn)
+    table = _blocks._table(kva)
+    for i in range(k, n):
+        b = table[s, i]
+        if in_tree[b] != 1 or block_key[b] != keys[i]:
+            return i
+        u = block_node[b]
+        if u < 0 or parent[u] != node:
+            return i
+        node = u
+    return n
