@@ -33,8 +33,10 @@ import numpy as np
 from numba import njit
 
 from servesim.hwmodels.stepkernel import packed_step_time_s as step_time_s
+from servesim.simulator.compiled import _prefix
 from servesim.simulator.memory.kernels import _blocks
 from servesim.simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS
+from servesim.simulator.scheduling.sglang import LPM_MAX_QUEUE as _SGLANG_LPM_MAX_QUEUE
 
 # Request fields, rows of ``rq``.
 R_PROMPT = 0
@@ -50,12 +52,16 @@ R_SLOT = 9  # -1 while holding no KV
 R_CACHED = 10
 # Reserved request rows (one range per feature, so parallel work merges cleanly):
 # 11-13 prefix caching / radix, 14-16 swap and contiguous, 17-20 fan-out and dependents.
+R_KLO = 11  # where the request's page keys start in ``pk``
+R_KN = 12  # page keys its prefix identity describes (0: none)
+R_LPM = 13  # sglang: its cached prefix tokens when the queue was ordered (scratch)
 R_NUM = 24
 # Rows of ``rqf``.
 Q_FIRST_SCHED = 0
 Q_FIRST_TOKEN = 1
 Q_FINISH = 2
 # Reserved: 3 prefix caching / radix, 4 swap and contiguous, 5-6 fan-out and dependents.
+Q_ARRIVAL = 3  # when the request was routed (``ReqState.arrival_s``; sglang's starvation guard)
 Q_NUM = 8
 
 # Phases (as simulator.request).
@@ -92,12 +98,19 @@ H_BUDGET = 23  # decode-then-prefill policies: token budget per step
 # Reserved header words, one range per feature: 24-31 prefix caching / radix / sglang,
 # 32-39 swap and contiguous / static, 40-47 fan-out, dependents and the cycle cost,
 # 48-63 spare.
+H_CACHES = 24  # 1: the manager caches prefixes (radix; paged with prefix caching)
+H_APC = 25  # 1: it caches a chunk's pages when the chunk is scheduled (vLLM v1 APC)
+H_HIT = 26  # cumulative prefix-hit tokens at admission
+H_LPM = 27  # sglang: the queue is ordered by cached prefix in this admission pass
 H_HEADER = 64
 # Scheduling policies the kernel runs (``simulator.scheduling``).
 POLICY_VLLM = 0
 POLICY_SARATHI = 1  # decodes first, then prompt chunks under chunk_size_tokens
 POLICY_ORCA = 2  # decodes first, then whole prompts under max_num_batched_tokens
-POLICIES = {"vllm": POLICY_VLLM, "sarathi": POLICY_SARATHI, "orca": POLICY_ORCA}
+POLICY_SGLANG = 3  # prefill-first, chunked, queue by longest cached prefix (``sglang.py``)
+POLICIES = {"vllm": POLICY_VLLM, "sarathi": POLICY_SARATHI, "orca": POLICY_ORCA, "sglang": POLICY_SGLANG}
+#: SGLang orders by cached prefix only for queues of 2..LPM_MAX_QUEUE (``sglang.py``).
+LPM_MAX_QUEUE = _SGLANG_LPM_MAX_QUEUE
 # ``rf`` scalars.
 F_T = 0  # when the next step is planned (the replica's clock)
 F_ECUR = 1  # end of the step in flight
@@ -108,11 +121,13 @@ F_ITL_SQ = 5
 F_LASTGAP = 6
 # Reserved: 8-11 prefix caching / radix, 12-15 swap and contiguous, 16-19 fan-out,
 # dependents and the cycle cost, 20-23 spare.
+F_STARVE = 8  # sglang: starvation_limit_s
 F_HEADER = 24
 # Step-row columns.
 SF_T, SF_D, SF_A = 0, 1, 2
 SF_NUM = 3
-# (Paged KV has no reserved, externally fragmented or cached slots: those columns are zero.)
+# (Paged KV has no reserved or externally fragmented slots: those columns are zero; cached
+# slots are pages held only by the prefix cache.)
 SI_RUN, SI_NPF, SI_PT, SI_DT, SI_Q, SI_PRE, SI_TOK, SI_INT, SI_FREE, SI_SAMP = range(10)
 SI_RES, SI_EXT, SI_CACHED = 10, 11, 12  # reserved / externally fragmented / cached slots
 SI_NUM = 13
@@ -140,6 +155,7 @@ _NO_KEYS = np.zeros(0, dtype=np.int64)
 # Reserved regions: 13-15 prefix caching / radix, 16-18 swap and contiguous, 19-21 fan-out
 # and dependents, 22-23 spare.
 K_RUN, K_FREE, K_CTX, K_GEN, K_TGT, K_OWNER, K_CHUNK, K_DEC, K_IDS, K_TOT, K_ITL = 0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 24
+K_APCOK = 13  # APC: leading pages of the slot whose own blocks are their trie nodes
 
 
 def itl_offset(slots: int) -> int:
@@ -149,6 +165,69 @@ def itl_offset(slots: int) -> int:
 
 def ri_words(slots: int) -> int:
     return itl_offset(slots) + ITL_NUM_BINS
+
+
+# ---------------------------------------------------------------- prefix identity (radix, APC)
+# A request's page keys are ``pk[rq[R_KLO]:][:rq[R_KN]]`` (``_prefix.page_keys_csr``); a
+# manager that caches no prefixes sees none (``H_CACHES`` 0), as ``_page_keys`` returns none.
+
+
+@njit(cache=True)
+def _keys(rq, pk, req, n):
+    lo = rq[R_KLO, req]
+    return pk[lo : lo + n]
+
+
+@njit(cache=True)
+def _admit_pages(ri, rq, req, ntok, page):
+    """Keys ``admit`` / ``match_prefix`` look up for an ``ntok``-token prompt: its full
+    pages, capped so that at least one token is computed (``PagedKVCache._cap_pages``)."""
+    if ri[H_CACHES] == 0:
+        return 0
+    n = ntok // page
+    if rq[R_KN, req] < n:
+        n = rq[R_KN, req]
+    cap = (ntok - 1 if ntok > 1 else 0) // page
+    return n if n < cap else cap
+
+
+@njit(cache=True)
+def _match_tokens(ri, rq, kva, pk, req):
+    """Prompt tokens of ``req`` cached here now (``Replica.match_prefix_tokens``)."""
+    page = kva[_blocks.C_PAGE]
+    n = _admit_pages(ri, rq, req, rq[R_PROMPT, req], page)
+    if n == 0:
+        return 0
+    return _blocks.match_len(kva, _keys(rq, pk, req, n), n) * page
+
+
+@njit(cache=True)
+def _held_pages(ri, rq, kva, req, slot, total):
+    """Keys ``free`` / ``cache_computed`` pass for ``total`` computed tokens."""
+    if ri[H_CACHES] == 0 or rq[R_KN, req] == 0:
+        return 0
+    return _prefix.held_pages(kva, slot, total, rq[R_KN, req])
+
+
+@njit(cache=True)
+def _cache_computed(ri, rq, kva, pk, req, slot, total, now_s):
+    """The first ``total`` tokens of ``slot`` are computed: cache its full pages now
+    (``ReferenceReplica._cache_computed``; radix and APC).
+
+    NOTE(speed): with APC, a page whose trie node is a block the slot holds stays so while
+    the slot lives (held blocks are never in the free queue, so neither they nor their
+    ancestors, held too, are evicted), so re-inserting those pages walks the trie and
+    changes nothing; ``K_APCOK`` counts them and insertion resumes after them (decode
+    fills a page every ``P`` tokens, and past the prompt's identity there is nothing new).
+    """
+    n = _held_pages(ri, rq, kva, req, slot, total)
+    if n <= 0:
+        return
+    if ri[H_APC] == 1:
+        o_ok = H_HEADER + K_APCOK * ri[H_S] + slot
+        ri[o_ok] = _prefix.apc_cache(kva, slot, _keys(rq, pk, req, n), n, ri[o_ok])
+        return
+    _blocks.cache_blocks(kva, slot, _keys(rq, pk, req, n), n, now_s)
 
 
 @njit(cache=True)
@@ -163,13 +242,18 @@ def _remove_running(ri, o_run, req):
 
 
 @njit(cache=True)
-def _release(ri, rq, kva, req, now_s):
-    """Drop the request's KV and give its slot back (``Replica._release_slots``)."""
+def _release(ri, rq, kva, pk, req, now_s):
+    """Drop the request's KV and give its slot back (``Replica._release_slots``); a
+    prefix-caching manager caches its full computed pages."""
     s = ri[H_S]
     o_free = H_HEADER + K_FREE * s
     o_owner = H_HEADER + K_OWNER * s
     slot = rq[R_SLOT, req]
-    _blocks.release(kva, slot, _NO_KEYS, 0, now_s)
+    n = _held_pages(ri, rq, kva, req, slot, ri[H_HEADER + K_CTX * s + slot])
+    if n > 0:
+        _blocks.release(kva, slot, _keys(rq, pk, req, n), n, now_s)
+    else:
+        _blocks.release(kva, slot, _NO_KEYS, 0, now_s)
     ri[o_owner + slot] = -1
     ri[o_free + ri[H_FREE_TOP]] = slot
     ri[H_FREE_TOP] += 1
@@ -211,7 +295,7 @@ def _push_back(ri, wq, req):
 
 
 @njit(cache=True)
-def _preempt(ri, wq, rq, kva, req, now_s):
+def _preempt(ri, wq, rq, kva, pk, req, now_s):
     """Recompute preemption (``Replica.preempt`` with mode ``recompute``)."""
     s = ri[H_S]
     o_run = H_HEADER + K_RUN * s
@@ -222,7 +306,7 @@ def _preempt(ri, wq, rq, kva, req, now_s):
     rq[R_NPRE, req] += 1
     _remove_running(ri, o_run, req)
     if slot >= 0:
-        _release(ri, rq, kva, req, now_s)
+        _release(ri, rq, kva, pk, req, now_s)
     rq[R_PHASE, req] = WAITING
     g = rq[R_GEN, req]
     rq[R_TARGET, req] = rq[R_PROMPT, req] + (g - 1 if g > 1 else 0)
@@ -231,7 +315,7 @@ def _preempt(ri, wq, rq, kva, req, now_s):
 
 
 @njit(cache=True)
-def _decode_with_preemption(ri, wq, rq, kva, now_s):
+def _decode_with_preemption(ri, wq, rq, kva, pk, now_s):
     """Every decoding sequence gets one more slot; the latest-arrived request is preempted
     while that does not fit (``Scheduler._decode_with_preemption``)."""
     s = ri[H_S]
@@ -268,7 +352,7 @@ def _decode_with_preemption(ri, wq, rq, kva, now_s):
         if victim < 0:
             ri[H_NDEC] = 0
             return DONE_OK
-        _preempt(ri, wq, rq, kva, victim, now_s)
+        _preempt(ri, wq, rq, kva, pk, victim, now_s)
         ri[H_NPRE] += 1
 
 
@@ -282,7 +366,7 @@ def _add_chunk(ri, o_chunk, req, new, ctx):
 
 
 @njit(cache=True)
-def _continue_prefills(ri, rq, kva, budget):
+def _continue_prefills(ri, rq, kva, pk, budget, now_s):
     """Next chunks of admitted, partly computed prompts, FCFS (``_continue_prefills``).
 
     Returns (status, budget left)."""
@@ -310,15 +394,74 @@ def _continue_prefills(ri, rq, kva, budget):
             return ERR_GROW, budget
         if status != _blocks.OK:
             continue
+        if ri[H_APC] == 1:  # vLLM v1 caches a chunk's pages when it schedules it
+            _cache_computed(ri, rq, kva, pk, req, ri[o_ids], comp + new, now_s)
         _add_chunk(ri, o_chunk, req, new, comp)
         budget -= new
     return DONE_OK, budget
 
 
 @njit(cache=True)
-def _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, chunked):
-    """Admit queued requests FCFS while seats, token budget and memory allow
-    (``Scheduler._admit_waiting`` and ``Replica.admit``); no overtaking."""
+def _wq_at(ri, wq, pos):
+    """The ``pos``-th queued request (0: the head)."""
+    i = ri[H_WHEAD] + pos
+    cap = wq.shape[0]
+    return wq[i - cap if i >= cap else i]
+
+
+@njit(cache=True)
+def _wq_remove(ri, wq, pos):
+    """Take the ``pos``-th queued request out of the queue, keeping the others' order."""
+    cap = wq.shape[0]
+    h = ri[H_WHEAD]
+    for i in range(pos, 0, -1):
+        a = h + i
+        b = a - 1
+        wq[a - cap if a >= cap else a] = wq[b - cap if b >= cap else b]
+    _pop_front(ri, wq)
+
+
+@njit(cache=True)
+def _lpm_order(ri, wq, rq, kva, pk):
+    """SGLang's cache-aware order (``SglangScheduler._order``): note each queued request's
+    cached prefix now, when the queue holds 2..LPM_MAX_QUEUE requests (else FCFS)."""
+    n = ri[H_NWAIT]
+    if n > LPM_MAX_QUEUE or n <= 1:
+        ri[H_LPM] = 0
+        return
+    ri[H_LPM] = 1
+    for i in range(n):
+        req = _wq_at(ri, wq, i)
+        rq[R_LPM, req] = _match_tokens(ri, rq, kva, pk, req)
+
+
+@njit(cache=True)
+def _lpm_pick(ri, rf, wq, rq, rqf):
+    """Position of the next request in SGLang's order: the first starving one (waited longer
+    than ``starvation_limit_s``) in queue order, else the longest cached prefix, then the
+    earliest arrival. Admitted requests leave the queue, so the next pick is the next in
+    the order the scheduler sorted once."""
+    now_s = rf[F_T]
+    limit_s = rf[F_STARVE]
+    best = -1
+    best_req = -1
+    for i in range(ri[H_NWAIT]):
+        req = _wq_at(ri, wq, i)
+        if now_s - rqf[Q_ARRIVAL, req] > limit_s:
+            return i
+        if best < 0 or rq[R_LPM, req] > rq[R_LPM, best_req] or (
+            rq[R_LPM, req] == rq[R_LPM, best_req] and rq[R_ORDER, req] < rq[R_ORDER, best_req]
+        ):
+            best = i
+            best_req = req
+    return best
+
+
+@njit(cache=True)
+def _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, chunked):
+    """Admit queued requests while seats, token budget and memory allow
+    (``Scheduler._admit_waiting`` and ``Replica.admit``): FCFS, or SGLang's cache-aware
+    order; admission stops at the first request that does not fit (no overtaking)."""
     s = ri[H_S]
     o_run = H_HEADER + K_RUN * s
     o_free = H_HEADER + K_FREE * s
@@ -330,74 +473,97 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, chunked):
     o_ids = H_HEADER + K_IDS * s
     o_tot = H_HEADER + K_TOT * s
     now_s = rf[F_T]
+    page = kva[_blocks.C_PAGE]
     max_tokens = ri[H_MAX_TOKENS]
     seats = ri[H_MAX_SEQS] - ri[H_NRUN]
+    if ri[H_POLICY] == POLICY_SGLANG:
+        _lpm_order(ri, wq, rq, kva, pk)
+    else:
+        ri[H_LPM] = 0
     while ri[H_NWAIT] > 0:
-        req = wq[ri[H_WHEAD]]
+        pos = _lpm_pick(ri, rf, wq, rq, rqf) if ri[H_LPM] == 1 else 0
+        req = _wq_at(ri, wq, pos)
         if budget <= 0 or seats < 1:
             break
         target = rq[R_TARGET, req]
-        # Whole prompts unless one exceeds the whole budget and is the step's first.
-        if not chunked and target > budget and (ri[H_NPF] > 0 or budget < max_tokens):
-            break
+        # Whole prompts unless one exceeds the whole budget and is the step's first; what
+        # the prefix cache holds need not be computed.
+        if not chunked:
+            need = target - _match_tokens(ri, rq, kva, pk, req)
+            if need > budget and (ri[H_NPF] > 0 or budget < max_tokens):
+                break
         if ri[H_FREE_TOP] < 1:
             break
         ri[H_FREE_TOP] -= 1
         slot = ri[o_free + ri[H_FREE_TOP]]
-        m = _blocks.admit(kva, slot, _NO_KEYS, 0, target, now_s)
+        n = _admit_pages(ri, rq, req, target, page)
+        if n > 0:
+            m = _blocks.admit(kva, slot, _keys(rq, pk, req, n), n, target, now_s)
+        else:
+            m = _blocks.admit(kva, slot, _NO_KEYS, 0, target, now_s)
         if m < 0:
             ri[H_FREE_TOP] += 1
             break
+        hit = m * page
         ri[H_PQ] += target
+        ri[H_HIT] += hit
         rq[R_SLOT, req] = slot
-        rq[R_COMPUTED, req] = 0
+        rq[R_COMPUTED, req] = hit
         if rq[R_NPRE, req] == 0 and rq[R_FTD, req] == 0:
-            rq[R_CACHED, req] = 0
+            rq[R_CACHED, req] = hit
             rqf[Q_FIRST_SCHED, req] = now_s
-        ri[o_ctx + slot] = 0
+        ri[o_ctx + slot] = hit
+        ri[H_HEADER + K_APCOK * s + slot] = 0
         ri[o_tgt + slot] = rq[R_OUTPUT, req]
         ri[o_gen + slot] = rq[R_GEN, req]
         ri[o_owner + slot] = req
         rq[R_PHASE, req] = PREFILL
-        _pop_front(ri, wq)
+        _wq_remove(ri, wq, pos)
         ri[o_run + ri[H_NRUN]] = req
         ri[H_NRUN] += 1
-        new = target if target < budget else budget
+        new = target - hit
+        if new > budget:
+            new = budget
         ri[o_ids] = slot
-        ri[o_tot] = new
+        ri[o_tot] = hit + new
         status = _blocks.grow(kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
         if status < 0:
             return ERR_GROW
         if status != _blocks.OK:
             # Abort the admission (``Replica.abort_admission``).
-            _release(ri, rq, kva, req, now_s)
+            _release(ri, rq, kva, pk, req, now_s)
             rq[R_PHASE, req] = WAITING
             rq[R_COMPUTED, req] = 0
             ri[H_NRUN] -= 1
             _push_front(ri, wq, req)
             break
-        _add_chunk(ri, o_chunk, req, new, 0)
+        if ri[H_APC] == 1:
+            _cache_computed(ri, rq, kva, pk, req, slot, hit + new, now_s)
+        _add_chunk(ri, o_chunk, req, new, hit)
         budget -= new
         seats -= 1
     return DONE_OK
 
 
 @njit(cache=True)
-def _plan(ri, rf, wq, rq, rqf, kva):
-    """The plan of the step at ``rf[F_T]``: ``VllmScheduler.schedule`` (prefill-first), or
+def _plan(ri, rf, wq, rq, rqf, kva, pk):
+    """The plan of the step at ``rf[F_T]``: ``VllmScheduler.schedule`` (prefill-first),
+    ``SglangScheduler.schedule`` (prefill-first, chunked, cache-aware order), or
     ``Scheduler._decode_then_prefill`` (Sarathi-Serve chunks, Orca whole prompts)."""
     now_s = rf[F_T]
     ri[H_NPF] = 0
     ri[H_NDEC] = 0
     ri[H_NPRE] = 0
-    if ri[H_POLICY] != POLICY_VLLM:
-        status = _decode_with_preemption(ri, wq, rq, kva, now_s)
+    if ri[H_POLICY] == POLICY_SARATHI or ri[H_POLICY] == POLICY_ORCA:
+        status = _decode_with_preemption(ri, wq, rq, kva, pk, now_s)
         if status < 0:
             return status
-        status, budget = _continue_prefills(ri, rq, kva, ri[H_BUDGET] - ri[H_NDEC])
+        status, budget = _continue_prefills(ri, rq, kva, pk, ri[H_BUDGET] - ri[H_NDEC], now_s)
         if status < 0:
             return status
-        return _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, ri[H_POLICY] == POLICY_SARATHI)
+        return _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, ri[H_POLICY] == POLICY_SARATHI)
+    # vLLM and SGLang: prefills first (SGLang chunks them and orders the queue by cached
+    # prefix); with nothing to admit or continue, both plans are the decode step.
     o_run = H_HEADER + K_RUN * ri[H_S]
     pending = False
     for i in range(ri[H_NRUN]):
@@ -405,16 +571,16 @@ def _plan(ri, rf, wq, rq, rqf, kva):
             pending = True
             break
     if ri[H_NWAIT] == 0 and not pending:
-        return _decode_with_preemption(ri, wq, rq, kva, now_s)
-    status, budget = _continue_prefills(ri, rq, kva, ri[H_MAX_TOKENS])
+        return _decode_with_preemption(ri, wq, rq, kva, pk, now_s)
+    status, budget = _continue_prefills(ri, rq, kva, pk, ri[H_MAX_TOKENS], now_s)
     if status < 0:
         return status
-    status = _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, False)
+    status = _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, ri[H_POLICY] == POLICY_SGLANG)
     if status < 0:
         return status
     if ri[H_NPF] > 0:
         return DONE_OK
-    return _decode_with_preemption(ri, wq, rq, kva, now_s)
+    return _decode_with_preemption(ri, wq, rq, kva, pk, now_s)
 
 
 @njit(cache=True)
@@ -429,15 +595,15 @@ def _itl_bin(gap):
 
 
 @njit(cache=True)
-def _finish(ri, rq, rqf, kva, req, end_s):
-    _release(ri, rq, kva, req, end_s)
+def _finish(ri, rq, rqf, kva, pk, req, end_s):
+    _release(ri, rq, kva, pk, req, end_s)
     rq[R_PHASE, req] = DONE
     _remove_running(ri, H_HEADER + K_RUN * ri[H_S], req)
     rqf[Q_FINISH, req] = end_s
 
 
 @njit(cache=True)
-def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
+def _commit(ri, rf, rq, rqf, kva, pk, sf, si, sq):
     """End the step in flight: tokens, first tokens, finishes, then its step row."""
     s = ri[H_S]
     o_ctx = H_HEADER + K_CTX * s
@@ -450,6 +616,7 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
     o_itl = H_HEADER + K_ITL * s
     o_last = F_HEADER
     end_s = rf[F_ECUR]
+    page = kva[_blocks.C_PAGE]
     npf = ri[H_NPF]
     for c in range(npf):
         req = ri[o_chunk + 3 * c]
@@ -457,6 +624,8 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
         rq[R_COMPUTED, req] = comp
         slot = rq[R_SLOT, req]
         ri[o_ctx + slot] = comp
+        if ri[H_CACHES] == 1:
+            _cache_computed(ri, rq, kva, pk, req, slot, comp, end_s)
         if comp < rq[R_TARGET, req]:
             continue
         g = rq[R_GEN, req] + 1
@@ -468,7 +637,7 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
         rf[o_last + slot] = end_s
         rq[R_PHASE, req] = DECODE
         if g >= rq[R_OUTPUT, req]:
-            _finish(ri, rq, rqf, kva, req, end_s)
+            _finish(ri, rq, rqf, kva, pk, req, end_s)
     ndec = ri[H_NDEC]
     if ndec > 0:
         nfin = 0
@@ -482,6 +651,10 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
             rf[F_ITL_SUM] += gap
             rf[F_ITL_SQ] += gap * gap
             ri[o_ctx + slot] += 1
+            if ri[H_CACHES] == 1 and ri[o_ctx + slot] % page == 0 and ri[o_owner + slot] >= 0:
+                # This token filled a page: cache it (the reference does so after every
+                # sequence's context grew and before any token count does; neither is read).
+                _cache_computed(ri, rq, kva, pk, ri[o_owner + slot], slot, ri[o_ctx + slot], end_s)
             g = ri[o_gen + slot] + 1
             ri[o_gen + slot] = g
             rf[o_last + slot] = end_s
@@ -499,21 +672,22 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
         for j in range(nfin):
             req = ri[o_ids + j]
             rq[R_GEN, req] = ri[o_gen + rq[R_SLOT, req]]
-            _finish(ri, rq, rqf, kva, req, end_s)
+            _finish(ri, rq, rqf, kva, pk, req, end_s)
     running = ndec
     for c in range(npf):
         if rq[R_SLOT, ri[o_chunk + 3 * c]] >= 0:
             running += 1
     # The step row, with the memory split after the step (paged: no reservation, no
-    # external fragmentation; ``PagedKVCache.stats``).
+    # external fragmentation; pages held only by the prefix cache are cached slots;
+    # ``PagedKVCache.stats``).
     row = ri[H_ROW]
     sf[SF_T, row] = rf[F_T]
     sf[SF_D, row] = rf[F_D]
     sf[SF_A, row] = rf[F_A]
-    page = kva[_blocks.C_PAGE]
     tokens = kva[_blocks.C_TOKENS]
     free_b = kva[_blocks.C_FREE_TOP]
-    used_b = kva[_blocks.C_NB] - free_b
+    cached_b = kva[_blocks.C_CACHED]
+    used_b = kva[_blocks.C_NB] - free_b - cached_b
     si[SI_RUN, row] = running
     si[SI_NPF, row] = npf
     si[SI_PT, row] = ri[H_P]
@@ -523,10 +697,12 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
     si[SI_TOK, row] = tokens
     si[SI_INT, row] = used_b * page - tokens
     si[SI_FREE, row] = free_b * page
+    si[SI_CACHED, row] = cached_b * page
     si[SI_SAMP, row] = ri[H_SAMP]
     sq[SQ_KV, row] = ri[H_K]
     sq[SQ_CTX, row] = ri[H_CTXSUM]
     sq[SQ_PQ, row] = ri[H_PQ]
+    sq[SQ_HIT, row] = ri[H_HIT]
     ri[H_ROW] = row + 1
     ri[H_NSTEPS] += 1
     rf[F_T] = end_s
@@ -573,7 +749,7 @@ def _start_step(ri, rf, rq, cf):
 
 
 @njit(cache=True)
-def advance(ri, rf, wq, rq, rqf, kva, cf, sf, si, sq, until_s, new_req):
+def advance(ri, rf, wq, rq, rqf, kva, pk, cf, sf, si, sq, until_s, new_req):
     """Run the replica up to ``until_s``, then queue ``new_req`` (``-1``: none) arriving then.
 
     Commits every step ending before ``until_s`` and plans the next one as each ends;
@@ -585,7 +761,7 @@ def advance(ri, rf, wq, rq, rqf, kva, cf, sf, si, sq, until_s, new_req):
             if rf[F_ECUR] < until_s:
                 if ri[H_ROW] >= ri[H_ROWCAP]:
                     return ROWS_FULL
-                _commit(ri, rf, rq, rqf, kva, sf, si, sq)
+                _commit(ri, rf, rq, rqf, kva, pk, sf, si, sq)
                 continue
             break
         if ri[H_IDLE] == 1 or rf[F_T] >= until_s:
@@ -593,7 +769,7 @@ def advance(ri, rf, wq, rq, rqf, kva, cf, sf, si, sq, until_s, new_req):
         if ri[H_NWAIT] == 0 and ri[H_NRUN] == 0:
             ri[H_IDLE] = 1
             break
-        status = _plan(ri, rf, wq, rq, rqf, kva)
+        status = _plan(ri, rf, wq, rq, rqf, kva, pk)
         if status < 0:
             return status
         if ri[H_NPF] == 0 and ri[H_NDEC] == 0:

@@ -14,6 +14,7 @@ import simpy
 
 from servesim.simulator.cluster import Cluster
 from servesim.simulator.compiled import _loop as L
+from servesim.simulator.compiled._prefix import page_keys_csr
 from servesim.simulator.errors import InvariantError
 from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN
 from servesim.simulator.results import STATUS_COMPLETED, Recorder
@@ -40,15 +41,15 @@ def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_pa
                        workload: Any, prefix_caching: bool = False) -> str | None:
     """Why the compiled loop cannot run this variant, or None when it can.
 
-    NOTE(prefix caching): the compiled loop makes no prefix-cache calls, so paged with
-    prefix caching runs there only when the workload carries no prefix block ids (then
-    nothing can hit, and the results equal those without prefix caching).
+    Prefix caching (radix; paged with vLLM v1's automatic prefix caching) runs compiled:
+    the cluster hands the kernel every request's page keys (``_prefix.page_keys_csr``).
+    SGLang always retracts by recompute, whatever ``scheduler.preemption`` says.
     """
     if policy not in L.POLICIES:
         return f"scheduler.policy is {policy!r} (the compiled loop runs {', '.join(map(repr, L.POLICIES))})"
-    if kv_manager != "paged":
-        return f"kv_cache.manager is {kv_manager!r} (the compiled loop runs 'paged')"
-    if preemption != "recompute":
+    if kv_manager not in ("paged", "radix"):
+        return f"kv_cache.manager is {kv_manager!r} (the compiled loop runs 'paged' and 'radix')"
+    if preemption != "recompute" and policy != "sglang":
         return f"scheduler.preemption is {preemption!r} (the compiled loop runs 'recompute')"
     if any(cf is None for cf in cost_packs):
         return "the step-cost model has no packed form (engine.cost_model 'cycle')"
@@ -57,8 +58,6 @@ def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_pa
             return "the workload has parallel sampling or beam search (fan-out)"
         if int(np.max(workload.depends_on)) >= 0:
             return "the workload has dependent requests (closed-loop clients or multi-turn sessions)"
-        if prefix_caching and workload.has_prefix_ids:
-            return "kv_cache.prefix_caching is on and the workload carries prefix block ids"
     return None
 
 
@@ -81,6 +80,7 @@ class CompiledReplica:
         slots: int,
         policy: str = "vllm",
         chunk_size_tokens: int = 512,
+        starvation_limit_s: float = 5.0,
         rq: npt.NDArray[np.int64],
         rqf: npt.NDArray[np.float64],
     ) -> None:
@@ -90,6 +90,9 @@ class CompiledReplica:
         self.cf = cost_pack
         self.rq, self.rqf = rq, rqf
         self.kva = kv._arena
+        # Page keys of the workload (``_prefix.page_keys_csr``), set by the cluster when the
+        # manager caches prefixes.
+        self.pk = np.zeros(0, dtype=np.int64)
         self.slots = slots
         ri = np.zeros(L.ri_words(slots), dtype=np.int64)
         ri[L.H_S] = slots
@@ -98,6 +101,8 @@ class CompiledReplica:
         ri[L.H_POLICY] = L.POLICIES[policy]
         ri[L.H_BUDGET] = chunk_size_tokens if policy == "sarathi" else max_num_batched_tokens
         ri[L.H_IDLE] = 1
+        ri[L.H_CACHES] = int(kv.caches_prefixes)
+        ri[L.H_APC] = int(kv.caches_when_scheduled)
         o_free = L.H_HEADER + L.K_FREE * slots
         ri[o_free : o_free + slots] = np.arange(slots - 1, -1, -1)  # slot 0 is taken first
         ri[L.H_FREE_TOP] = slots
@@ -106,6 +111,7 @@ class CompiledReplica:
         self.ri = ri
         self.rf = np.zeros(L.F_HEADER + slots, dtype=np.float64)
         self.rf[L.F_LASTGAP] = math.nan
+        self.rf[L.F_STARVE] = starvation_limit_s
         self.wq = np.zeros(max(64, 4 * slots), dtype=np.int64)
         self._chunks: list[tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]] = []
         self._chunk_rows = FIRST_CHUNK_ROWS
@@ -119,8 +125,9 @@ class CompiledReplica:
     def kv_load_frac(self, now_s: float) -> float:
         return int(L.kv_tokens_held(self.ri, self.rq)) / max(self.kv.capacity_tokens, 1)
 
-    def match_prefix_tokens(self, req: Any) -> int:
-        return 0  # paged KV caches no prefixes
+    def match_prefix_tokens(self, req: int) -> int:
+        """Prompt tokens of request ``req`` (workload index) cached here now."""
+        return int(L._match_tokens(self.ri, self.rq, self.kva, self.pk, req))
 
     @property
     def num_steps(self) -> int:
@@ -159,7 +166,7 @@ class CompiledReplica:
     def advance(self, until_s: float, new_req: int = -1) -> None:
         """Run up to ``until_s`` (steps ending before it commit), then queue ``new_req``."""
         while True:
-            status = L.advance(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.cf,
+            status = L.advance(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.pk, self.cf,
                                self._sf, self._si, self._sq, until_s, new_req)
             if status == L.DONE_OK:
                 return
@@ -218,8 +225,9 @@ class CompiledReplica:
         o_itl = L.itl_offset(self.slots)
         recorder.add_itl(self.ri[o_itl : o_itl + L.ITL_NUM_BINS], float(self.rf[L.F_ITL_SUM]),
                          float(self.rf[L.F_ITL_SQ]), int(self.ri[L.H_ITL_N]))
-        # The manager's own prefix-query counter, as the Python engine leaves it.
+        # The manager's own prefix counters, as the Python engine leaves them.
         self.kv._prefix_query_tokens = int(self.ri[L.H_PQ])
+        self.kv._prefix_hit_tokens = int(self.ri[L.H_HIT])
 
 
 class CompiledCluster(Cluster):
@@ -250,6 +258,8 @@ class CompiledCluster(Cluster):
         self._fits_by_kv: dict[tuple[int, ...], npt.NDArray[np.bool_]] = {}
         self._all_fit: list[bool] | None = None
         self._stateful = router != "round_robin"
+        self._page_tokens: int | None = None  # page size the keys in rq were built for
+        self._pk = np.zeros(0, dtype=np.int64)
 
     def add_replica(self, replica: Any) -> None:  # type: ignore[override]
         kv = replica.kv
@@ -258,9 +268,22 @@ class CompiledCluster(Cluster):
         if fits is None:
             fits = kv.fits_ever_many(self._prompt, self._prompt + self._output)
             self._fits_by_kv[key] = fits
+        if kv.caches_prefixes and self.wl.has_prefix_ids:
+            replica.pk = self._page_keys(kv.block_size_tokens)
         self.replicas.append(replica)
         self._fits.append(fits)
         self._all_fit = None
+
+    def _page_keys(self, page_tokens: int) -> npt.NDArray[np.int64]:
+        """Every request's page keys for ``page_tokens``-token pages (built once)."""
+        if self._page_tokens is None:
+            klo, kn, self._pk = page_keys_csr(self._offsets, self._ids, self._block_tokens, page_tokens)
+            self.rq[L.R_KLO] = klo
+            self.rq[L.R_KN] = kn
+            self._page_tokens = page_tokens
+        elif page_tokens != self._page_tokens:
+            raise InvariantError(f"replicas with {page_tokens}- and {self._page_tokens}-token pages")
+        return self._pk
 
     def _release(self, idx: int, t_s: float) -> None:
         self.num_released += 1
@@ -279,13 +302,14 @@ class CompiledCluster(Cluster):
                 self.recorder.rejected(idx, t_s, REJECT_KV)
                 return
         self.rq[L.R_ORDER, idx] = self._order
+        self.rqf[L.Q_ARRIVAL, idx] = t_s
         self._order += 1
         if self._stateful and len(eligible) > 1:
             # The router reads every replica's state as of now: bring them up to now.
             for r in self.replicas:
                 if r.next_event_s < t_s:
                     r.advance(t_s)
-        replica = self._route(None, eligible, t_s)  # type: ignore[arg-type]
+        replica = self._route(idx, eligible, t_s)  # type: ignore[arg-type]
         self.recorder.released(idx, t_s, replica.replica_id)
         replica.enqueue(idx, t_s)
 

@@ -100,12 +100,16 @@ def simulate(
     watermark_frac: float = 0.0,
     loop: str = "python",
     until_s: float | None = None,
+    prefix_caching: bool = False,
+    starvation_limit_s: float = 5.0,
 ) -> SimpleNamespace:
     """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects.
 
     ``loop="reference"`` runs the plain reference replica (``simulator.reference``);
     ``loop="compiled"`` runs the compiled loop (vllm/sarathi/orca on paged KV; ``cost`` a roofline
-    ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``).
+    ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``);
+    ``prefix_caching`` turns on vLLM v1's automatic prefix caching (paged only);
+    ``starvation_limit_s`` is SGLang's starvation guard.
     """
     cost = cost or LinearCost()
     env = simpy.Environment()
@@ -128,13 +132,15 @@ def simulate(
             max_seq_len=max_seq_len,
             reservation=reservation,
             watermark_frac=watermark_frac,
+            prefix_caching=prefix_caching,
         )
         if compiled:
             rec.cost_models[i] = cost
             crep = CompiledReplica(
                 replica_id=i, kv=kv, cost_pack=pack, cost=cost, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens, slots=max_num_seqs + 1,
-                policy=policy, chunk_size_tokens=chunk_size_tokens, rq=cluster.rq, rqf=cluster.rqf,
+                policy=policy, chunk_size_tokens=chunk_size_tokens, starvation_limit_s=starvation_limit_s,
+                rq=cluster.rq, rqf=cluster.rqf,
             )
             cluster.add_replica(crep)
             reps.append(crep)
@@ -150,6 +156,7 @@ def simulate(
                 max_num_batched_tokens=max_num_batched_tokens,
                 chunk_size_tokens=chunk_size_tokens,
                 preemption=preemption,
+                starvation_limit_s=starvation_limit_s,
             ),
             recorder=rec,
             max_seqs=max_num_seqs + 1,

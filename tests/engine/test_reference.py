@@ -115,24 +115,33 @@ def test_python_engine_equals_reference(wl, cfg) -> None:
         assert not rep.running and not rep.waiting and not rep.swapped
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(wl=workloads(fanout=False, dependents=False, prefixes=False),
-       policy=st.sampled_from(["vllm", "sarathi", "orca"]),
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wl=workloads(fanout=False, dependents=False),
+       policy=st.sampled_from(["vllm", "sarathi", "orca", "sglang"]),
+       kv=st.sampled_from([("paged", False), ("paged", True), ("radix", False)]),
        capacity_tokens=st.sampled_from([48, 64, 96, 256]),
        max_num_seqs=st.sampled_from([1, 2, 4]),
        max_num_batched_tokens=st.sampled_from([8, 24, 64]),
-       replicas=st.sampled_from([1, 2]))
-def test_compiled_loop_equals_reference(wl, policy, capacity_tokens, max_num_seqs, max_num_batched_tokens,
-                                        replicas) -> None:
-    """The compiled loop's configurations (vllm, sarathi, orca on paged KV, recompute)."""
-    kw = {"policy": policy, "kv_kind": "paged", "capacity_tokens": capacity_tokens, "block_size_tokens": 4,
-          "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
-          "chunk_size_tokens": 12, "max_seq_len": 72, "replicas": replicas, "router": "least_kv_load",
-          "cost": COST}
+       replicas=st.sampled_from([1, 2]),
+       router=st.sampled_from(["least_kv_load", "least_outstanding", "prefix_affinity"]),
+       starvation_limit_s=st.sampled_from([5.0, 0.0, 0.02]))
+def test_compiled_loop_equals_reference(wl, policy, kv, capacity_tokens, max_num_seqs, max_num_batched_tokens,
+                                        replicas, router, starvation_limit_s) -> None:
+    """The compiled loop's configurations: vllm, sarathi, orca and sglang on paged KV (with
+    and without vLLM v1's prefix caching) and on the radix cache, recompute, workloads with
+    and without prefix block ids, prefix-aware routing and SGLang's starvation guard."""
+    kv_kind, prefix_caching = kv
+    kw = {"policy": policy, "kv_kind": kv_kind, "prefix_caching": prefix_caching,
+          "capacity_tokens": capacity_tokens, "block_size_tokens": 4, "max_num_seqs": max_num_seqs,
+          "max_num_batched_tokens": max_num_batched_tokens, "chunk_size_tokens": 12, "max_seq_len": 72,
+          "replicas": replicas, "router": router, "cost": COST, "starvation_limit_s": starvation_limit_s}
     ref = simulate(wl, loop="reference", **kw)
     comp = simulate(wl, loop="compiled", **kw)
     pd.testing.assert_frame_equal(comp.requests, ref.requests, check_exact=True)
     pd.testing.assert_frame_equal(comp.steps, ref.steps, check_exact=True)
+    for a, b in zip(comp.replicas, ref.replicas, strict=True):
+        a.kv.check_invariants()
+        assert a.kv.stats() == b.kv.stats()
 
 
 def test_reference_forces_preemption_on_a_tiny_pool() -> None:

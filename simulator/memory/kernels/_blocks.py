@@ -803,6 +803,13 @@ def _apc_insert(arena, s, keys, n):
     A page whose key is already cached keeps the cached block (the seq's own copy stays
     uncached, as a duplicate); a new page's block becomes a trie node under its prefix.
     """
+    apc_insert_from(arena, s, keys, n, 0, 0)
+
+
+@njit(cache=True)
+def apc_insert_from(arena, s, keys, n, i0, node0):
+    """:func:`_apc_insert` resumed at page ``i0`` from trie node ``node0``, which the walk
+    over ``keys[:i0]`` reaches without changing anything (the caller knows it)."""
     nb = arena[C_NB]
     nn = arena[C_NN]
     first_child = _f32(arena, O_FIRST_CHILD, nn)
@@ -814,8 +821,8 @@ def _apc_insert(arena, s, keys, n):
     block_node = _f32(arena, O_BLOCK_NODE, nb)
     in_tree = _f8(arena, O_IN_TREE, nb)
     table = _table(arena)
-    node = 0
-    for i in range(n):
+    node = node0
+    for i in range(i0, n):
         c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
         if c != -1:
             node = c
