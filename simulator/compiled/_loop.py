@@ -33,6 +33,22 @@ import numpy as np
 from numba import njit
 
 from servesim.hwmodels.stepkernel import packed_step_time_s as step_time_s
+from servesim.simulator.compiled import _mem
+from servesim.simulator.compiled._mem import (
+    F_KVB,
+    F_SWAP_CAP,
+    F_SWAP_USED,
+    F_SWAPB,
+    H_NSWAP,
+    H_PADSEQ,
+    H_SWAP,
+    H_SWHEAD,
+    K_SWQ,
+    R_SWAPTOK,
+    kv_admit,
+    kv_grow,
+    kv_release,
+)
 from servesim.simulator.memory.kernels import _blocks
 from servesim.simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS
 
@@ -62,6 +78,7 @@ Q_NUM = 8
 WAITING = 0
 PREFILL = 1
 DECODE = 2
+SWAPPED = 3
 DONE = 4
 
 # ``ri`` header.
@@ -97,7 +114,8 @@ H_HEADER = 64
 POLICY_VLLM = 0
 POLICY_SARATHI = 1  # decodes first, then prompt chunks under chunk_size_tokens
 POLICY_ORCA = 2  # decodes first, then whole prompts under max_num_batched_tokens
-POLICIES = {"vllm": POLICY_VLLM, "sarathi": POLICY_SARATHI, "orca": POLICY_ORCA}
+POLICY_STATIC = 4  # request-level batches (FasterTransformer); see _plan_static
+POLICIES = {"vllm": POLICY_VLLM, "sarathi": POLICY_SARATHI, "orca": POLICY_ORCA, "static": POLICY_STATIC}
 # ``rf`` scalars.
 F_T = 0  # when the next step is planned (the replica's clock)
 F_ECUR = 1  # end of the step in flight
@@ -111,11 +129,13 @@ F_LASTGAP = 6
 F_HEADER = 24
 # Step-row columns.
 SF_T, SF_D, SF_A = 0, 1, 2
-SF_NUM = 3
+SF_SWAP = 3  # swap transfer time in the step (its share of comm_s in the split by bound)
+SF_NUM = 4
 # (Paged KV has no reserved, externally fragmented or cached slots: those columns are zero.)
 SI_RUN, SI_NPF, SI_PT, SI_DT, SI_Q, SI_PRE, SI_TOK, SI_INT, SI_FREE, SI_SAMP = range(10)
 SI_RES, SI_EXT, SI_CACHED = 10, 11, 12  # reserved / externally fragmented / cached slots
-SI_NUM = 13
+SI_DSEQ = 13  # decoding sequences costed (static batching: with its padding)
+SI_NUM = 14
 SQ_KV, SQ_CTX, SQ_PQ, SQ_HIT = 0, 1, 2, 3  # SQ_HIT: prefix-hit tokens
 SQ_NUM = 4
 
@@ -151,6 +171,11 @@ def ri_words(slots: int) -> int:
     return itl_offset(slots) + ITL_NUM_BINS
 
 
+def rf_words(slots: int) -> int:
+    """Words of ``rf``: the scalars, the per-slot last-token times, then the tail."""
+    return F_HEADER + slots + _mem.RF_TAIL
+
+
 @njit(cache=True)
 def _remove_running(ri, o_run, req):
     n = ri[H_NRUN]
@@ -169,7 +194,7 @@ def _release(ri, rq, kva, req, now_s):
     o_free = H_HEADER + K_FREE * s
     o_owner = H_HEADER + K_OWNER * s
     slot = rq[R_SLOT, req]
-    _blocks.release(kva, slot, _NO_KEYS, 0, now_s)
+    kv_release(ri, kva, slot, now_s)
     ri[o_owner + slot] = -1
     ri[o_free + ri[H_FREE_TOP]] = slot
     ri[H_FREE_TOP] += 1
@@ -211,8 +236,9 @@ def _push_back(ri, wq, req):
 
 
 @njit(cache=True)
-def _preempt(ri, wq, rq, kva, req, now_s):
-    """Recompute preemption (``Replica.preempt`` with mode ``recompute``)."""
+def _preempt(ri, rf, wq, rq, kva, req, now_s):
+    """Preemption (``ReferenceReplica.preempt``): a decoding request is swapped out when
+    swap is on and host memory allows (:func:`_swap_out`), otherwise recomputed."""
     s = ri[H_S]
     o_run = H_HEADER + K_RUN * s
     o_gen = H_HEADER + K_GEN * s
@@ -221,6 +247,8 @@ def _preempt(ri, wq, rq, kva, req, now_s):
         rq[R_GEN, req] = ri[o_gen + slot]
     rq[R_NPRE, req] += 1
     _remove_running(ri, o_run, req)
+    if ri[H_SWAP] == 1 and rq[R_PHASE, req] == DECODE and _swap_out(ri, rf, rq, kva, req, now_s):
+        return
     if slot >= 0:
         _release(ri, rq, kva, req, now_s)
     rq[R_PHASE, req] = WAITING
@@ -231,7 +259,7 @@ def _preempt(ri, wq, rq, kva, req, now_s):
 
 
 @njit(cache=True)
-def _decode_with_preemption(ri, wq, rq, kva, now_s):
+def _decode_with_preemption(ri, rf, wq, rq, kva, now_s):
     """Every decoding sequence gets one more slot; the latest-arrived request is preempted
     while that does not fit (``Scheduler._decode_with_preemption``)."""
     s = ri[H_S]
@@ -251,7 +279,7 @@ def _decode_with_preemption(ri, wq, rq, kva, now_s):
         if n == 0:
             ri[H_NDEC] = 0
             return DONE_OK
-        status = _blocks.grow(kva, ri[o_dec : o_dec + n], ri[o_tot : o_tot + n])
+        status = kv_grow(ri, kva, ri[o_dec : o_dec + n], ri[o_tot : o_tot + n])
         if status < 0:
             return ERR_GROW
         if status == _blocks.OK:
@@ -268,7 +296,7 @@ def _decode_with_preemption(ri, wq, rq, kva, now_s):
         if victim < 0:
             ri[H_NDEC] = 0
             return DONE_OK
-        _preempt(ri, wq, rq, kva, victim, now_s)
+        _preempt(ri, rf, wq, rq, kva, victim, now_s)
         ri[H_NPRE] += 1
 
 
@@ -305,7 +333,7 @@ def _continue_prefills(ri, rq, kva, budget):
             continue
         ri[o_ids] = rq[R_SLOT, req]
         ri[o_tot] = comp + new
-        status = _blocks.grow(kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
+        status = kv_grow(ri, kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
         if status < 0:
             return ERR_GROW, budget
         if status != _blocks.OK:
@@ -344,7 +372,7 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, chunked):
             break
         ri[H_FREE_TOP] -= 1
         slot = ri[o_free + ri[H_FREE_TOP]]
-        m = _blocks.admit(kva, slot, _NO_KEYS, 0, target, now_s)
+        m = kv_admit(ri, kva, slot, target, rq[R_PROMPT, req] + rq[R_OUTPUT, req], now_s)
         if m < 0:
             ri[H_FREE_TOP] += 1
             break
@@ -365,7 +393,7 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, chunked):
         new = target if target < budget else budget
         ri[o_ids] = slot
         ri[o_tot] = new
-        status = _blocks.grow(kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
+        status = kv_grow(ri, kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
         if status < 0:
             return ERR_GROW
         if status != _blocks.OK:
@@ -382,21 +410,193 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, chunked):
     return DONE_OK
 
 
+# ------------------------------------------------------------------ swap and static batching
+@njit(cache=True)
+def _swap_out(ri, rf, rq, kva, req, now_s):
+    """Swap a decoding request's KV to host memory if it fits there (the swap branch of
+    ``ReferenceReplica.preempt``; the caller already took it off the running list).
+
+    Returns False (nothing done: the caller recomputes it) when the host pool is full.
+    """
+    s = ri[H_S]
+    slot = rq[R_SLOT, req]
+    ctx = ri[H_HEADER + K_CTX * s + slot]
+    swap_bytes = ctx * rf[F_KVB]
+    if not rf[F_SWAP_USED] + swap_bytes <= rf[F_SWAP_CAP]:
+        return False
+    rq[R_SWAPTOK, req] = ctx
+    _release(ri, rq, kva, req, now_s)
+    rf[F_SWAP_USED] += swap_bytes
+    rq[R_PHASE, req] = SWAPPED
+    o_swq = H_HEADER + K_SWQ * s
+    pos = ri[H_SWHEAD] + ri[H_NSWAP]
+    if pos >= s:
+        pos -= s
+    ri[o_swq + pos] = req
+    ri[H_NSWAP] += 1
+    rf[F_SWAPB] += swap_bytes
+    return True
+
+
+@njit(cache=True)
+def _swap_in(ri, rf, rq, kva, now_s):
+    """Bring swapped requests back, oldest first, while a slot and KV room allow
+    (``Scheduler._swap_in`` and ``ReferenceReplica.swap_in``: admit for the swapped tokens,
+    then grow to them; restoring KV is no prefix lookup). Returns 0 when none is left
+    swapped, 1 when some still are, or a negative error code."""
+    s = ri[H_S]
+    o_swq = H_HEADER + K_SWQ * s
+    o_free = H_HEADER + K_FREE * s
+    o_ids = H_HEADER + K_IDS * s
+    o_tot = H_HEADER + K_TOT * s
+    while ri[H_NSWAP] > 0:
+        req = ri[o_swq + ri[H_SWHEAD]]
+        tokens = rq[R_SWAPTOK, req]
+        if ri[H_FREE_TOP] < 1:
+            return 1
+        slot = ri[o_free + ri[H_FREE_TOP] - 1]
+        if kv_admit(ri, kva, slot, tokens, rq[R_PROMPT, req] + rq[R_OUTPUT, req], now_s) < 0:
+            return 1
+        ri[o_ids] = slot
+        ri[o_tot] = tokens
+        status = kv_grow(ri, kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
+        if status < 0:
+            return ERR_GROW
+        if status != _blocks.OK:
+            kv_release(ri, kva, slot, now_s)
+            return 1
+        ri[H_FREE_TOP] -= 1
+        rq[R_SLOT, req] = slot
+        ri[H_HEADER + K_CTX * s + slot] = tokens
+        ri[H_HEADER + K_GEN * s + slot] = rq[R_GEN, req]
+        ri[H_HEADER + K_TGT * s + slot] = rq[R_OUTPUT, req]
+        ri[H_HEADER + K_OWNER * s + slot] = req
+        moved = tokens * rf[F_KVB]
+        rf[F_SWAP_USED] -= moved
+        h = ri[H_SWHEAD] + 1
+        ri[H_SWHEAD] = 0 if h == s else h
+        ri[H_NSWAP] -= 1
+        rq[R_PHASE, req] = DECODE
+        ri[H_HEADER + K_RUN * s + ri[H_NRUN]] = req
+        ri[H_NRUN] += 1
+        rf[F_SWAPB] += moved
+    return 0
+
+
+@njit(cache=True)
+def _end_static_batch(ri, rq, rqf, kva, end_s):
+    """Static batching: when every member of the batch is done, all of them return, in
+    arrival order (``ReferenceReplica._end_static_batch_if_done``)."""
+    n = ri[H_NRUN]
+    if n == 0:
+        return
+    o_run = H_HEADER + K_RUN * ri[H_S]
+    for i in range(n):
+        if rq[R_PHASE, ri[o_run + i]] != DONE:
+            return
+    for _ in range(n):
+        j = 0
+        for i in range(1, ri[H_NRUN]):
+            if rq[R_ORDER, ri[o_run + i]] < rq[R_ORDER, ri[o_run + j]]:
+                j = i
+        req = ri[o_run + j]
+        _release(ri, rq, kva, req, end_s)
+        rqf[Q_FINISH, req] = end_s
+        _remove_running(ri, o_run, req)
+
+
+@njit(cache=True)
+def _plan_static(ri, rf, wq, rq, rqf, kva):
+    """Request-level batching (``StaticScheduler.schedule``; FasterTransformer): an idle
+    replica forms a batch from the queue, FCFS under ``max_num_seqs`` (whole prompts, no
+    token budget); a running batch decodes its live members, finished ones stay as padding
+    (costed in :func:`_start_step`). Preemption is by recompute; a batch whose generating
+    members were all preempted ends, and the next one forms at once."""
+    now_s = rf[F_T]
+    if ri[H_NRUN] > 0:
+        status = _decode_with_preemption(ri, rf, wq, rq, kva, now_s)
+        if status < 0 or ri[H_NDEC] > 0 or ri[H_NPRE] == 0:
+            return status
+        _end_static_batch(ri, rq, rqf, kva, now_s)
+        if ri[H_NRUN] > 0:
+            return DONE_OK  # (cannot happen: the empty plan is reported by the caller)
+    s = ri[H_S]
+    o_run = H_HEADER + K_RUN * s
+    o_free = H_HEADER + K_FREE * s
+    o_chunk = H_HEADER + K_CHUNK * s
+    o_ids = H_HEADER + K_IDS * s
+    o_tot = H_HEADER + K_TOT * s
+    seats = ri[H_MAX_SEQS]
+    while ri[H_NWAIT] > 0 and seats >= 1:
+        req = wq[ri[H_WHEAD]]
+        if ri[H_FREE_TOP] < 1:
+            break
+        slot = ri[o_free + ri[H_FREE_TOP] - 1]
+        target = rq[R_TARGET, req]
+        if kv_admit(ri, kva, slot, target, rq[R_PROMPT, req] + rq[R_OUTPUT, req], now_s) < 0:
+            break
+        ri[H_FREE_TOP] -= 1
+        ri[H_PQ] += target
+        _bind_admitted(ri, rq, rqf, req, slot, now_s)
+        _pop_front(ri, wq)
+        ri[o_run + ri[H_NRUN]] = req
+        ri[H_NRUN] += 1
+        ri[o_ids] = slot
+        ri[o_tot] = target
+        status = kv_grow(ri, kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
+        if status < 0:
+            return ERR_GROW
+        if status != _blocks.OK:
+            _release(ri, rq, kva, req, now_s)
+            rq[R_PHASE, req] = WAITING
+            ri[H_NRUN] -= 1
+            _push_front(ri, wq, req)
+            break
+        _add_chunk(ri, o_chunk, req, target, 0)
+        seats -= 1
+    return DONE_OK
+
+
+@njit(cache=True)
+def _bind_admitted(ri, rq, rqf, req, slot, now_s):
+    """An admitted request's slot and state (``ReferenceReplica.admit`` / ``_bind``)."""
+    s = ri[H_S]
+    rq[R_SLOT, req] = slot
+    rq[R_COMPUTED, req] = 0
+    if rq[R_NPRE, req] == 0 and rq[R_FTD, req] == 0:
+        rq[R_CACHED, req] = 0
+        rqf[Q_FIRST_SCHED, req] = now_s
+    ri[H_HEADER + K_CTX * s + slot] = 0
+    ri[H_HEADER + K_TGT * s + slot] = rq[R_OUTPUT, req]
+    ri[H_HEADER + K_GEN * s + slot] = rq[R_GEN, req]
+    ri[H_HEADER + K_OWNER * s + slot] = req
+    rq[R_PHASE, req] = PREFILL
+
+
 @njit(cache=True)
 def _plan(ri, rf, wq, rq, rqf, kva):
-    """The plan of the step at ``rf[F_T]``: ``VllmScheduler.schedule`` (prefill-first), or
-    ``Scheduler._decode_then_prefill`` (Sarathi-Serve chunks, Orca whole prompts)."""
+    """The plan of the step at ``rf[F_T]``: ``VllmScheduler.schedule`` (prefill-first),
+    ``Scheduler._decode_then_prefill`` (Sarathi-Serve chunks, Orca whole prompts) or
+    ``StaticScheduler.schedule``; swapped requests come back first."""
     now_s = rf[F_T]
     ri[H_NPF] = 0
     ri[H_NDEC] = 0
     ri[H_NPRE] = 0
+    rf[F_SWAPB] = 0.0
+    if ri[H_POLICY] == POLICY_STATIC:
+        return _plan_static(ri, rf, wq, rq, rqf, kva)
     if ri[H_POLICY] != POLICY_VLLM:
-        status = _decode_with_preemption(ri, wq, rq, kva, now_s)
+        status = _swap_in(ri, rf, rq, kva, now_s)
+        if status < 0:
+            return status
+        status = _decode_with_preemption(ri, rf, wq, rq, kva, now_s)
         if status < 0:
             return status
         status, budget = _continue_prefills(ri, rq, kva, ri[H_BUDGET] - ri[H_NDEC])
         if status < 0:
             return status
+        if ri[H_NSWAP] > 0:
+            return DONE_OK  # nothing is admitted while requests are swapped out
         return _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, ri[H_POLICY] == POLICY_SARATHI)
     o_run = H_HEADER + K_RUN * ri[H_S]
     pending = False
@@ -404,17 +604,21 @@ def _plan(ri, rf, wq, rq, rqf, kva):
         if rq[R_PHASE, ri[o_run + i]] == PREFILL:
             pending = True
             break
-    if ri[H_NWAIT] == 0 and not pending:
-        return _decode_with_preemption(ri, wq, rq, kva, now_s)
-    status, budget = _continue_prefills(ri, rq, kva, ri[H_MAX_TOKENS])
+    if ri[H_NWAIT] == 0 and not pending and ri[H_NSWAP] == 0:
+        return _decode_with_preemption(ri, rf, wq, rq, kva, now_s)
+    status = _swap_in(ri, rf, rq, kva, now_s)
     if status < 0:
         return status
-    status = _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, False)
-    if status < 0:
-        return status
+    if status == 0:
+        status, budget = _continue_prefills(ri, rq, kva, ri[H_MAX_TOKENS])
+        if status < 0:
+            return status
+        status = _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, False)
+        if status < 0:
+            return status
     if ri[H_NPF] > 0:
         return DONE_OK
-    return _decode_with_preemption(ri, wq, rq, kva, now_s)
+    return _decode_with_preemption(ri, rf, wq, rq, kva, now_s)
 
 
 @njit(cache=True)
@@ -430,6 +634,9 @@ def _itl_bin(gap):
 
 @njit(cache=True)
 def _finish(ri, rq, rqf, kva, req, end_s):
+    if ri[H_POLICY] == POLICY_STATIC:  # stays in the batch (as padding) until the batch ends
+        rq[R_PHASE, req] = DONE
+        return
     _release(ri, rq, kva, req, end_s)
     rq[R_PHASE, req] = DONE
     _remove_running(ri, H_HEADER + K_RUN * ri[H_S], req)
@@ -437,7 +644,7 @@ def _finish(ri, rq, rqf, kva, req, end_s):
 
 
 @njit(cache=True)
-def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
+def _commit(ri, rf, wq, rq, rqf, kva, sf, si, sq):
     """End the step in flight: tokens, first tokens, finishes, then its step row."""
     s = ri[H_S]
     o_ctx = H_HEADER + K_CTX * s
@@ -504,25 +711,31 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
     for c in range(npf):
         if rq[R_SLOT, ri[o_chunk + 3 * c]] >= 0:
             running += 1
-    # The step row, with the memory split after the step (paged: no reservation, no
-    # external fragmentation; ``PagedKVCache.stats``).
+    # The step row, with the memory split after the step (the manager's ``stats``; the
+    # queue head's reservation counts as pending: ``ReferenceReplica._mem_stats``).
     row = ri[H_ROW]
     sf[SF_T, row] = rf[F_T]
     sf[SF_D, row] = rf[F_D]
     sf[SF_A, row] = rf[F_A]
-    page = kva[_blocks.C_PAGE]
-    tokens = kva[_blocks.C_TOKENS]
-    free_b = kva[_blocks.C_FREE_TOP]
-    used_b = kva[_blocks.C_NB] - free_b
+    sf[SF_SWAP, row] = rf[F_SWAPB] / rf[F_HEADER + s] if rf[F_SWAPB] else 0.0
+    pending = 0
+    if ri[H_NWAIT] > 0 and ri[_mem.H_KV] == _mem.KV_CONTIGUOUS:
+        head = wq[ri[H_WHEAD]]
+        pending = _mem.reservation_slots(ri[_mem.H_RESV], ri[_mem.H_MAXLEN], rq[R_TARGET, head],
+                                         rq[R_PROMPT, head] + rq[R_OUTPUT, head])
+    tokens, reserved, internal, external, free = _mem.memory_split(ri, kva, pending)
     si[SI_RUN, row] = running
     si[SI_NPF, row] = npf
     si[SI_PT, row] = ri[H_P]
     si[SI_DT, row] = ndec
-    si[SI_Q, row] = ri[H_NWAIT]
+    si[SI_DSEQ, row] = ndec + ri[H_PADSEQ]
+    si[SI_Q, row] = ri[H_NWAIT] + ri[H_NSWAP]
     si[SI_PRE, row] = ri[H_NPRE]
     si[SI_TOK, row] = tokens
-    si[SI_INT, row] = used_b * page - tokens
-    si[SI_FREE, row] = free_b * page
+    si[SI_RES, row] = reserved
+    si[SI_INT, row] = internal
+    si[SI_EXT, row] = external
+    si[SI_FREE, row] = free
     si[SI_SAMP, row] = ri[H_SAMP]
     sq[SQ_KV, row] = ri[H_K]
     sq[SQ_CTX, row] = ri[H_CTXSUM]
@@ -531,6 +744,38 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
     ri[H_NSTEPS] += 1
     rf[F_T] = end_s
     ri[H_INFLIGHT] = 0
+    if ri[H_POLICY] == POLICY_STATIC:
+        _end_static_batch(ri, rq, rqf, kva, end_s)
+
+
+@njit(cache=True)
+def _static_padding(ri, rq):
+    """Static batching's padding (``StaticScheduler.schedule``): a batch's prompts are
+    computed padded to its longest, and finished members keep being computed in its decode
+    steps. Returns (prefill tokens, sequences, context tokens) of padding."""
+    s = ri[H_S]
+    npf = ri[H_NPF]
+    if npf > 0:
+        o_chunk = H_HEADER + K_CHUNK * s
+        longest = 0
+        for c in range(npf):
+            t = rq[R_TARGET, ri[o_chunk + 3 * c]]
+            if t > longest:
+                longest = t
+        pad = 0
+        for c in range(npf):
+            pad += longest - rq[R_TARGET, ri[o_chunk + 3 * c]]
+        return pad, 0, 0
+    o_run = H_HEADER + K_RUN * s
+    o_ctx = H_HEADER + K_CTX * s
+    seqs = 0
+    ctx = 0
+    for i in range(ri[H_NRUN]):
+        req = ri[o_run + i]
+        if rq[R_PHASE, req] == DONE:
+            seqs += 1
+            ctx += ri[o_ctx + rq[R_SLOT, req]]
+    return 0, seqs, ctx
 
 
 @njit(cache=True)
@@ -557,6 +802,13 @@ def _start_step(ri, rf, rq, cf):
     ctx_sum = 0
     for j in range(ndec):
         ctx_sum += ri[o_ctx + ri[o_dec + j]]
+    ri[H_PADSEQ] = 0
+    if ri[H_POLICY] == POLICY_STATIC:
+        pad_p, pad_seqs, pad_ctx = _static_padding(ri, rq)
+        p += pad_p
+        ri[H_PADSEQ] = pad_seqs
+        ndec += pad_seqs
+        ctx_sum += pad_ctx
     ri[H_P] = p
     ri[H_K] = kv
     ri[H_SAMP] = samp
@@ -566,7 +818,8 @@ def _start_step(ri, rf, rq, cf):
         d = step_time_s(cf, float(p), pairs, float(kv), float(samp), float(ndec), float(ctx_sum))
     else:
         d = step_time_s(cf, 0.0, 0.0, 0.0, 0.0, float(ndec), float(ctx_sum))
-    d = d + 0.0  # no swap time (recompute preemption)
+    swap_s = rf[F_SWAPB] / rf[F_HEADER + s] if rf[F_SWAPB] else 0.0
+    d = d + swap_s
     rf[F_D] = d
     rf[F_ECUR] = rf[F_T] + d
     ri[H_INFLIGHT] = 1
@@ -585,19 +838,19 @@ def advance(ri, rf, wq, rq, rqf, kva, cf, sf, si, sq, until_s, new_req):
             if rf[F_ECUR] < until_s:
                 if ri[H_ROW] >= ri[H_ROWCAP]:
                     return ROWS_FULL
-                _commit(ri, rf, rq, rqf, kva, sf, si, sq)
+                _commit(ri, rf, wq, rq, rqf, kva, sf, si, sq)
                 continue
             break
         if ri[H_IDLE] == 1 or rf[F_T] >= until_s:
             break
-        if ri[H_NWAIT] == 0 and ri[H_NRUN] == 0:
+        if ri[H_NWAIT] == 0 and ri[H_NRUN] == 0 and ri[H_NSWAP] == 0:
             ri[H_IDLE] = 1
             break
         status = _plan(ri, rf, wq, rq, rqf, kva)
         if status < 0:
             return status
         if ri[H_NPF] == 0 and ri[H_NDEC] == 0:
-            if ri[H_NRUN] > 0:
+            if ri[H_NRUN] > 0 or ri[H_NSWAP] > 0:
                 return ERR_EMPTY
             # Queued requests that cannot be admitted into an empty replica: wait for a change.
             ri[H_IDLE] = 1

@@ -104,8 +104,7 @@ def simulate(
     """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects.
 
     ``loop="reference"`` runs the plain reference replica (``simulator.reference``);
-    ``loop="compiled"`` runs the compiled loop (vllm/sarathi/orca on paged KV; ``cost`` a roofline
-    ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``).
+    ``loop="compiled"`` runs the compiled loop (``cost`` a roofline ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``).
     """
     cost = cost or LinearCost()
     env = simpy.Environment()
@@ -135,6 +134,8 @@ def simulate(
                 replica_id=i, kv=kv, cost_pack=pack, cost=cost, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens, slots=max_num_seqs + 1,
                 policy=policy, chunk_size_tokens=chunk_size_tokens, rq=cluster.rq, rqf=cluster.rqf,
+                preemption=preemption, swap_space_bytes=swap_space_bytes, kv_bytes_per_token_per_gpu=1000.0,
+                pcie_bw_bytes_per_s=1e6,
             )
             cluster.add_replica(crep)
             reps.append(crep)
