@@ -21,8 +21,14 @@ State is flat arrays (STYLE section 6):
 * ``wq`` int64: the waiting queue, a ring (the facade grows it).
 * ``rq`` int64 ``[R_NUM, N]`` / ``rqf`` float64 ``[Q_NUM, N]``: per request (workload column),
   shared by the replicas of a run.
-* ``kva``: the paged manager's arena; ``cf``: the step-cost pack (``hwmodels.stepkernel``).
+* ``kva``: the KV manager's arena (paged or contiguous); ``cf``: the step-cost pack (``hwmodels.stepkernel``).
 * ``sf`` / ``si`` / ``sq``: the current chunk of step rows (float64, int32, int64 columns).
+
+Also run here, identical to the reference replica (``simulator.reference``,
+``tests/engine/test_reference.py``): the ``static`` scheduler (:func:`_plan_static`), the
+contiguous KV manager (every KV call goes through :mod:`simulator.compiled._mem`, which
+dispatches to the paged or contiguous kernels) and swap preemption (:func:`_swap_out`,
+:func:`_swap_in`; a host pool per replica, a FIFO ring of swapped requests).
 """
 
 from __future__ import annotations
