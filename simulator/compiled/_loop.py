@@ -21,8 +21,14 @@ State is flat arrays (STYLE section 6):
 * ``wq`` int64: the waiting queue, a ring (the facade grows it).
 * ``rq`` int64 ``[R_NUM, N]`` / ``rqf`` float64 ``[Q_NUM, N]``: per request (workload column),
   shared by the replicas of a run.
-* ``kva``: the paged manager's arena; ``cf``: the step-cost pack (``hwmodels.stepkernel``).
+* ``kva``: the KV manager's arena (paged or contiguous); ``cf``: the step-cost pack (``hwmodels.stepkernel``).
 * ``sf`` / ``si`` / ``sq``: the current chunk of step rows (float64, int32, int64 columns).
+
+Also run here, identical to the reference replica (``simulator.reference``,
+``tests/engine/test_reference.py``): the ``static`` scheduler (:func:`_plan_static`), the
+contiguous KV manager (every KV call goes through :mod:`simulator.compiled._mem`, which
+dispatches to the paged or contiguous kernels) and swap preemption (:func:`_swap_out`,
+:func:`_swap_in`; a host pool per replica, a FIFO ring of swapped requests).
 """
 
 from __future__ import annotations
@@ -33,7 +39,22 @@ import numpy as np
 from numba import njit
 
 from servesim.hwmodels.stepkernel import packed_step_time_s as step_time_s
-from servesim.simulator.compiled import _prefix
+from servesim.simulator.compiled import _mem, _prefix
+from servesim.simulator.compiled._mem import (
+    F_KVB,
+    F_SWAP_CAP,
+    F_SWAP_USED,
+    F_SWAPB,
+    H_NSWAP,
+    H_PADSEQ,
+    H_SWAP,
+    H_SWHEAD,
+    K_SWQ,
+    R_SWAPTOK,
+    kv_admit,
+    kv_grow,
+    kv_release,
+)
 from servesim.simulator.memory.kernels import _blocks
 from servesim.simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS
 from servesim.simulator.scheduling.sglang import LPM_MAX_QUEUE as _SGLANG_LPM_MAX_QUEUE
@@ -68,6 +89,7 @@ Q_NUM = 8
 WAITING = 0
 PREFILL = 1
 DECODE = 2
+SWAPPED = 3
 DONE = 4
 
 # ``ri`` header.
@@ -108,7 +130,9 @@ POLICY_VLLM = 0
 POLICY_SARATHI = 1  # decodes first, then prompt chunks under chunk_size_tokens
 POLICY_ORCA = 2  # decodes first, then whole prompts under max_num_batched_tokens
 POLICY_SGLANG = 3  # prefill-first, chunked, queue by longest cached prefix (``sglang.py``)
-POLICIES = {"vllm": POLICY_VLLM, "sarathi": POLICY_SARATHI, "orca": POLICY_ORCA, "sglang": POLICY_SGLANG}
+POLICY_STATIC = 4  # request-level batches (FasterTransformer); see _plan_static
+POLICIES = {"vllm": POLICY_VLLM, "sarathi": POLICY_SARATHI, "orca": POLICY_ORCA, "sglang": POLICY_SGLANG,
+            "static": POLICY_STATIC}
 #: SGLang orders by cached prefix only for queues of 2..LPM_MAX_QUEUE (``sglang.py``).
 LPM_MAX_QUEUE = _SGLANG_LPM_MAX_QUEUE
 # ``rf`` scalars.
@@ -125,12 +149,14 @@ F_STARVE = 8  # sglang: starvation_limit_s
 F_HEADER = 24
 # Step-row columns.
 SF_T, SF_D, SF_A = 0, 1, 2
-SF_NUM = 3
+SF_SWAP = 3  # swap transfer time in the step (its share of comm_s in the split by bound)
+SF_NUM = 4
 # (Paged KV has no reserved or externally fragmented slots: those columns are zero; cached
 # slots are pages held only by the prefix cache.)
 SI_RUN, SI_NPF, SI_PT, SI_DT, SI_Q, SI_PRE, SI_TOK, SI_INT, SI_FREE, SI_SAMP = range(10)
 SI_RES, SI_EXT, SI_CACHED = 10, 11, 12  # reserved / externally fragmented / cached slots
-SI_NUM = 13
+SI_DSEQ = 13  # decoding sequences costed (static batching: with its padding)
+SI_NUM = 14
 SQ_KV, SQ_CTX, SQ_PQ, SQ_HIT = 0, 1, 2, 3  # SQ_HIT: prefix-hit tokens
 SQ_NUM = 4
 
@@ -167,6 +193,11 @@ def ri_words(slots: int) -> int:
     return itl_offset(slots) + ITL_NUM_BINS
 
 
+def rf_words(slots: int) -> int:
+    """Words of ``rf``: the scalars, the per-slot last-token times, then the tail."""
+    return F_HEADER + slots + _mem.RF_TAIL
+
+
 # ---------------------------------------------------------------- prefix identity (radix, APC)
 # A request's page keys are ``pk[rq[R_KLO]:][:rq[R_KN]]`` (``_prefix.page_keys_csr``); a
 # manager that caches no prefixes sees none (``H_CACHES`` 0), as ``_page_keys`` returns none.
@@ -194,7 +225,7 @@ def _admit_pages(ri, rq, req, ntok, page):
 @njit(cache=True)
 def _match_tokens(ri, rq, kva, pk, req):
     """Prompt tokens of ``req`` cached here now (``Replica.match_prefix_tokens``)."""
-    page = kva[_blocks.C_PAGE]
+    page = _mem.page_tokens(ri, kva)
     n = _admit_pages(ri, rq, req, rq[R_PROMPT, req], page)
     if n == 0:
         return 0
@@ -251,9 +282,9 @@ def _release(ri, rq, kva, pk, req, now_s):
     slot = rq[R_SLOT, req]
     n = _held_pages(ri, rq, kva, req, slot, ri[H_HEADER + K_CTX * s + slot])
     if n > 0:
-        _blocks.release(kva, slot, _keys(rq, pk, req, n), n, now_s)
+        kv_release(ri, kva, slot, _keys(rq, pk, req, n), n, now_s)
     else:
-        _blocks.release(kva, slot, _NO_KEYS, 0, now_s)
+        kv_release(ri, kva, slot, _NO_KEYS, 0, now_s)
     ri[o_owner + slot] = -1
     ri[o_free + ri[H_FREE_TOP]] = slot
     ri[H_FREE_TOP] += 1
@@ -295,8 +326,9 @@ def _push_back(ri, wq, req):
 
 
 @njit(cache=True)
-def _preempt(ri, wq, rq, kva, pk, req, now_s):
-    """Recompute preemption (``Replica.preempt`` with mode ``recompute``)."""
+def _preempt(ri, rf, wq, rq, kva, pk, req, now_s):
+    """Preemption (``ReferenceReplica.preempt``): a decoding request is swapped out when
+    swap is on and host memory allows (:func:`_swap_out`), otherwise recomputed."""
     s = ri[H_S]
     o_run = H_HEADER + K_RUN * s
     o_gen = H_HEADER + K_GEN * s
@@ -305,6 +337,8 @@ def _preempt(ri, wq, rq, kva, pk, req, now_s):
         rq[R_GEN, req] = ri[o_gen + slot]
     rq[R_NPRE, req] += 1
     _remove_running(ri, o_run, req)
+    if ri[H_SWAP] == 1 and rq[R_PHASE, req] == DECODE and _swap_out(ri, rf, rq, kva, pk, req, now_s):
+        return
     if slot >= 0:
         _release(ri, rq, kva, pk, req, now_s)
     rq[R_PHASE, req] = WAITING
@@ -315,7 +349,7 @@ def _preempt(ri, wq, rq, kva, pk, req, now_s):
 
 
 @njit(cache=True)
-def _decode_with_preemption(ri, wq, rq, kva, pk, now_s):
+def _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s):
     """Every decoding sequence gets one more slot; the latest-arrived request is preempted
     while that does not fit (``Scheduler._decode_with_preemption``)."""
     s = ri[H_S]
@@ -335,7 +369,7 @@ def _decode_with_preemption(ri, wq, rq, kva, pk, now_s):
         if n == 0:
             ri[H_NDEC] = 0
             return DONE_OK
-        status = _blocks.grow(kva, ri[o_dec : o_dec + n], ri[o_tot : o_tot + n])
+        status = kv_grow(ri, kva, ri[o_dec : o_dec + n], ri[o_tot : o_tot + n])
         if status < 0:
             return ERR_GROW
         if status == _blocks.OK:
@@ -352,7 +386,7 @@ def _decode_with_preemption(ri, wq, rq, kva, pk, now_s):
         if victim < 0:
             ri[H_NDEC] = 0
             return DONE_OK
-        _preempt(ri, wq, rq, kva, pk, victim, now_s)
+        _preempt(ri, rf, wq, rq, kva, pk, victim, now_s)
         ri[H_NPRE] += 1
 
 
@@ -389,7 +423,7 @@ def _continue_prefills(ri, rq, kva, pk, budget, now_s):
             continue
         ri[o_ids] = rq[R_SLOT, req]
         ri[o_tot] = comp + new
-        status = _blocks.grow(kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
+        status = kv_grow(ri, kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
         if status < 0:
             return ERR_GROW, budget
         if status != _blocks.OK:
@@ -473,7 +507,7 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, chunked):
     o_ids = H_HEADER + K_IDS * s
     o_tot = H_HEADER + K_TOT * s
     now_s = rf[F_T]
-    page = kva[_blocks.C_PAGE]
+    page = _mem.page_tokens(ri, kva)
     max_tokens = ri[H_MAX_TOKENS]
     seats = ri[H_MAX_SEQS] - ri[H_NRUN]
     if ri[H_POLICY] == POLICY_SGLANG:
@@ -497,10 +531,11 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, chunked):
         ri[H_FREE_TOP] -= 1
         slot = ri[o_free + ri[H_FREE_TOP]]
         n = _admit_pages(ri, rq, req, target, page)
+        final = rq[R_PROMPT, req] + rq[R_OUTPUT, req]
         if n > 0:
-            m = _blocks.admit(kva, slot, _keys(rq, pk, req, n), n, target, now_s)
+            m = kv_admit(ri, kva, slot, _keys(rq, pk, req, n), n, target, final, now_s)
         else:
-            m = _blocks.admit(kva, slot, _NO_KEYS, 0, target, now_s)
+            m = kv_admit(ri, kva, slot, _NO_KEYS, 0, target, final, now_s)
         if m < 0:
             ri[H_FREE_TOP] += 1
             break
@@ -526,7 +561,7 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, chunked):
             new = budget
         ri[o_ids] = slot
         ri[o_tot] = hit + new
-        status = _blocks.grow(kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
+        status = kv_grow(ri, kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
         if status < 0:
             return ERR_GROW
         if status != _blocks.OK:
@@ -545,22 +580,208 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, chunked):
     return DONE_OK
 
 
+# ------------------------------------------------------------------ swap and static batching
+@njit(cache=True)
+def _swap_out(ri, rf, rq, kva, pk, req, now_s):
+    """Swap a decoding request's KV to host memory if it fits there (the swap branch of
+    ``ReferenceReplica.preempt``; the caller already took it off the running list).
+
+    Returns False (nothing done: the caller recomputes it) when the host pool is full.
+    """
+    s = ri[H_S]
+    slot = rq[R_SLOT, req]
+    ctx = ri[H_HEADER + K_CTX * s + slot]
+    swap_bytes = ctx * rf[F_KVB]
+    if not rf[F_SWAP_USED] + swap_bytes <= rf[F_SWAP_CAP]:
+        return False
+    rq[R_SWAPTOK, req] = ctx
+    _release(ri, rq, kva, pk, req, now_s)
+    rf[F_SWAP_USED] += swap_bytes
+    rq[R_PHASE, req] = SWAPPED
+    o_swq = H_HEADER + K_SWQ * s
+    pos = ri[H_SWHEAD] + ri[H_NSWAP]
+    if pos >= s:
+        pos -= s
+    ri[o_swq + pos] = req
+    ri[H_NSWAP] += 1
+    rf[F_SWAPB] += swap_bytes
+    return True
+
+
+@njit(cache=True)
+def _swap_in(ri, rf, rq, kva, now_s):
+    """Bring swapped requests back, oldest first, while a slot and KV room allow
+    (``Scheduler._swap_in`` and ``ReferenceReplica.swap_in``: admit for the swapped tokens,
+    then grow to them; restoring KV is no prefix lookup). Returns 0 when none is left
+    swapped, 1 when some still are, or a negative error code."""
+    s = ri[H_S]
+    o_swq = H_HEADER + K_SWQ * s
+    o_free = H_HEADER + K_FREE * s
+    o_ids = H_HEADER + K_IDS * s
+    o_tot = H_HEADER + K_TOT * s
+    while ri[H_NSWAP] > 0:
+        req = ri[o_swq + ri[H_SWHEAD]]
+        tokens = rq[R_SWAPTOK, req]
+        if ri[H_FREE_TOP] < 1:
+            return 1
+        slot = ri[o_free + ri[H_FREE_TOP] - 1]
+        if kv_admit(ri, kva, slot, _NO_KEYS, 0, tokens, rq[R_PROMPT, req] + rq[R_OUTPUT, req], now_s) < 0:
+            return 1
+        ri[o_ids] = slot
+        ri[o_tot] = tokens
+        status = kv_grow(ri, kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
+        if status < 0:
+            return ERR_GROW
+        if status != _blocks.OK:
+            kv_release(ri, kva, slot, _NO_KEYS, 0, now_s)
+            return 1
+        ri[H_FREE_TOP] -= 1
+        rq[R_SLOT, req] = slot
+        ri[H_HEADER + K_CTX * s + slot] = tokens
+        ri[H_HEADER + K_GEN * s + slot] = rq[R_GEN, req]
+        ri[H_HEADER + K_TGT * s + slot] = rq[R_OUTPUT, req]
+        ri[H_HEADER + K_OWNER * s + slot] = req
+        moved = tokens * rf[F_KVB]
+        rf[F_SWAP_USED] -= moved
+        h = ri[H_SWHEAD] + 1
+        ri[H_SWHEAD] = 0 if h == s else h
+        ri[H_NSWAP] -= 1
+        rq[R_PHASE, req] = DECODE
+        ri[H_HEADER + K_RUN * s + ri[H_NRUN]] = req
+        ri[H_NRUN] += 1
+        rf[F_SWAPB] += moved
+    return 0
+
+
+@njit(cache=True)
+def _end_static_batch(ri, rq, rqf, kva, pk, end_s):
+    """Static batching: when every member of the batch is done, all of them return, in
+    arrival order (``ReferenceReplica._end_static_batch_if_done``)."""
+    n = ri[H_NRUN]
+    if n == 0:
+        return
+    o_run = H_HEADER + K_RUN * ri[H_S]
+    for i in range(n):
+        if rq[R_PHASE, ri[o_run + i]] != DONE:
+            return
+    for _ in range(n):
+        j = 0
+        for i in range(1, ri[H_NRUN]):
+            if rq[R_ORDER, ri[o_run + i]] < rq[R_ORDER, ri[o_run + j]]:
+                j = i
+        req = ri[o_run + j]
+        _release(ri, rq, kva, pk, req, end_s)
+        rqf[Q_FINISH, req] = end_s
+        _remove_running(ri, o_run, req)
+
+
+@njit(cache=True)
+def _plan_static(ri, rf, wq, rq, rqf, kva, pk):
+    """Request-level batching (``StaticScheduler.schedule``; FasterTransformer): an idle
+    replica forms a batch from the queue, FCFS under ``max_num_seqs`` (whole prompts, no
+    token budget); a running batch decodes its live members, finished ones stay as padding
+    (costed in :func:`_start_step`). Preemption is by recompute; a batch whose generating
+    members were all preempted ends, and the next one forms at once."""
+    now_s = rf[F_T]
+    if ri[H_NRUN] > 0:
+        status = _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s)
+        if status < 0 or ri[H_NDEC] > 0 or ri[H_NPRE] == 0:
+            return status
+        _end_static_batch(ri, rq, rqf, kva, pk, now_s)
+        if ri[H_NRUN] > 0:
+            return DONE_OK  # (cannot happen: the empty plan is reported by the caller)
+    s = ri[H_S]
+    o_run = H_HEADER + K_RUN * s
+    o_free = H_HEADER + K_FREE * s
+    o_chunk = H_HEADER + K_CHUNK * s
+    o_ids = H_HEADER + K_IDS * s
+    o_tot = H_HEADER + K_TOT * s
+    page = _mem.page_tokens(ri, kva)
+    seats = ri[H_MAX_SEQS]
+    while ri[H_NWAIT] > 0 and seats >= 1:
+        req = wq[ri[H_WHEAD]]
+        if ri[H_FREE_TOP] < 1:
+            break
+        slot = ri[o_free + ri[H_FREE_TOP] - 1]
+        target = rq[R_TARGET, req]
+        n = _admit_pages(ri, rq, req, target, page)
+        final = rq[R_PROMPT, req] + rq[R_OUTPUT, req]
+        if n > 0:
+            m = kv_admit(ri, kva, slot, _keys(rq, pk, req, n), n, target, final, now_s)
+        else:
+            m = kv_admit(ri, kva, slot, _NO_KEYS, 0, target, final, now_s)
+        if m < 0:
+            break
+        ri[H_FREE_TOP] -= 1
+        hit = m * page
+        ri[H_PQ] += target
+        ri[H_HIT] += hit
+        _bind_admitted(ri, rq, rqf, req, slot, hit, now_s)
+        _pop_front(ri, wq)
+        ri[o_run + ri[H_NRUN]] = req
+        ri[H_NRUN] += 1
+        ri[o_ids] = slot
+        ri[o_tot] = target
+        status = kv_grow(ri, kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
+        if status < 0:
+            return ERR_GROW
+        if status != _blocks.OK:
+            _release(ri, rq, kva, pk, req, now_s)
+            rq[R_PHASE, req] = WAITING
+            rq[R_COMPUTED, req] = 0
+            ri[H_NRUN] -= 1
+            _push_front(ri, wq, req)
+            break
+        if ri[H_APC] == 1:
+            _cache_computed(ri, rq, kva, pk, req, slot, target, now_s)
+        _add_chunk(ri, o_chunk, req, target - hit, hit)
+        seats -= 1
+    return DONE_OK
+
+
+@njit(cache=True)
+def _bind_admitted(ri, rq, rqf, req, slot, hit, now_s):
+    """An admitted request's slot and state, ``hit`` prompt tokens found cached
+    (``ReferenceReplica.admit`` / ``_bind``)."""
+    s = ri[H_S]
+    rq[R_SLOT, req] = slot
+    rq[R_COMPUTED, req] = hit
+    if rq[R_NPRE, req] == 0 and rq[R_FTD, req] == 0:
+        rq[R_CACHED, req] = hit
+        rqf[Q_FIRST_SCHED, req] = now_s
+    ri[H_HEADER + K_CTX * s + slot] = hit
+    ri[H_HEADER + K_APCOK * s + slot] = 0
+    ri[H_HEADER + K_TGT * s + slot] = rq[R_OUTPUT, req]
+    ri[H_HEADER + K_GEN * s + slot] = rq[R_GEN, req]
+    ri[H_HEADER + K_OWNER * s + slot] = req
+    rq[R_PHASE, req] = PREFILL
+
+
 @njit(cache=True)
 def _plan(ri, rf, wq, rq, rqf, kva, pk):
     """The plan of the step at ``rf[F_T]``: ``VllmScheduler.schedule`` (prefill-first),
-    ``SglangScheduler.schedule`` (prefill-first, chunked, cache-aware order), or
-    ``Scheduler._decode_then_prefill`` (Sarathi-Serve chunks, Orca whole prompts)."""
+    ``SglangScheduler.schedule`` (prefill-first, chunked, cache-aware order),
+    ``Scheduler._decode_then_prefill`` (Sarathi-Serve chunks, Orca whole prompts) or
+    ``StaticScheduler.schedule``; swapped requests come back first."""
     now_s = rf[F_T]
     ri[H_NPF] = 0
     ri[H_NDEC] = 0
     ri[H_NPRE] = 0
+    rf[F_SWAPB] = 0.0
+    if ri[H_POLICY] == POLICY_STATIC:
+        return _plan_static(ri, rf, wq, rq, rqf, kva, pk)
     if ri[H_POLICY] == POLICY_SARATHI or ri[H_POLICY] == POLICY_ORCA:
-        status = _decode_with_preemption(ri, wq, rq, kva, pk, now_s)
+        status = _swap_in(ri, rf, rq, kva, now_s)
+        if status < 0:
+            return status
+        status = _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s)
         if status < 0:
             return status
         status, budget = _continue_prefills(ri, rq, kva, pk, ri[H_BUDGET] - ri[H_NDEC], now_s)
         if status < 0:
             return status
+        if ri[H_NSWAP] > 0:
+            return DONE_OK  # nothing is admitted while requests are swapped out
         return _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, ri[H_POLICY] == POLICY_SARATHI)
     # vLLM and SGLang: prefills first (SGLang chunks them and orders the queue by cached
     # prefix); with nothing to admit or continue, both plans are the decode step.
@@ -570,17 +791,21 @@ def _plan(ri, rf, wq, rq, rqf, kva, pk):
         if rq[R_PHASE, ri[o_run + i]] == PREFILL:
             pending = True
             break
-    if ri[H_NWAIT] == 0 and not pending:
-        return _decode_with_preemption(ri, wq, rq, kva, pk, now_s)
-    status, budget = _continue_prefills(ri, rq, kva, pk, ri[H_MAX_TOKENS], now_s)
+    if ri[H_NWAIT] == 0 and not pending and ri[H_NSWAP] == 0:
+        return _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s)
+    status = _swap_in(ri, rf, rq, kva, now_s)
     if status < 0:
         return status
-    status = _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, ri[H_POLICY] == POLICY_SGLANG)
-    if status < 0:
-        return status
+    if status == 0:
+        status, budget = _continue_prefills(ri, rq, kva, pk, ri[H_MAX_TOKENS], now_s)
+        if status < 0:
+            return status
+        status = _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, ri[H_POLICY] == POLICY_SGLANG)
+        if status < 0:
+            return status
     if ri[H_NPF] > 0:
         return DONE_OK
-    return _decode_with_preemption(ri, wq, rq, kva, pk, now_s)
+    return _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s)
 
 
 @njit(cache=True)
@@ -596,6 +821,9 @@ def _itl_bin(gap):
 
 @njit(cache=True)
 def _finish(ri, rq, rqf, kva, pk, req, end_s):
+    if ri[H_POLICY] == POLICY_STATIC:  # stays in the batch (as padding) until the batch ends
+        rq[R_PHASE, req] = DONE
+        return
     _release(ri, rq, kva, pk, req, end_s)
     rq[R_PHASE, req] = DONE
     _remove_running(ri, H_HEADER + K_RUN * ri[H_S], req)
@@ -603,7 +831,7 @@ def _finish(ri, rq, rqf, kva, pk, req, end_s):
 
 
 @njit(cache=True)
-def _commit(ri, rf, rq, rqf, kva, pk, sf, si, sq):
+def _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq):
     """End the step in flight: tokens, first tokens, finishes, then its step row."""
     s = ri[H_S]
     o_ctx = H_HEADER + K_CTX * s
@@ -616,7 +844,7 @@ def _commit(ri, rf, rq, rqf, kva, pk, sf, si, sq):
     o_itl = H_HEADER + K_ITL * s
     o_last = F_HEADER
     end_s = rf[F_ECUR]
-    page = kva[_blocks.C_PAGE]
+    page = _mem.page_tokens(ri, kva)
     npf = ri[H_NPF]
     for c in range(npf):
         req = ri[o_chunk + 3 * c]
@@ -677,27 +905,33 @@ def _commit(ri, rf, rq, rqf, kva, pk, sf, si, sq):
     for c in range(npf):
         if rq[R_SLOT, ri[o_chunk + 3 * c]] >= 0:
             running += 1
-    # The step row, with the memory split after the step (paged: no reservation, no
-    # external fragmentation; pages held only by the prefix cache are cached slots;
-    # ``PagedKVCache.stats``).
+    # The step row, with the memory split after the step (the manager's ``stats``; the
+    # queue head's reservation counts as pending: ``ReferenceReplica._mem_stats``; pages
+    # held only by a prefix cache are cached slots).
     row = ri[H_ROW]
     sf[SF_T, row] = rf[F_T]
     sf[SF_D, row] = rf[F_D]
     sf[SF_A, row] = rf[F_A]
-    tokens = kva[_blocks.C_TOKENS]
-    free_b = kva[_blocks.C_FREE_TOP]
-    cached_b = kva[_blocks.C_CACHED]
-    used_b = kva[_blocks.C_NB] - free_b - cached_b
+    sf[SF_SWAP, row] = rf[F_SWAPB] / rf[F_HEADER + s] if rf[F_SWAPB] else 0.0
+    pending = 0
+    if ri[H_NWAIT] > 0 and ri[_mem.H_KV] == _mem.KV_CONTIGUOUS:
+        head = wq[ri[H_WHEAD]]
+        pending = _mem.reservation_slots(ri[_mem.H_RESV], ri[_mem.H_MAXLEN], rq[R_TARGET, head],
+                                         rq[R_PROMPT, head] + rq[R_OUTPUT, head])
+    tokens, reserved, internal, external, cached, free = _mem.memory_split(ri, kva, pending)
     si[SI_RUN, row] = running
     si[SI_NPF, row] = npf
     si[SI_PT, row] = ri[H_P]
     si[SI_DT, row] = ndec
-    si[SI_Q, row] = ri[H_NWAIT]
+    si[SI_DSEQ, row] = ndec + ri[H_PADSEQ]
+    si[SI_Q, row] = ri[H_NWAIT] + ri[H_NSWAP]
     si[SI_PRE, row] = ri[H_NPRE]
     si[SI_TOK, row] = tokens
-    si[SI_INT, row] = used_b * page - tokens
-    si[SI_FREE, row] = free_b * page
-    si[SI_CACHED, row] = cached_b * page
+    si[SI_RES, row] = reserved
+    si[SI_INT, row] = internal
+    si[SI_EXT, row] = external
+    si[SI_FREE, row] = free
+    si[SI_CACHED, row] = cached
     si[SI_SAMP, row] = ri[H_SAMP]
     sq[SQ_KV, row] = ri[H_K]
     sq[SQ_CTX, row] = ri[H_CTXSUM]
@@ -707,6 +941,38 @@ def _commit(ri, rf, rq, rqf, kva, pk, sf, si, sq):
     ri[H_NSTEPS] += 1
     rf[F_T] = end_s
     ri[H_INFLIGHT] = 0
+    if ri[H_POLICY] == POLICY_STATIC:
+        _end_static_batch(ri, rq, rqf, kva, pk, end_s)
+
+
+@njit(cache=True)
+def _static_padding(ri, rq):
+    """Static batching's padding (``StaticScheduler.schedule``): a batch's prompts are
+    computed padded to its longest, and finished members keep being computed in its decode
+    steps. Returns (prefill tokens, sequences, context tokens) of padding."""
+    s = ri[H_S]
+    npf = ri[H_NPF]
+    if npf > 0:
+        o_chunk = H_HEADER + K_CHUNK * s
+        longest = 0
+        for c in range(npf):
+            t = rq[R_TARGET, ri[o_chunk + 3 * c]]
+            if t > longest:
+                longest = t
+        pad = 0
+        for c in range(npf):
+            pad += longest - rq[R_TARGET, ri[o_chunk + 3 * c]]
+        return pad, 0, 0
+    o_run = H_HEADER + K_RUN * s
+    o_ctx = H_HEADER + K_CTX * s
+    seqs = 0
+    ctx = 0
+    for i in range(ri[H_NRUN]):
+        req = ri[o_run + i]
+        if rq[R_PHASE, req] == DONE:
+            seqs += 1
+            ctx += ri[o_ctx + rq[R_SLOT, req]]
+    return 0, seqs, ctx
 
 
 @njit(cache=True)
@@ -733,6 +999,13 @@ def _start_step(ri, rf, rq, cf):
     ctx_sum = 0
     for j in range(ndec):
         ctx_sum += ri[o_ctx + ri[o_dec + j]]
+    ri[H_PADSEQ] = 0
+    if ri[H_POLICY] == POLICY_STATIC:
+        pad_p, pad_seqs, pad_ctx = _static_padding(ri, rq)
+        p += pad_p
+        ri[H_PADSEQ] = pad_seqs
+        ndec += pad_seqs
+        ctx_sum += pad_ctx
     ri[H_P] = p
     ri[H_K] = kv
     ri[H_SAMP] = samp
@@ -742,7 +1015,8 @@ def _start_step(ri, rf, rq, cf):
         d = step_time_s(cf, float(p), pairs, float(kv), float(samp), float(ndec), float(ctx_sum))
     else:
         d = step_time_s(cf, 0.0, 0.0, 0.0, 0.0, float(ndec), float(ctx_sum))
-    d = d + 0.0  # no swap time (recompute preemption)
+    swap_s = rf[F_SWAPB] / rf[F_HEADER + s] if rf[F_SWAPB] else 0.0
+    d = d + swap_s
     rf[F_D] = d
     rf[F_ECUR] = rf[F_T] + d
     ri[H_INFLIGHT] = 1
@@ -761,19 +1035,19 @@ def advance(ri, rf, wq, rq, rqf, kva, pk, cf, sf, si, sq, until_s, new_req):
             if rf[F_ECUR] < until_s:
                 if ri[H_ROW] >= ri[H_ROWCAP]:
                     return ROWS_FULL
-                _commit(ri, rf, rq, rqf, kva, pk, sf, si, sq)
+                _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq)
                 continue
             break
         if ri[H_IDLE] == 1 or rf[F_T] >= until_s:
             break
-        if ri[H_NWAIT] == 0 and ri[H_NRUN] == 0:
+        if ri[H_NWAIT] == 0 and ri[H_NRUN] == 0 and ri[H_NSWAP] == 0:
             ri[H_IDLE] = 1
             break
         status = _plan(ri, rf, wq, rq, rqf, kva, pk)
         if status < 0:
             return status
         if ri[H_NPF] == 0 and ri[H_NDEC] == 0:
-            if ri[H_NRUN] > 0:
+            if ri[H_NRUN] > 0 or ri[H_NSWAP] > 0:
                 return ERR_EMPTY
             # Queued requests that cannot be admitted into an empty replica: wait for a change.
             ri[H_IDLE] = 1

@@ -14,6 +14,7 @@ import simpy
 
 from servesim.simulator.cluster import Cluster
 from servesim.simulator.compiled import _loop as L
+from servesim.simulator.compiled import _mem as M
 from servesim.simulator.compiled._prefix import page_keys_csr
 from servesim.simulator.errors import InvariantError
 from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN
@@ -47,10 +48,10 @@ def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_pa
     """
     if policy not in L.POLICIES:
         return f"scheduler.policy is {policy!r} (the compiled loop runs {', '.join(map(repr, L.POLICIES))})"
-    if kv_manager not in ("paged", "radix"):
-        return f"kv_cache.manager is {kv_manager!r} (the compiled loop runs 'paged' and 'radix')"
-    if preemption != "recompute" and policy != "sglang":
-        return f"scheduler.preemption is {preemption!r} (the compiled loop runs 'recompute')"
+    if kv_manager not in M.KV_KINDS:
+        return f"kv_cache.manager is {kv_manager!r} (the compiled loop runs {', '.join(map(repr, M.KV_KINDS))})"
+    if preemption not in ("recompute", "swap"):
+        return f"scheduler.preemption is {preemption!r} (the compiled loop runs 'recompute' and 'swap')"
     if any(cf is None for cf in cost_packs):
         return "the step-cost model has no packed form (engine.cost_model 'cycle')"
     if len(workload):
@@ -83,6 +84,10 @@ class CompiledReplica:
         starvation_limit_s: float = 5.0,
         rq: npt.NDArray[np.int64],
         rqf: npt.NDArray[np.float64],
+        preemption: str = "recompute",
+        swap_space_bytes: float = 0.0,
+        kv_bytes_per_token_per_gpu: float = 0.0,
+        pcie_bw_bytes_per_s: float = 16e9,
     ) -> None:
         self.replica_id = replica_id
         self.kv = kv
@@ -103,15 +108,25 @@ class CompiledReplica:
         ri[L.H_IDLE] = 1
         ri[L.H_CACHES] = int(kv.caches_prefixes)
         ri[L.H_APC] = int(kv.caches_when_scheduled)
+        ri[M.H_KV] = M.KV_KINDS[kv.kind]
+        if kv.kind == "contiguous":
+            ri[M.H_RESV] = M.RESERVATIONS[kv.reservation]
+            ri[M.H_MAXLEN] = kv.max_seq_len
+        # Static batching preempts by recompute (a swapped member could never rejoin its
+        # request-level batch; ``StaticScheduler``); SGLang retracts by recompute.
+        ri[M.H_SWAP] = int(preemption == "swap" and policy not in ("static", "sglang"))
         o_free = L.H_HEADER + L.K_FREE * slots
         ri[o_free : o_free + slots] = np.arange(slots - 1, -1, -1)  # slot 0 is taken first
         ri[L.H_FREE_TOP] = slots
         o_owner = L.H_HEADER + L.K_OWNER * slots
         ri[o_owner : o_owner + slots] = -1
         self.ri = ri
-        self.rf = np.zeros(L.F_HEADER + slots, dtype=np.float64)
+        self.rf = np.zeros(L.rf_words(slots), dtype=np.float64)
         self.rf[L.F_LASTGAP] = math.nan
         self.rf[L.F_STARVE] = starvation_limit_s
+        self.rf[M.F_SWAP_CAP] = swap_space_bytes
+        self.rf[M.F_KVB] = kv_bytes_per_token_per_gpu
+        self.rf[L.F_HEADER + slots] = pcie_bw_bytes_per_s
         self.wq = np.zeros(max(64, 4 * slots), dtype=np.int64)
         self._chunks: list[tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]] = []
         self._chunk_rows = FIRST_CHUNK_ROWS
@@ -120,7 +135,8 @@ class CompiledReplica:
     # ------------------------------------------------------------------ router-facing state
     @property
     def num_outstanding(self) -> int:
-        return int(self.ri[L.H_NWAIT] + self.ri[L.H_NRUN])
+        """Requests queued, running or swapped out here."""
+        return int(self.ri[L.H_NWAIT] + self.ri[L.H_NRUN] + self.ri[M.H_NSWAP])
 
     def kv_load_frac(self, now_s: float) -> float:
         return int(L.kv_tokens_held(self.ri, self.rq)) / max(self.kv.capacity_tokens, 1)
@@ -200,12 +216,13 @@ class CompiledReplica:
                 "t_s": sf[L.SF_T],
                 "duration_s": sf[L.SF_D],
                 "in_attn_pairs": sf[L.SF_A],
+                "swap_s": sf[L.SF_SWAP],
                 "num_running": si[L.SI_RUN],
                 "num_prefill_seqs": si[L.SI_NPF],
                 "prefill_tokens": si[L.SI_PT],
                 "in_prefill_tokens": si[L.SI_PT],
                 "decode_tokens": si[L.SI_DT],
-                "in_decode_seqs": si[L.SI_DT],
+                "in_decode_seqs": si[L.SI_DSEQ],
                 "queue_len": si[L.SI_Q],
                 "num_preemptions": si[L.SI_PRE],
                 "kv_token_state_slots": si[L.SI_TOK],
@@ -263,7 +280,10 @@ class CompiledCluster(Cluster):
 
     def add_replica(self, replica: Any) -> None:  # type: ignore[override]
         kv = replica.kv
-        key = (kv.num_blocks, kv.block_size_tokens, kv.watermark_blocks, kv.max_seq_len)
+        if kv.kind == "contiguous":
+            key: tuple[Any, ...] = (kv.kind, kv.capacity_tokens, kv.reservation, kv.max_seq_len)
+        else:
+            key = (kv.num_blocks, kv.block_size_tokens, kv.watermark_blocks, kv.max_seq_len)
         fits = self._fits_by_kv.get(key)
         if fits is None:
             fits = kv.fits_ever_many(self._prompt, self._prompt + self._output)

@@ -106,10 +106,10 @@ def simulate(
     """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects.
 
     ``loop="reference"`` runs the plain reference replica (``simulator.reference``);
-    ``loop="compiled"`` runs the compiled loop (vllm/sarathi/orca on paged KV; ``cost`` a roofline
-    ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``);
-    ``prefix_caching`` turns on vLLM v1's automatic prefix caching (paged only);
-    ``starvation_limit_s`` is SGLang's starvation guard.
+    ``loop="compiled"`` runs the compiled loop (``cost`` a roofline ``StepCostModel``);
+    ``until_s`` stops the run there (``engine.max_sim_time_s``); ``prefix_caching`` turns on
+    vLLM v1's automatic prefix caching (paged only); ``starvation_limit_s`` is SGLang's
+    starvation guard.
     """
     cost = cost or LinearCost()
     env = simpy.Environment()
@@ -141,6 +141,8 @@ def simulate(
                 max_num_batched_tokens=max_num_batched_tokens, slots=max_num_seqs + 1,
                 policy=policy, chunk_size_tokens=chunk_size_tokens, starvation_limit_s=starvation_limit_s,
                 rq=cluster.rq, rqf=cluster.rqf,
+                preemption=preemption, swap_space_bytes=swap_space_bytes, kv_bytes_per_token_per_gpu=1000.0,
+                pcie_bw_bytes_per_s=1e6,
             )
             cluster.add_replica(crep)
             reps.append(crep)

@@ -185,3 +185,16 @@ def test_fits_ever_many_matches_fits_ever(pairs, block, watermark):
     p = np.array([a for a, _ in pairs])
     f = p + np.array([b for _, b in pairs])
     assert kv.fits_ever_many(p, f).tolist() == [kv.fits_ever(int(a), int(b)) for a, b in zip(p, f, strict=True)]
+
+
+@given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 300)), min_size=1, max_size=30),
+       st.sampled_from(["max", "pow2", "oracle"]), st.sampled_from([64, 200, 1024]))
+def test_contiguous_fits_ever_many_matches_fits_ever(pairs, reservation, capacity):
+    """The compiled cluster's arrival check for contiguous managers (one reservation each)."""
+    from servesim.simulator.memory import make_kv_manager
+
+    kv = make_kv_manager("contiguous", capacity_tokens=capacity, block_size_tokens=1, max_seqs=4,
+                         max_seq_len=256, reservation=reservation)
+    p = np.array([a for a, _ in pairs])
+    f = p + np.array([b for _, b in pairs])
+    assert kv.fits_ever_many(p, f).tolist() == [kv.fits_ever(int(a), int(b)) for a, b in zip(p, f, strict=True)]

@@ -115,26 +115,33 @@ def test_python_engine_equals_reference(wl, cfg) -> None:
         assert not rep.running and not rep.waiting and not rep.swapped
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(wl=workloads(fanout=False, dependents=False),
-       policy=st.sampled_from(["vllm", "sarathi", "orca", "sglang"]),
-       kv=st.sampled_from([("paged", False), ("paged", True), ("radix", False)]),
+       policy=st.sampled_from(["static", "vllm", "sarathi", "orca", "sglang"]),
+       kv=st.sampled_from([("paged", False), ("paged", True), ("radix", False), ("contiguous", False)]),
+       reservation=st.sampled_from(["max", "pow2", "oracle"]),
+       preemption=st.sampled_from(["recompute", "swap"]),
+       swap_space_bytes=st.sampled_from([0.0, 40_000.0, 1e12]),
        capacity_tokens=st.sampled_from([48, 64, 96, 256]),
        max_num_seqs=st.sampled_from([1, 2, 4]),
        max_num_batched_tokens=st.sampled_from([8, 24, 64]),
        replicas=st.sampled_from([1, 2]),
-       router=st.sampled_from(["least_kv_load", "least_outstanding", "prefix_affinity"]),
+       router=st.sampled_from(["least_kv_load", "least_outstanding", "round_robin", "prefix_affinity"]),
        starvation_limit_s=st.sampled_from([5.0, 0.0, 0.02]))
-def test_compiled_loop_equals_reference(wl, policy, kv, capacity_tokens, max_num_seqs, max_num_batched_tokens,
-                                        replicas, router, starvation_limit_s) -> None:
-    """The compiled loop's configurations: vllm, sarathi, orca and sglang on paged KV (with
-    and without vLLM v1's prefix caching) and on the radix cache, recompute, workloads with
-    and without prefix block ids, prefix-aware routing and SGLang's starvation guard."""
+def test_compiled_loop_equals_reference(wl, policy, kv, reservation, preemption, swap_space_bytes,
+                                        capacity_tokens, max_num_seqs, max_num_batched_tokens, replicas,
+                                        router, starvation_limit_s) -> None:
+    """The compiled loop against the reference: every scheduler on paged KV (with and
+    without vLLM v1's prefix caching), the radix cache and contiguous KV (every reservation
+    policy), recompute or swap preemption with no, a little or ample host memory, workloads
+    with and without prefix block ids, every router, SGLang's starvation guard, on pools
+    small enough to preempt and swap."""
     kv_kind, prefix_caching = kv
-    kw = {"policy": policy, "kv_kind": kv_kind, "prefix_caching": prefix_caching,
-          "capacity_tokens": capacity_tokens, "block_size_tokens": 4, "max_num_seqs": max_num_seqs,
-          "max_num_batched_tokens": max_num_batched_tokens, "chunk_size_tokens": 12, "max_seq_len": 72,
-          "replicas": replicas, "router": router, "cost": COST, "starvation_limit_s": starvation_limit_s}
+    kw = {"policy": policy, "kv_kind": kv_kind, "prefix_caching": prefix_caching, "reservation": reservation,
+          "preemption": preemption, "swap_space_bytes": swap_space_bytes, "capacity_tokens": capacity_tokens,
+          "block_size_tokens": 4, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+          "chunk_size_tokens": 12, "max_seq_len": 72, "replicas": replicas, "router": router, "cost": COST,
+          "starvation_limit_s": starvation_limit_s}
     ref = simulate(wl, loop="reference", **kw)
     comp = simulate(wl, loop="compiled", **kw)
     pd.testing.assert_frame_equal(comp.requests, ref.requests, check_exact=True)
@@ -142,6 +149,35 @@ def test_compiled_loop_equals_reference(wl, policy, kv, capacity_tokens, max_num
     for a, b in zip(comp.replicas, ref.replicas, strict=True):
         a.kv.check_invariants()
         assert a.kv.stats() == b.kv.stats()
+
+
+def test_compiled_loop_swaps_and_reserves_like_the_reference() -> None:
+    """The differential draws reach swap-out, swap-in, a full host pool, contiguous
+    reservations with external fragmentation, and static batches; pinned here on fixed
+    workloads (both loops)."""
+    wl = workload(np.zeros(8), [12] * 8, [20] * 8)
+    base = {"kv_kind": "paged", "capacity_tokens": 48, "block_size_tokens": 4, "max_num_seqs": 8,
+            "max_num_batched_tokens": 64, "max_seq_len": 72, "cost": COST, "chunk_size_tokens": 12}
+    for policy in ("vllm", "sarathi", "orca"):
+        for swap in (40_000.0, 1e12):
+            kw = {**base, "policy": policy, "preemption": "swap", "swap_space_bytes": swap}
+            ref = simulate(wl, loop="reference", **kw)
+            assert ref.summary["num_preemptions"] > 0
+            recompute = simulate(wl, loop="reference", **{**kw, "preemption": "recompute"})
+            assert ref.steps["duration_s"].sum() != recompute.steps["duration_s"].sum()  # swap time charged
+            comp = simulate(wl, loop="compiled", **kw)
+            _assert_identical(comp, ref)
+    # Contiguous: reservations of the longest sequence leave gaps the queue head cannot use.
+    wl = workload([0.0, 0.0, 0.0, 0.5, 0.5, 1.0], [5, 30, 9, 40, 3, 20], [4, 30, 2, 8, 12, 5])
+    for policy in ("orca", "static", "vllm"):
+        for reservation in ("max", "pow2", "oracle"):
+            kw = {"policy": policy, "kv_kind": "contiguous", "reservation": reservation, "capacity_tokens": 160,
+                  "max_num_seqs": 4, "max_num_batched_tokens": 64, "max_seq_len": 72, "cost": COST}
+            ref = simulate(wl, loop="reference", **kw)
+            comp = simulate(wl, loop="compiled", **kw)
+            _assert_identical(comp, ref)
+            if reservation == "pow2":
+                assert ref.steps["kv_reserved_slots"].max() > 0
 
 
 def test_reference_forces_preemption_on_a_tiny_pool() -> None:
