@@ -385,6 +385,7 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
                     replica_id=replica_id, kv=kv, cost_pack=packs[gi], cost=g.cost,
                     max_num_seqs=sc.max_num_seqs, max_num_batched_tokens=sc.max_num_batched_tokens,
                     slots=sc.max_num_seqs + 1, policy=sc.policy, chunk_size_tokens=sc.chunk_size_tokens,
+                    kv_sharing=sc.kv_sharing,
                     rq=cluster.rq, rqf=cluster.rqf,  # type: ignore[attr-defined]
                 ))
                 replica_id += 1

@@ -50,6 +50,8 @@ R_SLOT = 9  # -1 while holding no KV
 R_CACHED = 10
 # Reserved request rows (one range per feature, so parallel work merges cleanly):
 # 11-13 prefix caching / radix, 14-16 swap and contiguous, 17-20 fan-out and dependents.
+R_FANOUT = 17  # sequences of the group (parallel samples n or beam width; >= 1)
+R_NSLOTS = 18  # sequences (slots) it holds now: the chain R_SLOT -> K_NEXT -> ... -> -1
 R_NUM = 24
 # Rows of ``rqf``.
 Q_FIRST_SCHED = 0
@@ -92,6 +94,9 @@ H_BUDGET = 23  # decode-then-prefill policies: token budget per step
 # Reserved header words, one range per feature: 24-31 prefix caching / radix / sglang,
 # 32-39 swap and contiguous / static, 40-47 fan-out, dependents and the cycle cost,
 # 48-63 spare.
+H_SHARING = 40  # 1: a fan-out group computes its prompt once and forks (``kv_sharing``)
+H_LOGFIN = 41  # 1: finishes are listed in K_FIN for the facade (dependent requests)
+H_NFIN = 42  # requests listed in K_FIN since the facade last read them
 H_HEADER = 64
 # Scheduling policies the kernel runs (``simulator.scheduling``).
 POLICY_VLLM = 0
@@ -124,6 +129,7 @@ DONE_OK = 0
 ROWS_FULL = 1
 ERR_GROW = -1  # a grow or admit misuse (the Python engine would raise ValueError)
 ERR_EMPTY = -2  # an empty plan with running requests
+ERR_FORK = -17  # no free slot to fork a group's sequence into (seats were miscounted)
 
 # ITL histogram: the recorder's bins.
 ITL_LO_S = _ITL_LO_S
@@ -140,6 +146,10 @@ _NO_KEYS = np.zeros(0, dtype=np.int64)
 # Reserved regions: 13-15 prefix caching / radix, 16-18 swap and contiguous, 19-21 fan-out
 # and dependents, 22-23 spare.
 K_RUN, K_FREE, K_CTX, K_GEN, K_TGT, K_OWNER, K_CHUNK, K_DEC, K_IDS, K_TOT, K_ITL = 0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 24
+# Fan-out: a request's sequences are a chain of slots (``ReqState.slots`` in order): R_SLOT
+# is the first, K_NEXT the next of each (-1: the last). K_FIN lists the requests finished
+# since the facade last looked (H_LOGFIN), in the reference's order of ``_finish`` calls.
+K_NEXT, K_FIN = 19, 20
 
 
 def itl_offset(slots: int) -> int:
@@ -164,16 +174,83 @@ def _remove_running(ri, o_run, req):
 
 @njit(cache=True)
 def _release(ri, rq, kva, req, now_s):
-    """Drop the request's KV and give its slot back (``Replica._release_slots``)."""
+    """Drop the request's KV and give its slots back, first sequence first
+    (``ReferenceReplica._release``)."""
     s = ri[H_S]
     o_free = H_HEADER + K_FREE * s
     o_owner = H_HEADER + K_OWNER * s
+    o_next = H_HEADER + K_NEXT * s
     slot = rq[R_SLOT, req]
-    _blocks.release(kva, slot, _NO_KEYS, 0, now_s)
-    ri[o_owner + slot] = -1
-    ri[o_free + ri[H_FREE_TOP]] = slot
-    ri[H_FREE_TOP] += 1
+    while slot >= 0:
+        _blocks.release(kva, slot, _NO_KEYS, 0, now_s)
+        ri[o_owner + slot] = -1
+        ri[o_free + ri[H_FREE_TOP]] = slot
+        ri[H_FREE_TOP] += 1
+        nxt = ri[o_next + slot]
+        ri[o_next + slot] = -1
+        slot = nxt
     rq[R_SLOT, req] = -1
+    rq[R_NSLOTS, req] = 0
+
+
+@njit(cache=True)
+def _group_slots(ri, rq, req, o_out, tokens, o_tot):
+    """Write the request's slots (in order) from ``ri[o_out]``, and ``tokens`` for each from
+    ``ri[o_tot]`` (``o_tot < 0``: none); returns how many."""
+    o_next = H_HEADER + K_NEXT * ri[H_S]
+    n = 0
+    slot = rq[R_SLOT, req]
+    while slot >= 0:
+        ri[o_out + n] = slot
+        if o_tot >= 0:
+            ri[o_tot + n] = tokens
+        n += 1
+        slot = ri[o_next + slot]
+    return n
+
+
+@njit(cache=True)
+def _admit_group(ri, rq, kva, req, target, now_s):
+    """Register the request's sequences with the KV manager (``ReferenceReplica.admit``):
+    one when a fan-out group shares its prompt (it forks the others when the prompt is in),
+    else every one; all or none. Returns the sequences taken (0: no room, nothing changed)."""
+    s = ri[H_S]
+    o_free = H_HEADER + K_FREE * s
+    o_next = H_HEADER + K_NEXT * s
+    fan = rq[R_FANOUT, req]
+    n = 1 if (ri[H_SHARING] == 1 and fan > 1) else fan
+    if ri[H_FREE_TOP] < n:
+        return 0
+    prev = -1
+    for i in range(n):
+        ri[H_FREE_TOP] -= 1
+        slot = ri[o_free + ri[H_FREE_TOP]]
+        if _blocks.admit(kva, slot, _NO_KEYS, 0, target, now_s) < 0:
+            # Undo: this slot back, then the taken ones newest first (the free stack as before).
+            ri[H_FREE_TOP] += 1
+            for _ in range(i):
+                first = rq[R_SLOT, req]
+                last = first
+                before = -1
+                while ri[o_next + last] >= 0:
+                    before = last
+                    last = ri[o_next + last]
+                _blocks.release(kva, last, _NO_KEYS, 0, now_s)
+                ri[o_free + ri[H_FREE_TOP]] = last
+                ri[H_FREE_TOP] += 1
+                if before >= 0:
+                    ri[o_next + before] = -1
+                else:
+                    rq[R_SLOT, req] = -1
+            return 0
+        ri[o_next + slot] = -1
+        if prev < 0:
+            rq[R_SLOT, req] = slot
+        else:
+            ri[o_next + prev] = slot
+        prev = slot
+    rq[R_NSLOTS, req] = n
+    return n
 
 
 @njit(cache=True)
@@ -239,15 +316,18 @@ def _decode_with_preemption(ri, wq, rq, kva, now_s):
     o_ctx = H_HEADER + K_CTX * s
     o_dec = H_HEADER + K_DEC * s
     o_tot = H_HEADER + K_TOT * s
+    o_next = H_HEADER + K_NEXT * s
     while True:
         n = 0
         for i in range(ri[H_NRUN]):
             req = ri[o_run + i]
             if rq[R_PHASE, req] == DECODE:
                 slot = rq[R_SLOT, req]
-                ri[o_dec + n] = slot
-                ri[o_tot + n] = ri[o_ctx + slot] + 1
-                n += 1
+                while slot >= 0:  # every sequence of the group, in order
+                    ri[o_dec + n] = slot
+                    ri[o_tot + n] = ri[o_ctx + slot] + 1
+                    n += 1
+                    slot = ri[o_next + slot]
         if n == 0:
             ri[H_NDEC] = 0
             return DONE_OK
@@ -303,9 +383,8 @@ def _continue_prefills(ri, rq, kva, budget):
             new = budget
         if new <= 0:
             continue
-        ri[o_ids] = rq[R_SLOT, req]
-        ri[o_tot] = comp + new
-        status = _blocks.grow(kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
+        m = _group_slots(ri, rq, req, o_ids, comp + new, o_tot)
+        status = _blocks.grow(kva, ri[o_ids : o_ids + m], ri[o_tot : o_tot + m])
         if status < 0:
             return ERR_GROW, budget
         if status != _blocks.OK:
@@ -321,7 +400,6 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, chunked):
     (``Scheduler._admit_waiting`` and ``Replica.admit``); no overtaking."""
     s = ri[H_S]
     o_run = H_HEADER + K_RUN * s
-    o_free = H_HEADER + K_FREE * s
     o_ctx = H_HEADER + K_CTX * s
     o_gen = H_HEADER + K_GEN * s
     o_tgt = H_HEADER + K_TGT * s
@@ -331,41 +409,41 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, chunked):
     o_tot = H_HEADER + K_TOT * s
     now_s = rf[F_T]
     max_tokens = ri[H_MAX_TOKENS]
-    seats = ri[H_MAX_SEQS] - ri[H_NRUN]
+    if ri[H_NWAIT] == 0:
+        return DONE_OK
+    # Seats: a fan-out group counts as all of its sequences, forked or not yet.
+    seats = ri[H_MAX_SEQS]
+    for i in range(ri[H_NRUN]):
+        seats -= rq[R_FANOUT, ri[o_run + i]]
     while ri[H_NWAIT] > 0:
         req = wq[ri[H_WHEAD]]
-        if budget <= 0 or seats < 1:
+        if budget <= 0 or seats < rq[R_FANOUT, req]:
             break
         target = rq[R_TARGET, req]
         # Whole prompts unless one exceeds the whole budget and is the step's first.
         if not chunked and target > budget and (ri[H_NPF] > 0 or budget < max_tokens):
             break
-        if ri[H_FREE_TOP] < 1:
+        n = _admit_group(ri, rq, kva, req, target, now_s)
+        if n == 0:
             break
-        ri[H_FREE_TOP] -= 1
-        slot = ri[o_free + ri[H_FREE_TOP]]
-        m = _blocks.admit(kva, slot, _NO_KEYS, 0, target, now_s)
-        if m < 0:
-            ri[H_FREE_TOP] += 1
-            break
-        ri[H_PQ] += target
-        rq[R_SLOT, req] = slot
+        ri[H_PQ] += n * target  # each sequence's admission is a prefix query
         rq[R_COMPUTED, req] = 0
         if rq[R_NPRE, req] == 0 and rq[R_FTD, req] == 0:
             rq[R_CACHED, req] = 0
             rqf[Q_FIRST_SCHED, req] = now_s
-        ri[o_ctx + slot] = 0
-        ri[o_tgt + slot] = rq[R_OUTPUT, req]
-        ri[o_gen + slot] = rq[R_GEN, req]
-        ri[o_owner + slot] = req
+        new = target if target < budget else budget
+        m = _group_slots(ri, rq, req, o_ids, new, o_tot)
+        for j in range(m):
+            slot = ri[o_ids + j]
+            ri[o_ctx + slot] = 0
+            ri[o_tgt + slot] = rq[R_OUTPUT, req]
+            ri[o_gen + slot] = rq[R_GEN, req]
+            ri[o_owner + slot] = req
         rq[R_PHASE, req] = PREFILL
         _pop_front(ri, wq)
         ri[o_run + ri[H_NRUN]] = req
         ri[H_NRUN] += 1
-        new = target if target < budget else budget
-        ri[o_ids] = slot
-        ri[o_tot] = new
-        status = _blocks.grow(kva, ri[o_ids : o_ids + 1], ri[o_tot : o_tot + 1])
+        status = _blocks.grow(kva, ri[o_ids : o_ids + m], ri[o_tot : o_tot + m])
         if status < 0:
             return ERR_GROW
         if status != _blocks.OK:
@@ -378,7 +456,7 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, budget, chunked):
             break
         _add_chunk(ri, o_chunk, req, new, 0)
         budget -= new
-        seats -= 1
+        seats -= rq[R_FANOUT, req]
     return DONE_OK
 
 
@@ -434,6 +512,36 @@ def _finish(ri, rq, rqf, kva, req, end_s):
     rq[R_PHASE, req] = DONE
     _remove_running(ri, H_HEADER + K_RUN * ri[H_S], req)
     rqf[Q_FINISH, req] = end_s
+    if ri[H_LOGFIN] == 1 and ri[H_NFIN] < ri[H_S]:
+        # For the facade: the recorder's finish and the cluster's on_finish (dependents).
+        ri[H_HEADER + K_FIN * ri[H_S] + ri[H_NFIN]] = req
+        ri[H_NFIN] += 1
+
+
+@njit(cache=True)
+def _fork_group(ri, rq, kva, req, o_ctx, o_gen, o_tgt, o_owner, g):
+    """A sharing group's prompt is in: fork its other sequences from the first
+    (``ReferenceReplica._commit_prefill``); returns ERR_FORK if slots ran out."""
+    s = ri[H_S]
+    o_free = H_HEADER + K_FREE * s
+    o_next = H_HEADER + K_NEXT * s
+    parent = rq[R_SLOT, req]
+    last = parent
+    for _ in range(rq[R_FANOUT, req] - 1):
+        if ri[H_FREE_TOP] < 1:
+            return ERR_FORK
+        ri[H_FREE_TOP] -= 1
+        child = ri[o_free + ri[H_FREE_TOP]]
+        _blocks.fork(kva, parent, child)
+        ri[o_next + last] = child
+        ri[o_next + child] = -1
+        last = child
+        ri[o_ctx + child] = ri[o_ctx + parent]
+        ri[o_gen + child] = g
+        ri[o_tgt + child] = rq[R_OUTPUT, req]
+        ri[o_owner + child] = req
+    rq[R_NSLOTS, req] = rq[R_FANOUT, req]
+    return DONE_OK
 
 
 @njit(cache=True)
@@ -448,6 +556,7 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
     o_dec = H_HEADER + K_DEC * s
     o_ids = H_HEADER + K_IDS * s
     o_itl = H_HEADER + K_ITL * s
+    o_next = H_HEADER + K_NEXT * s
     o_last = F_HEADER
     end_s = rf[F_ECUR]
     npf = ri[H_NPF]
@@ -456,7 +565,9 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
         comp = rq[R_COMPUTED, req] + ri[o_chunk + 3 * c + 1]
         rq[R_COMPUTED, req] = comp
         slot = rq[R_SLOT, req]
-        ri[o_ctx + slot] = comp
+        while slot >= 0:
+            ri[o_ctx + slot] = comp
+            slot = ri[o_next + slot]
         if comp < rq[R_TARGET, req]:
             continue
         g = rq[R_GEN, req] + 1
@@ -464,8 +575,14 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
         if rq[R_FTD, req] == 0:
             rq[R_FTD, req] = 1
             rqf[Q_FIRST_TOKEN, req] = end_s
-        ri[o_gen + slot] = g
-        rf[o_last + slot] = end_s
+        if ri[H_SHARING] == 1 and rq[R_FANOUT, req] > 1 and rq[R_NSLOTS, req] == 1:
+            if _fork_group(ri, rq, kva, req, o_ctx, o_gen, o_tgt, o_owner, g) < 0:
+                return ERR_FORK
+        slot = rq[R_SLOT, req]
+        while slot >= 0:
+            ri[o_gen + slot] = g
+            rf[o_last + slot] = end_s
+            slot = ri[o_next + slot]
         rq[R_PHASE, req] = DECODE
         if g >= rq[R_OUTPUT, req]:
             _finish(ri, rq, rqf, kva, req, end_s)
@@ -487,7 +604,12 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
             rf[o_last + slot] = end_s
             if g >= ri[o_tgt + slot]:
                 req = ri[o_owner + slot]
-                if req >= 0 and rq[R_PHASE, req] == DECODE:
+                listed = False  # a group's sequences finish together: list it once
+                for k in range(nfin):
+                    if ri[o_ids + k] == req:
+                        listed = True
+                        break
+                if req >= 0 and rq[R_PHASE, req] == DECODE and not listed:
                     # Finishing requests, in arrival order (insertion sort; few at a time).
                     pos = nfin
                     while pos > 0 and rq[R_ORDER, ri[o_ids + pos - 1]] > rq[R_ORDER, req]:
@@ -502,8 +624,7 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
             _finish(ri, rq, rqf, kva, req, end_s)
     running = ndec
     for c in range(npf):
-        if rq[R_SLOT, ri[o_chunk + 3 * c]] >= 0:
-            running += 1
+        running += rq[R_NSLOTS, ri[o_chunk + 3 * c]]
     # The step row, with the memory split after the step (paged: no reservation, no
     # external fragmentation; ``PagedKVCache.stats``).
     row = ri[H_ROW]
@@ -531,6 +652,7 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
     ri[H_NSTEPS] += 1
     rf[F_T] = end_s
     ri[H_INFLIGHT] = 0
+    return DONE_OK
 
 
 @njit(cache=True)
@@ -552,7 +674,7 @@ def _start_step(ri, rf, rq, cf):
         pairs += new * (ctx + (new + 1) / 2.0)
         kv += ctx + new
         if ctx + new >= rq[R_TARGET, req]:
-            samp += 1
+            samp += rq[R_FANOUT, req]  # a completed prompt samples each sequence's token
     ndec = ri[H_NDEC]
     ctx_sum = 0
     for j in range(ndec):
@@ -585,7 +707,9 @@ def advance(ri, rf, wq, rq, rqf, kva, cf, sf, si, sq, until_s, new_req):
             if rf[F_ECUR] < until_s:
                 if ri[H_ROW] >= ri[H_ROWCAP]:
                     return ROWS_FULL
-                _commit(ri, rf, rq, rqf, kva, sf, si, sq)
+                status = _commit(ri, rf, rq, rqf, kva, sf, si, sq)
+                if status < 0:
+                    return status
                 continue
             break
         if ri[H_IDLE] == 1 or rf[F_T] >= until_s:
@@ -618,9 +742,11 @@ def kv_tokens_held(ri, rq):
     s = ri[H_S]
     o_run = H_HEADER + K_RUN * s
     o_ctx = H_HEADER + K_CTX * s
+    o_next = H_HEADER + K_NEXT * s
     total = 0
     for i in range(ri[H_NRUN]):
         slot = rq[R_SLOT, ri[o_run + i]]
-        if slot >= 0:
+        while slot >= 0:
             total += ri[o_ctx + slot]
+            slot = ri[o_next + slot]
     return total

@@ -134,7 +134,8 @@ def simulate(
             crep = CompiledReplica(
                 replica_id=i, kv=kv, cost_pack=pack, cost=cost, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens, slots=max_num_seqs + 1,
-                policy=policy, chunk_size_tokens=chunk_size_tokens, rq=cluster.rq, rqf=cluster.rqf,
+                policy=policy, chunk_size_tokens=chunk_size_tokens, kv_sharing=kv_sharing, rq=cluster.rq,
+                rqf=cluster.rqf,
             )
             cluster.add_replica(crep)
             reps.append(crep)
