@@ -149,7 +149,7 @@ def test_compiled_loop_zero_think_time_ties_across_replicas() -> None:
     routed before the second replica's step end is processed (SimPy's order), in the
     compiled loop as in the reference."""
     wl = workload([0.0, 0.0, np.nan, np.nan], [8, 8, 5, 5], [3, 3, 4, 4], depends_on=[-1, -1, 0, 1],
-                  think_time_s=[0.0, 0.0, 0.0, 0.0], num_samples=[2, 1, 3, 1])
+                  think_time_s=[0.0, 0.0, 0.0, 0.0], num_samples=[2, 2, 3, 1])
     for router in ("least_outstanding", "least_kv_load", "round_robin"):
         kw = {"policy": "vllm", "kv_kind": "paged", "capacity_tokens": 256, "block_size_tokens": 4,
               "max_num_seqs": 4, "max_num_batched_tokens": 64, "max_seq_len": 72, "replicas": 2,
@@ -157,6 +157,9 @@ def test_compiled_loop_zero_think_time_ties_across_replicas() -> None:
         ref = simulate(wl, loop="reference", **kw)
         _assert_identical(simulate(wl, loop="compiled", **kw), ref)
         assert (ref.requests["status"] == "completed").all()
+        # The parents finish at the same instant on both replicas, their dependents then.
+        fin = ref.requests["finish_s"].to_numpy()
+        assert fin[0] == fin[1] and ref.requests["arrival_s"].iloc[2] == fin[0]
 
 
 def test_reference_forces_preemption_on_a_tiny_pool() -> None:
