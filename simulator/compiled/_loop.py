@@ -113,6 +113,7 @@ F_ITL_SQ = 5
 F_LASTGAP = 6
 # Reserved: 8-11 prefix caching / radix, 12-15 swap and contiguous, 16-19 fan-out,
 # dependents and the cycle cost, 20-23 spare.
+F_VNOW = 16  # stepwise: the SimPy time of the step end (event) being processed
 F_HEADER = 24
 # Step-row columns.
 SF_T, SF_D, SF_A = 0, 1, 2
@@ -734,6 +735,50 @@ def advance(ri, rf, wq, rq, rqf, kva, cf, sf, si, sq, until_s, new_req):
             if until_s > rf[F_T]:
                 rf[F_T] = until_s
     return DONE_OK
+
+
+@njit(cache=True)
+def advance_stepwise(ri, rf, wq, rq, rqf, kva, cf, sf, si, sq, peek_s):
+    """Stepwise (dependent requests): process this replica's SimPy event at ``rf[F_VNOW]``
+    - commit the step ending then (or, woken from idle, nothing) and plan the next - and go
+    on with the following step ends while each would be SimPy's next event anyway.
+
+    The reference replica's step timeout fires at ``now + max(end - now, 0)`` (SimPy's
+    clock, ``now`` the event that planned it); while that is before ``peek_s`` (the earliest
+    other scheduled event) nothing else can happen in between, so it is processed here with
+    ``rf[F_VNOW]`` as the clock. Stops after an event that finished requests (the facade
+    reports them at ``rf[F_VNOW]``: recorder, dependents' releases), when idle, or when the
+    next step end is not the next event. Returns :data:`ROWS_FULL` (call again with a fresh
+    row chunk), :data:`DONE_OK` or a negative error code.
+    """
+    vnow = rf[F_VNOW]
+    while True:
+        if ri[H_INFLIGHT] == 1:
+            if ri[H_ROW] >= ri[H_ROWCAP]:
+                return ROWS_FULL
+            status = _commit(ri, rf, rq, rqf, kva, sf, si, sq)
+            if status < 0:
+                return status
+        if ri[H_NWAIT] == 0 and ri[H_NRUN] == 0:
+            ri[H_IDLE] = 1
+            return DONE_OK
+        status = _plan(ri, rf, wq, rq, rqf, kva)
+        if status < 0:
+            return status
+        if ri[H_NPF] == 0 and ri[H_NDEC] == 0:
+            if ri[H_NRUN] > 0:
+                return ERR_EMPTY
+            ri[H_IDLE] = 1  # queued requests that cannot be admitted into an empty replica
+            return DONE_OK
+        _start_step(ri, rf, rq, cf)
+        if ri[H_NFIN] > 0:
+            return DONE_OK
+        d = rf[F_ECUR] - vnow
+        t_event = vnow + (d if d > 0.0 else 0.0)  # SimPy's schedule(): now + delay
+        if not t_event < peek_s:
+            return DONE_OK
+        vnow = t_event
+        rf[F_VNOW] = vnow
 
 
 @njit(cache=True)

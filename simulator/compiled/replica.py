@@ -114,6 +114,7 @@ class CompiledReplica:
         self._chunk_rows = FIRST_CHUNK_ROWS
         self._new_chunk()
         self.wake: simpy.Event | None = None  # stepwise: the pending SimPy event that steps it
+        self.on_wake: Callable[[simpy.Event], None] | None = None  # stepwise: its callback
 
     # ------------------------------------------------------------------ router-facing state
     @property
@@ -175,12 +176,23 @@ class CompiledReplica:
                 "the scheduler produced an empty step with running requests")
             raise InvariantError(f"replica {self.replica_id}: {what} (compiled loop status {status})")
 
-    def step_once(self) -> None:
-        """Stepwise (dependent requests): commit the step in flight, which ends now, and plan
-        the next; or, woken from idle, plan the first. Exactly one step's end, whatever the
-        SimPy clock's rounding of it."""
-        e = self.rf[L.F_ECUR] if self.ri[L.H_INFLIGHT] else self.rf[L.F_T]
-        self.advance(float(np.nextafter(e, math.inf)))
+    def step_events(self, now_s: float, peek_s: float) -> float:
+        """Stepwise (dependent requests): process this replica's SimPy event at ``now_s`` -
+        commit the step in flight, which ends then, or, woken from idle, nothing - plan the
+        next, and go on through the following step ends that come before ``peek_s`` (SimPy's
+        next other event) until one finishes requests (:func:`_loop.advance_stepwise`).
+        Returns the SimPy time of the last event processed."""
+        self.rf[L.F_VNOW] = now_s
+        while True:
+            status = L.advance_stepwise(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.cf,
+                                        self._sf, self._si, self._sq, peek_s)
+            if status == L.DONE_OK:
+                return float(self.rf[L.F_VNOW])
+            if status == L.ROWS_FULL:
+                self._retire_chunk()
+                self._new_chunk()
+                continue
+            raise InvariantError(f"replica {self.replica_id}: compiled loop status {status}")
 
     def take_finished(self) -> list[int]:
         """Stepwise: the requests finished since the last call, in the reference's order."""
@@ -316,6 +328,7 @@ class CompiledCluster(Cluster):
         self._all_fit = None
         if self.stepwise:
             replica.ri[L.H_LOGFIN] = 1
+            replica.on_wake = lambda _ev, r=replica: self._step(r)
 
     def _release(self, idx: int, t_s: float) -> None:
         self.num_released += 1
@@ -368,18 +381,27 @@ class CompiledCluster(Cluster):
         else:
             return
         ev = self.env.timeout(delay)
-        ev.callbacks.append(lambda _ev, r=replica: self._step(r))
+        ev.callbacks.append(replica.on_wake)
         replica.wake = ev
 
     def _step(self, replica: CompiledReplica) -> None:
         replica.wake = None
-        replica.step_once()
+        env = self.env
+        t_s = replica.step_events(env.now, env.peek())
+        if t_s != env.now:
+            # NOTE(clock): the replica went through step ends that would have been SimPy's
+            # next events one after another (nothing else was scheduled before them); move
+            # the clock to the last, as env.step() would have, so that what follows (the
+            # dependents' releases, the next step's event) is scheduled from the same time
+            # as in the reference, bit for bit.
+            env._now = t_s
         self._keep_stepping(replica)
 
     def finish(self, until_s: float, recorder: Recorder) -> None:
         """Run every replica to ``until_s`` (inf: to the end), then fill ``recorder``."""
-        for r in self.replicas:
-            r.advance(until_s)
+        if not self.stepwise:  # stepwise, SimPy has processed exactly the reference's step ends
+            for r in self.replicas:
+                r.advance(until_s)
         rec = recorder
         rec.first_scheduled_s = self.rqf[L.Q_FIRST_SCHED].copy()
         rec.first_token_s = self.rqf[L.Q_FIRST_TOKEN].copy()
