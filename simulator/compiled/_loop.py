@@ -222,34 +222,21 @@ def _admit_group(ri, rq, kva, req, target, now_s):
     n = 1 if (ri[H_SHARING] == 1 and fan > 1) else fan
     if ri[H_FREE_TOP] < n:
         return 0
-    prev = -1
+    top0 = ri[H_FREE_TOP]
     for i in range(n):
-        ri[H_FREE_TOP] -= 1
-        slot = ri[o_free + ri[H_FREE_TOP]]
+        slot = ri[o_free + top0 - 1 - i]
         if _blocks.admit(kva, slot, _NO_KEYS, 0, target, now_s) < 0:
-            # Undo: this slot back, then the taken ones newest first (the free stack as before).
-            ri[H_FREE_TOP] += 1
-            for _ in range(i):
-                first = rq[R_SLOT, req]
-                last = first
-                before = -1
-                while ri[o_next + last] >= 0:
-                    before = last
-                    last = ri[o_next + last]
-                _blocks.release(kva, last, _NO_KEYS, 0, now_s)
-                ri[o_free + ri[H_FREE_TOP]] = last
-                ri[H_FREE_TOP] += 1
-                if before >= 0:
-                    ri[o_next + before] = -1
-                else:
-                    rq[R_SLOT, req] = -1
+            # Undo, newest first. The slots were only read off the free stack (taken below,
+            # once all are in), so it is as before, as the reference's pops and pushes leave it.
+            for j in range(i - 1, -1, -1):
+                _blocks.release(kva, ri[o_free + top0 - 1 - j], _NO_KEYS, 0, now_s)
             return 0
-        ri[o_next + slot] = -1
-        if prev < 0:
-            rq[R_SLOT, req] = slot
-        else:
-            ri[o_next + prev] = slot
-        prev = slot
+    # Taken: the chain in pop order (slot 0 of a fresh replica first).
+    ri[H_FREE_TOP] = top0 - n
+    rq[R_SLOT, req] = ri[o_free + top0 - 1]
+    for i in range(n):
+        slot = ri[o_free + top0 - 1 - i]
+        ri[o_next + slot] = ri[o_free + top0 - 2 - i] if i + 1 < n else -1
     rq[R_NSLOTS, req] = n
     return n
 

@@ -270,13 +270,15 @@ class CompiledCluster(Cluster):
     Open arrivals only: replicas advance lazily (when a request is routed, or for routers
     that read replica state, when any request arrives). With dependent requests (closed-loop
     clients, multi-turn sessions, thought trees) a finish releases a SimPy event, so every
-    replica is stepped *stepwise*: one SimPy event per step end, scheduled exactly as the
-    reference replica's step timeout (same clock, same order), at which the kernel commits
-    that one step and plans the next; the facade then hands the finished requests to the
-    recorder and to :meth:`Cluster.on_finish`, which schedules the dependents' releases
-    (URGENT) as the reference does. The order of same-time events across replicas (a
-    dependent released with zero think time between two replicas' step ends) is then the
-    reference's by construction.
+    replica is stepped *stepwise*: its next step end is a SimPy event, scheduled exactly as
+    the reference replica's step timeout (same clock, same order), at which the kernel
+    commits that step and plans the next - and goes on through the following step ends
+    while each would be SimPy's next event anyway (before ``env.peek()``), stopping after
+    one that finished requests. The facade then hands the finished requests to the recorder
+    and to :meth:`Cluster.on_finish`, which schedules the dependents' releases (URGENT) as
+    the reference does. The order of same-time events across replicas (a dependent released
+    with zero think time between two replicas' step ends) is then the reference's by
+    construction.
     """
 
     def __init__(
