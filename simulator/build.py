@@ -401,6 +401,7 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
                     max_num_seqs=sc.max_num_seqs, max_num_batched_tokens=sc.max_num_batched_tokens,
                     slots=sc.max_num_seqs + 1, policy=sc.policy, chunk_size_tokens=sc.chunk_size_tokens,
                     starvation_limit_s=sc.starvation_limit_s,
+                    kv_sharing=sc.kv_sharing,
                     rq=cluster.rq, rqf=cluster.rqf,  # type: ignore[attr-defined]
                     preemption=sc.preemption, swap_space_bytes=g.hw.swap_space_gib * GiB,
                     kv_bytes_per_token_per_gpu=g.budget.kv_bytes_per_token, pcie_bw_bytes_per_s=pcie,

@@ -30,6 +30,7 @@ H_SWHEAD = 37  # its head
 H_PADSEQ = 38  # static batching: finished members computed as padding in the planned step
 # Request rows of ``rq`` (14-16).
 R_SWAPTOK = 14  # context tokens swapped out (what swap-in restores)
+R_SWAPN = 15  # its sequences (a fan-out group swaps all of them)
 # ``rf`` scalars (12-15).
 F_SWAP_CAP = 12  # host memory for swapped KV, bytes per GPU
 F_SWAP_USED = 13

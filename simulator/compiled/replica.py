@@ -17,7 +17,7 @@ from servesim.simulator.compiled import _loop as L
 from servesim.simulator.compiled import _mem as M
 from servesim.simulator.compiled._prefix import page_keys_csr
 from servesim.simulator.errors import InvariantError
-from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN
+from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN, REJECT_SEQS
 from servesim.simulator.results import STATUS_COMPLETED, Recorder
 
 #: Step rows per chunk: the first chunk of a replica is small (tests, short runs), later
@@ -54,11 +54,6 @@ def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_pa
         return f"scheduler.preemption is {preemption!r} (the compiled loop runs 'recompute' and 'swap')"
     if any(cf is None for cf in cost_packs):
         return "the step-cost model has no packed form (engine.cost_model 'cycle')"
-    if len(workload):
-        if int(np.max(workload.num_samples)) > 1 or int(np.max(workload.beam_width)) > 1:
-            return "the workload has parallel sampling or beam search (fan-out)"
-        if int(np.max(workload.depends_on)) >= 0:
-            return "the workload has dependent requests (closed-loop clients or multi-turn sessions)"
     return None
 
 
@@ -82,6 +77,7 @@ class CompiledReplica:
         policy: str = "vllm",
         chunk_size_tokens: int = 512,
         starvation_limit_s: float = 5.0,
+        kv_sharing: bool = True,
         rq: npt.NDArray[np.int64],
         rqf: npt.NDArray[np.float64],
         preemption: str = "recompute",
@@ -91,6 +87,9 @@ class CompiledReplica:
     ) -> None:
         self.replica_id = replica_id
         self.kv = kv
+        # A contiguous cache cannot share blocks: every sequence holds its own copy.
+        self.kv_sharing = kv_sharing and kv.kind != "contiguous"
+        self.max_num_seqs = max_num_seqs
         self.cost = cost
         self.cf = cost_pack
         self.rq, self.rqf = rq, rqf
@@ -115,6 +114,9 @@ class CompiledReplica:
         # Static batching preempts by recompute (a swapped member could never rejoin its
         # request-level batch; ``StaticScheduler``); SGLang retracts by recompute.
         ri[M.H_SWAP] = int(preemption == "swap" and policy not in ("static", "sglang"))
+        ri[L.H_SHARING] = int(self.kv_sharing)
+        o_next = L.H_HEADER + L.K_NEXT * slots
+        ri[o_next : o_next + slots] = -1
         o_free = L.H_HEADER + L.K_FREE * slots
         ri[o_free : o_free + slots] = np.arange(slots - 1, -1, -1)  # slot 0 is taken first
         ri[L.H_FREE_TOP] = slots
@@ -131,6 +133,8 @@ class CompiledReplica:
         self._chunks: list[tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]] = []
         self._chunk_rows = FIRST_CHUNK_ROWS
         self._new_chunk()
+        self.wake: simpy.Event | None = None  # stepwise: the pending SimPy event that steps it
+        self.on_wake: Callable[[simpy.Event], None] | None = None  # stepwise: its callback
 
     # ------------------------------------------------------------------ router-facing state
     @property
@@ -194,8 +198,39 @@ class CompiledReplica:
                 "the scheduler produced an empty step with running requests")
             raise InvariantError(f"replica {self.replica_id}: {what} (compiled loop status {status})")
 
-    def enqueue(self, idx: int, now_s: float) -> None:
-        """A request routed here at ``now_s``: run up to then, then queue it."""
+    def step_events(self, now_s: float, peek_s: float) -> float:
+        """Stepwise (dependent requests): process this replica's SimPy event at ``now_s`` -
+        commit the step in flight, which ends then, or, woken from idle, nothing - plan the
+        next, and go on through the following step ends that come before ``peek_s`` (SimPy's
+        next other event) until one finishes requests (:func:`_loop.advance_stepwise`).
+        Returns the SimPy time of the last event processed."""
+        self.rf[L.F_VNOW] = now_s
+        while True:
+            status = L.advance_stepwise(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.pk, self.cf,
+                                        self._sf, self._si, self._sq, peek_s)
+            if status == L.DONE_OK:
+                return float(self.rf[L.F_VNOW])
+            if status == L.ROWS_FULL:
+                self._retire_chunk()
+                self._new_chunk()
+                continue
+            raise InvariantError(f"replica {self.replica_id}: compiled loop status {status}")
+
+    def take_finished(self) -> list[int]:
+        """Stepwise: the requests finished since the last call, in the reference's order."""
+        n = int(self.ri[L.H_NFIN])
+        if n == 0:
+            return []
+        o = L.H_HEADER + L.K_FIN * self.slots
+        self.ri[L.H_NFIN] = 0
+        return self.ri[o : o + n].tolist()
+
+    def enqueue(self, idx: int, now_s: float, *, stepwise: bool = False) -> None:
+        """A request routed here at ``now_s``: run up to then, then queue it.
+
+        Stepwise, nothing is run (the replica's SimPy events decide what comes first, as
+        in the reference) and an idle replica wakes with its clock at ``now_s``.
+        """
         ri = self.ri
         need = int(ri[L.H_NWAIT]) + self.slots + 2
         cap = len(self.wq)
@@ -205,7 +240,13 @@ class CompiledReplica:
             wq[:n] = np.take(self.wq, np.arange(h, h + n), mode="wrap")
             self.wq = wq
             ri[L.H_WHEAD] = 0
-        self.advance(now_s, idx)
+        if not stepwise:
+            self.advance(now_s, idx)
+            return
+        was_idle = bool(ri[L.H_IDLE])
+        self.advance(-math.inf, idx)  # only queues it (and clears the idle flag)
+        if was_idle and now_s > self.rf[L.F_T]:
+            self.rf[L.F_T] = now_s
 
     def drain_into(self, recorder: Recorder) -> None:
         """Hand the step rows and inter-token gaps to the recorder (once, at the end)."""
@@ -248,7 +289,21 @@ class CompiledReplica:
 
 
 class CompiledCluster(Cluster):
-    """:class:`simulator.cluster.Cluster` for compiled replicas (open arrivals, fan-out 1)."""
+    """:class:`simulator.cluster.Cluster` for compiled replicas.
+
+    Open arrivals only: replicas advance lazily (when a request is routed, or for routers
+    that read replica state, when any request arrives). With dependent requests (closed-loop
+    clients, multi-turn sessions, thought trees) a finish releases a SimPy event, so every
+    replica is stepped *stepwise*: its next step end is a SimPy event, scheduled exactly as
+    the reference replica's step timeout (same clock, same order), at which the kernel
+    commits that step and plans the next - and goes on through the following step ends
+    while each would be SimPy's next event anyway (before ``env.peek()``), stopping after
+    one that finished requests. The facade then hands the finished requests to the recorder
+    and to :meth:`Cluster.on_finish`, which schedules the dependents' releases (URGENT) as
+    the reference does. The order of same-time events across replicas (a dependent released
+    with zero think time between two replicas' step ends) is then the reference's by
+    construction.
+    """
 
     def __init__(
         self,
@@ -268,6 +323,7 @@ class CompiledCluster(Cluster):
         rq[L.R_OUTPUT] = self._output
         rq[L.R_TARGET] = self._prompt
         rq[L.R_SLOT] = -1
+        rq[L.R_FANOUT] = self._fanout
         self.rq = rq
         self.rqf = np.full((L.Q_NUM, n), np.nan)
         self._too_long = (self._prompt + self._output > max_model_len_tokens).tolist()
@@ -277,6 +333,8 @@ class CompiledCluster(Cluster):
         self._stateful = router != "round_robin"
         self._page_tokens: int | None = None  # page size the keys in rq were built for
         self._pk = np.zeros(0, dtype=np.int64)
+        self._multi = np.flatnonzero(self._fanout > 1)  # fan-out groups (fits checked one by one)
+        self.stepwise = bool(n and int(np.max(workload.depends_on)) >= 0)
 
     def add_replica(self, replica: Any) -> None:  # type: ignore[override]
         kv = replica.kv
@@ -284,15 +342,26 @@ class CompiledCluster(Cluster):
             key: tuple[Any, ...] = (kv.kind, kv.capacity_tokens, kv.reservation, kv.max_seq_len)
         else:
             key = (kv.num_blocks, kv.block_size_tokens, kv.watermark_blocks, kv.max_seq_len)
+        key += (replica.kv_sharing, replica.max_num_seqs)
         fits = self._fits_by_kv.get(key)
         if fits is None:
-            fits = kv.fits_ever_many(self._prompt, self._prompt + self._output)
+            # Per request: the KV fits an empty cache (``fits_ever``), and the group fits the
+            # scheduler's seats (as ``Cluster._release``); -1: KV fits, seats do not.
+            kv_fits = kv.fits_ever_many(self._prompt, self._prompt + self._output)
+            for i in self._multi.tolist():
+                p, f = int(self._prompt[i]), int(self._fanout[i])
+                kv_fits[i] = kv.fits_ever(p, p + int(self._output[i]), f, replica.kv_sharing)
+            fits = kv_fits.astype(np.int8)
+            fits[kv_fits & (self._fanout > replica.max_num_seqs)] = -1
             self._fits_by_kv[key] = fits
         if kv.caches_prefixes and self.wl.has_prefix_ids:
             replica.pk = self._page_keys(kv.block_size_tokens)
         self.replicas.append(replica)
         self._fits.append(fits)
         self._all_fit = None
+        if self.stepwise:
+            replica.ri[L.H_LOGFIN] = 1
+            replica.on_wake = lambda _ev, r=replica: self._step(r)
 
     def _page_keys(self, page_tokens: int) -> npt.NDArray[np.int64]:
         """Every request's page keys for ``page_tokens``-token pages (built once)."""
@@ -311,32 +380,73 @@ class CompiledCluster(Cluster):
             self.progress(self.num_released)
         if self._too_long[idx]:
             self.recorder.rejected(idx, t_s, REJECT_MAX_LEN)
+            self.on_finish(idx, t_s)
             return
         if self._all_fit is None:
-            self._all_fit = np.logical_and.reduce(list(self._fits_by_kv.values())).tolist()
+            self._all_fit = np.logical_and.reduce([f == 1 for f in self._fits_by_kv.values()]).tolist()
         if self._all_fit[idx]:
             eligible = self.replicas
         else:
-            eligible = [r for r, f in zip(self.replicas, self._fits, strict=True) if f[idx]]
+            eligible = [r for r, f in zip(self.replicas, self._fits, strict=True) if f[idx] == 1]
             if not eligible:
-                self.recorder.rejected(idx, t_s, REJECT_KV)
+                kv_fits = any(f[idx] != 0 for f in self._fits)
+                self.recorder.rejected(idx, t_s, REJECT_SEQS if kv_fits else REJECT_KV)
+                self.on_finish(idx, t_s)
                 return
         self.rq[L.R_ORDER, idx] = self._order
         self.rqf[L.Q_ARRIVAL, idx] = t_s
         self._order += 1
-        if self._stateful and len(eligible) > 1:
+        if self._stateful and len(eligible) > 1 and not self.stepwise:
             # The router reads every replica's state as of now: bring them up to now.
             for r in self.replicas:
                 if r.next_event_s < t_s:
                     r.advance(t_s)
         replica = self._route(idx, eligible, t_s)  # type: ignore[arg-type]
         self.recorder.released(idx, t_s, replica.replica_id)
-        replica.enqueue(idx, t_s)
+        replica.enqueue(idx, t_s, stepwise=self.stepwise)
+        if self.stepwise:
+            self._keep_stepping(replica)
+
+    # ------------------------------------------------------------------ stepwise (dependents)
+    def _keep_stepping(self, replica: CompiledReplica) -> None:
+        """After ``replica`` moved: report its finishes, then keep one SimPy event pending at
+        its next step end (or now, woken from idle), as the reference's step timeout or
+        wake-up event."""
+        for idx in replica.take_finished():
+            t_s = float(self.rqf[L.Q_FINISH, idx])
+            self.recorder.finished(idx, t_s, replica.replica_id)
+            self.on_finish(idx, t_s)
+        if replica.wake is not None:
+            return
+        ri = replica.ri
+        if ri[L.H_INFLIGHT]:
+            delay = max(float(replica.rf[L.F_ECUR]) - self.env.now, 0.0)
+        elif not ri[L.H_IDLE]:
+            delay = 0.0
+        else:
+            return
+        ev = self.env.timeout(delay)
+        ev.callbacks.append(replica.on_wake)
+        replica.wake = ev
+
+    def _step(self, replica: CompiledReplica) -> None:
+        replica.wake = None
+        env = self.env
+        t_s = replica.step_events(env.now, env.peek())
+        if t_s != env.now:
+            # NOTE(clock): the replica went through step ends that would have been SimPy's
+            # next events one after another (nothing else was scheduled before them); move
+            # the clock to the last, as env.step() would have, so that what follows (the
+            # dependents' releases, the next step's event) is scheduled from the same time
+            # as in the reference, bit for bit.
+            env._now = t_s
+        self._keep_stepping(replica)
 
     def finish(self, until_s: float, recorder: Recorder) -> None:
         """Run every replica to ``until_s`` (inf: to the end), then fill ``recorder``."""
-        for r in self.replicas:
-            r.advance(until_s)
+        if not self.stepwise:  # stepwise, SimPy has processed exactly the reference's step ends
+            for r in self.replicas:
+                r.advance(until_s)
         rec = recorder
         rec.first_scheduled_s = self.rqf[L.Q_FIRST_SCHED].copy()
         rec.first_token_s = self.rqf[L.Q_FIRST_TOKEN].copy()
@@ -345,7 +455,8 @@ class CompiledCluster(Cluster):
         rec.status[done] = STATUS_COMPLETED
         rec.num_preemptions = self.rq[L.R_NPRE].copy()
         rec.cached_prompt_tokens = self.rq[L.R_CACHED].copy()
-        rec.max_concurrent = _max_concurrent(rec.arrival_s, rec.replica_id >= 0, rec.finish_s)
+        if not self.stepwise:  # stepwise, the recorder counted releases and finishes in order
+            rec.max_concurrent = _max_concurrent(rec.arrival_s, rec.replica_id >= 0, rec.finish_s)
         for r in self.replicas:
             r.drain_into(rec)
 

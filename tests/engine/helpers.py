@@ -140,7 +140,7 @@ def simulate(
                 replica_id=i, kv=kv, cost_pack=pack, cost=cost, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens, slots=max_num_seqs + 1,
                 policy=policy, chunk_size_tokens=chunk_size_tokens, starvation_limit_s=starvation_limit_s,
-                rq=cluster.rq, rqf=cluster.rqf,
+                kv_sharing=kv_sharing, rq=cluster.rq, rqf=cluster.rqf,
                 preemption=preemption, swap_space_bytes=swap_space_bytes, kv_bytes_per_token_per_gpu=1000.0,
                 pcie_bw_bytes_per_s=1e6,
             )
