@@ -152,6 +152,29 @@ def test_scenario_compiled_equals_python():
     _assert_same(auto, comp)
 
 
+@pytest.mark.parametrize(("policy", "manager", "preemption"), [
+    ("vllm", "paged", "swap"), ("sarathi", "paged", "swap"), ("static", "contiguous", "swap"),
+    ("orca", "contiguous", "recompute"),
+])
+def test_scenario_swap_contiguous_static_run_compiled_like_the_reference(policy, manager, preemption):
+    """Through ``run_scenario`` (the wiring of swap space, KV bytes per token and the host
+    link in ``build``): a KV pool of a few thousand tokens and 0.05 GiB of swap space, so
+    requests are swapped out, refused by the full host pool and recomputed."""
+    data = _scenario(loop="auto")
+    data["hardware"] = {**data["hardware"], "gpu_memory_utilization": 0.23, "swap_space_gib": 0.05}
+    data["kv_cache"] = {**data["kv_cache"], "manager": manager, "reservation": "pow2"}
+    data["scheduler"] = {**data["scheduler"], "policy": policy, "preemption": preemption}
+    data["workload"]["num_requests"] = 150
+    auto = run_scenario(scenario_from_dict(data)).variants[0]
+    data["engine"]["loop"] = "reference"
+    ref = run_scenario(scenario_from_dict(data)).variants[0]
+    assert auto.summary["config"].pop("engine_loop") == "compiled"
+    assert ref.summary["config"].pop("engine_loop") == "reference"
+    if manager == "paged":
+        assert ref.summary["num_preemptions"] > 0
+    _assert_same(auto, ref)
+
+
 def test_auto_falls_back_and_compiled_refuses_unsupported():
     data = _scenario()
     data["scheduler"] = {**data["scheduler"], "policy": "sglang"}
