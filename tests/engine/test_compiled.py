@@ -177,12 +177,11 @@ def test_scenario_swap_contiguous_static_run_compiled_like_the_reference(policy,
 
 def test_auto_falls_back_and_compiled_refuses_unsupported():
     data = _scenario()
-    data["scheduler"] = {**data["scheduler"], "policy": "sglang"}
-    data["kv_cache"] = {**data["kv_cache"], "manager": "radix"}
+    data["kv_cache"] = {**data["kv_cache"], "manager": "contiguous"}
     data["workload"]["num_requests"] = 20
     assert run_scenario(scenario_from_dict(data)).variants[0].summary["config"]["engine_loop"] == "python"
     data["engine"]["loop"] = "compiled"
-    with pytest.raises(ConfigError, match=r"scheduler\.policy is 'sglang'"):
+    with pytest.raises(ConfigError, match=r"kv_cache\.manager is 'contiguous'"):
         run_scenario(scenario_from_dict(data))
 
 
