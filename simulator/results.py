@@ -443,12 +443,20 @@ class Recorder:
                 num_decode_seqs=inp("in_decode_seqs"),
                 decode_ctx_tokens=inp("in_ctx_tokens"),
             )
-            r = len(sel)
-            parts = np.stack([np.asarray(getattr(c, f), dtype=np.float64) * np.ones(r) for f in _SPLIT_COLS], axis=1)
-            parts[:, 3] += inp("swap_s")
-            total = parts.sum(axis=1)
-            total[total == 0] = 1.0
-            out[lo + sel] = parts * (cols["duration_s"][sel] / total)[:, None]
+            self._scale_split(out, lo + sel, [getattr(c, f) for f in _SPLIT_COLS], inp("swap_s"),
+                              cols["duration_s"][sel])
+
+    @staticmethod
+    def _scale_split(out: npt.NDArray[np.float32], rows: Any, parts_s: list[Any], swap_s: npt.NDArray[np.float64],
+                     duration_s: npt.NDArray[np.float64]) -> None:
+        """The split by bound (``parts_s``, the cost model's five fields, with the swap time
+        added to communication) scaled to each step's duration, into ``out[rows]``."""
+        r = len(duration_s)
+        parts = np.stack([np.asarray(p, dtype=np.float64) * np.ones(r) for p in parts_s], axis=1)
+        parts[:, 3] += swap_s
+        total = parts.sum(axis=1)
+        total[total == 0] = 1.0
+        out[rows] = parts * (duration_s / total)[:, None]
 
     def steps_frame(self) -> pd.DataFrame:
         """The per-step timeline, with the step time split by bound.
@@ -577,7 +585,12 @@ class Recorder:
                 if name != "step":
                     frame[name][rows] = cols[name] if name in cols else 0
             split = np.empty((m, len(_SPLIT_COLS)), np.float32)
-            self._split_into(split, 0, cols, m)
+            if _SPLIT_COLS[0] in cols:
+                # The kernel recorded each step's split as it ran: no cost-model call here.
+                swap = np.asarray(cols["swap_s"], np.float64) if "swap_s" in cols else np.zeros(m)
+                self._scale_split(split, slice(0, m), [cols[c] for c in _SPLIT_COLS], swap, cols["duration_s"])
+            else:
+                self._split_into(split, 0, cols, m)
             for j, c in enumerate(_SPLIT_COLS):
                 frame[c][rows] = split[:, j]
             del cols, split, rows

@@ -21,7 +21,11 @@ State is flat arrays (STYLE section 6):
 * ``wq`` int64: the waiting queue, a ring (the facade grows it).
 * ``rq`` int64 ``[R_NUM, N]`` / ``rqf`` float64 ``[Q_NUM, N]``: per request (workload column),
   shared by the replicas of a run.
-* ``kva``: the paged manager's arena; ``cf``: the step-cost pack (``hwmodels.stepkernel``).
+* ``kva``: the paged manager's arena; ``cf``: the step-cost pack (``hwmodels.stepkernel``), or
+  empty for a model without one: then ``mt``, the step-cost memo the facade fills
+  (:mod:`simulator.compiled._cost`; ``advance`` returns :data:`NEED_COST` for a shape not in it).
+* after ``rf``'s per-slot times: the planned step's cost (``_cost.COST_WORDS``: its time and
+  split by bound, copied into the step row when it commits).
 * ``sf`` / ``si`` / ``sq``: the current chunk of step rows (float64, int32, int64 columns).
 """
 
@@ -32,7 +36,7 @@ import math
 import numpy as np
 from numba import njit
 
-from servesim.hwmodels.stepkernel import packed_step_time_s as step_time_s
+from servesim.simulator.compiled import _cost
 from servesim.simulator.memory.kernels import _blocks
 from servesim.simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS
 
@@ -92,6 +96,7 @@ H_BUDGET = 23  # decode-then-prefill policies: token budget per step
 # Reserved header words, one range per feature: 24-31 prefix caching / radix / sglang,
 # 32-39 swap and contiguous / static, 40-47 fan-out, dependents and the cycle cost,
 # 48-63 spare.
+H_COSTWAIT = 40  # 1: the planned step waits for its cost (NEED_COST), the plan stands
 H_HEADER = 64
 # Scheduling policies the kernel runs (``simulator.scheduling``).
 POLICY_VLLM = 0
@@ -111,7 +116,10 @@ F_LASTGAP = 6
 F_HEADER = 24
 # Step-row columns.
 SF_T, SF_D, SF_A = 0, 1, 2
-SF_NUM = 3
+# The step time's split by bound, as the cost model gives it (``COST_FIELDS`` 1-5, float64;
+# the recorder scales them to the duration).
+SF_COMP, SF_WEIGHT, SF_KV, SF_COMM, SF_OVER = 3, 4, 5, 6, 7
+SF_NUM = 8
 # (Paged KV has no reserved, externally fragmented or cached slots: those columns are zero.)
 SI_RUN, SI_NPF, SI_PT, SI_DT, SI_Q, SI_PRE, SI_TOK, SI_INT, SI_FREE, SI_SAMP = range(10)
 SI_RES, SI_EXT, SI_CACHED = 10, 11, 12  # reserved / externally fragmented / cached slots
@@ -124,6 +132,7 @@ DONE_OK = 0
 ROWS_FULL = 1
 ERR_GROW = -1  # a grow or admit misuse (the Python engine would raise ValueError)
 ERR_EMPTY = -2  # an empty plan with running requests
+NEED_COST = 2  # the planned step's shape is not in the cost memo: the facade costs it, then resumes
 
 # ITL histogram: the recorder's bins.
 ITL_LO_S = _ITL_LO_S
@@ -149,6 +158,15 @@ def itl_offset(slots: int) -> int:
 
 def ri_words(slots: int) -> int:
     return itl_offset(slots) + ITL_NUM_BINS
+
+
+def cost_offset(slots: int) -> int:
+    """Where the planned step's cost (``_cost.COST_WORDS`` floats) starts in ``rf``."""
+    return F_HEADER + slots
+
+
+def rf_words(slots: int) -> int:
+    return cost_offset(slots) + _cost.COST_WORDS
 
 
 @njit(cache=True)
@@ -510,6 +528,9 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
     sf[SF_T, row] = rf[F_T]
     sf[SF_D, row] = rf[F_D]
     sf[SF_A, row] = rf[F_A]
+    o_cost = F_HEADER + s  # cost_offset: time, then the split by bound
+    for j in range(5):
+        sf[SF_COMP + j, row] = rf[o_cost + 1 + j]
     page = kva[_blocks.C_PAGE]
     tokens = kva[_blocks.C_TOKENS]
     free_b = kva[_blocks.C_FREE_TOP]
@@ -534,8 +555,9 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
 
 
 @njit(cache=True)
-def _start_step(ri, rf, rq, cf):
-    """Cost the planned step (``Replica._step_inputs`` and ``_run_step``) and put it in flight."""
+def _start_step(ri, rf, rq, cf, mt):
+    """Cost the planned step (``Replica._step_inputs`` and ``_run_step``) and put it in flight;
+    :data:`NEED_COST` (nothing in flight, the shape in the header) when ``mt`` lacks its cost."""
     s = ri[H_S]
     o_ctx = H_HEADER + K_CTX * s
     o_chunk = H_HEADER + K_CHUNK * s
@@ -562,23 +584,28 @@ def _start_step(ri, rf, rq, cf):
     ri[H_SAMP] = samp
     ri[H_CTXSUM] = ctx_sum
     rf[F_A] = pairs
-    if ri[H_NPF] > 0 or p > 0:
-        d = step_time_s(cf, float(p), pairs, float(kv), float(samp), float(ndec), float(ctx_sum))
-    else:
-        d = step_time_s(cf, 0.0, 0.0, 0.0, 0.0, float(ndec), float(ctx_sum))
-    d = d + 0.0  # no swap time (recompute preemption)
+    # (A decode-only step has p = pairs = kv = samp = 0: the reference's decode-only call.)
+    o_cost = F_HEADER + s
+    if not _cost.step_cost(cf, mt, float(p), pairs, float(kv), float(samp), float(ndec), float(ctx_sum),
+                           rf[o_cost : o_cost + _cost.COST_WORDS]):
+        ri[H_COSTWAIT] = 1
+        return NEED_COST
+    ri[H_COSTWAIT] = 0
+    d = rf[o_cost] + 0.0  # no swap time (recompute preemption)
     rf[F_D] = d
     rf[F_ECUR] = rf[F_T] + d
     ri[H_INFLIGHT] = 1
+    return DONE_OK
 
 
 @njit(cache=True)
-def advance(ri, rf, wq, rq, rqf, kva, cf, sf, si, sq, until_s, new_req):
+def advance(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, until_s, new_req):
     """Run the replica up to ``until_s``, then queue ``new_req`` (``-1``: none) arriving then.
 
     Commits every step ending before ``until_s`` and plans the next one as each ends;
     returns :data:`ROWS_FULL` (nothing else done; call again with a fresh row chunk) when
-    the step rows are full, :data:`DONE_OK`, or a negative error code.
+    the step rows are full, :data:`NEED_COST` (call again once the memo ``mt`` has the
+    planned step's cost) when it is not in the memo, :data:`DONE_OK`, or a negative error code.
     """
     while True:
         if ri[H_INFLIGHT] == 1:
@@ -588,6 +615,10 @@ def advance(ri, rf, wq, rq, rqf, kva, cf, sf, si, sq, until_s, new_req):
                 _commit(ri, rf, rq, rqf, kva, sf, si, sq)
                 continue
             break
+        if ri[H_COSTWAIT] == 1:  # resumed after NEED_COST: the plan stands, cost it now
+            if _start_step(ri, rf, rq, cf, mt) == NEED_COST:
+                return NEED_COST
+            continue
         if ri[H_IDLE] == 1 or rf[F_T] >= until_s:
             break
         if ri[H_NWAIT] == 0 and ri[H_NRUN] == 0:
@@ -602,7 +633,8 @@ def advance(ri, rf, wq, rq, rqf, kva, cf, sf, si, sq, until_s, new_req):
             # Queued requests that cannot be admitted into an empty replica: wait for a change.
             ri[H_IDLE] = 1
             break
-        _start_step(ri, rf, rq, cf)
+        if _start_step(ri, rf, rq, cf, mt) == NEED_COST:
+            return NEED_COST
     if new_req >= 0:
         _push_back(ri, wq, new_req)
         if ri[H_IDLE] == 1:

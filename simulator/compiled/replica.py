@@ -13,6 +13,7 @@ import numpy.typing as npt
 import simpy
 
 from servesim.simulator.cluster import Cluster
+from servesim.simulator.compiled import _cost
 from servesim.simulator.compiled import _loop as L
 from servesim.simulator.errors import InvariantError
 from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN
@@ -50,8 +51,6 @@ def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_pa
         return f"kv_cache.manager is {kv_manager!r} (the compiled loop runs 'paged')"
     if preemption != "recompute":
         return f"scheduler.preemption is {preemption!r} (the compiled loop runs 'recompute')"
-    if any(cf is None for cf in cost_packs):
-        return "the step-cost model has no packed form (engine.cost_model 'cycle')"
     if len(workload):
         if int(np.max(workload.num_samples)) > 1 or int(np.max(workload.beam_width)) > 1:
             return "the workload has parallel sampling or beam search (fan-out)"
@@ -60,6 +59,77 @@ def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_pa
         if prefix_caching and workload.has_prefix_ids:
             return "kv_cache.prefix_caching is on and the workload carries prefix block ids"
     return None
+
+
+#: Memo rows at first; the memo doubles while it is half full.
+FIRST_MEMO_ROWS = 1 << 10
+_SPLIT_FIELDS = ("compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s")
+_INPUTS = ("prefill_tokens", "prefill_attn_pairs", "prefill_kv_tokens", "num_prefill_seqs", "num_decode_seqs",
+           "decode_ctx_tokens")
+
+
+class CostMemo:
+    """The step costs of a model without a packed form (the cycle model), by exact step
+    shape, in the flat table the kernel reads (:mod:`simulator.compiled._cost`). Shared by the
+    replicas of one cost model; filled through :meth:`fill` when the kernel asks.
+
+    NOTE(batching): a step's time is needed at once, its split by bound only in the step
+    row. ``cost(...)`` on arrays (the split's reference) costs about a millisecond a call
+    whatever the length, so the splits of the shapes met are costed together by
+    :meth:`resolve` (one vectorised call) when the replicas hand their rows over; rows whose
+    split was pending (NaN) take it from the memo then (:func:`_cost.patch_split`). The memo
+    keeps every shape until then (13 floats each; a cycle-model run meets far fewer shapes
+    than it has steps).
+    """
+
+    def __init__(self, cost: Any) -> None:
+        self.cost = cost
+        self.table = _cost.new_table(FIRST_MEMO_ROWS)
+        self.num_entries = 0
+        self._pending: list[tuple[int, float, int, int, int, int]] = []
+
+    def fill(self, p: int, pairs: float, kv: int, samp: int, ndec: int, ctx: int) -> None:
+        """Time one step shape with the model's reference path and store it (its split pending).
+
+        The time is ``step_time_s`` called exactly as the reference replica calls it (integer
+        counts, the decode-only form when nothing prefills).
+        """
+        cost = self.cost
+        if p > 0:
+            d = cost.step_time_s(prefill_tokens=p, prefill_attn_pairs=pairs, prefill_kv_tokens=kv,
+                                 num_prefill_seqs=samp, num_decode_seqs=ndec, decode_ctx_tokens=ctx)
+        else:
+            d = cost.step_time_s(num_decode_seqs=ndec, decode_ctx_tokens=ctx)
+        row = np.full(7, np.nan)
+        row[0] = d
+        if 2 * (self.num_entries + 1) > len(self.table):
+            self._grow()
+        _cost.memo_put(self.table, float(p), float(pairs), float(kv), float(samp), float(ndec), float(ctx), row)
+        self.num_entries += 1
+        self._pending.append((p, pairs, kv, samp, ndec, ctx))
+
+    def resolve(self) -> None:
+        """Cost the pending shapes' split by bound: ``cost`` on arrays, as the recorder
+        evaluates a run's rows (element by element the same floats)."""
+        if not self._pending:
+            return
+        keys = np.asarray(self._pending, dtype=np.float64)
+        self._pending = []
+        n = len(keys)
+        c = self.cost.cost(**{name: keys[:, j].copy() for j, name in enumerate(_INPUTS)})
+        split = np.stack([np.asarray(getattr(c, f), dtype=np.float64) * np.ones(n) for f in _SPLIT_FIELDS], axis=1)
+        _cost.memo_set_split(self.table, keys, split)
+
+    def _grow(self) -> None:
+        old = self.table
+        self.table = _cost.new_table(2 * len(old))
+        for r in old[old[:, _cost.M_KEY] != _cost.EMPTY]:
+            k = r[_cost.M_KEY : _cost.M_KEY + 6]
+            _cost.memo_put(self.table, k[0], k[1], k[2], k[3], k[4], k[5], r[_cost.M_COST : _cost.M_COST + 7])
+
+
+_NO_PACK = np.zeros(0, dtype=np.float64)
+_NO_MEMO = _cost.new_table(1)
 
 
 class CompiledReplica:
@@ -74,7 +144,7 @@ class CompiledReplica:
         *,
         replica_id: int,
         kv: Any,
-        cost_pack: npt.NDArray[np.float64],
+        cost_pack: npt.NDArray[np.float64] | None,
         cost: Any,
         max_num_seqs: int,
         max_num_batched_tokens: int,
@@ -87,7 +157,10 @@ class CompiledReplica:
         self.replica_id = replica_id
         self.kv = kv
         self.cost = cost
-        self.cf = cost_pack
+        # A model without a packed form is costed through a memo (shared with the other
+        # replicas of the model by ``CompiledCluster.add_replica``).
+        self.cf = _NO_PACK if cost_pack is None else cost_pack
+        self.memo: CostMemo | None = CostMemo(cost) if cost_pack is None else None
         self.rq, self.rqf = rq, rqf
         self.kva = kv._arena
         self.slots = slots
@@ -104,7 +177,7 @@ class CompiledReplica:
         o_owner = L.H_HEADER + L.K_OWNER * slots
         ri[o_owner : o_owner + slots] = -1
         self.ri = ri
-        self.rf = np.zeros(L.F_HEADER + slots, dtype=np.float64)
+        self.rf = np.zeros(L.rf_words(slots), dtype=np.float64)
         self.rf[L.F_LASTGAP] = math.nan
         self.wq = np.zeros(max(64, 4 * slots), dtype=np.int64)
         self._chunks: list[tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]] = []
@@ -159,13 +232,20 @@ class CompiledReplica:
     def advance(self, until_s: float, new_req: int = -1) -> None:
         """Run up to ``until_s`` (steps ending before it commit), then queue ``new_req``."""
         while True:
+            memo = self.memo
             status = L.advance(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.cf,
+                               _NO_MEMO if memo is None else memo.table,
                                self._sf, self._si, self._sq, until_s, new_req)
             if status == L.DONE_OK:
                 return
             if status == L.ROWS_FULL:
                 self._retire_chunk()
                 self._new_chunk()
+                continue
+            if status == L.NEED_COST and memo is not None:
+                ri = self.ri
+                memo.fill(int(ri[L.H_P]), float(self.rf[L.F_A]), int(ri[L.H_K]), int(ri[L.H_SAMP]),
+                          int(ri[L.H_NDEC]), int(ri[L.H_CTXSUM]))
                 continue
             what = "a KV grow or admission was misused" if status == L.ERR_GROW else (
                 "the scheduler produced an empty step with running requests")
@@ -188,11 +268,22 @@ class CompiledReplica:
         """Hand the step rows and inter-token gaps to the recorder (once, at the end)."""
         self._retire_chunk()
         rid = self.replica_id
+        if self.memo is not None:
+            self.memo.resolve()
+            for sf, si, sq in self._chunks:
+                _cost.patch_split(sf, si, sq, self.memo.table, L.SF_A, L.SF_COMP, L.SI_PT, L.SI_SAMP, L.SI_DT,
+                                  L.SQ_KV, L.SQ_CTX)
         for sf, si, sq in self._chunks:
             recorder.add_step_columns(rid, {
                 "t_s": sf[L.SF_T],
                 "duration_s": sf[L.SF_D],
                 "in_attn_pairs": sf[L.SF_A],
+                # the split by bound, as costed when the step ran
+                "compute_s": sf[L.SF_COMP],
+                "weight_read_s": sf[L.SF_WEIGHT],
+                "kv_read_s": sf[L.SF_KV],
+                "comm_s": sf[L.SF_COMM],
+                "overhead_s": sf[L.SF_OVER],
                 "num_running": si[L.SI_RUN],
                 "num_prefill_seqs": si[L.SI_NPF],
                 "prefill_tokens": si[L.SI_PT],
@@ -250,6 +341,7 @@ class CompiledCluster(Cluster):
         self._fits_by_kv: dict[tuple[int, ...], npt.NDArray[np.bool_]] = {}
         self._all_fit: list[bool] | None = None
         self._stateful = router != "round_robin"
+        self._memos: dict[int, CostMemo] = {}
 
     def add_replica(self, replica: Any) -> None:  # type: ignore[override]
         kv = replica.kv
@@ -258,6 +350,9 @@ class CompiledCluster(Cluster):
         if fits is None:
             fits = kv.fits_ever_many(self._prompt, self._prompt + self._output)
             self._fits_by_kv[key] = fits
+        if replica.memo is not None:
+            # One step-cost memo per cost model, shared by its replicas.
+            replica.memo = self._memos.setdefault(id(replica.cost), replica.memo)
         self.replicas.append(replica)
         self._fits.append(fits)
         self._all_fit = None

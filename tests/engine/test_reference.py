@@ -21,9 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from servesim.hwmodels.stepcost import StepCostModel
-from tests.engine.helpers import LinearCost, simulate, workload
+from tests.engine.helpers import CurvedTimer, LinearCost, simulate, workload
 
 COST = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b")
+#: A model without a packed form (an op timer, as the cycle model): the compiled loop asks the
+#: facade for each new step shape's cost (NEED_COST) and memoises it.
+TIMER_COST = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b", op_timer=CurvedTimer())
 POLICIES = ["static", "orca", "vllm", "sarathi", "sglang"]
 MANAGERS = ["contiguous", "paged", "radix"]
 
@@ -121,14 +124,17 @@ def test_python_engine_equals_reference(wl, cfg) -> None:
        capacity_tokens=st.sampled_from([48, 64, 96, 256]),
        max_num_seqs=st.sampled_from([1, 2, 4]),
        max_num_batched_tokens=st.sampled_from([8, 24, 64]),
-       replicas=st.sampled_from([1, 2]))
+       replicas=st.sampled_from([1, 2]),
+       cost=st.sampled_from([COST, LinearCost(1.0, 0.125, 0.25), TIMER_COST]))
 def test_compiled_loop_equals_reference(wl, policy, capacity_tokens, max_num_seqs, max_num_batched_tokens,
-                                        replicas) -> None:
-    """The compiled loop's configurations (vllm, sarathi, orca on paged KV, recompute)."""
+                                        replicas, cost) -> None:
+    """The compiled loop's configurations (vllm, sarathi, orca on paged KV, recompute), on the
+    packed roofline cost and on models without a packed form (costed through the memo); the
+    step frames include the split by bound, which the compiled loop records as it runs."""
     kw = {"policy": policy, "kv_kind": "paged", "capacity_tokens": capacity_tokens, "block_size_tokens": 4,
           "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
           "chunk_size_tokens": 12, "max_seq_len": 72, "replicas": replicas, "router": "least_kv_load",
-          "cost": COST}
+          "cost": cost}
     ref = simulate(wl, loop="reference", **kw)
     comp = simulate(wl, loop="compiled", **kw)
     pd.testing.assert_frame_equal(comp.requests, ref.requests, check_exact=True)
