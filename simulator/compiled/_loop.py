@@ -645,6 +645,22 @@ def advance(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, until_s, new_req):
 
 
 @njit(cache=True)
+def advance_many(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, times_s, reqs, pos):
+    """:func:`advance` to each ``times_s[k]`` and queue ``reqs[k]``, for ``k`` from ``pos`` on:
+    a replica's arrivals in one call when nothing else can happen between them (a router
+    that reads no replica state). Returns ``(status, k)``: :data:`DONE_OK` with ``k`` the
+    length, or the first other status with ``k`` the arrival not yet queued (call again
+    from there once the facade has handled it)."""
+    n = reqs.shape[0]
+    while pos < n:
+        status = advance(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, times_s[pos], reqs[pos])
+        if status != DONE_OK:
+            return status, pos
+        pos += 1
+    return DONE_OK, pos
+
+
+@njit(cache=True)
 def kv_tokens_held(ri, rq):
     """Context tokens of the running requests (the least-KV-load router's numerator)."""
     s = ri[H_S]

@@ -12,12 +12,12 @@ import numpy as np
 import numpy.typing as npt
 import simpy
 
-from servesim.simulator.cluster import Cluster
+from servesim.simulator.cluster import Cluster, _urgent_timeout
 from servesim.simulator.compiled import _cost
 from servesim.simulator.compiled import _loop as L
 from servesim.simulator.errors import InvariantError
 from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN
-from servesim.simulator.results import STATUS_COMPLETED, Recorder
+from servesim.simulator.results import STATUS_COMPLETED, STATUS_REJECTED, Recorder
 
 #: Step rows per chunk: the first chunk of a replica is small (tests, short runs), later
 #: ones double up to the cap (about 3 MB each: the steps frame places and frees them one by
@@ -61,6 +61,8 @@ def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_pa
     return None
 
 
+#: Arrivals released per SimPy event when a batch is exact (see ``CompiledCluster.start``).
+ARRIVAL_BATCH = 4096
 #: Memo rows at first; the memo doubles while it is half full.
 FIRST_MEMO_ROWS = 1 << 10
 _SPLIT_FIELDS = ("compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s")
@@ -229,6 +231,22 @@ class CompiledReplica:
             self._chunks.append((self._sf[:, :n].copy(), self._si[:, :n].copy(), self._sq[:, :n].copy()))
         self.ri[L.H_ROW] = 0
 
+    def _handle(self, status: int) -> None:
+        """Act on a status of the kernel other than DONE_OK, so that it can be called again."""
+        if status == L.ROWS_FULL:
+            self._retire_chunk()
+            self._new_chunk()
+            return
+        memo = self.memo
+        if status == L.NEED_COST and memo is not None:
+            ri = self.ri
+            memo.fill(int(ri[L.H_P]), float(self.rf[L.F_A]), int(ri[L.H_K]), int(ri[L.H_SAMP]),
+                      int(ri[L.H_NDEC]), int(ri[L.H_CTXSUM]))
+            return
+        what = "a KV grow or admission was misused" if status == L.ERR_GROW else (
+            "the scheduler produced an empty step with running requests")
+        raise InvariantError(f"replica {self.replica_id}: {what} (compiled loop status {status})")
+
     def advance(self, until_s: float, new_req: int = -1) -> None:
         """Run up to ``until_s`` (steps ending before it commit), then queue ``new_req``."""
         while True:
@@ -238,23 +256,31 @@ class CompiledReplica:
                                self._sf, self._si, self._sq, until_s, new_req)
             if status == L.DONE_OK:
                 return
-            if status == L.ROWS_FULL:
-                self._retire_chunk()
-                self._new_chunk()
-                continue
-            if status == L.NEED_COST and memo is not None:
-                ri = self.ri
-                memo.fill(int(ri[L.H_P]), float(self.rf[L.F_A]), int(ri[L.H_K]), int(ri[L.H_SAMP]),
-                          int(ri[L.H_NDEC]), int(ri[L.H_CTXSUM]))
-                continue
-            what = "a KV grow or admission was misused" if status == L.ERR_GROW else (
-                "the scheduler produced an empty step with running requests")
-            raise InvariantError(f"replica {self.replica_id}: {what} (compiled loop status {status})")
+            self._handle(status)
+
+    def enqueue_many(self, reqs: npt.NDArray[np.int64], times_s: npt.NDArray[np.float64]) -> None:
+        """Requests routed here at ``times_s`` (ascending), nothing else happening in between:
+        each as :meth:`enqueue`, all in one kernel call (``_loop.advance_many``)."""
+        self._reserve_queue(len(reqs))
+        pos = 0
+        while True:
+            memo = self.memo
+            status, pos = L.advance_many(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.cf,
+                                         _NO_MEMO if memo is None else memo.table,
+                                         self._sf, self._si, self._sq, times_s, reqs, pos)
+            if status == L.DONE_OK:
+                return
+            self._handle(status)
 
     def enqueue(self, idx: int, now_s: float) -> None:
         """A request routed here at ``now_s``: run up to then, then queue it."""
+        self._reserve_queue(1)
+        self.advance(now_s, idx)
+
+    def _reserve_queue(self, arriving: int) -> None:
+        """Room in the waiting ring for ``arriving`` more requests and a full preemption."""
         ri = self.ri
-        need = int(ri[L.H_NWAIT]) + self.slots + 2
+        need = int(ri[L.H_NWAIT]) + arriving + self.slots + 1
         cap = len(self.wq)
         if need > cap:
             n, h = int(ri[L.H_NWAIT]), int(ri[L.H_WHEAD])
@@ -262,7 +288,6 @@ class CompiledReplica:
             wq[:n] = np.take(self.wq, np.arange(h, h + n), mode="wrap")
             self.wq = wq
             ri[L.H_WHEAD] = 0
-        self.advance(now_s, idx)
 
     def drain_into(self, recorder: Recorder) -> None:
         """Hand the step rows and inter-token gaps to the recorder (once, at the end)."""
@@ -336,7 +361,8 @@ class CompiledCluster(Cluster):
         rq[L.R_SLOT] = -1
         self.rq = rq
         self.rqf = np.full((L.Q_NUM, n), np.nan)
-        self._too_long = (self._prompt + self._output > max_model_len_tokens).tolist()
+        self._too_long_arr = self._prompt + self._output > max_model_len_tokens
+        self._too_long = self._too_long_arr.tolist()
         self._fits: list[npt.NDArray[np.bool_]] = []  # per replica, per request
         self._fits_by_kv: dict[tuple[int, ...], npt.NDArray[np.bool_]] = {}
         self._all_fit: list[bool] | None = None
@@ -357,6 +383,96 @@ class CompiledCluster(Cluster):
         self._fits.append(fits)
         self._all_fit = None
 
+    def start(self) -> None:
+        """Start the arrival process.
+
+        NOTE(batches): with a router that reads no replica state (round robin, or a single
+        replica) and open arrivals only, nothing a replica does can change where or when a
+        request goes, and compiled replicas never touch each other or SimPy between arrivals.
+        So arrivals are released in batches of :data:`ARRIVAL_BATCH`: one SimPy event at the
+        batch's last arrival, routing and rejections decided for the batch at once (the same
+        round-robin sequence), and each replica queues its share in one kernel call, each
+        request at its own arrival time. A run stopped by ``until`` before a batch's event
+        releases that batch's arrivals before ``until`` in :meth:`finish` (SimPy would have
+        released exactly those: its stop event precedes any arrival at ``until``).
+        """
+        batch = (not len(self._dep_ids)) and (self.router == "round_robin" or len(self.replicas) == 1)
+        if not batch:
+            super().start()
+            return
+        self._pending_batch: tuple[int, int] | None = None
+        self.env.process(self._batched_arrivals())
+
+    def _batched_arrivals(self):
+        env = self.env
+        times = self._arrival[self._open]
+        n = len(times)
+        for lo in range(0, n, ARRIVAL_BATCH):
+            hi = min(lo + ARRIVAL_BATCH, n)
+            self._pending_batch = (lo, hi)
+            yield _urgent_timeout(env, float(times[hi - 1]) - env.now)
+            self._pending_batch = None
+            self._release_batch(self._open[lo:hi], times[lo:hi])
+
+    def _release_batch(self, idx: npt.NDArray[np.int64], t_s: npt.NDArray[np.float64]) -> None:
+        """Release open arrivals ``idx`` at ``t_s`` (ascending) as :meth:`_release` would, one
+        after the other, with a router that reads no replica state."""
+        m = len(idx)
+        if not m:
+            return
+        rec = self.recorder
+        self.num_released += m
+        if self.progress is not None:
+            self.progress(self.num_released)
+        rec.arrival_s[idx] = t_s
+        if self._all_fit is None:
+            self._all_fit_arr = np.logical_and.reduce(list(self._fits_by_kv.values()))
+            self._all_fit = self._all_fit_arr.tolist()
+        too_long = self._too_long_arr[idx]
+        nrep = len(self.replicas)
+        rid = np.full(m, -1, np.int64)  # position in self.replicas
+        code = np.zeros(m, np.int8)
+        code[too_long] = REJECT_MAX_LEN
+        if nrep == 1:
+            fits = self._fits[0][idx]
+            code[~too_long & ~fits] = REJECT_KV
+            rid[code == 0] = 0
+        elif self._all_fit_arr[idx[~too_long]].all():
+            ok = np.flatnonzero(~too_long)
+            rid[ok] = (self._rr + np.arange(len(ok))) % nrep
+            self._rr += len(ok)
+        else:  # some requests fit only some replicas: the round robin skips the others
+            fits_by_rep = [f[idx] for f in self._fits]
+            for j in np.flatnonzero(~too_long).tolist():
+                eligible = [k for k in range(nrep) if fits_by_rep[k][j]]
+                if not eligible:
+                    code[j] = REJECT_KV
+                elif len(eligible) == 1:
+                    rid[j] = eligible[0]
+                else:
+                    while True:
+                        k = self._rr % nrep
+                        self._rr += 1
+                        if k in eligible:
+                            rid[j] = k
+                            break
+        rejected = code != 0
+        if rejected.any():
+            rec.status[idx[rejected]] = STATUS_REJECTED
+            rec.reject_code[idx[rejected]] = code[rejected]
+        routed = ~rejected
+        ridx = idx[routed]
+        self.rq[L.R_ORDER, ridx] = self._order + np.arange(len(ridx))
+        self._order += len(ridx)
+        rpos = rid[routed]
+        rt = t_s[routed]
+        ids = np.asarray([r.replica_id for r in self.replicas], dtype=np.int32)
+        rec.replica_id[ridx] = ids[rpos]
+        for k, r in enumerate(self.replicas):
+            sel = rpos == k
+            if sel.any():
+                r.enqueue_many(np.ascontiguousarray(ridx[sel]), np.ascontiguousarray(rt[sel]))
+
     def _release(self, idx: int, t_s: float) -> None:
         self.num_released += 1
         if self.progress is not None:
@@ -365,7 +481,8 @@ class CompiledCluster(Cluster):
             self.recorder.rejected(idx, t_s, REJECT_MAX_LEN)
             return
         if self._all_fit is None:
-            self._all_fit = np.logical_and.reduce(list(self._fits_by_kv.values())).tolist()
+            self._all_fit_arr = np.logical_and.reduce(list(self._fits_by_kv.values()))
+            self._all_fit = self._all_fit_arr.tolist()
         if self._all_fit[idx]:
             eligible = self.replicas
         else:
@@ -386,6 +503,13 @@ class CompiledCluster(Cluster):
 
     def finish(self, until_s: float, recorder: Recorder) -> None:
         """Run every replica to ``until_s`` (inf: to the end), then fill ``recorder``."""
+        pending = getattr(self, "_pending_batch", None)
+        if pending is not None:  # a batch whose SimPy event lay past ``until_s``
+            lo, hi = pending
+            self._pending_batch = None
+            times = self._arrival[self._open[lo:hi]]
+            k = int(np.searchsorted(times, until_s, side="left"))  # arrivals before until_s
+            self._release_batch(self._open[lo : lo + k], times[:k])
         for r in self.replicas:
             r.advance(until_s)
         rec = recorder

@@ -125,15 +125,17 @@ def test_python_engine_equals_reference(wl, cfg) -> None:
        max_num_seqs=st.sampled_from([1, 2, 4]),
        max_num_batched_tokens=st.sampled_from([8, 24, 64]),
        replicas=st.sampled_from([1, 2]),
+       router=st.sampled_from(["least_kv_load", "round_robin"]),
        cost=st.sampled_from([COST, LinearCost(1.0, 0.125, 0.25), TIMER_COST]))
 def test_compiled_loop_equals_reference(wl, policy, capacity_tokens, max_num_seqs, max_num_batched_tokens,
-                                        replicas, cost) -> None:
+                                        replicas, router, cost) -> None:
     """The compiled loop's configurations (vllm, sarathi, orca on paged KV, recompute), on the
     packed roofline cost and on models without a packed form (costed through the memo); the
-    step frames include the split by bound, which the compiled loop records as it runs."""
+    step frames include the split by bound, which the compiled loop records as it runs. Round
+    robin (and one replica) releases arrivals in batches (``CompiledCluster.start``)."""
     kw = {"policy": policy, "kv_kind": "paged", "capacity_tokens": capacity_tokens, "block_size_tokens": 4,
           "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
-          "chunk_size_tokens": 12, "max_seq_len": 72, "replicas": replicas, "router": "least_kv_load",
+          "chunk_size_tokens": 12, "max_seq_len": 72, "replicas": replicas, "router": router,
           "cost": cost}
     ref = simulate(wl, loop="reference", **kw)
     comp = simulate(wl, loop="compiled", **kw)
