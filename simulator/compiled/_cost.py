@@ -110,6 +110,30 @@ def step_cost(cf, mt, p, pairs, kv, samp, ndec, ctx, out):
 
 
 @njit(cache=True)
+def scale_split(parts, o, swap_s, duration_s, ss, row):
+    """The split by bound as the steps frame holds it, into ``ss[0:5, row]`` (float32): the
+    five parts ``parts[o:o + 5]`` with ``swap_s`` added to communication, scaled to the step's
+    duration (``Recorder._scale_split``: the same float64 operations, left-to-right total)."""
+    p0 = parts[o]
+    p1 = parts[o + 1]
+    p2 = parts[o + 2]
+    p3 = parts[o + 3] + swap_s
+    p4 = parts[o + 4]
+    total = p0 + p1
+    total += p2
+    total += p3
+    total += p4
+    if total == 0.0:
+        total = 1.0
+    f = duration_s / total
+    ss[0, row] = np.float32(p0 * f)
+    ss[1, row] = np.float32(p1 * f)
+    ss[2, row] = np.float32(p2 * f)
+    ss[3, row] = np.float32(p3 * f)
+    ss[4, row] = np.float32(p4 * f)
+
+
+@njit(cache=True)
 def memo_set_split(mt, keys, split):
     """Set the split by bound (``split[i]``: 5 floats) of the shapes ``keys[i]`` (in ``mt``)."""
     for r in range(keys.shape[0]):
@@ -119,14 +143,13 @@ def memo_set_split(mt, keys, split):
 
 
 @njit(cache=True)
-def patch_split(sf, si, sq, mt, SF_A, SF_COMP, SI_PT, SI_SAMP, SI_DT, SQ_KV, SQ_CTX):
+def patch_split(sf, si, sq, ss, mt, SF_D, SF_A, SI_PT, SI_SAMP, SI_DT, SQ_KV, SQ_CTX):
     """Step rows whose split by bound was pending (NaN) take it from the memo, keyed by the
     row's own cost inputs (the step-row columns of :mod:`simulator.compiled._loop`, passed in:
-    that module imports this one)."""
-    for row in range(sf.shape[1]):
-        if not np.isnan(sf[SF_COMP, row]):
+    that module imports this one), scaled as :func:`scale_split` (no swap time)."""
+    for row in range(ss.shape[1]):
+        if not np.isnan(ss[0, row]):
             continue
         i = memo_find(mt, float(si[SI_PT, row]), sf[SF_A, row], float(sq[SQ_KV, row]), float(si[SI_SAMP, row]),
                       float(si[SI_DT, row]), float(sq[SQ_CTX, row]))
-        for j in range(5):
-            sf[SF_COMP + j, row] = mt[i, M_COST + 1 + j]
+        scale_split(mt[i], M_COST + 1, 0.0, sf[SF_D, row], ss, row)

@@ -26,7 +26,9 @@ State is flat arrays (STYLE section 6):
   (:mod:`simulator.compiled._cost`; ``advance`` returns :data:`NEED_COST` for a shape not in it).
 * after ``rf``'s per-slot times: the planned step's cost (``_cost.COST_WORDS``: its time and
   split by bound, copied into the step row when it commits).
-* ``sf`` / ``si`` / ``sq``: the current chunk of step rows (float64, int32, int64 columns).
+* ``sf`` / ``si`` / ``sq`` / ``ss``: the current chunk of step rows (float64, int32, int64 columns;
+  ``ss`` float32: the step time's split by bound, scaled to the duration as the steps frame
+  holds it).
 """
 
 from __future__ import annotations
@@ -116,10 +118,11 @@ F_LASTGAP = 6
 F_HEADER = 24
 # Step-row columns.
 SF_T, SF_D, SF_A = 0, 1, 2
-# The step time's split by bound, as the cost model gives it (``COST_FIELDS`` 1-5, float64;
-# the recorder scales them to the duration).
-SF_COMP, SF_WEIGHT, SF_KV, SF_COMM, SF_OVER = 3, 4, 5, 6, 7
-SF_NUM = 8
+SF_NUM = 3
+# ``ss`` (float32): the split by bound (the steps frame's compute_s .. overhead_s), recorded as
+# each step commits (``_cost.scale_split``).
+SS_COMP, SS_WEIGHT, SS_KV, SS_COMM, SS_OVER = 0, 1, 2, 3, 4
+SS_NUM = 5
 # (Paged KV has no reserved, externally fragmented or cached slots: those columns are zero.)
 SI_RUN, SI_NPF, SI_PT, SI_DT, SI_Q, SI_PRE, SI_TOK, SI_INT, SI_FREE, SI_SAMP = range(10)
 SI_RES, SI_EXT, SI_CACHED = 10, 11, 12  # reserved / externally fragmented / cached slots
@@ -455,7 +458,7 @@ def _finish(ri, rq, rqf, kva, req, end_s):
 
 
 @njit(cache=True)
-def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
+def _commit(ri, rf, rq, rqf, kva, sf, si, sq, ss):
     """End the step in flight: tokens, first tokens, finishes, then its step row."""
     s = ri[H_S]
     o_ctx = H_HEADER + K_CTX * s
@@ -528,9 +531,8 @@ def _commit(ri, rf, rq, rqf, kva, sf, si, sq):
     sf[SF_T, row] = rf[F_T]
     sf[SF_D, row] = rf[F_D]
     sf[SF_A, row] = rf[F_A]
-    o_cost = F_HEADER + s  # cost_offset: time, then the split by bound
-    for j in range(5):
-        sf[SF_COMP + j, row] = rf[o_cost + 1 + j]
+    # The split by bound (the planned step's cost after its time; no swap time).
+    _cost.scale_split(rf, F_HEADER + s + 1, 0.0, rf[F_D], ss, row)
     page = kva[_blocks.C_PAGE]
     tokens = kva[_blocks.C_TOKENS]
     free_b = kva[_blocks.C_FREE_TOP]
@@ -599,7 +601,7 @@ def _start_step(ri, rf, rq, cf, mt):
 
 
 @njit(cache=True)
-def advance(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, until_s, new_req):
+def advance(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, ss, until_s, new_req):
     """Run the replica up to ``until_s``, then queue ``new_req`` (``-1``: none) arriving then.
 
     Commits every step ending before ``until_s`` and plans the next one as each ends;
@@ -612,7 +614,7 @@ def advance(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, until_s, new_req):
             if rf[F_ECUR] < until_s:
                 if ri[H_ROW] >= ri[H_ROWCAP]:
                     return ROWS_FULL
-                _commit(ri, rf, rq, rqf, kva, sf, si, sq)
+                _commit(ri, rf, rq, rqf, kva, sf, si, sq, ss)
                 continue
             break
         if ri[H_COSTWAIT] == 1:  # resumed after NEED_COST: the plan stands, cost it now
@@ -645,7 +647,7 @@ def advance(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, until_s, new_req):
 
 
 @njit(cache=True)
-def advance_many(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, times_s, reqs, pos):
+def advance_many(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, ss, times_s, reqs, pos):
     """:func:`advance` to each ``times_s[k]`` and queue ``reqs[k]``, for ``k`` from ``pos`` on:
     a replica's arrivals in one call when nothing else can happen between them (a router
     that reads no replica state). Returns ``(status, k)``: :data:`DONE_OK` with ``k`` the
@@ -653,7 +655,7 @@ def advance_many(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, times_s, reqs, po
     from there once the facade has handled it)."""
     n = reqs.shape[0]
     while pos < n:
-        status = advance(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, times_s[pos], reqs[pos])
+        status = advance(ri, rf, wq, rq, rqf, kva, cf, mt, sf, si, sq, ss, times_s[pos], reqs[pos])
         if status != DONE_OK:
             return status, pos
         pos += 1

@@ -213,12 +213,16 @@ class CompiledReplica:
 
     # ------------------------------------------------------------------ driving the kernel
     def _new_chunk(self) -> None:
+        # Widest columns first, so each view is aligned.
         c = self._chunk_rows
-        buf = _mapped_bytes(c * (8 * L.SF_NUM + 4 * L.SI_NUM + 8 * L.SQ_NUM))
-        a, b = 8 * L.SF_NUM * c, 8 * L.SF_NUM * c + 4 * L.SI_NUM * c
+        buf = _mapped_bytes(c * (8 * L.SF_NUM + 4 * L.SI_NUM + 8 * L.SQ_NUM + 4 * L.SS_NUM))
+        a = 8 * L.SF_NUM * c
+        b = a + 8 * L.SQ_NUM * c
+        d = b + 4 * L.SI_NUM * c
         self._sf = buf[:a].view(np.float64).reshape(L.SF_NUM, c)
-        self._si = buf[a:b].view(np.int32).reshape(L.SI_NUM, c)
-        self._sq = buf[b:].view(np.int64).reshape(L.SQ_NUM, c)
+        self._sq = buf[a:b].view(np.int64).reshape(L.SQ_NUM, c)
+        self._si = buf[b:d].view(np.int32).reshape(L.SI_NUM, c)
+        self._ss = buf[d:].view(np.float32).reshape(L.SS_NUM, c)
         self.ri[L.H_ROW] = 0
         self.ri[L.H_ROWCAP] = c
         self._chunk_rows = min(2 * c, MAX_CHUNK_ROWS)
@@ -226,9 +230,10 @@ class CompiledReplica:
     def _retire_chunk(self) -> None:
         n = int(self.ri[L.H_ROW])
         if n == self._sf.shape[1]:
-            self._chunks.append((self._sf, self._si, self._sq))
+            self._chunks.append((self._sf, self._si, self._sq, self._ss))
         elif n:
-            self._chunks.append((self._sf[:, :n].copy(), self._si[:, :n].copy(), self._sq[:, :n].copy()))
+            self._chunks.append((self._sf[:, :n].copy(), self._si[:, :n].copy(), self._sq[:, :n].copy(),
+                                 self._ss[:, :n].copy()))
         self.ri[L.H_ROW] = 0
 
     def _handle(self, status: int) -> None:
@@ -253,7 +258,7 @@ class CompiledReplica:
             memo = self.memo
             status = L.advance(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.cf,
                                _NO_MEMO if memo is None else memo.table,
-                               self._sf, self._si, self._sq, until_s, new_req)
+                               self._sf, self._si, self._sq, self._ss, until_s, new_req)
             if status == L.DONE_OK:
                 return
             self._handle(status)
@@ -267,7 +272,7 @@ class CompiledReplica:
             memo = self.memo
             status, pos = L.advance_many(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.cf,
                                          _NO_MEMO if memo is None else memo.table,
-                                         self._sf, self._si, self._sq, times_s, reqs, pos)
+                                         self._sf, self._si, self._sq, self._ss, times_s, reqs, pos)
             if status == L.DONE_OK:
                 return
             self._handle(status)
@@ -295,20 +300,20 @@ class CompiledReplica:
         rid = self.replica_id
         if self.memo is not None:
             self.memo.resolve()
-            for sf, si, sq in self._chunks:
-                _cost.patch_split(sf, si, sq, self.memo.table, L.SF_A, L.SF_COMP, L.SI_PT, L.SI_SAMP, L.SI_DT,
+            for sf, si, sq, ss in self._chunks:
+                _cost.patch_split(sf, si, sq, ss, self.memo.table, L.SF_D, L.SF_A, L.SI_PT, L.SI_SAMP, L.SI_DT,
                                   L.SQ_KV, L.SQ_CTX)
-        for sf, si, sq in self._chunks:
+        for sf, si, sq, ss in self._chunks:
             recorder.add_step_columns(rid, {
                 "t_s": sf[L.SF_T],
                 "duration_s": sf[L.SF_D],
                 "in_attn_pairs": sf[L.SF_A],
-                # the split by bound, as costed when the step ran
-                "compute_s": sf[L.SF_COMP],
-                "weight_read_s": sf[L.SF_WEIGHT],
-                "kv_read_s": sf[L.SF_KV],
-                "comm_s": sf[L.SF_COMM],
-                "overhead_s": sf[L.SF_OVER],
+                # the split by bound, recorded as each step committed
+                "compute_s": ss[L.SS_COMP],
+                "weight_read_s": ss[L.SS_WEIGHT],
+                "kv_read_s": ss[L.SS_KV],
+                "comm_s": ss[L.SS_COMM],
+                "overhead_s": ss[L.SS_OVER],
                 "num_running": si[L.SI_RUN],
                 "num_prefill_seqs": si[L.SI_NPF],
                 "prefill_tokens": si[L.SI_PT],
@@ -330,7 +335,7 @@ class CompiledReplica:
                 "prefix_query_tokens": sq[L.SQ_PQ],
             })
         self._chunks = []
-        self._sf = self._si = self._sq = None  # type: ignore[assignment]
+        self._sf = self._si = self._sq = self._ss = None  # type: ignore[assignment]
         o_itl = L.itl_offset(self.slots)
         recorder.add_itl(self.ri[o_itl : o_itl + L.ITL_NUM_BINS], float(self.rf[L.F_ITL_SUM]),
                          float(self.rf[L.F_ITL_SQ]), int(self.ri[L.H_ITL_N]))
