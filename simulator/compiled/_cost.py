@@ -96,6 +96,15 @@ def memo_put(mt, p, pairs, kv, samp, ndec, ctx, cost):
 
 
 @njit(cache=True)
+def rehash(old, mt):
+    """Move every entry of ``old`` into the (larger, empty) memo ``mt``."""
+    for i in range(old.shape[0]):
+        if old[i, M_KEY] != EMPTY:
+            memo_put(mt, old[i, M_KEY], old[i, M_KEY + 1], old[i, M_KEY + 2], old[i, M_KEY + 3],
+                     old[i, M_KEY + 4], old[i, M_KEY + 5], old[i, M_COST : M_COST + 7])
+
+
+@njit(cache=True)
 def step_cost(cf, mt, p, pairs, kv, samp, ndec, ctx, out):
     """Cost one step into ``out[0:7]``; False when the memo lacks it (the facade must cost it)."""
     if cf.shape[0] > 0:

@@ -125,9 +125,7 @@ class CostMemo:
     def _grow(self) -> None:
         old = self.table
         self.table = _cost.new_table(2 * len(old))
-        for r in old[old[:, _cost.M_KEY] != _cost.EMPTY]:
-            k = r[_cost.M_KEY : _cost.M_KEY + 6]
-            _cost.memo_put(self.table, k[0], k[1], k[2], k[3], k[4], k[5], r[_cost.M_COST : _cost.M_COST + 7])
+        _cost.rehash(old, self.table)
 
 
 _NO_PACK = np.zeros(0, dtype=np.float64)
