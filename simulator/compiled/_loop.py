@@ -22,7 +22,13 @@ State is flat arrays (STYLE section 6):
 * ``rq`` int64 ``[R_NUM, N]`` / ``rqf`` float64 ``[Q_NUM, N]``: per request (workload column),
   shared by the replicas of a run.
 * ``kva``: the KV manager's arena (paged or contiguous); ``cf``: the step-cost pack (``hwmodels.stepkernel``).
-* ``sf`` / ``si`` / ``sq``: the current chunk of step rows (float64, int32, int64 columns).
+  For a model without a packed form ``cf`` is empty and ``mt`` is the step-cost memo the
+  facade fills (:mod:`simulator.compiled._cost`; ``advance`` returns :data:`NEED_COST` for
+  a shape not in it).
+* after ``rf``'s per-slot times and the host link's bandwidth: the planned step's cost
+  (``_cost.COST_WORDS``: its time and split by bound, copied into the step row as it commits).
+* ``sf`` / ``si`` / ``sq`` / ``ss``: the current chunk of step rows (float64, int32, int64
+  columns; ``ss`` float32: the split by bound, scaled to the duration as the steps frame holds it).
 
 Also run here, identical to the reference replica (``simulator.reference``,
 ``tests/engine/test_reference.py``): the ``static`` scheduler (:func:`_plan_static`), the
@@ -38,8 +44,7 @@ import math
 import numpy as np
 from numba import njit
 
-from servesim.hwmodels.stepkernel import packed_step_time_s as step_time_s
-from servesim.simulator.compiled import _mem, _prefix
+from servesim.simulator.compiled import _cost, _mem, _prefix
 from servesim.simulator.compiled._mem import (
     F_KVB,
     F_SWAP_CAP,
@@ -126,6 +131,7 @@ H_BUDGET = 23  # decode-then-prefill policies: token budget per step
 H_SHARING = 40  # 1: a fan-out group computes its prompt once and forks (``kv_sharing``)
 H_LOGFIN = 41  # 1: finishes are listed in K_FIN for the facade (dependent requests)
 H_NFIN = 42  # requests listed in K_FIN since the facade last read them
+H_COSTWAIT = 44  # 1: the planned step waits for its cost (NEED_COST), the plan stands
 H_CACHES = 24  # 1: the manager caches prefixes (radix; paged with prefix caching)
 H_APC = 25  # 1: it caches a chunk's pages when the chunk is scheduled (vLLM v1 APC)
 H_HIT = 26  # cumulative prefix-hit tokens at admission
@@ -158,6 +164,10 @@ F_HEADER = 24
 SF_T, SF_D, SF_A = 0, 1, 2
 SF_SWAP = 3  # swap transfer time in the step (its share of comm_s in the split by bound)
 SF_NUM = 4
+# ``ss`` (float32): the split by bound (the steps frame's compute_s .. overhead_s), recorded as
+# each step commits (``_cost.scale_split``, swap time added to communication).
+SS_COMP, SS_WEIGHT, SS_KV, SS_COMM, SS_OVER = 0, 1, 2, 3, 4
+SS_NUM = 5
 # (Paged KV has no reserved or externally fragmented slots: those columns are zero; cached
 # slots are pages held only by the prefix cache.)
 SI_RUN, SI_NPF, SI_PT, SI_DT, SI_Q, SI_PRE, SI_TOK, SI_INT, SI_FREE, SI_SAMP = range(10)
@@ -172,6 +182,7 @@ DONE_OK = 0
 ROWS_FULL = 1
 ERR_GROW = -1  # a grow or admit misuse (the Python engine would raise ValueError)
 ERR_EMPTY = -2  # an empty plan with running requests
+NEED_COST = 2  # the planned step's shape is not in the cost memo: the facade costs it, then resumes
 ERR_FORK = -17  # no free slot (or region) to fork a group's sequence into
 
 # ITL histogram: the recorder's bins.
@@ -205,9 +216,15 @@ def ri_words(slots: int) -> int:
     return itl_offset(slots) + ITL_NUM_BINS
 
 
-def rf_words(slots: int) -> int:
-    """Words of ``rf``: the scalars, the per-slot last-token times, then the tail."""
+def cost_offset(slots: int) -> int:
+    """Where the planned step's cost (``_cost.COST_WORDS`` floats) starts in ``rf``: after
+    the per-slot last-token times and the host link's bandwidth."""
     return F_HEADER + slots + _mem.RF_TAIL
+
+
+def rf_words(slots: int) -> int:
+    """Words of ``rf``: the scalars, the per-slot last-token times, the tail, the step cost."""
+    return cost_offset(slots) + _cost.COST_WORDS
 
 
 # ---------------------------------------------------------------- prefix identity (radix, APC)
@@ -946,7 +963,7 @@ def _fork_group(ri, rq, kva, req, g):
 
 
 @njit(cache=True)
-def _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq):
+def _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq, ss):
     """End the step in flight: tokens, first tokens, finishes, then its step row."""
     s = ri[H_S]
     o_ctx = H_HEADER + K_CTX * s
@@ -1043,6 +1060,8 @@ def _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq):
     sf[SF_D, row] = rf[F_D]
     sf[SF_A, row] = rf[F_A]
     sf[SF_SWAP, row] = rf[F_SWAPB] / rf[F_HEADER + s] if rf[F_SWAPB] else 0.0
+    # The split by bound: the planned step's cost parts, swap time in communication.
+    _cost.scale_split(rf, F_HEADER + s + _mem.RF_TAIL + 1, sf[SF_SWAP, row], rf[F_D], ss, row)
     pending = 0
     if ri[H_NWAIT] > 0 and ri[_mem.H_KV] == _mem.KV_CONTIGUOUS:
         head = wq[ri[H_WHEAD]]
@@ -1111,7 +1130,7 @@ def _static_padding(ri, rq):
 
 
 @njit(cache=True)
-def _start_step(ri, rf, rq, cf):
+def _start_step(ri, rf, rq, cf, mt):
     """Cost the planned step (``Replica._step_inputs`` and ``_run_step``) and put it in flight."""
     s = ri[H_S]
     o_ctx = H_HEADER + K_CTX * s
@@ -1146,35 +1165,44 @@ def _start_step(ri, rf, rq, cf):
     ri[H_SAMP] = samp
     ri[H_CTXSUM] = ctx_sum
     rf[F_A] = pairs
-    if ri[H_NPF] > 0 or p > 0:
-        d = step_time_s(cf, float(p), pairs, float(kv), float(samp), float(ndec), float(ctx_sum))
-    else:
-        d = step_time_s(cf, 0.0, 0.0, 0.0, 0.0, float(ndec), float(ctx_sum))
+    # (A decode-only step has p = pairs = kv = samp = 0: the reference's decode-only call.)
+    o_cost = F_HEADER + s + _mem.RF_TAIL
+    if not _cost.step_cost(cf, mt, float(p), pairs, float(kv), float(samp), float(ndec), float(ctx_sum),
+                           rf[o_cost : o_cost + _cost.COST_WORDS]):
+        ri[H_COSTWAIT] = 1
+        return NEED_COST
+    ri[H_COSTWAIT] = 0
     swap_s = rf[F_SWAPB] / rf[F_HEADER + s] if rf[F_SWAPB] else 0.0
-    d = d + swap_s
+    d = rf[o_cost] + swap_s
     rf[F_D] = d
     rf[F_ECUR] = rf[F_T] + d
     ri[H_INFLIGHT] = 1
+    return DONE_OK
 
 
 @njit(cache=True)
-def advance(ri, rf, wq, rq, rqf, kva, pk, cf, sf, si, sq, until_s, new_req):
+def advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, until_s, new_req):
     """Run the replica up to ``until_s``, then queue ``new_req`` (``-1``: none) arriving then.
 
     Commits every step ending before ``until_s`` and plans the next one as each ends;
     returns :data:`ROWS_FULL` (nothing else done; call again with a fresh row chunk) when
-    the step rows are full, :data:`DONE_OK`, or a negative error code.
+    the step rows are full, :data:`NEED_COST` (call again once the memo ``mt`` has the
+    planned step's cost) when it is not in the memo, :data:`DONE_OK`, or a negative error code.
     """
     while True:
         if ri[H_INFLIGHT] == 1:
             if rf[F_ECUR] < until_s:
                 if ri[H_ROW] >= ri[H_ROWCAP]:
                     return ROWS_FULL
-                status = _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq)
+                status = _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq, ss)
                 if status < 0:
                     return status
                 continue
             break
+        if ri[H_COSTWAIT] == 1:  # resumed after NEED_COST: the plan stands, cost it now
+            if _start_step(ri, rf, rq, cf, mt) == NEED_COST:
+                return NEED_COST
+            continue
         if ri[H_IDLE] == 1 or rf[F_T] >= until_s:
             break
         if ri[H_NWAIT] == 0 and ri[H_NRUN] == 0 and ri[H_NSWAP] == 0:
@@ -1189,7 +1217,8 @@ def advance(ri, rf, wq, rq, rqf, kva, pk, cf, sf, si, sq, until_s, new_req):
             # Queued requests that cannot be admitted into an empty replica: wait for a change.
             ri[H_IDLE] = 1
             break
-        _start_step(ri, rf, rq, cf)
+        if _start_step(ri, rf, rq, cf, mt) == NEED_COST:
+            return NEED_COST
     if new_req >= 0:
         _push_back(ri, wq, new_req)
         if ri[H_IDLE] == 1:
@@ -1200,7 +1229,23 @@ def advance(ri, rf, wq, rq, rqf, kva, pk, cf, sf, si, sq, until_s, new_req):
 
 
 @njit(cache=True)
-def advance_stepwise(ri, rf, wq, rq, rqf, kva, pk, cf, sf, si, sq, peek_s):
+def advance_many(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, times_s, reqs, pos):
+    """:func:`advance` to each ``times_s[k]`` and queue ``reqs[k]``, for ``k`` from ``pos`` on:
+    a replica's arrivals in one call when nothing else can happen between them (a router
+    that reads no replica state). Returns ``(status, k)``: :data:`DONE_OK` with ``k`` the
+    length, or the first other status with ``k`` the arrival not yet queued (call again
+    from there once the facade has handled it)."""
+    n = reqs.shape[0]
+    while pos < n:
+        status = advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, times_s[pos], reqs[pos])
+        if status != DONE_OK:
+            return status, pos
+        pos += 1
+    return DONE_OK, pos
+
+
+@njit(cache=True)
+def advance_stepwise(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, peek_s):
     """Stepwise (dependent requests): process this replica's SimPy event at ``rf[F_VNOW]``
     - commit the step ending then (or, woken from idle, nothing) and plan the next - and go
     on with the following step ends while each would be SimPy's next event anyway.
@@ -1211,28 +1256,32 @@ def advance_stepwise(ri, rf, wq, rq, rqf, kva, pk, cf, sf, si, sq, peek_s):
     ``rf[F_VNOW]`` as the clock. Stops after an event that finished requests (the facade
     reports them at ``rf[F_VNOW]``: recorder, dependents' releases), when idle, or when the
     next step end is not the next event. Returns :data:`ROWS_FULL` (call again with a fresh
-    row chunk), :data:`DONE_OK` or a negative error code.
+    row chunk), :data:`NEED_COST` (call again once the memo has the planned step's cost),
+    :data:`DONE_OK` or a negative error code.
     """
     vnow = rf[F_VNOW]
     while True:
-        if ri[H_INFLIGHT] == 1:
-            if ri[H_ROW] >= ri[H_ROWCAP]:
-                return ROWS_FULL
-            status = _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq)
+        if ri[H_COSTWAIT] == 0:
+            if ri[H_INFLIGHT] == 1:
+                if ri[H_ROW] >= ri[H_ROWCAP]:
+                    return ROWS_FULL
+                status = _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq, ss)
+                if status < 0:
+                    return status
+            if ri[H_NWAIT] == 0 and ri[H_NRUN] == 0 and ri[H_NSWAP] == 0:
+                ri[H_IDLE] = 1
+                return DONE_OK
+            status = _plan(ri, rf, wq, rq, rqf, kva, pk)
             if status < 0:
                 return status
-        if ri[H_NWAIT] == 0 and ri[H_NRUN] == 0 and ri[H_NSWAP] == 0:
-            ri[H_IDLE] = 1
-            return DONE_OK
-        status = _plan(ri, rf, wq, rq, rqf, kva, pk)
-        if status < 0:
-            return status
-        if ri[H_NPF] == 0 and ri[H_NDEC] == 0:
-            if ri[H_NRUN] > 0 or ri[H_NSWAP] > 0:
-                return ERR_EMPTY
-            ri[H_IDLE] = 1  # queued requests that cannot be admitted into an empty replica
-            return DONE_OK
-        _start_step(ri, rf, rq, cf)
+            if ri[H_NPF] == 0 and ri[H_NDEC] == 0:
+                if ri[H_NRUN] > 0 or ri[H_NSWAP] > 0:
+                    return ERR_EMPTY
+                ri[H_IDLE] = 1  # queued requests that cannot be admitted into an empty replica
+                return DONE_OK
+        # (resumed after NEED_COST: the plan stands, cost it now)
+        if _start_step(ri, rf, rq, cf, mt) == NEED_COST:
+            return NEED_COST
         if ri[H_NFIN] > 0:
             return DONE_OK
         d = rf[F_ECUR] - vnow

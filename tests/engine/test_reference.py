@@ -21,9 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from servesim.hwmodels.stepcost import StepCostModel
-from tests.engine.helpers import LinearCost, simulate, workload
+from tests.engine.helpers import CurvedTimer, LinearCost, simulate, workload
 
 COST = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b")
+#: A model without a packed form (an op timer, as the cycle model): the compiled loop asks the
+#: facade for each new step shape's cost (NEED_COST) and memoises it.
+TIMER_COST = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b", op_timer=CurvedTimer())
 POLICIES = ["static", "orca", "vllm", "sarathi", "sglang"]
 MANAGERS = ["contiguous", "paged", "radix"]
 
@@ -130,10 +133,11 @@ def test_python_engine_equals_reference(wl, cfg) -> None:
        replicas=st.sampled_from([1, 2]),
        router=st.sampled_from(["round_robin", "least_outstanding", "least_kv_load", "prefix_affinity"]),
        starvation_limit_s=st.sampled_from([5.0, 0.0, 0.02]),
-       until_s=st.sampled_from([None, None, None, 0.05, 0.3]))
+       until_s=st.sampled_from([None, None, None, 0.05, 0.3]),
+       cost=st.sampled_from([COST, COST, LinearCost(1.0, 0.125, 0.25), TIMER_COST]))
 def test_compiled_loop_equals_reference(wl, policy, kv, reservation, preemption, swap_space_bytes,
                                         capacity_tokens, max_num_seqs, max_num_batched_tokens, chunk_size_tokens,
-                                        kv_sharing, replicas, router, starvation_limit_s, until_s) -> None:
+                                        kv_sharing, replicas, router, starvation_limit_s, until_s, cost) -> None:
     """The compiled loop against the reference, every configuration: the five schedulers on
     paged KV (with and without vLLM v1's prefix caching), the radix cache and contiguous KV
     (every reservation policy), recompute or swap preemption with no, a little or ample host
@@ -141,13 +145,16 @@ def test_compiled_loop_equals_reference(wl, policy, kv, reservation, preemption,
     wider than ``max_num_seqs`` rejected), dependency chains with think times, workloads with
     and without prefix block ids, 1-2 replicas under every router, SGLang's starvation
     guard, to the end or cut at ``max_sim_time_s``, on pools small enough to preempt and
-    swap."""
+    swap; on the packed roofline cost and on models without a packed form (costed through
+    the memo, ``NEED_COST``). The step frames include the split by bound, which the compiled
+    loop records as it runs; round robin (and one replica) releases arrivals in batches
+    (``CompiledCluster.start``)."""
     kv_kind, prefix_caching = kv
     kw = {"policy": policy, "kv_kind": kv_kind, "prefix_caching": prefix_caching, "reservation": reservation,
           "preemption": preemption, "swap_space_bytes": swap_space_bytes, "capacity_tokens": capacity_tokens,
           "block_size_tokens": 4, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
           "chunk_size_tokens": chunk_size_tokens, "max_seq_len": 72, "kv_sharing": kv_sharing,
-          "replicas": replicas, "router": router, "cost": COST, "starvation_limit_s": starvation_limit_s,
+          "replicas": replicas, "router": router, "cost": cost, "starvation_limit_s": starvation_limit_s,
           "until_s": until_s}
     ref = simulate(wl, loop="reference", **kw)
     comp = simulate(wl, loop="compiled", **kw)
