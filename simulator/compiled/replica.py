@@ -296,7 +296,7 @@ class CompiledReplica:
         pos = 0
         while True:
             memo = self.memo
-            status, pos = L.advance_many(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.cf,
+            status, pos = L.advance_many(self.ri, self.rf, self.wq, self.rq, self.rqf, self.kva, self.pk, self.cf,
                                          _NO_MEMO if memo is None else memo.table,
                                          self._sf, self._si, self._sq, self._ss, times_s, reqs, pos)
             if status == L.DONE_OK:
