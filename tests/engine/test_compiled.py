@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from servesim.hwmodels.stepcost import StepCostModel
 from servesim.simulator.build import run_scenario
 from servesim.simulator.compiled import replica as compiled_replica
-from servesim.simulator.errors import ConfigError
 from servesim.simulator.scenario import scenario_from_dict
 from tests.engine.helpers import simulate, workload
 
@@ -175,14 +174,16 @@ def test_scenario_swap_contiguous_static_run_compiled_like_the_reference(policy,
     _assert_same(auto, ref)
 
 
-def test_auto_falls_back_and_compiled_refuses_unsupported():
+def test_auto_runs_every_configuration_compiled():
+    """No configuration is left to another loop: contiguous KV, static batching, the cycle
+    cost model, fan-out and dependents all resolve to the compiled loop under ``auto``."""
     data = _scenario()
     data["kv_cache"] = {**data["kv_cache"], "manager": "contiguous"}
+    data["scheduler"] = {**data["scheduler"], "policy": "static"}
     data["workload"]["num_requests"] = 20
-    assert run_scenario(scenario_from_dict(data)).variants[0].summary["config"]["engine_loop"] == "python"
+    assert run_scenario(scenario_from_dict(data)).variants[0].summary["config"]["engine_loop"] == "compiled"
     data["engine"]["loop"] = "compiled"
-    with pytest.raises(ConfigError, match=r"kv_cache\.manager is 'contiguous'"):
-        run_scenario(scenario_from_dict(data))
+    assert run_scenario(scenario_from_dict(data)).variants[0].summary["config"]["engine_loop"] == "compiled"
 
 
 def test_compiled_rejects_like_python():
