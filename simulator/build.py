@@ -400,7 +400,11 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
                     replica_id=replica_id, kv=kv, cost_pack=packs[gi], cost=g.cost,
                     max_num_seqs=sc.max_num_seqs, max_num_batched_tokens=sc.max_num_batched_tokens,
                     slots=sc.max_num_seqs + 1, policy=sc.policy, chunk_size_tokens=sc.chunk_size_tokens,
+                    starvation_limit_s=sc.starvation_limit_s,
+                    kv_sharing=sc.kv_sharing,
                     rq=cluster.rq, rqf=cluster.rqf,  # type: ignore[attr-defined]
+                    preemption=sc.preemption, swap_space_bytes=g.hw.swap_space_gib * GiB,
+                    kv_bytes_per_token_per_gpu=g.budget.kv_bytes_per_token, pcie_bw_bytes_per_s=pcie,
                 ))
                 replica_id += 1
                 continue

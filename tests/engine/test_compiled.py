@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from servesim.hwmodels.stepcost import StepCostModel
 from servesim.simulator.build import run_scenario
 from servesim.simulator.compiled import replica as compiled_replica
-from servesim.simulator.errors import ConfigError
 from servesim.simulator.scenario import scenario_from_dict
 from tests.engine.helpers import simulate, workload
 
@@ -152,15 +151,39 @@ def test_scenario_compiled_equals_python():
     _assert_same(auto, comp)
 
 
-def test_auto_falls_back_and_compiled_refuses_unsupported():
+@pytest.mark.parametrize(("policy", "manager", "preemption"), [
+    ("vllm", "paged", "swap"), ("sarathi", "paged", "swap"), ("static", "contiguous", "swap"),
+    ("orca", "contiguous", "recompute"),
+])
+def test_scenario_swap_contiguous_static_run_compiled_like_the_reference(policy, manager, preemption):
+    """Through ``run_scenario`` (the wiring of swap space, KV bytes per token and the host
+    link in ``build``): a KV pool of a few thousand tokens and 0.05 GiB of swap space, so
+    requests are swapped out, refused by the full host pool and recomputed."""
+    data = _scenario(loop="auto")
+    data["hardware"] = {**data["hardware"], "gpu_memory_utilization": 0.23, "swap_space_gib": 0.05}
+    data["kv_cache"] = {**data["kv_cache"], "manager": manager, "reservation": "pow2"}
+    data["scheduler"] = {**data["scheduler"], "policy": policy, "preemption": preemption}
+    data["workload"]["num_requests"] = 150
+    auto = run_scenario(scenario_from_dict(data)).variants[0]
+    data["engine"]["loop"] = "reference"
+    ref = run_scenario(scenario_from_dict(data)).variants[0]
+    assert auto.summary["config"].pop("engine_loop") == "compiled"
+    assert ref.summary["config"].pop("engine_loop") == "reference"
+    if manager == "paged":
+        assert ref.summary["num_preemptions"] > 0
+    _assert_same(auto, ref)
+
+
+def test_auto_runs_every_configuration_compiled():
+    """No configuration is left to another loop: contiguous KV, static batching, the cycle
+    cost model, fan-out and dependents all resolve to the compiled loop under ``auto``."""
     data = _scenario()
-    data["scheduler"] = {**data["scheduler"], "policy": "sglang"}
-    data["kv_cache"] = {**data["kv_cache"], "manager": "radix"}
+    data["kv_cache"] = {**data["kv_cache"], "manager": "contiguous"}
+    data["scheduler"] = {**data["scheduler"], "policy": "static"}
     data["workload"]["num_requests"] = 20
-    assert run_scenario(scenario_from_dict(data)).variants[0].summary["config"]["engine_loop"] == "python"
+    assert run_scenario(scenario_from_dict(data)).variants[0].summary["config"]["engine_loop"] == "compiled"
     data["engine"]["loop"] = "compiled"
-    with pytest.raises(ConfigError, match=r"scheduler\.policy is 'sglang'"):
-        run_scenario(scenario_from_dict(data))
+    assert run_scenario(scenario_from_dict(data)).variants[0].summary["config"]["engine_loop"] == "compiled"
 
 
 def test_compiled_rejects_like_python():
@@ -182,6 +205,19 @@ def test_fits_ever_many_matches_fits_ever(pairs, block, watermark):
 
     kv = make_kv_manager("paged", capacity_tokens=160, block_size_tokens=block, max_seqs=4, max_seq_len=200,
                          watermark_frac=watermark)
+    p = np.array([a for a, _ in pairs])
+    f = p + np.array([b for _, b in pairs])
+    assert kv.fits_ever_many(p, f).tolist() == [kv.fits_ever(int(a), int(b)) for a, b in zip(p, f, strict=True)]
+
+
+@given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 300)), min_size=1, max_size=30),
+       st.sampled_from(["max", "pow2", "oracle"]), st.sampled_from([64, 200, 1024]))
+def test_contiguous_fits_ever_many_matches_fits_ever(pairs, reservation, capacity):
+    """The compiled cluster's arrival check for contiguous managers (one reservation each)."""
+    from servesim.simulator.memory import make_kv_manager
+
+    kv = make_kv_manager("contiguous", capacity_tokens=capacity, block_size_tokens=1, max_seqs=4,
+                         max_seq_len=256, reservation=reservation)
     p = np.array([a for a, _ in pairs])
     f = p + np.array([b for _, b in pairs])
     assert kv.fits_ever_many(p, f).tolist() == [kv.fits_ever(int(a), int(b)) for a, b in zip(p, f, strict=True)]
