@@ -13,7 +13,6 @@ import simpy
 from servesim.hwmodels.stepkernel import kernel_pack
 from servesim.simulator.cluster import Cluster
 from servesim.simulator.compiled import CompiledCluster, CompiledReplica
-from servesim.simulator.engine import Replica
 from servesim.simulator.memory import make_kv_manager
 from servesim.simulator.reference import ReferenceReplica
 from servesim.simulator.results import Recorder, summarize
@@ -111,20 +110,19 @@ def simulate(
     reservation: str = "max",
     max_seq_len: int = 256,
     kv_sharing: bool = True,
-    fast_forward: bool = True,
     replicas: int = 1,
     router: str = "round_robin",
     cost: Any = None,
     swap_space_bytes: float = 1e12,
     watermark_frac: float = 0.0,
-    loop: str = "python",
+    loop: str = "reference",
     until_s: float | None = None,
     prefix_caching: bool = False,
     starvation_limit_s: float = 5.0,
 ) -> SimpleNamespace:
     """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects.
 
-    ``loop="reference"`` runs the plain reference replica (``simulator.reference``);
+    ``loop="reference"`` (the default) runs the plain reference replica (``simulator.reference``);
     ``loop="compiled"`` runs the compiled loop (any ``cost``: packed when it has a packed form,
     else through the step-cost memo); ``until_s`` stops the run there
     (``engine.max_sim_time_s``); ``prefix_caching`` turns on vLLM v1's automatic prefix
@@ -165,7 +163,8 @@ def simulate(
             cluster.add_replica(crep)
             reps.append(crep)
             continue
-        rep = (ReferenceReplica if loop == "reference" else Replica)(
+        assert loop == "reference", loop
+        rep = ReferenceReplica(
             env,
             replica_id=i,
             kv=kv,
@@ -183,7 +182,6 @@ def simulate(
             kv_bytes_per_token_per_gpu=1000.0,
             pcie_bw_bytes_per_s=1e6,
             swap_space_bytes=swap_space_bytes,
-            fast_forward=fast_forward,
             kv_sharing=kv_sharing,
             static_batching=policy == "static",
             on_finish=cluster.on_finish,
