@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from numba import njit
 
 from servesim.simulator.compiled import _cost, _mem, _prefix
@@ -190,7 +189,6 @@ ITL_LO_S = _ITL_LO_S
 ITL_BINS_PER_DECADE = _ITL_BINS_PER_DECADE
 ITL_NUM_BINS = _ITL_NUM_BINS
 
-_NO_KEYS = np.zeros(0, dtype=np.int64)
 
 
 # Per-slot regions of ``ri`` after the header, in units of ``S`` words: running list,
@@ -317,7 +315,7 @@ def _release(ri, rq, kva, pk, req, now_s):
         if n > 0:
             kv_release(ri, kva, slot, _keys(rq, pk, req, n), n, now_s)
         else:
-            kv_release(ri, kva, slot, _NO_KEYS, 0, now_s)
+            kv_release(ri, kva, slot, pk[:0], 0, now_s)
         first = False
         ri[o_owner + slot] = -1
         ri[o_free + ri[H_FREE_TOP]] = slot
@@ -364,12 +362,12 @@ def _take_slots(ri, rq, kva, pk, req, n, nkeys, prompt_tokens, now_s):
         if i == 0 and nkeys > 0:
             m = kv_admit(ri, kva, slot, _keys(rq, pk, req, nkeys), nkeys, prompt_tokens, final, now_s)
         else:
-            m = kv_admit(ri, kva, slot, _NO_KEYS, 0, prompt_tokens, final, now_s)
+            m = kv_admit(ri, kva, slot, pk[:0], 0, prompt_tokens, final, now_s)
         if m < 0:
             # Undo, newest first. The slots were only read off the free stack (taken below,
             # once all are in), so it is as the reference's pops and pushes leave it.
             for j in range(i - 1, -1, -1):
-                kv_release(ri, kva, ri[o_free + top0 - 1 - j], _NO_KEYS, 0, now_s)
+                kv_release(ri, kva, ri[o_free + top0 - 1 - j], pk[:0], 0, now_s)
             return 0, 0
         if i == 0:
             hit_pages = m
@@ -729,7 +727,7 @@ def _swap_out(ri, rf, rq, kva, pk, req, now_s):
 
 
 @njit(cache=True)
-def _unwind_slots(ri, rq, kva, req, now_s):
+def _unwind_slots(ri, rq, kva, pk, req, now_s):
     """Undo :func:`_take_slots` after a failed grow: free the sequences newest first and
     push their slots back, as the reference's ``reversed(taken)`` loop does."""
     s = ri[H_S]
@@ -738,7 +736,7 @@ def _unwind_slots(ri, rq, kva, req, now_s):
     n = _group_slots(ri, rq, req, H_HEADER + K_IDS * s, 0, -1)
     for j in range(n - 1, -1, -1):
         slot = ri[H_HEADER + K_IDS * s + j]
-        kv_release(ri, kva, slot, _NO_KEYS, 0, now_s)
+        kv_release(ri, kva, slot, pk[:0], 0, now_s)
         ri[o_next + slot] = -1
         ri[o_free + ri[H_FREE_TOP]] = slot
         ri[H_FREE_TOP] += 1
@@ -765,7 +763,7 @@ def _swap_in(ri, rf, rq, kva, pk, now_s):
         if status < 0:
             return ERR_GROW
         if status != _blocks.OK:
-            _unwind_slots(ri, rq, kva, req, now_s)
+            _unwind_slots(ri, rq, kva, pk, req, now_s)
             return 1
         _bind_group(ri, rq, req, tokens)
         moved = tokens * n * rf[F_KVB]

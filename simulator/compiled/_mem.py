@@ -15,7 +15,6 @@ batching) are declared here, in the ranges ``_loop`` reserves for them.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 from servesim.simulator.memory.kernels import _blocks, _contiguous
@@ -56,7 +55,6 @@ RESERVATIONS = {"max": RES_MAX, "pow2": RES_POW2, "oracle": RES_ORACLE}
 assert _blocks.OK == _contiguous.OK == 0 and _blocks.NO_SPACE == _contiguous.NO_SPACE == 1
 OK = 0
 
-_NO_KEYS = np.zeros(0, dtype=np.int64)
 
 
 @njit(cache=True)
