@@ -12,6 +12,7 @@ and rejection. CI runs this file with numba's JIT off as well (``.ci/run``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -125,13 +126,17 @@ def test_python_engine_equals_reference(wl, cfg) -> None:
        kv_sharing=st.booleans(),
        replicas=st.sampled_from([1, 2]),
        router=st.sampled_from(["round_robin", "least_outstanding", "least_kv_load", "prefix_affinity"]),
-       until_s=st.sampled_from([None, None, None, 0.05, 0.3]))
+       until_s=st.sampled_from([None, None, None, 0.05, 0.3]),
+       beam=st.booleans())
 def test_compiled_loop_equals_reference(wl, policy, capacity_tokens, max_num_seqs, max_num_batched_tokens,
-                                        chunk_size_tokens, kv_sharing, replicas, router, until_s) -> None:
+                                        chunk_size_tokens, kv_sharing, replicas, router, until_s, beam) -> None:
     """The compiled loop's configurations: vllm, sarathi, orca on paged KV, recompute, with
     fan-out up to 3 (forked prompts with ``kv_sharing``, a copy each without; groups wider
     than ``max_num_seqs`` rejected) and dependency chains with think times, 1-2 replicas
-    under every router, to the end or cut at ``max_sim_time_s``."""
+    under every router, to the end or cut at ``max_sim_time_s``; the fan-out drawn as parallel
+    samples or as beam width."""
+    if beam:
+        wl = dataclasses.replace(wl, beam_width=wl.num_samples, num_samples=np.ones_like(wl.num_samples))
     kw = {"policy": policy, "kv_kind": "paged", "capacity_tokens": capacity_tokens, "block_size_tokens": 4,
           "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
           "chunk_size_tokens": chunk_size_tokens, "max_seq_len": 72, "kv_sharing": kv_sharing,
