@@ -149,6 +149,23 @@ def test_compiled_loop_equals_reference(wl, policy, capacity_tokens, max_num_seq
         assert until_s is not None or rep.num_outstanding == 0
 
 
+@pytest.mark.parametrize("kv_sharing", [True, False])
+@pytest.mark.parametrize("policy", ["vllm", "sarathi", "orca"])
+def test_compiled_loop_preempts_fanout_groups_as_the_reference(policy: str, kv_sharing: bool) -> None:
+    """Fan-out groups on a 64-slot pool: whole groups are preempted by recompute (forked ones
+    re-admitted with one sequence and forked again), identically in both loops; the random
+    draws above reach this rarely."""
+    wl = workload(np.zeros(6), [12, 5, 9, 12, 3, 7], [20, 14, 18, 9, 16, 12], num_samples=[2, 3, 1, 2, 3, 2])
+    kw = {"policy": policy, "kv_kind": "paged", "capacity_tokens": 64, "block_size_tokens": 4, "max_num_seqs": 6,
+          "max_num_batched_tokens": 32, "chunk_size_tokens": 12, "max_seq_len": 72, "kv_sharing": kv_sharing,
+          "cost": COST}
+    ref = simulate(wl, loop="reference", **kw)
+    _assert_identical(simulate(wl, loop="compiled", **kw), ref)
+    fan = wl.num_samples > 1
+    assert (ref.requests["num_preemptions"][fan] > 0).sum() >= 3
+    assert (ref.requests["status"] == "completed").all()
+
+
 def test_compiled_loop_zero_think_time_ties_across_replicas() -> None:
     """Two replicas in lockstep (identical requests at t=0) end their steps at the same
     instant; a dependent released with zero think time by the first replica's finish is
