@@ -22,9 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from servesim.hwmodels.stepcost import StepCostModel
-from tests.engine.helpers import LinearCost, simulate, workload
+from tests.engine.helpers import CurvedTimer, LinearCost, simulate, workload
 
 COST = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b")
+#: A model without a packed form (an op timer, as the cycle model): the compiled loop asks the
+#: facade for each new step shape's cost (NEED_COST) and memoises it.
+TIMER_COST = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b", op_timer=CurvedTimer())
 POLICIES = ["static", "orca", "vllm", "sarathi", "sglang"]
 MANAGERS = ["contiguous", "paged", "radix"]
 
@@ -116,9 +119,13 @@ def test_python_engine_equals_reference(wl, cfg) -> None:
         assert not rep.running and not rep.waiting and not rep.swapped
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(wl=workloads(prefixes=False),
-       policy=st.sampled_from(["vllm", "sarathi", "orca"]),
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wl=workloads(),
+       policy=st.sampled_from(["static", "vllm", "sarathi", "orca", "sglang"]),
+       kv=st.sampled_from([("paged", False), ("paged", True), ("radix", False), ("contiguous", False)]),
+       reservation=st.sampled_from(["max", "pow2", "oracle"]),
+       preemption=st.sampled_from(["recompute", "swap"]),
+       swap_space_bytes=st.sampled_from([0.0, 40_000.0, 1e12]),
        capacity_tokens=st.sampled_from([48, 64, 96, 256]),
        max_num_seqs=st.sampled_from([1, 2, 4, 6]),
        max_num_batched_tokens=st.sampled_from([8, 24, 64]),
@@ -126,27 +133,70 @@ def test_python_engine_equals_reference(wl, cfg) -> None:
        kv_sharing=st.booleans(),
        replicas=st.sampled_from([1, 2]),
        router=st.sampled_from(["round_robin", "least_outstanding", "least_kv_load", "prefix_affinity"]),
+       starvation_limit_s=st.sampled_from([5.0, 0.0, 0.02]),
        until_s=st.sampled_from([None, None, None, 0.05, 0.3]),
+       cost=st.sampled_from([COST, COST, LinearCost(1.0, 0.125, 0.25), TIMER_COST]),
        beam=st.booleans())
-def test_compiled_loop_equals_reference(wl, policy, capacity_tokens, max_num_seqs, max_num_batched_tokens,
-                                        chunk_size_tokens, kv_sharing, replicas, router, until_s, beam) -> None:
-    """The compiled loop's configurations: vllm, sarathi, orca on paged KV, recompute, with
-    fan-out up to 3 (forked prompts with ``kv_sharing``, a copy each without; groups wider
-    than ``max_num_seqs`` rejected) and dependency chains with think times, 1-2 replicas
-    under every router, to the end or cut at ``max_sim_time_s``; the fan-out drawn as parallel
-    samples or as beam width."""
+def test_compiled_loop_equals_reference(wl, policy, kv, reservation, preemption, swap_space_bytes,
+                                        capacity_tokens, max_num_seqs, max_num_batched_tokens, chunk_size_tokens,
+                                        kv_sharing, replicas, router, starvation_limit_s, until_s, cost,
+                                        beam) -> None:
+    """The compiled loop against the reference, every configuration: the five schedulers on
+    paged KV (with and without vLLM v1's prefix caching), the radix cache and contiguous KV
+    (every reservation policy), recompute or swap preemption with no, a little or ample host
+    memory, fan-out up to 3 (forked prompts with ``kv_sharing``, a copy each without; groups
+    wider than ``max_num_seqs`` rejected), dependency chains with think times, workloads with
+    and without prefix block ids, 1-2 replicas under every router, SGLang's starvation
+    guard, to the end or cut at ``max_sim_time_s``, on pools small enough to preempt and
+    swap; on the packed roofline cost and on models without a packed form (costed through
+    the memo, ``NEED_COST``). The step frames include the split by bound, which the compiled
+    loop records as it runs; round robin (and one replica) releases arrivals in batches
+    (``CompiledCluster.start``). The fan-out is drawn as parallel samples or as beam width."""
     if beam:
         wl = dataclasses.replace(wl, beam_width=wl.num_samples, num_samples=np.ones_like(wl.num_samples))
-    kw = {"policy": policy, "kv_kind": "paged", "capacity_tokens": capacity_tokens, "block_size_tokens": 4,
-          "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+    kv_kind, prefix_caching = kv
+    kw = {"policy": policy, "kv_kind": kv_kind, "prefix_caching": prefix_caching, "reservation": reservation,
+          "preemption": preemption, "swap_space_bytes": swap_space_bytes, "capacity_tokens": capacity_tokens,
+          "block_size_tokens": 4, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
           "chunk_size_tokens": chunk_size_tokens, "max_seq_len": 72, "kv_sharing": kv_sharing,
-          "replicas": replicas, "router": router, "cost": COST, "until_s": until_s}
+          "replicas": replicas, "router": router, "cost": cost, "starvation_limit_s": starvation_limit_s,
+          "until_s": until_s}
     ref = simulate(wl, loop="reference", **kw)
     comp = simulate(wl, loop="compiled", **kw)
     _assert_identical(comp, ref)
-    for rep in comp.replicas:
-        rep.kv.check_invariants()
-        assert until_s is not None or rep.num_outstanding == 0
+    for a, b in zip(comp.replicas, ref.replicas, strict=True):
+        a.kv.check_invariants()
+        assert a.kv.stats() == b.kv.stats()
+        assert until_s is not None or a.num_outstanding == 0
+
+
+def test_compiled_loop_swaps_and_reserves_like_the_reference() -> None:
+    """The differential draws reach swap-out, swap-in, a full host pool, contiguous
+    reservations with external fragmentation, and static batches; pinned here on fixed
+    workloads (both loops)."""
+    wl = workload(np.zeros(8), [12] * 8, [20] * 8)
+    base = {"kv_kind": "paged", "capacity_tokens": 48, "block_size_tokens": 4, "max_num_seqs": 8,
+            "max_num_batched_tokens": 64, "max_seq_len": 72, "cost": COST, "chunk_size_tokens": 12}
+    for policy in ("vllm", "sarathi", "orca"):
+        for swap in (40_000.0, 1e12):
+            kw = {**base, "policy": policy, "preemption": "swap", "swap_space_bytes": swap}
+            ref = simulate(wl, loop="reference", **kw)
+            assert ref.summary["num_preemptions"] > 0
+            recompute = simulate(wl, loop="reference", **{**kw, "preemption": "recompute"})
+            assert ref.steps["duration_s"].sum() != recompute.steps["duration_s"].sum()  # swap time charged
+            comp = simulate(wl, loop="compiled", **kw)
+            _assert_identical(comp, ref)
+    # Contiguous: reservations of the longest sequence leave gaps the queue head cannot use.
+    wl = workload([0.0, 0.0, 0.0, 0.5, 0.5, 1.0], [5, 30, 9, 40, 3, 20], [4, 30, 2, 8, 12, 5])
+    for policy in ("orca", "static", "vllm"):
+        for reservation in ("max", "pow2", "oracle"):
+            kw = {"policy": policy, "kv_kind": "contiguous", "reservation": reservation, "capacity_tokens": 160,
+                  "max_num_seqs": 4, "max_num_batched_tokens": 64, "max_seq_len": 72, "cost": COST}
+            ref = simulate(wl, loop="reference", **kw)
+            comp = simulate(wl, loop="compiled", **kw)
+            _assert_identical(comp, ref)
+            if reservation == "pow2":
+                assert ref.steps["kv_reserved_slots"].max() > 0
 
 
 @pytest.mark.parametrize("kv_sharing", [True, False])

@@ -86,19 +86,19 @@ def test_no_prefix_ids_prefix_caching_changes_nothing() -> None:
     assert runs["auto", "true"].requests.equals(runs["python", "true"].requests)
 
 
-def test_auto_loop_falls_back_only_with_prefix_ids() -> None:
-    """vllm defaults to prefix caching; with prefix ids ``engine.loop: auto`` runs the Python
-    engine (the compiled loop makes no prefix-cache calls), without prefix caching the
-    compiled loop, and ``engine.loop: compiled`` says why it cannot."""
+def test_auto_loop_runs_prefix_caching_compiled() -> None:
+    """vllm defaults to prefix caching; with prefix ids ``engine.loop: auto`` runs it in the
+    compiled loop (which makes the reference's prefix-cache calls), with the Python engine's
+    request frame, and without prefix caching nothing hits."""
     base = ["workload.num_requests=20", "variants=[]", "scheduler.policy=vllm"]
     res = ss.run(SHARED, base)
-    assert res.variants[0].summary["config"]["engine_loop"] == "python"
+    assert res.variants[0].summary["config"]["engine_loop"] == "compiled"
     assert res.variants[0].summary["prefix_hit_rate"] > 0.5  # default on for vllm
+    py = ss.run(SHARED, [*base, "engine.loop=python"])
+    assert res.variants[0].requests.equals(py.variants[0].requests)
     res = ss.run(SHARED, [*base, "kv_cache.prefix_caching=false"])
     assert res.variants[0].summary["config"]["engine_loop"] == "compiled"
     assert res.variants[0].summary["prefix_hit_rate"] == 0.0
-    with pytest.raises(Exception, match="prefix_caching is on and the workload carries prefix"):
-        ss.run(SHARED, [*base, "engine.loop=compiled"])
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,8 @@ def paged_with_prefix_caching(monkeypatch):
     """``simulate`` builds its managers through ``make_kv_manager``: make paged cache."""
 
     def make(kind, **kw):
-        return make_kv_manager(kind, prefix_caching=kind == "paged", **kw)
+        kw["prefix_caching"] = kind == "paged"  # whatever simulate's prefix_caching says
+        return make_kv_manager(kind, **kw)
 
     monkeypatch.setattr(helpers, "make_kv_manager", make)
 

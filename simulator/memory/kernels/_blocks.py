@@ -605,6 +605,14 @@ def _insert(arena, s, keys, n, now_s, dedup):
     Returns:
         The node at the end of the inserted path (0 = root: nothing inserted or matched).
     """
+    return _insert_from(arena, s, keys, n, now_s, dedup, 0, 0)
+
+
+@njit(cache=True)
+def _insert_from(arena, s, keys, n, now_s, dedup, i0, node0):
+    """:func:`_insert` resumed at page ``i0`` from node ``node0``, whose edge ends there
+    and which the walk over ``keys[:i0]`` reaches without changing anything (the caller
+    knows it); the returned path is stamped from the root all the same."""
     first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
     next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
     edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
@@ -617,8 +625,8 @@ def _insert(arena, s, keys, n, now_s, dedup):
     last_access_s = _f64(arena, O_LAST_ACCESS_S, arena[C_NN]).view(np.float64)
     access_tick = _f64(arena, O_ACCESS_TICK, arena[C_NN])
     counters = arena[:HEADER]
-    node = 0
-    i = 0
+    node = node0
+    i = i0
     while i < n:
         c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
         if c == -1:
@@ -803,6 +811,13 @@ def _apc_insert(arena, s, keys, n):
     A page whose key is already cached keeps the cached block (the seq's own copy stays
     uncached, as a duplicate); a new page's block becomes a trie node under its prefix.
     """
+    apc_insert_from(arena, s, keys, n, 0, 0)
+
+
+@njit(cache=True)
+def apc_insert_from(arena, s, keys, n, i0, node0):
+    """:func:`_apc_insert` resumed at page ``i0`` from trie node ``node0``, which the walk
+    over ``keys[:i0]`` reaches without changing anything (the caller knows it)."""
     nb = arena[C_NB]
     nn = arena[C_NN]
     first_child = _f32(arena, O_FIRST_CHILD, nn)
@@ -814,8 +829,8 @@ def _apc_insert(arena, s, keys, n):
     block_node = _f32(arena, O_BLOCK_NODE, nb)
     in_tree = _f8(arena, O_IN_TREE, nb)
     table = _table(arena)
-    node = 0
-    for i in range(n):
+    node = node0
+    for i in range(i0, n):
         c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
         if c != -1:
             node = c
@@ -1368,9 +1383,24 @@ def cache_blocks(arena, s, keys, n, now_s):
     if arena[C_APC] == 1:
         _apc_insert(arena, s, keys, n)
         return
-    node = _insert(arena, s, keys, n, now_s, True)
     seq_node = _f32(arena, O_SEQ_NODE, arena[C_S])
     old = seq_node[s]
+    # NOTE(speed): the seq's locked prefix (root -> ``old``) holds its first pages as tree
+    # blocks (shared at admission or swapped in by an earlier insert) and cannot be evicted;
+    # a split keeps ``old``'s id on the lower part, so its edge still ends at the same page.
+    # Walking it again matches every page and changes nothing: resume below it.
+    depth = 0
+    if old > 0:
+        edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
+        parent = _f32(arena, O_PARENT, arena[C_NN])
+        u = old
+        while u > 0:
+            depth += edge_len[u]
+            u = parent[u]
+    if depth <= n:
+        node = _insert_from(arena, s, keys, n, now_s, True, depth, old)
+    else:
+        node = _insert(arena, s, keys, n, now_s, True)
     if node == old or node == 0:
         return
     parent = _f32(arena, O_PARENT, arena[C_NN])
