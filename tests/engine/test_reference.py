@@ -12,6 +12,7 @@ and rejection. CI runs this file with numba's JIT off as well (``.ci/run``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -119,10 +120,12 @@ def _assert_identical(fast, ref) -> None:
        router=st.sampled_from(["round_robin", "least_outstanding", "least_kv_load", "prefix_affinity"]),
        starvation_limit_s=st.sampled_from([5.0, 0.0, 0.02]),
        until_s=st.sampled_from([None, None, None, 0.05, 0.3]),
-       cost=st.sampled_from([COST, COST, LinearCost(1.0, 0.125, 0.25), TIMER_COST]))
+       cost=st.sampled_from([COST, COST, LinearCost(1.0, 0.125, 0.25), TIMER_COST]),
+       beam=st.booleans())
 def test_compiled_loop_equals_reference(wl, policy, kv, reservation, preemption, swap_space_bytes,
                                         capacity_tokens, max_num_seqs, max_num_batched_tokens, chunk_size_tokens,
-                                        kv_sharing, replicas, router, starvation_limit_s, until_s, cost) -> None:
+                                        kv_sharing, replicas, router, starvation_limit_s, until_s, cost,
+                                        beam) -> None:
     """The compiled loop against the reference, every configuration: the five schedulers on
     paged KV (with and without vLLM v1's prefix caching), the radix cache and contiguous KV
     (every reservation policy), recompute or swap preemption with no, a little or ample host
@@ -133,7 +136,9 @@ def test_compiled_loop_equals_reference(wl, policy, kv, reservation, preemption,
     swap; on the packed roofline cost and on models without a packed form (costed through
     the memo, ``NEED_COST``). The step frames include the split by bound, which the compiled
     loop records as it runs; round robin (and one replica) releases arrivals in batches
-    (``CompiledCluster.start``)."""
+    (``CompiledCluster.start``). The fan-out is drawn as parallel samples or as beam width."""
+    if beam:
+        wl = dataclasses.replace(wl, beam_width=wl.num_samples, num_samples=np.ones_like(wl.num_samples))
     kv_kind, prefix_caching = kv
     kw = {"policy": policy, "kv_kind": kv_kind, "prefix_caching": prefix_caching, "reservation": reservation,
           "preemption": preemption, "swap_space_bytes": swap_space_bytes, "capacity_tokens": capacity_tokens,
@@ -177,6 +182,23 @@ def test_compiled_loop_swaps_and_reserves_like_the_reference() -> None:
             _assert_identical(comp, ref)
             if reservation == "pow2":
                 assert ref.steps["kv_reserved_slots"].max() > 0
+
+
+@pytest.mark.parametrize("kv_sharing", [True, False])
+@pytest.mark.parametrize("policy", ["vllm", "sarathi", "orca"])
+def test_compiled_loop_preempts_fanout_groups_as_the_reference(policy: str, kv_sharing: bool) -> None:
+    """Fan-out groups on a 64-slot pool: whole groups are preempted by recompute (forked ones
+    re-admitted with one sequence and forked again), identically in both loops; the random
+    draws above reach this rarely."""
+    wl = workload(np.zeros(6), [12, 5, 9, 12, 3, 7], [20, 14, 18, 9, 16, 12], num_samples=[2, 3, 1, 2, 3, 2])
+    kw = {"policy": policy, "kv_kind": "paged", "capacity_tokens": 64, "block_size_tokens": 4, "max_num_seqs": 6,
+          "max_num_batched_tokens": 32, "chunk_size_tokens": 12, "max_seq_len": 72, "kv_sharing": kv_sharing,
+          "cost": COST}
+    ref = simulate(wl, loop="reference", **kw)
+    _assert_identical(simulate(wl, loop="compiled", **kw), ref)
+    fan = wl.num_samples > 1
+    assert (ref.requests["num_preemptions"][fan] > 0).sum() >= 3
+    assert (ref.requests["status"] == "completed").all()
 
 
 def test_compiled_loop_zero_think_time_ties_across_replicas() -> None:
