@@ -15,7 +15,6 @@ Afterwards :meth:`Recorder.to_frames` builds the DataFrames with unit-suffixed c
 from __future__ import annotations
 
 import json
-from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,22 +81,6 @@ _MEM_FIELDS = (
 )
 
 
-# A fast-forwarded stretch is one record; its rows are expanded at the end.
-_STRETCH_COLS = (
-    "ordinal",  # log position of the stretch's first step
-    "replica_id",
-    "num_steps",
-    "num_running",
-    "queue_len0",  # queue length after every step but the last
-    "queue_len",  # after the last
-    "decode_seqs",  # cost-model batch (running + static-batching padding)
-    "ctx_tokens0",  # cost-model context tokens of the first step
-    "row0",  # index of the first step in the flat start/duration/memory columns
-    "prefix_hit_tokens",
-    "prefix_query_tokens",
-)
-_SCOL = {c: i for i, c in enumerate(_STRETCH_COLS)}
-_NUM_SCOLS = len(_STRETCH_COLS)
 #: The steps frame's columns but the split by bound (float32, inserted before the memory
 #: split), in order, with their dtypes.
 _STEP_DTYPES = {
@@ -122,13 +105,6 @@ _BLOCK_ROWS = 4096
 _COST_CHUNK_ROWS = 1 << 19
 
 
-def _segment_rows(starts: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Concatenated ``range(starts[i], starts[i] + lengths[i])``."""
-    total = int(lengths.sum())
-    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + (np.arange(total, dtype=np.int64) - first)
-
-
 def _itl_bin(values_s: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     v = np.maximum(values_s, _ITL_LO_S)
     idx = np.floor(np.log10(v / _ITL_LO_S) * _ITL_BINS_PER_DECADE).astype(np.int64) + 1
@@ -143,12 +119,10 @@ def _itl_bin_value(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
 class Recorder:
     """Collects the events of one variant's run (all replicas).
 
-    Step rows are kept compactly until the end: a stepped row is one tuple (flushed into
-    float64 blocks), and a fast-forwarded stretch of ``k`` decode steps is one record (its
-    constants) plus its ``k`` start times and durations in flat ``array('d')`` columns and
-    its ``k`` exact memory splits in a flat ``array('q')``. :meth:`steps_frame` expands them, vectorised,
-    into the per-step timeline; the inter-token gaps a stretch implies (``k - 1`` per
-    sequence, each the step's duration) are binned from the same columns.
+    Step rows come two ways: the compiled loop hands column chunks (:meth:`add_step_columns`,
+    with its inter-token gaps already binned, :meth:`add_itl`); the reference replica logs one
+    tuple per step (flushed into float64 blocks). A run is one or the other throughout.
+    :meth:`steps_frame` builds the per-step timeline from either.
     """
 
     def __init__(self, *, num_requests: int, arrival_s: npt.NDArray[np.float64]) -> None:
@@ -168,18 +142,9 @@ class Recorder:
         self._itl_n = 0
         self._itl_buf: list[npt.NDArray[np.float64]] = []  # first gaps, one per sequence
         self._itl_buf_len = 0
-        self._itl_stretch_done = 0  # stretch blocks whose later gaps are binned
         # Stepped rows: tuples of _RAW_COLS + ordinal, flushed into float64 blocks.
         self._rows: list[tuple[float, ...]] = []
         self._row_blocks: list[npt.NDArray[np.float64]] = []
-        # Stretches: records of _STRETCH_COLS, flushed into float64 blocks; steps' start
-        # times and durations in flat columns.
-        self._stretches = array("q")  # flat: _STRETCH_COLS per record
-        self._stretch_blocks: list[npt.NDArray[np.float64]] = []
-        self._st_start_s = array("d")
-        self._st_duration_s = array("d")
-        # Stretch steps' memory split, one row of _MEM_FIELDS per step (flat).
-        self._st_mem = array("q")
         # Column chunks of the compiled loop: (replica, ordinal of the first row, columns).
         self._col_chunks: list[tuple[int, int, dict[str, npt.NDArray[Any]]]] = []
         self._num_rows = 0  # also the ordinal of the next row (the log's insertion order)
@@ -187,11 +152,6 @@ class Recorder:
         self._frame: pd.DataFrame | None = None
         self._frame_rows = 0
         self.cost_models: dict[int, Any] = {}
-        # Per cost model (by id; ``cost_models`` keeps it alive): memoised decode step times,
-        # shared by the replicas of one group (see ``Replica._decode_step_time_s``).
-        self.step_time_memos: dict[int, dict[int, float]] = {}
-        # Per cost model (by id): checked decode step-time twins by batch (``engine.DecodeTwin``).
-        self.decode_twins: dict[int, dict[int, Any]] = {}
         self.max_concurrent = 0
         self._concurrent = 0
 
@@ -226,8 +186,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ inter-token latency
     def itl(self, first_gaps_s: npt.NDArray[np.float64]) -> None:
-        """Add the gaps before a decode step's (or stretch's first step's) tokens, one per
-        sequence. The later steps of a stretch add theirs through :meth:`steps_many`."""
+        """Add the gaps before a decode step's tokens, one per sequence (reference replica)."""
         self._itl_buf.append(first_gaps_s)
         self._itl_buf_len += len(first_gaps_s)
         if self._itl_buf_len > 1_000_000:
@@ -244,28 +203,9 @@ class Recorder:
             self.itl_counts += np.bincount(_itl_bin(vals), minlength=_ITL_NUM_BINS)
             self._itl_buf = []
         self._itl_buf_len = 0
-        self._flush_stretches()
-        blocks = self._stretch_blocks
-        while self._itl_stretch_done < len(blocks):
-            rec = blocks[self._itl_stretch_done]
-            self._itl_stretch_done += 1
-            k = rec[:, _SCOL["num_steps"]].astype(np.int64)
-            later = k > 1
-            if not later.any():
-                continue
-            rec, k = rec[later], k[later]
-            row0 = rec[:, _SCOL["row0"]].astype(np.int64)
-            # Rows 1..k-1 of each stretch: their gap is the step's duration, once per sequence.
-            idx = _segment_rows(row0 + 1, k - 1)
-            vals = np.frombuffer(self._st_duration_s, dtype=np.float64)[idx]
-            wts = np.repeat(rec[:, _SCOL["num_running"]], k - 1)
-            self._itl_sum_s += fdot(wts, vals)
-            self._itl_sumsq_s2 += fdot(wts, vals * vals)
-            self._itl_n += int(wts.sum())
-            counts = np.bincount(_itl_bin(vals), weights=wts, minlength=_ITL_NUM_BINS)
-            self.itl_counts += np.rint(counts).astype(np.int64)
 
     @property
+
     def itl_n(self) -> int:
         """Inter-token gaps recorded (pooled over sequences)."""
         self._flush_itl()
@@ -311,51 +251,6 @@ class Recorder:
             self._row_blocks.append(np.asarray(self._rows, dtype=np.float64))
             self._rows = []
 
-    def steps_many(
-        self,
-        replica_id: int,
-        t_s: list[float],
-        duration_s: list[float],
-        num_running: int,
-        queue_len0: int,
-        queue_len: int,
-        decode_seqs: int,
-        ctx_tokens0: int,
-        mems: list[Any],
-    ) -> None:
-        """The ``k`` rows of a fast-forwarded decode stretch, recorded as one record.
-
-        The queue is ``queue_len0`` long after each step but the last, ``queue_len`` after
-        the last. Step ``j`` decodes ``num_running`` sequences (``decode_seqs`` including padding) over
-        ``ctx_tokens0 + num_running * j`` context tokens. ``mems`` holds the KV manager's
-        exact memory split after each of the ``k`` steps (as a stepped row records it); the
-        prefix counters cannot change within a stretch and are taken from the last.
-        """
-        k = len(t_s)
-        e = mems[-1]
-        self._stretches.extend((
-            self._num_rows, replica_id, k, num_running, queue_len0, queue_len, decode_seqs, ctx_tokens0,
-            len(self._st_start_s), e.prefix_hit_tokens, e.prefix_query_tokens,
-        ))
-        st_mem = self._st_mem
-        for m in mems:
-            st_mem.extend((m.token_slots, m.reserved_slots, m.internal_frag_slots, m.external_frag_slots,
-                           m.cached_slots, m.free_slots))
-        self._st_start_s.extend(t_s)
-        self._st_duration_s.extend(duration_s)
-        self._num_rows += k
-        if len(self._stretches) >= _BLOCK_ROWS * _NUM_SCOLS:
-            self._flush_stretches()
-
-    def _flush_stretches(self) -> None:
-        if self._stretches:
-            # Every field is an integer (``array('q')`` refuses anything else).
-            block = np.frombuffer(self._stretches, dtype=np.int64).reshape(-1, _NUM_SCOLS)
-            small = block.max() < 2**31 and block.min() >= -(2**31)
-            block = block.astype(np.int32 if small else np.int64)  # a copy, off the array
-            self._stretch_blocks.append(block)
-            self._stretches = array("q")
-
     def add_step_columns(self, replica_id: int, cols: dict[str, npt.NDArray[Any]]) -> None:
         """Rows of one replica as columns (the compiled loop's step rows, in time order):
         names from the raw step layout; absent ones are zero."""
@@ -384,38 +279,6 @@ class Recorder:
         if not blocks:
             return np.zeros((0, _NUM_RAW + 1))
         return np.concatenate(blocks)
-
-    def _stretch_block_columns(self, rec: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
-        """One block of stretch records, expanded (vectorised) into step columns."""
-        k = rec[:, _SCOL["num_steps"]].astype(np.int64)
-        n = int(k.sum())
-        # Position of each row within its stretch.
-        j = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(k) - k, k)
-        idx = np.repeat(rec[:, _SCOL["row0"]].astype(np.int64), k) + j
-
-        def rep(name: str) -> npt.NDArray[np.float64]:
-            return np.repeat(rec[:, _SCOL[name]].astype(np.float64), k)
-
-        cols: dict[str, Any] = {
-            "t_s": np.frombuffer(self._st_start_s, dtype=np.float64)[idx],
-            "duration_s": np.frombuffer(self._st_duration_s, dtype=np.float64)[idx],
-            "_ordinal": np.repeat(rec[:, _SCOL["ordinal"]].astype(np.int64), k) + j,
-            "replica_id": rep("replica_id"),
-            "num_running": rep("num_running"),
-            "in_decode_seqs": rep("decode_seqs"),
-            "prefix_hit_tokens": rep("prefix_hit_tokens"),
-            "prefix_query_tokens": rep("prefix_query_tokens"),
-        }
-        cols["decode_tokens"] = cols["num_running"]
-        last = j == np.repeat(k - 1, k)
-        cols["queue_len"] = np.where(last, rep("queue_len"), rep("queue_len0"))
-        jf = j.astype(np.float64)
-        cols["in_ctx_tokens"] = rep("ctx_tokens0") + cols["num_running"] * jf
-        # The exact memory split of every step (recorded per step by the replica).
-        mem = np.frombuffer(self._st_mem, dtype=np.int64).reshape(-1, len(_MEM_FIELDS))
-        for i, (col, _attr) in enumerate(_MEM_FIELDS):
-            cols[col] = mem[idx, i]
-        return cols
 
     def _split_into(
         self, out: npt.NDArray[np.float32], lo: int, cols: dict[str, npt.NDArray[Any]], m: int
@@ -474,8 +337,7 @@ class Recorder:
             if self._frame_rows != self._num_rows:
                 raise RuntimeError("steps recorded after steps_frame() released the step stores")
             return self._frame
-        # The inter-token gaps a stretch implies are binned from the stores: do it now, then
-        # hand the stores over to this method, which frees each part once expanded (a
+        # Bin the buffered inter-token gaps now, then hand the stores over to this method, which frees each part once expanded (a
         # multi-million-step run would otherwise hold them next to the frame).
         self._flush_itl()
         row_blocks = self._row_blocks
@@ -483,16 +345,14 @@ class Recorder:
             row_blocks.append(np.asarray(self._rows, dtype=np.float64))
         self._row_blocks, self._rows = [], []
         n_raw = sum(len(b) for b in row_blocks)
-        blocks = self._stretch_blocks
-        self._stretch_blocks, self._itl_stretch_done = [], 0
         chunks = self._col_chunks
         self._col_chunks = []
         if chunks:
             # A run is compiled or Python throughout, so column chunks never mix with rows.
-            if row_blocks or blocks:
-                raise RuntimeError("column chunks recorded next to stepped rows or stretches")
+            if row_blocks:
+                raise RuntimeError("column chunks recorded next to stepped rows")
             return self._frame_from_column_chunks(chunks)
-        n = n_raw + sum(int(b[:, _SCOL["num_steps"]].sum()) for b in blocks)
+        n = n_raw
         out: dict[str, npt.NDArray[Any]] = {name: np.empty(n, dtype) for name, dtype in _STEP_DTYPES.items()}
         ordinal = np.empty(n, np.int64)
         split = np.empty((n, len(_SPLIT_COLS)), np.float32)
@@ -522,14 +382,6 @@ class Recorder:
             fill(lo, cols, len(chunk))
             lo += len(chunk)
             del cols, chunk
-        blocks.reverse()
-        while blocks:
-            cols = self._stretch_block_columns(blocks.pop())
-            m = len(cols["t_s"])
-            fill(lo, cols, m)
-            lo += m
-            del cols
-        self._st_start_s, self._st_duration_s, self._st_mem = array("d"), array("d"), array("q")
         # Stable order by (time, replica), ties in the order the steps were logged.
         order = np.lexsort((ordinal, out["replica_id"], out["t_s"]))
         ordinal = np.empty(0, np.int64)  # free it before the permutation
@@ -587,7 +439,7 @@ class Recorder:
             if rows[-1] - rows[0] == m - 1:
                 # A chunk's rows keep their order (a stable sort of a time-ordered replica),
                 # so this span is exactly rows[0]..rows[-1]: copy it as a slice (one replica,
-                # or a stretch no other replica steps in).
+                # or a span no other replica steps in).
                 rows = slice(int(rows[0]), int(rows[0]) + m)
             cols["replica_id"] = np.full(m, rid, dtype=np.int32)
             for name in _STEP_DTYPES:
