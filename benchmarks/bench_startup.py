@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-HEAVY = ("numba", "pandas", "matplotlib", "pyarrow", "scipy", "simpy", "servesim.simulator.engine")
+HEAVY = ("numba", "pandas", "matplotlib", "pyarrow", "scipy", "simpy", "servesim.simulator.compiled")
 COMMANDS: list[list[str]] = [["--help"], ["--version"], ["list", "gpus"], ["list", "models"]]
 TARGET_S = 0.5
 

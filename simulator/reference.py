@@ -1,10 +1,8 @@
 """The plain reference replica (``engine.loop: reference``): one step at a time, nothing clever.
 
-This is the replica as a newcomer would write it, and the yardstick the fast engines are
-checked against (``tests/engine/test_reference.py``): the Python engine
-(:class:`simulator.engine.Replica`, with its decode stretches, step-time memos and decode
-twins) and the compiled loop (:mod:`simulator.compiled`) must produce *identical* request and
-step frames. It runs every scheduler (``static``, ``orca``, ``vllm``, ``sarathi``,
+This is the replica as a newcomer would write it, and the yardstick the compiled loop
+(:mod:`simulator.compiled`) is checked against (``tests/engine/test_reference.py``): it must
+produce *identical* request and step frames. ``engine.loop: python`` is an alias of this loop. It runs every scheduler (``static``, ``orca``, ``vllm``, ``sarathi``,
 ``sglang``; the policies in :mod:`simulator.scheduling` are shared, so a new policy written
 there runs here first), every KV manager (contiguous, paged, radix), recompute and swap
 preemption, fan-out (parallel sampling, beam search; forked prompts with ``kv_sharing``) and
@@ -20,7 +18,7 @@ Its loop, as a SimPy process::
 
 No step is skipped, memoised or vectorised: every step calls the cost model's reference
 ``step_time_s`` and every step row reads the KV manager's ``stats``. Times come from the
-replica's own clock ``t`` (``t_next = t + d``), exactly as in the fast engines, so the
+replica's own clock ``t`` (``t_next = t + d``), exactly as in the compiled loop, so the
 floats agree bit for bit.
 
 Per-sequence state lives in small numpy arrays indexed by the KV manager's sequence ids
@@ -48,7 +46,7 @@ if TYPE_CHECKING:
 
 
 class ReferenceReplica:
-    """One model instance, stepped one step at a time (the same arguments as ``Replica``).
+    """One model instance, stepped one step at a time.
 
     Args:
         env: the SimPy environment.
@@ -64,7 +62,7 @@ class ReferenceReplica:
         kv_sharing: fan-out sequences share the prompt's KV through ``fork``.
         static_batching: finished requests stay in the batch until all are done.
         on_finish: called with (request index, finish time) for dependent requests.
-        fast_forward: accepted for symmetry with ``Replica`` and ignored.
+        fast_forward: accepted for older callers and ignored.
     """
 
     def __init__(
