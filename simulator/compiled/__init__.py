@@ -1,5 +1,6 @@
-"""The compiled serving loop: vLLM, Sarathi-Serve or Orca scheduling on paged KV, one numba
-kernel per replica.
+"""The compiled serving loop: vLLM, Sarathi-Serve, Orca or SGLang scheduling on paged KV (with
+or without vLLM v1's automatic prefix caching) or the radix prefix cache, one numba kernel
+per replica.
 
 ``engine.loop: auto`` (the default) runs a variant here when it is supported
 (:func:`unsupported_reason` says why not otherwise) and in the Python engine

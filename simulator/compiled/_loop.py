@@ -1,4 +1,5 @@
-"""The replica loop of the vLLM, Sarathi-Serve and Orca schedulers on paged KV, in numba.
+"""The replica loop of the vLLM, Sarathi-Serve, Orca and SGLang schedulers on paged or radix
+KV (with prefix caching), in numba.
 
 One call, :func:`advance`, runs a replica's steps up to a time: it commits the step in
 flight if it ends before ``until_s``, plans the next step at once (as the Python replica
@@ -21,7 +22,9 @@ State is flat arrays (STYLE section 6):
 * ``wq`` int64: the waiting queue, a ring (the facade grows it).
 * ``rq`` int64 ``[R_NUM, N]`` / ``rqf`` float64 ``[Q_NUM, N]``: per request (workload column),
   shared by the replicas of a run.
-* ``kva``: the paged manager's arena; ``cf``: the step-cost pack (``hwmodels.stepkernel``).
+* ``kva``: the paged / radix manager's arena; ``pk`` int64: every request's page keys (its
+  prefix identity, rows ``R_KLO`` / ``R_KN`` of ``rq`` point into it; ``_prefix``);
+  ``cf``: the step-cost pack (``hwmodels.stepkernel``).
 * ``sf`` / ``si`` / ``sq``: the current chunk of step rows (float64, int32, int64 columns).
 """
 
