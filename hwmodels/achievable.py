@@ -144,6 +144,42 @@ class AllReduceFigure:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AllToAllFigure:
+    """MoE dispatch and combine all-to-alls across ``ep`` expert-parallel GPUs, DeepEP's two
+    kernel families.
+
+    *Low latency* (decode): ``latency_s + logical bytes / bw_bytes_per_s``, logical bytes =
+    tokens per rank x top-k x hidden x element bytes (local traffic included; DeepEP's
+    low-latency table reports 128 x 8 x 7168 x 1.03 B FP8 in 77 us as 98 GB/s). *Normal*
+    (prefill): ``latency_s + bytes / normal_*_bw_bytes_per_s`` with DeepEP's bottleneck bytes,
+    tokens x distinct destination GPUs (within ``node_gpus``) or nodes x hidden x element bytes.
+    """
+
+    ep: int
+    dispatch_latency_s: float
+    dispatch_bw_bytes_per_s: float
+    combine_latency_s: float
+    combine_bw_bytes_per_s: float
+    normal_dispatch_bw_bytes_per_s: float
+    normal_combine_bw_bytes_per_s: float
+    node_gpus: int
+    confidence: str
+    source: str
+
+    @property
+    def band_frac(self) -> float:
+        return BAND_FRAC_BY_CONFIDENCE[self.confidence]
+
+    def dispatch_s(self, logical_bytes: float) -> float:
+        """Seconds of one dispatch of ``logical_bytes`` per rank."""
+        return self.dispatch_latency_s + logical_bytes / self.dispatch_bw_bytes_per_s
+
+    def combine_s(self, logical_bytes: float) -> float:
+        """Seconds of one combine of ``logical_bytes`` per rank."""
+        return self.combine_latency_s + logical_bytes / self.combine_bw_bytes_per_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GpuAchievable:
     """Achievable figures of one GPU (see module docstring).
 
@@ -158,6 +194,7 @@ class GpuAchievable:
             reaches as a fraction of the fp16 GEMM's at small M (decode).
         hbm_bw: achievable DRAM bandwidth (bytes/s) of weight-streaming GEMMs/GEMVs.
         allreduce: per TP size, all-reduce latency and bus bandwidth.
+        alltoall: per expert-parallel size, MoE dispatch/combine latency and bandwidth.
         gemm_points: measured GEMMs at a few shapes (documentation and tests).
         notes: free text.
     """
@@ -169,6 +206,7 @@ class GpuAchievable:
     weight_only_bw_frac: Mapping[str, Figure]
     hbm_bw: Figure
     allreduce: Mapping[int, AllReduceFigure]
+    alltoall: Mapping[int, AllToAllFigure] = field(default_factory=lambda: MappingProxyType({}))
     gemm_points: tuple[GemmPoint, ...] = ()
     notes: str = ""
     peak_hbm_bw_bytes_per_s: float = field(default=0.0)
@@ -197,12 +235,24 @@ class GpuAchievable:
         larger = sorted(t for t in self.allreduce if t >= tp)
         return self.allreduce[larger[0] if larger else max(self.allreduce)]
 
-    def figures(self) -> list[tuple[str, Figure | AllReduceFigure]]:
+    def alltoall_for(self, ep: int) -> AllToAllFigure | None:
+        """All-to-all figure for ``ep`` GPUs: the entry for ``ep``, else the next larger EP
+        size listed (conservative), else the largest; None when the GPU lists none."""
+        if not self.alltoall:
+            return None
+        if ep in self.alltoall:
+            return self.alltoall[ep]
+        larger = sorted(e for e in self.alltoall if e >= ep)
+        return self.alltoall[larger[0] if larger else max(self.alltoall)]
+
+    def figures(self) -> list[tuple[str, Figure | AllReduceFigure | AllToAllFigure]]:
         """Every figure as ``(name, figure)``, for tables and band widening."""
-        out: list[tuple[str, Figure | AllReduceFigure]] = [(f"gemm.{k}", v) for k, v in self.gemm_frac.items()]
+        out: list[tuple[str, Figure | AllReduceFigure | AllToAllFigure]] = [
+            (f"gemm.{k}", v) for k, v in self.gemm_frac.items()]
         out += [(f"weight_only.{k}", v) for k, v in self.weight_only_bw_frac.items()]
         out.append(("hbm_bw", self.hbm_bw))
         out += [(f"allreduce.tp{k}", v) for k, v in sorted(self.allreduce.items())]
+        out += [(f"alltoall.ep{k}", v) for k, v in sorted(self.alltoall.items())]
         return out
 
     @property
@@ -246,6 +296,44 @@ def _parse_curve(raw: Any, where: str, latency_s: float) -> tuple[tuple[float, f
     return pts
 
 
+_A2A_KEYS = ("dispatch_latency_s", "dispatch_bw_bytes_per_s", "combine_latency_s", "combine_bw_bytes_per_s",
+             "normal_dispatch_bw_bytes_per_s", "normal_combine_bw_bytes_per_s")
+
+
+def _parse_alltoall(raw: Any, where: str) -> dict[int, AllToAllFigure]:
+    """``alltoall: {confidence, source, node_gpus, ep: {n: {_A2A_KEYS}}}`` (optional: a GPU
+    without it prices the all-to-all at its link bandwidth, see hwmodels.stepcost)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} alltoall: expected a mapping with confidence, source, ep")
+    conf = _check_grade(raw.get("confidence"), f"{where} alltoall")
+    src = _check_source(raw.get("source"), f"{where} alltoall")
+    node_gpus = raw.get("node_gpus", 8)
+    if not isinstance(node_gpus, int) or node_gpus < 1:
+        raise ConfigError(f"{where} alltoall.node_gpus: GPUs per NVLink domain, an integer >= 1, got {node_gpus!r}")
+    out: dict[int, AllToAllFigure] = {}
+    for ep, entry in (raw.get("ep") or {}).items():
+        w = f"{where} alltoall.ep.{ep}"
+        if not isinstance(ep, int) or ep < 2 or not isinstance(entry, Mapping):
+            raise ConfigError(f"{w}: keys are EP sizes >= 2, each a mapping of {', '.join(_A2A_KEYS)}")
+        try:
+            vals = {k: float(entry[k]) for k in _A2A_KEYS}
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{w}: needs numbers {', '.join(_A2A_KEYS)}") from None
+        if not (vals["dispatch_latency_s"] >= 0 and vals["combine_latency_s"] >= 0
+                and min(v for k, v in vals.items() if k.endswith("bw_bytes_per_s")) > 0):
+            raise ConfigError(f"{w}: latencies must be >= 0 and bandwidths > 0, got {vals}")
+        out[ep] = AllToAllFigure(
+            ep=ep, **vals, node_gpus=node_gpus,
+            confidence=_check_grade(entry.get("confidence", conf), w),
+            source=_check_source(entry.get("source", src), w),
+        )
+    if not out:
+        raise ConfigError(f"{where} alltoall.ep needs at least one EP size")
+    return out
+
+
 def _parse_gpu(name: str, raw: Mapping[str, Any], gpu: GpuSpec) -> GpuAchievable:
     where = f"{_DATA_FILE} {name}"
     profile = raw.get("size_profile")
@@ -284,6 +372,7 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], gpu: GpuSpec) -> GpuAchievable
         )
     if not allreduce:
         raise ConfigError(f"{where}: allreduce.tp needs at least one TP size")
+    alltoall = _parse_alltoall(raw.get("alltoall"), where)
     points = tuple(
         GemmPoint(compute_type=str(p["compute_type"]), m=int(p["m"]), n=int(p["n"]), k=int(p["k"]),
                   flops_per_s=float(p["flops_per_s"]), source=_check_source(p.get("source"), f"{where} points"))
@@ -293,7 +382,7 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], gpu: GpuSpec) -> GpuAchievable
         gpu=name, size_profile=str(profile),
         size_profile_confidence=_check_grade(raw.get("size_profile_confidence"), f"{where} size_profile"),
         gemm_frac=MappingProxyType(gemm), weight_only_bw_frac=MappingProxyType(wo), hbm_bw=hbm,
-        allreduce=MappingProxyType(allreduce), gemm_points=points, notes=str(raw.get("notes", "")),
+        allreduce=MappingProxyType(allreduce), alltoall=MappingProxyType(alltoall), gemm_points=points, notes=str(raw.get("notes", "")),
         peak_hbm_bw_bytes_per_s=gpu.hbm_bw_bytes_per_s,
     )
 
@@ -411,6 +500,7 @@ __all__ = [
     "BAND_FRAC_BY_CONFIDENCE",
     "CONFIDENCE_GRADES",
     "AllReduceFigure",
+    "AllToAllFigure",
     "Figure",
     "GemmPoint",
     "GpuAchievable",

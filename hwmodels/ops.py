@@ -27,7 +27,7 @@ from servesim.hwmodels.quant import KvDtype, QuantScheme
 #: Operator names in report order. ``up_proj`` replaces ``gate_up_proj`` for non-gated MLPs.
 OP_ORDER: tuple[str, ...] = (
     "qkv_proj", "attention", "o_proj", "gate_up_proj", "up_proj", "down_proj", "moe", "act_quant", "norm",
-    "lm_head", "allreduce", "pipeline_p2p", "overhead",
+    "lm_head", "allreduce", "alltoall", "pipeline_p2p", "overhead",
 )
 #: Bounds an operator can be reported with.
 BOUNDS: tuple[str, ...] = ("compute", "memory", "communication", "overhead")
@@ -96,13 +96,18 @@ def _shard(lin: Linear, tp: int, model: ModelSpec) -> tuple[int, int]:
     return n, k
 
 
-def layer_gemms(model: ModelSpec, scheme: QuantScheme, tp: int, *, moe_layer: bool) -> list[GemmOp]:
-    """The sharded GEMMs of one layer (dense or MoE)."""
+def layer_gemms(model: ModelSpec, scheme: QuantScheme, tp: int, *, moe_layer: bool,
+                moe_tp: int | None = None) -> list[GemmOp]:
+    """The sharded GEMMs of one layer (dense or MoE).
+
+    ``moe_tp``: the tensor-parallel degree of each routed expert (``tp / expert_parallel``
+    under expert parallelism: SGLang's MoE TP = tp_size / ep_size); None = ``tp``.
+    """
     out = []
     for lin in model.attention_linears() + model.mlp_linears(moe_layer=moe_layer):
-        n, k = _shard(lin, tp, model)
-        wb = scheme.weight_bytes(k, n) + (n * ACT_BYTES if lin.has_bias else 0.0)
         routed = lin.name == "moe" and lin.num_copies > 1 and lin.active_copies < lin.num_copies
+        n, k = _shard(lin, moe_tp if (routed and moe_tp is not None) else tp, model)
+        wb = scheme.weight_bytes(k, n) + (n * ACT_BYTES if lin.has_bias else 0.0)
         out.append(
             GemmOp(
                 op=lin.name, n=n, k=k, weight_bytes=wb,
@@ -179,6 +184,61 @@ def check_tp(model: ModelSpec, tp: int, pp: int) -> None:
         raise ConfigError(f"pipeline_parallel={pp} exceeds the {model.num_layers} layers of {model.name}")
 
 
+def check_expert_parallel(model: ModelSpec, tp: int, ep: int, adp: int, redundant: int) -> None:
+    """Reject expert-parallel layouts the model and the TP group cannot take.
+
+    Expert parallelism lays the routed experts across the ``tp`` GPUs of a pipeline stage
+    (each GPU holds ``(experts + redundant) / ep`` whole experts, each split ``tp / ep`` ways),
+    as SGLang's ``--ep-size`` (<= ``--tp-size``) and vLLM's ``--enable-expert-parallel`` do;
+    attention data parallelism runs attention on ``adp`` independent groups of requests
+    (SGLang's ``--enable-dp-attention --dp-size``), which needs the experts spread over the
+    whole group (``ep == tp``) for the DeepEP all-to-all.
+    """
+    for name, value, low in (("expert_parallel", ep, 1), ("attention_data_parallel", adp, 1),
+                             ("redundant_experts", redundant, 0)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if ep == 1 and adp == 1 and redundant == 0:
+        return
+    if not model.is_moe:
+        raise ConfigError(
+            f"expert_parallel={ep}, attention_data_parallel={adp}, redundant_experts={redundant}: "
+            f"{model.name} is a dense model (no routed experts); valid: 1, 1, 0 (use tensor_parallel or replicas)"
+        )
+    divisors = [d for d in range(1, tp + 1) if tp % d == 0]
+    if tp % ep:
+        raise ConfigError(
+            f"expert_parallel={ep} must divide tensor_parallel={tp} (experts are laid across the GPUs of a "
+            f"stage); valid: {', '.join(map(str, divisors))}"
+        )
+    if tp % adp:
+        raise ConfigError(
+            f"attention_data_parallel={adp} must divide tensor_parallel={tp}; valid: {', '.join(map(str, divisors))}"
+        )
+    if adp > 1 and ep != tp:
+        raise ConfigError(
+            f"attention_data_parallel={adp} needs expert_parallel == tensor_parallel ({tp}): the DeepEP "
+            f"all-to-all spreads the experts over the whole group; got expert_parallel={ep}"
+        )
+    if adp > 1 and model.num_heads % (tp // adp):
+        raise ConfigError(
+            f"tensor_parallel / attention_data_parallel = {tp // adp} GPUs share each attention group and must "
+            f"divide the {model.num_heads} heads of {model.name}; valid attention_data_parallel: "
+            f"{', '.join(str(d) for d in divisors if model.num_heads % (tp // d) == 0)}"
+        )
+    if redundant and ep == 1:
+        raise ConfigError(f"redundant_experts={redundant} needs expert_parallel > 1")
+    slots = model.num_experts + redundant
+    if slots % ep:
+        ok = [d for d in divisors if slots % d == 0]
+        raise ConfigError(
+            f"expert_parallel={ep} must divide the {model.num_experts} routed experts of {model.name} plus "
+            f"redundant_experts={redundant} (= {slots}); valid expert_parallel for tensor_parallel={tp}: "
+            f"{', '.join(map(str, ok))}, or redundant experts that make the total divisible (SGLang "
+            f"--ep-num-redundant-experts, e.g. redundant_experts={(-model.num_experts) % ep})"
+        )
+
+
 __all__ = [
     "ACT_BYTES",
     "BOUNDS",
@@ -186,6 +246,7 @@ __all__ = [
     "GemmOp",
     "OpCost",
     "attn_flops_per_pair",
+    "check_expert_parallel",
     "check_tp",
     "elementwise_bytes_per_token_per_layer",
     "elementwise_kernels_per_layer",

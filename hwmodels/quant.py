@@ -253,9 +253,36 @@ def weight_bytes(model: Any, scheme: QuantScheme | str) -> float:
     return total + (rest - head) * 2.0 + head_bytes
 
 
-def weight_bytes_per_gpu(model: Any, scheme: QuantScheme | str, tensor_parallel: int, pipeline_parallel: int = 1) -> float:
-    """Weights one GPU holds after TP x PP sharding (replicated parts counted once per GPU)."""
-    return weight_bytes(model, scheme) / (tensor_parallel * pipeline_parallel)
+def routed_expert_bytes(model: Any, scheme: QuantScheme | str) -> float:
+    """Bytes of all routed experts of all MoE layers under ``scheme`` (0 for dense models)."""
+    scheme = get_scheme(scheme)
+    total = 0.0
+    if not getattr(model, "num_moe_layers", 0):
+        return total
+    for lin in model.mlp_linears(moe_layer=True):
+        if lin.name == "moe" and lin.num_copies > 1 and lin.active_copies < lin.num_copies:
+            total += model.num_moe_layers * lin.num_copies * scheme.weight_bytes(lin.in_features, lin.out_features)
+    return total
+
+
+def weight_bytes_per_gpu(model: Any, scheme: QuantScheme | str, tensor_parallel: int, pipeline_parallel: int = 1,
+                         *, expert_parallel: int = 1, attention_data_parallel: int = 1,
+                         redundant_experts: int = 0) -> float:
+    """Weights one GPU holds after TP x PP sharding (replicated parts counted once per GPU).
+
+    Under expert parallelism each GPU of a stage holds ``(experts + redundant) / ep`` routed
+    experts split ``tp / ep`` ways: the routed bytes per GPU are ``routed x (experts +
+    redundant) / experts / (tp x pp)``; with attention data parallelism the rest (attention,
+    dense MLPs, shared experts, embeddings) is sharded over ``tp / attention_data_parallel``
+    GPUs only (replicated on every DP rank, as SGLang's DP attention and DP dense FFN do).
+    """
+    total = weight_bytes(model, scheme)
+    tp, pp = tensor_parallel, pipeline_parallel
+    if expert_parallel == 1 and attention_data_parallel == 1 and redundant_experts == 0:
+        return total / (tp * pp)
+    routed = routed_expert_bytes(model, scheme)
+    slots_frac = (model.num_experts + redundant_experts) / model.num_experts
+    return (total - routed) / (tp // attention_data_parallel * pp) + routed * slots_frac / (tp * pp)
 
 
 def scheme_names() -> list[str]:
@@ -278,6 +305,7 @@ __all__ = [
     "get_scheme",
     "kv_bytes_per_token",
     "kv_dtype_names",
+    "routed_expert_bytes",
     "scheme_names",
     "supported_schemes",
     "weight_bytes",

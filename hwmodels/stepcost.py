@@ -17,6 +17,14 @@ per-request loop. The model (details and sources in ``docs/step-cost.md``):
 * Tensor parallel: GEMMs and heads are sharded; two all-reduces per layer, each the GPU's
   measured all-reduce time at that message size and TP size (interpolated; past the measured
   sizes, and where none are listed, ``latency + 2 (n-1)/n x bytes / bus bandwidth``).
+* Expert parallel (``expert_parallel`` = ep): the routed experts are laid across the stage's
+  TP group, ``(experts + redundant) / ep`` whole experts per GPU, each split ``tp / ep`` ways.
+  The slowest GPU sets the step: its routed GEMMs run on the *expected maximum* load over the
+  ep ranks instead of the mean (:func:`expert_max_load_sigma`). With attention data parallel
+  (``attention_data_parallel`` = dp, needs ep = tp) each rank runs ``1/dp`` of the batch through
+  attention, dense GEMMs and the LM head, and every MoE layer adds a dispatch and a combine
+  all-to-all (``latency + T k h bytes / bandwidth``, DeepEP's figures per GPU in
+  ``hwmodels/data/achievable.yaml``).
 * Pipeline parallel: layers split into ``pp`` contiguous stages. The *latency* of a step is the
   sum of the stage times plus ``pp - 1`` activation transfers (a batch traverses every stage);
   with ``pp`` micro-batches in flight a new step can start every ``bottleneck_stage_s`` (the
@@ -35,10 +43,11 @@ the same order: the tests pin the two bit for bit on every bundled model shape.
 
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -55,6 +64,7 @@ from servesim.hwmodels.ops import (
     GemmOp,
     OpCost,
     attn_flops_per_pair,
+    check_expert_parallel,
     check_tp,
     elementwise_bytes_per_token_per_layer,
     elementwise_kernels_per_layer,
@@ -68,7 +78,7 @@ from servesim.hwmodels.quant import (
     check_kv_dtype_supported,
     get_kv_dtype,
     get_scheme,
-    weight_bytes,
+    weight_bytes_per_gpu,
 )
 from servesim.hwmodels.roofline import (
     ATTN_COMPUTE_EFF_MAX_FRAC,
@@ -137,6 +147,7 @@ class _ScalarBackend:
     mx = staticmethod(max)
     mn = staticmethod(min)
     ceil = staticmethod(math.ceil)
+    sqrt = staticmethod(math.sqrt)
 
     @staticmethod
     def pos(x: float) -> float:
@@ -153,6 +164,7 @@ class _VectorBackend:
     mx = staticmethod(np.maximum)
     mn = staticmethod(np.minimum)
     ceil = staticmethod(np.ceil)
+    sqrt = staticmethod(np.sqrt)
 
     @staticmethod
     def pos(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -181,9 +193,65 @@ class _GemmCoef:
     flops_per_token: float
     weight_bytes: float
     act_bytes_per_token: float
-    num_copies: int
+    num_copies: int  # routed under EP: the expert slots one GPU holds
     active_copies: int
     is_routed: bool
+    # Expert parallelism (routed GEMMs): EP size (1.0: off), all expert slots, the max-load
+    # coefficient (expert_max_load_sigma) and the most rows one token puts on one GPU.
+    ep: float = 1.0
+    slots: float = 0.0
+    sigma: float = 0.0
+    kmax: float = 0.0
+
+
+@functools.lru_cache(maxsize=64)
+def expected_max_std_normal(n: int) -> float:
+    """``E[max of n independent standard normals]`` (0 for n = 1; 0.5642 for 2, 1.4236 for 8,
+    2.0697 for 32), by Simpson's rule on ``x n phi(x) Phi(x)^(n-1)`` over [-12, 12]
+    (deterministic; the integrand is below 1e-30 outside)."""
+    if n <= 1:
+        return 0.0
+    steps = 4800
+    h = 24.0 / steps
+    acc = 0.0
+    for i in range(steps + 1):
+        x = -12.0 + i * h
+        f = x * n * math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi) * (0.5 * math.erfc(-x / math.sqrt(2.0))) ** (n - 1)
+        acc += f * (1.0 if i in (0, steps) else 4.0 if i % 2 else 2.0)
+    return acc * h / 3.0
+
+
+def expert_max_load_sigma(num_slots: int, slots_per_rank: int, top_k: int, ep: int) -> float:
+    """Coefficient ``s`` of the expected maximum expert load over ``ep`` ranks:
+    ``E[max rows] ~= T k / ep + s sqrt(T)`` for ``T`` tokens each routed to ``top_k`` distinct
+    of ``num_slots`` expert slots uniformly at random (balls into bins; no RNG).
+
+    One token puts ``X ~ Hypergeometric(num_slots, slots_per_rank, top_k)`` rows on a rank:
+    mean ``k / ep``, variance ``v = k p (1 - p) (S - k) / (S - 1)`` with ``p = slots_per_rank / S``.
+    Over ``T`` independent tokens a rank's load is ~ normal with variance ``T v``; the ``ep``
+    loads sum to ``T k`` (correlation ``-1 / (ep - 1)``), so they are ``sqrt(T v / (1 - 1/ep))
+    (Z_r - mean Z)`` for independent standard normals ``Z`` and the expected maximum is
+    ``T k / ep + sqrt(T v) c_ep / sqrt(1 - 1/ep)``, ``c_ep`` = :func:`expected_max_std_normal`.
+    For ep = 2 this is exact for normals: ``sqrt(2 / pi) sigma``. The caller caps it at
+    ``T min(k, slots_per_rank)``. Uniform routing is what DeepSeek's EPLB aims at (the LMSYS
+    blog's "simulated perfect EPLB": random expert selection); real routing skew adds to it.
+    """
+    if ep <= 1:
+        return 0.0
+    p = slots_per_rank / num_slots
+    v = top_k * p * (1.0 - p) * (num_slots - top_k) / (num_slots - 1)
+    return math.sqrt(v) * expected_max_std_normal(ep) / math.sqrt(1.0 - 1.0 / ep)
+
+
+def expected_distinct_groups(num_slots: int, num_groups: int, top_k: int) -> float:
+    """Expected number of distinct groups (GPUs or nodes) among a token's ``top_k`` distinct
+    expert slots, the ``num_slots`` split evenly over ``num_groups``, chosen uniformly:
+    ``G (1 - C(S - S/G, k) / C(S, k))`` (a group is missed when all k picks fall outside it)."""
+    per = num_slots / num_groups
+    miss = 1.0
+    for i in range(top_k):
+        miss *= max(num_slots - per - i, 0.0) / (num_slots - i)
+    return num_groups * (1.0 - miss)
 
 
 class StepCostModel:
@@ -196,6 +264,14 @@ class StepCostModel:
         kv_dtype: KV-cache dtype (or name); ``None`` = the scheme's default.
         tensor_parallel: GPUs per stage sharing each layer.
         pipeline_parallel: pipeline stages (contiguous layer ranges).
+        expert_parallel: GPUs of a stage the routed experts are spread over (1: every GPU
+            holds a ``1/tp`` slice of every expert); must divide ``tensor_parallel`` and the
+            expert slots. MoE models only.
+        attention_data_parallel: independent attention ranks per stage (1: tensor-parallel
+            attention); needs ``expert_parallel == tensor_parallel``. Each rank runs ``1/dp``
+            of the batch; MoE layers add a dispatch and a combine all-to-all.
+        redundant_experts: extra expert replicas (EPLB), so that ``ep`` can divide
+            ``experts + redundant``.
         step_overhead_s: fixed host overhead per step; None = the stack profile's.
         stack: serving-stack profile (:class:`~hwmodels.stacks.StackProfile` or a shipped
             name; None = :data:`~hwmodels.stacks.DEFAULT_STACK`): per-sequence host overhead,
@@ -222,6 +298,9 @@ class StepCostModel:
         kv_dtype: KvDtype | str | None = None,
         tensor_parallel: int = 1,
         pipeline_parallel: int = 1,
+        expert_parallel: int = 1,
+        attention_data_parallel: int = 1,
+        redundant_experts: int = 0,
         step_overhead_s: float | None = None,
         stack: StackProfile | str | None = None,
         op_timer: OpTimer | None = None,
@@ -233,6 +312,9 @@ class StepCostModel:
         self.kv_dtype = get_kv_dtype(kv_dtype if kv_dtype is not None else self.scheme.default_kv_dtype)
         self.tp = int(tensor_parallel)
         self.pp = int(pipeline_parallel)
+        self.ep = int(expert_parallel)
+        self.adp = int(attention_data_parallel)
+        self.redundant_experts = int(redundant_experts)
         self.stack = get_stack(stack)
         if step_overhead_s is None:
             step_overhead_s = self.stack.step_overhead_s
@@ -243,7 +325,13 @@ class StepCostModel:
         self.op_timer = op_timer
         self.scheme.check_supported(self.gpu)
         check_kv_dtype_supported(self.kv_dtype, self.gpu)
-        check_tp(self.model, self.tp, self.pp)
+        check_expert_parallel(self.model, self.tp, self.ep, self.adp, self.redundant_experts)
+        #: GPUs sharing one attention (and dense-GEMM, LM-head) computation.
+        self.tp_attn = self.tp // self.adp
+        check_tp(self.model, self.tp_attn, self.pp)
+        if op_timer is not None and (self.ep > 1 or self.adp > 1):
+            raise ConfigError("the cycle model (op_timer) does not model expert parallelism; "
+                              "use the roofline cost model with expert_parallel / attention_data_parallel")
         self.params = gemm_params or gemm_params_for(self.gpu)
         #: The GPU's achievable figures as scales relative to its calibration GPU.
         self.efficiency = efficiency_for(self.gpu)
@@ -256,20 +344,28 @@ class StepCostModel:
     # ------------------------------------------------------------------ setup
     @property
     def weight_bytes_per_gpu(self) -> float:
-        """Weights one GPU holds (total under the scheme / (tp x pp))."""
-        return weight_bytes(self.model, self.scheme) / (self.tp * self.pp)
+        """Weights one GPU holds (total under the scheme / (tp x pp); under expert / attention
+        data parallelism see :func:`hwmodels.quant.weight_bytes_per_gpu`)."""
+        return weight_bytes_per_gpu(self.model, self.scheme, self.tp, self.pp, expert_parallel=self.ep,
+                                    attention_data_parallel=self.adp, redundant_experts=self.redundant_experts)
 
     def _check_weights_fit(self) -> None:
-        total = weight_bytes(self.model, self.scheme)
+        total = weight_bytes_per_gpu(self.model, self.scheme, 1, 1)
         per_gpu = self.weight_bytes_per_gpu
         if per_gpu > self.gpu.hbm_bytes:
             need = math.ceil(total / self.gpu.hbm_bytes)
             raise CapacityError(
                 f"{self.model.name} weights do not fit: {total / GiB:.1f} GiB under {self.scheme.name} "
-                f"/ (tp={self.tp} x pp={self.pp}) = {per_gpu / GiB:.1f} GiB per GPU, but {self.gpu.name} "
+                f"/ (tp={self.tp} x pp={self.pp}{self._ep_label()}) = {per_gpu / GiB:.1f} GiB per GPU, but {self.gpu.name} "
                 f"has {self.gpu.hbm_bytes / GiB:.1f} GiB of HBM (before any KV cache or activations). "
                 f"Use at least {need} GPUs (tp x pp), a smaller scheme (e.g. fp8, w4a16) or a larger GPU."
             )
+
+    def _ep_label(self) -> str:
+        if self.ep == 1 and self.adp == 1:
+            return ""
+        return (f", expert_parallel={self.ep}, attention_data_parallel={self.adp}, "
+                f"redundant_experts={self.redundant_experts}")
 
     def _link_bw(self) -> float:
         bw = self.gpu.scaleup_bw_bytes_per_s_per_direction or self.gpu.pcie_bw_bytes_per_s_per_direction
@@ -340,17 +436,68 @@ class StepCostModel:
             ))
         return out
 
+    def _expert_parallel_coef(self, c: _GemmCoef) -> _GemmCoef:
+        """A routed GEMM's coefficients under expert parallelism: the busiest GPU's slots and
+        the max-load terms (see :func:`expert_max_load_sigma`)."""
+        m = self.model
+        slots = m.num_experts + self.redundant_experts
+        per_rank = slots // self.ep
+        k = m.experts_per_tok
+        return replace(c, num_copies=per_rank, ep=float(self.ep), slots=float(slots),
+                       sigma=expert_max_load_sigma(slots, per_rank, k, self.ep), kmax=float(min(k, per_rank)))
+
+    def _alltoall_coef(self) -> tuple[float, float, float, float]:
+        """One MoE layer's dispatch + combine all-to-all as ``(ll_s, ll_s_per_token, normal_s,
+        normal_s_per_token)`` per local token: DeepEP's two kernel families with the GPU's
+        figures (achievable.yaml ``alltoall``), FP8 (+ 1/32 scales) dispatch when the scheme's
+        activations are 8-bit, BF16 combine.
+
+        * low latency (decode-only steps, CUDA graphs): ``T k h`` bytes per rank;
+        * normal (steps with prefill): ``T D h`` bytes, ``D`` the expected number of distinct
+          destination GPUs (EP within one NVLink domain) or nodes (beyond) of a token's ``k``
+          experts (:func:`expected_distinct_groups`): the kernels send a token once per GPU /
+          node and forward it inside.
+
+        Without figures for the GPU: its link at face value and the all-reduce latency, both
+        families on ``T k h`` bytes.
+        """
+        m = self.model
+        if self.adp <= 1 or self.ep <= 1:
+            return 0.0, 0.0, 0.0, 0.0
+        k, h = m.experts_per_tok, float(m.hidden_size)
+        b_d = 1.0 + 4.0 / 128.0 if self.scheme.act_bytes < ACT_BYTES else ACT_BYTES
+        ach = self.efficiency.achievable
+        fig = ach.alltoall_for(self.ep) if ach is not None else None
+        if fig is None:
+            per_tok = k * h * (b_d + ACT_BYTES) / self._link_bw()
+            return 2.0 * ALLREDUCE_LATENCY_S, per_tok, 2.0 * ALLREDUCE_LATENCY_S, per_tok
+        lat = fig.dispatch_latency_s + fig.combine_latency_s
+        ll = k * h * b_d / fig.dispatch_bw_bytes_per_s + k * h * ACT_BYTES / fig.combine_bw_bytes_per_s
+        slots = m.num_experts + self.redundant_experts
+        groups = self.ep if self.ep <= fig.node_gpus else max(self.ep // fig.node_gpus, 1)
+        dest = expected_distinct_groups(slots, groups, k)
+        normal = dest * h * b_d / fig.normal_dispatch_bw_bytes_per_s + dest * h * ACT_BYTES / fig.normal_combine_bw_bytes_per_s
+        return lat, ll, lat, normal
+
     def _precompute(self) -> None:
-        m, tp = self.model, self.tp
+        m, tp = self.model, self.tp_attn
         # Layer kinds present: (total layer count, GEMM coefficients); dense first, then MoE.
+        # Under expert parallelism each routed expert is split tp / ep ways (whole experts at
+        # ep = tp); everything else over the attention group (tp / attention_data_parallel).
         self._kinds: list[tuple[float, list[_GemmCoef]]] = []
+        #: Per kind: one layer's all-to-all (:meth:`_alltoall_coef`); MoE layers under
+        #: attention data parallelism only.
+        self._kind_a2a: list[tuple[float, float, float, float]] = []
         kind_is_moe: list[bool] = []
         for moe_layer in (False, True):
             count = m.num_moe_layers if moe_layer else m.num_dense_layers
             if count:
-                ops = layer_gemms(m, self.scheme, tp, moe_layer=moe_layer)
+                ops = layer_gemms(m, self.scheme, tp, moe_layer=moe_layer, moe_tp=self.tp // self.ep)
                 gemms = [self._coef(g) for g in ops] + self._act_quant_coefs(ops)
+                if self.ep > 1:
+                    gemms = [self._expert_parallel_coef(c) if c.is_routed else c for c in gemms]
                 self._kinds.append((float(count), gemms))
+                self._kind_a2a.append(self._alltoall_coef() if moe_layer else (0.0, 0.0, 0.0, 0.0))
                 kind_is_moe.append(moe_layer)
         self._head = self._coef(lm_head_gemm(m, self.scheme, tp))
         # Contiguous stages; earlier stages take the remainder layers (as vLLM's
@@ -398,7 +545,7 @@ class StepCostModel:
         # segment, latency + ring bus bytes at the bus bandwidth (nccl-tests conventions).
         ar_x: list[float] = [0.0]
         ar_y: list[float] = [0.0]
-        if tp > 1 and ach is not None:
+        if tp > 1 and ach is not None:  # tp here: the attention group (tp_attn)
             # Measured (or derived) all-reduce law of this GPU at this TP size: latency, the
             # measured times at a few message sizes (interpolated), and past the largest the
             # ring's bus bytes at the achievable large-message bus bandwidth.
@@ -418,6 +565,18 @@ class StepCostModel:
         self._ar_x, self._ar_y, self._ar_s = tuple(ar_x), tuple(ar_y), tuple(ar_s)
         self._ar_xv, self._ar_yv, self._ar_sv = (np.asarray(v, dtype=np.float64) for v in (ar_x, ar_y, ar_s))
         self._ar_bytes_per_token = 2.0 * (tp - 1) / tp * hidden_bytes if tp > 1 else 0.0
+        b_d = 1.0 + 4.0 / 128.0 if self.scheme.act_bytes < ACT_BYTES else ACT_BYTES
+        # Bytes each rank token sends + receives back per MoE layer (breakdown only): k copies
+        # (low-latency kernels) or one per distinct destination (normal kernels, _alltoall_coef).
+        self._a2a_bytes_per_token = float(m.experts_per_tok * m.hidden_size) * (b_d + ACT_BYTES)
+        self._a2a_dest = float(m.experts_per_tok)
+        if m.is_moe and self.ep > 1:
+            ach = self.efficiency.achievable
+            fig = ach.alltoall_for(self.ep) if ach is not None else None
+            if fig is not None:
+                groups = self.ep if self.ep <= fig.node_gpus else max(self.ep // fig.node_gpus, 1)
+                self._a2a_dest = expected_distinct_groups(m.num_experts + self.redundant_experts, groups,
+                                                          m.experts_per_tok)
         self._p2p_const_s = P2P_LATENCY_S
         self._p2p_s_per_token = hidden_bytes / link
         self._graph_mode = self.stack.graph_mode_code
@@ -465,17 +624,18 @@ class StepCostModel:
         head[sk.P_NUM_KINDS] = float(len(self._kinds))
         head[sk.P_NUM_STAGES] = float(self.pp)
         head[sk.P_LAYOUT] = sk.LAYOUT_VERSION
+        head[sk.P_DP] = float(self.adp)
         body: list[float] = list(self._graph_sizes)
         for x, y, sl in zip(self._ar_x, self._ar_y, self._ar_s, strict=True):
             body += [x, y, sl]
         for counts in self._stage_counts:
             body += [float(c) for c in counts]
-        for n_layers, gemms in self._kinds:
-            body += [n_layers, float(len(gemms))]
+        for (n_layers, gemms), a2a in zip(self._kinds, self._kind_a2a, strict=True):
+            body += [n_layers, float(len(gemms)), *a2a]
             for c in gemms:
                 body += [1.0 if c.is_routed else 0.0, c.s_per_padded_token, c.s_compute_const,
                          c.s_dequant_per_tile, c.s_mem_const, c.s_mem_const_weights, c.s_mem_per_token,
-                         float(c.num_copies), float(c.active_copies)]
+                         float(c.num_copies), float(c.active_copies), c.ep, c.slots, c.sigma, c.kmax]
         return np.asarray(head + body, dtype=np.float64)
 
 
@@ -586,6 +746,32 @@ class StepCostModel:
         small = SMALL_TILE_M_TOKENS
         return B.where(m > self._tile, B.ceil(m / self._tile) * self._tile, B.ceil(m / small) * small)
 
+    def _local_share(self, B: Any, pf: Any, pairs: Any, kvt: Any, nsamp: Any, ndec: Any,
+                     ctx: Any) -> tuple[Any, ...]:
+        """One attention-data-parallel rank's share of a step's inputs: ``ceil(x / dp)``
+        prefill tokens, sampled rows and decode sequences, the pairs, prefill KV and context
+        scaled with them (:func:`hwmodels.stepkernel.local_share`, the same operations)."""
+        dp = float(self.adp)
+        if B is _ScalarBackend:
+            if pf > 0.0:
+                pf_l = float(math.ceil(pf / dp))
+                pairs = pairs * (pf_l / pf)
+                kvt = kvt * (pf_l / pf)
+                pf = pf_l
+            nsamp = float(math.ceil(nsamp / dp))
+            if ndec > 0.0:
+                nd_l = float(math.ceil(ndec / dp))
+                ctx = ctx * (nd_l / ndec)
+                ndec = nd_l
+            return pf, pairs, kvt, nsamp, ndec, ctx
+        pf_l = np.ceil(pf / dp)
+        r_p = pf_l / np.where(pf > 0, pf, 1.0)
+        pairs = np.where(pf > 0, pairs * r_p, pairs)
+        kvt = np.where(pf > 0, kvt * r_p, kvt)
+        nd_l = np.ceil(ndec / dp)
+        ctx = np.where(ndec > 0, ctx * (nd_l / np.where(ndec > 0, ndec, 1.0)), ctx)
+        return pf_l, pairs, kvt, np.ceil(nsamp / dp), nd_l, ctx
+
     def _graph_tokens(self, B: Any, T: Any, pf: Any) -> Any:
         """Tokens the step computes on: ``T`` padded up to the next CUDA-graph capture size
         when the step runs as a captured graph (see :class:`~hwmodels.stacks.StackProfile`)."""
@@ -612,9 +798,22 @@ class StepCostModel:
         idx = np.maximum(np.searchsorted(self._ar_xv, T, side="right") - 1, 0)
         return self._ar_yv[idx] + (T - self._ar_xv[idx]) * self._ar_sv[idx]
 
-    def _gemm(self, B: Any, c: _GemmCoef, m: Any) -> tuple[Any, Any, Any, Any, Any]:
-        """(time, compute side, memory side, FLOPs, bytes) of one GEMM kernel for ``m`` tokens."""
-        if c.is_routed:
+    def _gemm(self, B: Any, c: _GemmCoef, m: Any, m_moe: Any = None) -> tuple[Any, Any, Any, Any, Any]:
+        """(time, compute side, memory side, FLOPs, bytes) of one GEMM kernel for ``m`` tokens
+        (``m_moe``: the tokens of the whole expert-parallel group, for routed GEMMs under EP;
+        their time is the busiest GPU's)."""
+        if c.is_routed and c.ep != 1.0:
+            e, k = float(c.num_copies), float(c.active_copies)
+            touched = e * (1.0 - (1.0 - k / c.slots) ** m_moe)
+            rows = B.mn(m_moe * k / c.ep + c.sigma * B.sqrt(m_moe), m_moe * c.kmax)
+            per_expert_m = rows / B.mx(touched, 1e-9)
+            tiles = B.ceil(per_expert_m / self._tile)
+            mp = self._padded(B, per_expert_m)
+            tc = touched * (c.s_per_padded_token * mp + c.s_compute_const + c.s_dequant_per_tile * tiles)
+            tm = touched * c.s_mem_const_weights + self._bytes_half_s + c.s_mem_per_token * rows
+            flops = c.flops_per_token * rows
+            nbytes = touched * c.weight_bytes + c.act_bytes_per_token * rows
+        elif c.is_routed:
             e, k = float(c.num_copies), float(c.active_copies)
             touched = e * (1.0 - (1.0 - k / e) ** m)
             per_expert_m = m * k / B.mx(touched, 1e-9)
@@ -694,7 +893,11 @@ class StepCostModel:
                 stage_out.extend([0.0] * self.pp)
             z = 0.0
             return StepCostArrays(self.step_overhead_s, z, z, z, z, self.step_overhead_s, z)
+        if self.adp > 1:  # one attention-data-parallel rank's share (stepkernel.local_share)
+            pf, pairs, kvt, nsamp, ndec, ctx = self._local_share(B, pf, pairs, kvt, nsamp, ndec, ctx)
+            T = pf + ndec
         Tg = self._graph_tokens(B, T, pf)
+        Tm = Tg * float(self.adp)  # tokens of the whole EP group (routed experts)
         on = B.pos(T)
         # ---- the parts every layer shares: elementwise kernels, all-reduces, attention
         t_ew = (self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * Tg) * on
@@ -706,10 +909,11 @@ class StepCostModel:
         a_kv = att_p[0] + att_d[0] - a_comp
         # ---- one layer of each kind (dense, MoE): shared parts + its GEMMs
         layers: list[tuple[Any, Any, Any]] = []  # (time, compute side, memory side) per kind
-        for n_layers, gemms in self._kinds:
+        a2as: list[Any] = []  # one layer's all-to-all time per kind
+        for (n_layers, gemms), (ll_c, ll_t, nm_c, nm_t) in zip(self._kinds, self._kind_a2a, strict=True):
             layer, comp, mem = common, a_comp, t_ew
             for c in gemms:
-                t, tc, tm, flops, nbytes = self._gemm(B, c, Tg)
+                t, tc, tm, flops, nbytes = self._gemm(B, c, Tg, Tm)
                 layer = layer + t
                 is_c = tc >= tm
                 t_c = t * is_c
@@ -718,13 +922,20 @@ class StepCostModel:
                 if rec is not None:
                     _record(rec, c.op, n_layers * t, n_layers * flops, n_layers * nbytes,
                             "compute" if is_c else "memory")
+            # Steps with prefill run DeepEP's normal kernels, decode-only steps the low-latency ones.
+            a2a = B.where(pf > 0, nm_c + nm_t * Tg, ll_c + ll_t * Tg) * on
+            layer = layer + a2a
+            a2as.append(a2a)
             layers.append((layer, comp, mem))
+            if rec is not None and (ll_c or ll_t):
+                per_tok = self._a2a_bytes_per_token * (self._a2a_dest / self.model.experts_per_tok if pf > 0 else 1.0)
+                _record(rec, "alltoall", n_layers * a2a, 0.0, n_layers * per_tok * Tg, "communication")
             if rec is not None:
                 _record(rec, "attention", n_layers * (att_p[0] + att_d[0]), n_layers * (att_p[3] + att_d[3]),
                         n_layers * (att_p[4] + att_d[4]), "compute" if a_comp >= a_kv else "memory")
                 _record(rec, "norm", n_layers * t_ew, n_layers * 8.0 * self.model.hidden_size * Tg,
                         n_layers * self._ew_bytes * Tg, "memory")
-                if self.tp > 1:
+                if self.tp_attn > 1:
                     _record(rec, "allreduce", n_layers * t_ar, 0.0,
                             n_layers * 2.0 * self._ar_bytes_per_token * Tg, "communication")
         # ---- the step: layers, lm_head on the sampled rows, pipeline transfers, host overhead
@@ -750,11 +961,12 @@ class StepCostModel:
         # ---- split by bound and per pipeline stage (side sums of the same operator times)
         head_c = t_h * (h_c >= h_m)
         comp = mem = kv = comm = 0.0
-        for (n_layers, _), (_, l_comp, l_mem) in zip(self._kinds, layers, strict=True):
+        for (n_layers, _), (_, l_comp, l_mem), a2a in zip(self._kinds, layers, a2as, strict=True):
             comp = comp + n_layers * l_comp
             mem = mem + n_layers * l_mem
             kv = kv + n_layers * a_kv
             comm = comm + n_layers * t_ar
+            comm = comm + n_layers * a2a
         comp = comp + head_c
         mem = mem + (t_h - head_c)
         comm = comm + (self.pp - 1) * t_p2p_one
@@ -986,5 +1198,8 @@ __all__ = [
     "OpCost",
     "StepCostArrays",
     "StepCostModel",
+    "expected_distinct_groups",
+    "expected_max_std_normal",
+    "expert_max_load_sigma",
     "prefill_chunk_aggregates",
 ]

@@ -19,13 +19,25 @@ Pack layout (float64)::
     then n_ar x 3 floats: the all-reduce law's segments (x tokens, y seconds, s seconds/token),
                           x ascending from 0 (n_ar = cf[P_AR_NPTS])
     then per pipeline stage: its layer count of each kind (n_stages x n_kinds floats)
-    then per layer kind:  n_layers, n_gemms, then GEMM_FIELDS floats per GEMM
-                          (routed, s_tok, s_c0, s_dq, s_m0, s_mw, s_mt, copies, active)
+    then per layer kind:  n_layers, n_gemms, ll_s, ll_s_per_token, normal_s, normal_s_per_token
+                          (KIND_FIELDS: all-to-all of DeepEP's low-latency / normal kernels), then
+                          GEMM_FIELDS floats per GEMM (routed, s_tok, s_c0, s_dq, s_m0, s_mw,
+                          s_mt, copies, active, ep, slots, sigma, kmax); for routed experts
+                          under expert parallelism ``copies`` is the slots one rank holds,
+                          ``slots`` all slots (experts + redundant), ``sigma`` the max-load
+                          coefficient (hwmodels.stepcost.expert_max_load_sigma), ``kmax`` the
+                          most rows one token can put on one rank
 
 One step, with ``T = prefill + decode tokens`` and ``Tg`` = T padded up to the next CUDA-graph
 capture size when the step runs as a graph (the stack profile decides which steps do)::
 
+    (attention data parallel, dp = cf[P_DP] > 1: every input is first cut to one rank's share,
+     ceil(pf / dp) prefill and ceil(ndec / dp) decode tokens with their pairs and context)
     layer   = ew(Tg) + 2 allreduce(Tg) + prefill_attn + decode_attn + sum_g gemm_g(Tg)
+              + a2a(Tg)   dispatch + combine (MoE layers under attention DP): normal_s +
+                          normal_s_per_token Tg with prefill, ll_s + ll_s_per_token Tg without
+    routed gemm under EP: rows on the busiest rank min(Tm k / ep + sigma sqrt(Tm), Tm kmax),
+              Tm = Tg dp (the tokens of every rank of the group)
     allreduce(T) = y_i + (T - x_i) s_i on the last segment with x_i <= T (piecewise linear in
               the message size: measured all-reduce times, hwmodels/data/achievable.yaml)
     time    = sum_kind n_layers x layer + lm_head(sampled rows) + (pp-1) p2p(Tg)
@@ -81,7 +93,11 @@ P_NUM_STAGES = 31
 #: inlined an older ``packed_step_time_s`` survives a change of this module and would misread
 #: a new pack; every evaluation compares the stamp compiled into it with the pack's and raises.
 P_LAYOUT = 32
-P_HEADER = 33
+#: Attention data-parallel ranks per TP group (1: off). Each rank runs ``1/dp`` of the
+#: replica's batch (its own requests) through attention, the dense GEMMs and the LM head;
+#: routed experts see the whole group's tokens (expert parallelism, all-to-all).
+P_DP = 33
+P_HEADER = 34
 
 
 def _source_stamp() -> float:
@@ -94,7 +110,11 @@ def _source_stamp() -> float:
 LAYOUT_VERSION = _source_stamp()
 _STALE = ("step-cost pack from a newer hwmodels.stepkernel than the compiled caller: a stale numba "
           "cache; delete the __pycache__/*.nbi and *.nbc files (or NUMBA_CACHE_DIR) and rerun")
-GEMM_FIELDS = 9
+GEMM_FIELDS = 13
+#: Floats before a layer kind's GEMMs: n_layers, n_gemms, then one layer's all-to-all seconds
+#: (constant, per token) of DeepEP's low-latency kernels (decode-only steps) and of its normal
+#: kernels (steps with prefill).
+KIND_FIELDS = 6
 #: Fields :func:`packed_step_cost` writes, in order (``StepCostArrays``' fields).
 COST_FIELDS = ("time_s", "compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s", "bottleneck_stage_s")
 
@@ -105,10 +125,13 @@ def _padded(m: float, tiles: float, tile: float) -> float:
 
 
 @njit(cache=True)
-def _gemm_s(cf, pos, Tg, mp, tiles, tile, bh):
+def _gemm_s(cf, pos, Tg, Tm, mp, tiles, tile, bh):
     """(compute, memory) seconds of the GEMM packed at ``cf[pos:pos + GEMM_FIELDS]``: one
     formula for every caller, so a new term is written once. A routed (MoE) GEMM touches
-    ``e (1 - (1 - k/e)^T)`` experts, each with its share of the ``T k`` routed rows."""
+    ``e (1 - (1 - k/e)^T)`` experts, each with its share of the ``T k`` routed rows; under
+    expert parallelism (``ep > 1``) the busiest rank's ``e`` slots (of ``slots``) and its
+    expected maximum load ``min(Tm k / ep + sigma sqrt(Tm), Tm kmax)`` rows, ``Tm`` the tokens
+    of the whole EP group."""
     routed = cf[pos]
     s_tok = cf[pos + 1]
     s_c0 = cf[pos + 2]
@@ -119,12 +142,45 @@ def _gemm_s(cf, pos, Tg, mp, tiles, tile, bh):
     e = cf[pos + 7]
     k = cf[pos + 8]
     if routed != 0.0:
-        touched = e * (1.0 - (1.0 - k / e) ** Tg)
-        m_e = Tg * k / touched
+        ep = cf[pos + 9]
+        if ep == 1.0:
+            touched = e * (1.0 - (1.0 - k / e) ** Tg)
+            m_e = Tg * k / touched
+            t_e = float(math.ceil(m_e / tile))
+            mp_e = _padded(m_e, t_e, tile)
+            return touched * (s_tok * mp_e + s_c0 + s_dq * t_e), touched * s_mw + bh + s_mt * Tg * k
+        touched = e * (1.0 - (1.0 - k / cf[pos + 10]) ** Tm)
+        rows = Tm * k / ep + cf[pos + 11] * math.sqrt(Tm)
+        cap = Tm * cf[pos + 12]
+        if rows > cap:
+            rows = cap
+        m_e = rows / touched
         t_e = float(math.ceil(m_e / tile))
         mp_e = _padded(m_e, t_e, tile)
-        return touched * (s_tok * mp_e + s_c0 + s_dq * t_e), touched * s_mw + bh + s_mt * Tg * k
+        return touched * (s_tok * mp_e + s_c0 + s_dq * t_e), touched * s_mw + bh + s_mt * rows
     return s_tok * mp + s_c0 + s_dq * tiles, s_m0 + s_mt * Tg
+
+
+@njit(cache=True)
+def local_share(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
+    """One attention-data-parallel rank's share of a step's inputs (``cf[P_DP]`` ranks): the
+    replica's requests spread evenly, so the busiest rank holds ``ceil(x / dp)`` prefill
+    tokens, sampled prefill rows and decode sequences, with the same mean attention pairs and
+    context per token as the whole batch. With ``dp == 1`` the inputs, unchanged."""
+    dp = cf[P_DP]
+    if dp == 1.0:
+        return pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx
+    if pf > 0.0:
+        pf_l = float(math.ceil(pf / dp))
+        pairs = pairs * (pf_l / pf)
+        kv_tokens = kv_tokens * (pf_l / pf)
+        pf = pf_l
+    num_prefill_seqs = float(math.ceil(num_prefill_seqs / dp))
+    if ndec > 0.0:
+        nd_l = float(math.ceil(ndec / dp))
+        ctx = ctx * (nd_l / ndec)
+        ndec = nd_l
+    return pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx
 
 
 @njit(cache=True)
@@ -169,7 +225,11 @@ def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
     T = pf + ndec
     if T <= 0.0:
         return cf[P_OVERHEAD]
+    pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx = local_share(cf, pf, pairs, kv_tokens, num_prefill_seqs,
+                                                                    ndec, ctx)
+    T = pf + ndec
     Tg = graph_tokens(cf, T, pf)
+    Tm = Tg * cf[P_DP]
     window = cf[P_WINDOW]
     if window != 0.0:
         pairs = min(pairs, pf * window)
@@ -196,12 +256,17 @@ def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
     for _ in range(int(cf[P_NUM_KINDS])):
         n_layers = cf[pos]
         n_gemms = int(cf[pos + 1])
-        pos += 2
+        if pf > 0.0:
+            a2a = cf[pos + 4] + cf[pos + 5] * Tg
+        else:
+            a2a = cf[pos + 2] + cf[pos + 3] * Tg
+        pos += KIND_FIELDS
         layer = layer_common
         for _g in range(n_gemms):
-            tc, tm = _gemm_s(cf, pos, Tg, mp, tiles, tile, bh)
+            tc, tm = _gemm_s(cf, pos, Tg, Tm, mp, tiles, tile, bh)
             pos += GEMM_FIELDS
             layer += launch + (tc if tc > tm else tm)
+        layer += a2a
         total += n_layers * layer
     rows = num_prefill_seqs + ndec
     if rows > 0.0:
@@ -228,7 +293,11 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
         out[0] = cf[P_OVERHEAD]
         out[5] = cf[P_OVERHEAD]
         return
+    pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx = local_share(cf, pf, pairs, kv_tokens, num_prefill_seqs,
+                                                                    ndec, ctx)
+    T = pf + ndec
     Tg = graph_tokens(cf, T, pf)
+    Tm = Tg * cf[P_DP]
     window = cf[P_WINDOW]
     if window != 0.0:
         pairs = min(pairs, pf * window)
@@ -267,21 +336,27 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
     layer_c = np.zeros(n_kinds)
     layer_m = np.zeros(n_kinds)
     counts = np.zeros(n_kinds)
+    a2a_k = np.zeros(n_kinds)
     for kd in range(n_kinds):
         counts[kd] = cf[pos]
         n_gemms = int(cf[pos + 1])
-        pos += 2
+        if pf > 0.0:
+            a2a_k[kd] = cf[pos + 4] + cf[pos + 5] * Tg
+        else:
+            a2a_k[kd] = cf[pos + 2] + cf[pos + 3] * Tg
+        pos += KIND_FIELDS
         layer = common
         comp = a_comp
         mem = t_ew
         for _g in range(n_gemms):
-            tc, tm = _gemm_s(cf, pos, Tg, mp, tiles, tile, bh)
+            tc, tm = _gemm_s(cf, pos, Tg, Tm, mp, tiles, tile, bh)
             pos += GEMM_FIELDS
             t = launch + (tc if tc > tm else tm)
             layer = layer + t
             t_c = t * (1.0 if tc >= tm else 0.0)
             comp = comp + t_c
             mem = mem + (t - t_c)
+        layer = layer + a2a_k[kd]
         layer_t[kd] = layer
         layer_c[kd] = comp
         layer_m[kd] = mem
@@ -311,6 +386,7 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
         mem = mem + counts[kd] * layer_m[kd]
         kv = kv + counts[kd] * a_kv
         comm = comm + counts[kd] * t_ar
+        comm = comm + counts[kd] * a2a_k[kd]
     comp = comp + head_c
     mem = mem + (t_h - head_c)
     comm = comm + cf[P_PP_MINUS_1] * p2p
@@ -365,11 +441,13 @@ def kernel_pack(cost: Any) -> npt.NDArray[np.float64] | None:
 __all__ = [
     "COST_FIELDS",
     "GEMM_FIELDS",
+    "KIND_FIELDS",
     "LAYOUT_VERSION",
     "P_HEADER",
     "allreduce_s",
     "graph_tokens",
     "kernel_pack",
+    "local_share",
     "packed_decode_times_s",
     "packed_step_cost",
     "packed_step_time_s",

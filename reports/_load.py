@@ -88,7 +88,7 @@ def measure_load(run: RunData, v: str) -> Load | None:
     if window <= 0:
         return None
     mid = t0 + window / 2
-    done = (reqs["status"].astype(str) == "completed").to_numpy()
+    done = reqs["status"].eq("completed").to_numpy(dtype=bool, na_value=False)
     finish = reqs["finish_s"].to_numpy(np.float64)
     completed_half = int(np.count_nonzero(done & (finish >= mid) & (finish <= t1)))
     arrived_half = int(np.count_nonzero(arrivals >= mid))
@@ -98,7 +98,8 @@ def measure_load(run: RunData, v: str) -> Load | None:
         s, e = step_intervals(steps, hold=True)
         fifth = window / 5
         edges = np.array([t0, t0 + fifth, t1 - fifth, t1])
-        q = binned_means(s, e, steps["queue_len"].to_numpy(np.float64), edges)[0]
+        q = binned_means(s, e, steps["queue_len"].to_numpy(np.float64), edges,
+                         steps["replica_id"].to_numpy())[0]  # fmt: skip
         q0, q1 = float(q[0]), float(q[2])
     return Load(
         num_arrivals=len(arrivals),

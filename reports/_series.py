@@ -116,13 +116,21 @@ def _sequential_integrals(
         s, e, v = start_s[lo:hi], end_s[lo:hi], values[:, lo:hi]
         if np.any(e < s) or np.any(s[1:] < e[:-1]):
             return None
-        before = np.zeros((v.shape[0], len(s) + 1))
-        np.cumsum(v * (e - s), axis=1, out=before[:, 1:])  # area of intervals [0, j)
         j = np.searchsorted(s, edges_s, side="right") - 1  # last interval starting <= edge
         inside = j >= 0
         jj = np.maximum(j, 0)
+        # Area of the intervals [0, jj) at each edge: only these few prefix sums are needed,
+        # so sum the areas between consecutive cut points (reduceat) and accumulate those.
+        cuts, which = np.unique(jj, return_inverse=True)
+        positive = cuts[cuts > 0]
+        before = np.zeros((v.shape[0], len(cuts)))
+        if len(positive):
+            # reduceat sums [0, p1), [p1, p2), ..., [pm, n): the last segment is not needed.
+            seg = np.add.reduceat(v * (e - s), np.r_[0, positive], axis=1)[:, : len(positive)]
+            before[:, len(cuts) - len(positive) :] = np.cumsum(seg, axis=1)
+        before = before[:, which]
         covered = np.clip(np.minimum(edges_s, e[jj]) - s[jj], 0.0, None)
-        out += np.where(inside, before[:, jj] + v[:, jj] * covered, 0.0)
+        out += np.where(inside, before + v[:, jj] * covered, 0.0)
     return out
 
 
@@ -243,12 +251,29 @@ def kv_split_average(run: RunData, v: str) -> FloatArray | None:
     """
     steps = run.steps[v]
     if len(steps):
-        w = np.nan_to_num(steps["duration_s"].to_numpy(np.float64))
-        parts = np.stack([steps[c].to_numpy(np.float64) for c, _, _ in KV_PARTS])
-        cap = parts.sum(axis=0)
-        ok = cap > 0
-        if w[ok].sum() > 0:
-            return (parts[:, ok] / cap[ok] * w[ok]).sum(axis=1) / w[ok].sum()
+        average = _kv_average(
+            np.stack([steps[c].to_numpy(np.float64) for c, _, _ in KV_PARTS]),
+            np.nan_to_num(steps["duration_s"].to_numpy(np.float64)),
+        )  # fmt: skip
+        if average is not None:
+            return average
+    return _kv_summary_average(run, v)
+
+
+def _kv_average(parts: FloatArray, w: FloatArray) -> FloatArray | None:
+    """Mean of each step's KV split (``parts / parts.sum(axis=0)``), weighted by ``w``, over the
+    steps with a positive capacity; None when their weights sum to zero."""
+    cap = parts.sum(axis=0)
+    ok = cap > 0  # False for NaN too
+    if not ok.all():
+        parts, cap, w = parts[:, ok], cap[ok], w[ok]
+    total = w.sum()
+    if not total > 0:
+        return None
+    return (parts * (w / cap)).sum(axis=1) / total
+
+
+def _kv_summary_average(run: RunData, v: str) -> FloatArray | None:
     summ = run.summaries[v]
     if all(summ.get(k) is not None for k in KV_SUMMARY_KEYS):
         return np.array([float(summ[k]) for k in KV_SUMMARY_KEYS])
@@ -280,11 +305,13 @@ def _variant_series(run: RunData, v: str, edges: FloatArray) -> VariantSeries:
     )
     # Quantities that persist through idle gaps: queue and KV occupancy (+ coverage).
     s, e = step_intervals(steps, hold=True)
-    kv_rows = [steps[c].to_numpy(np.float64) for c, _, _ in KV_PARTS]
-    held = binned_means(
-        s, e, np.stack([steps["queue_len"].to_numpy(np.float64), *kv_rows, np.ones(len(s))]),
-        edges, replica,
-    )
+    held_rows = np.stack([steps["queue_len"].to_numpy(np.float64),
+                          *(steps[c].to_numpy(np.float64) for c, _, _ in KV_PARTS),
+                          np.ones(len(s))])  # fmt: skip
+    kv_average = _kv_average(held_rows[1:-1], dur)
+    if kv_average is None:
+        kv_average = _kv_summary_average(run, v)
+    held = binned_means(s, e, held_rows, edges, replica)
     parts, cover = held[1:-1], held[-1]
     cap = parts.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -305,7 +332,7 @@ def _variant_series(run: RunData, v: str, edges: FloatArray) -> VariantSeries:
         queue=held[0],
         kv_frac=kv_frac,
         kv_capacity_tokens=float(np.median(cap_f)) if len(cap_f) else math.nan,
-        kv_average=kv_split_average(run, v),
+        kv_average=kv_average,
         bound_frac=running_and_bounds[1:] / n_rep,
         num_replicas=n_rep,
         prefix_per_bin=per_bin,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
@@ -196,16 +197,27 @@ def _banded(
     (ax,) = place_axes(fig, 1, 1, top_in=0.55, bottom_in=0.6 + legend_in, left_in=0.8)
     x = series.mid_s / scale
     x0, x1 = series.edges_s[0] / scale, series.edges_s[-1] / scale
+    # Every stacked area of every band as one polygon collection (one artist, not one
+    # fill_between each): the polygon of a part runs along its lower edge and back along its
+    # upper one, exactly as fill_between builds it.
+    polygons: list[FloatArray] = []
+    fills: list[str] = []
+    for i, v in enumerate(run.variants):
+        s = series.by_variant[v]
+        if not s.num_replicas:
+            continue
+        base = (n - 1 - i) * (_BAND + _BAND_GAP)
+        top = base + 100 * np.cumsum(np.nan_to_num(getattr(s, attr)), axis=0)
+        bottom = np.vstack([np.full(len(x), base), top[:-1]])
+        for (_, _, color), lo, hi in zip(parts, bottom, top, strict=True):
+            polygons.append(np.column_stack((np.r_[x, x[::-1]], np.r_[lo, hi[::-1]])))
+            fills.append(color)
+    if polygons:
+        ax.add_collection(PolyCollection(polygons, facecolors=fills, linewidths=0),
+                          autolim=False)  # fmt: skip
     ticks, labels = [], []
     for i, v in enumerate(run.variants):
         base = (n - 1 - i) * (_BAND + _BAND_GAP)
-        s = series.by_variant[v]
-        frac = np.nan_to_num(getattr(s, attr)) if s.num_replicas else None
-        if frac is not None:
-            top = base + 100 * np.cumsum(frac, axis=0)
-            bottom = np.vstack([np.full(len(x), base), top[:-1]])
-            for (_, _, color), lo, hi in zip(parts, bottom, top, strict=True):
-                ax.fill_between(x, lo, hi, color=color, linewidth=0)
         ax.add_patch(Rectangle((x0, base), x1 - x0, _BAND, fill=False, edgecolor=colors[v],
                                linewidth=1.0))  # fmt: skip
         ax.text(x0, base + _BAND + 4, f"{v}: {subtitle[v]}", color=colors[v], fontsize=9,

@@ -39,6 +39,7 @@ from servesim.hwmodels.quant import (
     get_scheme,
     kv_bytes_per_token,
     weight_bytes,
+    weight_bytes_per_gpu,
 )
 from servesim.hwmodels.stepkernel import kernel_pack
 from servesim.hwmodels.units import GiB
@@ -94,18 +95,23 @@ class MemoryBudget:
         )
 
 
-def kv_bytes_per_token_per_gpu(model: ModelSpec, kv: KvDtype, tp: int, pp: int) -> float:
+def kv_bytes_per_token_per_gpu(model: ModelSpec, kv: KvDtype, tp: int, pp: int, adp: int = 1) -> float:
     """KV bytes one token occupies on one GPU of a TP x PP replica.
 
     KV heads are split across TP ranks (replicated when there are fewer heads than ranks);
     MLA's compressed latent is replicated on every TP rank; layers split across PP stages.
+    With ``adp`` attention data-parallel ranks each token lives on one rank's attention group
+    of ``tp / adp`` GPUs: the replica holds ``adp`` times the tokens (per GPU, ``1/adp``).
     """
     full = kv_bytes_per_token(model, kv)
+    tp_attn = tp // adp
     if model.is_mla:
         shard = 1.0
     else:
-        shard = math.ceil(model.num_kv_heads / tp) / model.num_kv_heads
-    return full * shard / pp
+        shard = math.ceil(model.num_kv_heads / tp_attn) / model.num_kv_heads
+    if adp == 1:
+        return full * shard / pp
+    return full * shard / pp / adp
 
 
 def memory_budget(
@@ -120,13 +126,18 @@ def memory_budget(
     """Derive the KV capacity of one replica; CapacityError if the weights do not fit."""
     tp, pp = hw.tensor_parallel, hw.pipeline_parallel
     usable = hw.gpu_memory_utilization * gpu.hbm_bytes
-    weights = weight_bytes(model, scheme) / (tp * pp)
+    ep, adp, red = hw.expert_parallel, hw.attention_data_parallel, hw.redundant_experts
+    if ep == 1 and adp == 1 and red == 0:
+        weights = weight_bytes(model, scheme) / (tp * pp)
+    else:  # experts / EP per GPU, attention (and the rest) replicated on every DP rank
+        weights = weight_bytes_per_gpu(model, scheme, tp, pp, expert_parallel=ep, attention_data_parallel=adp,
+                                       redundant_experts=red)
     if hw.memory_reserve_gib is not None:
         reserve = hw.memory_reserve_gib * GiB
     else:
         reserve = DEFAULT_RESERVE_BYTES + (DEFAULT_NCCL_RESERVE_BYTES if tp * pp > 1 else 0)
     kv_bytes = usable - weights - activation_bytes - reserve
-    per_token = kv_bytes_per_token_per_gpu(model, kv, tp, pp)
+    per_token = kv_bytes_per_token_per_gpu(model, kv, tp, pp, hw.attention_data_parallel)
     capacity = int(kv_bytes // per_token) if kv_bytes > 0 else 0
     budget = MemoryBudget(
         hbm_bytes=gpu.hbm_bytes,
@@ -159,6 +170,10 @@ def _make_cost_model(cfg: ScenarioCfg, gpu: GpuSpec, model: ModelSpec, scheme: Q
         "tensor_parallel": hw.tensor_parallel,
         "pipeline_parallel": hw.pipeline_parallel,
     }
+    if hw.expert_parallel > 1 or hw.attention_data_parallel > 1 or hw.redundant_experts:
+        kwargs["expert_parallel"] = hw.expert_parallel
+        kwargs["attention_data_parallel"] = hw.attention_data_parallel
+        kwargs["redundant_experts"] = hw.redundant_experts
     if cfg.engine.step_overhead_s is not None:
         kwargs["step_overhead_s"] = cfg.engine.step_overhead_s
     if cfg.engine.profile is not None:
@@ -461,6 +476,10 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
         "engine_loop": loop,
         "max_model_len_tokens": g0.max_model_len_tokens,
     }
+    if g0.hw.expert_parallel > 1 or g0.hw.attention_data_parallel > 1:  # only then: goldens keep their keys
+        summary["config"]["expert_parallel"] = g0.hw.expert_parallel
+        summary["config"]["attention_data_parallel"] = g0.hw.attention_data_parallel
+        summary["config"]["redundant_experts"] = g0.hw.redundant_experts
     summary["memory_budget"] = {**g0.budget.to_dict(), "gpu_memory_utilization": g0.hw.gpu_memory_utilization}
     summary["slo"] = slo
     summary["roofline"] = _representative_roofline(g0, summary, requests)

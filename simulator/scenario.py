@@ -87,6 +87,35 @@ class HardwareCfg(_Cfg):
     tensor_parallel: int = Field(1, gt=0, le=1024, description="GPUs per pipeline stage (TP).")
     pipeline_parallel: int = Field(1, gt=0, le=1024, description="Pipeline stages per replica.")
     replicas: int = Field(1, gt=0, le=4096, description="Model instances in this group.")
+    # Expert parallelism (docs/step-cost.md "Expert parallelism"): MoE models only. Checked
+    # with the model when the cost model is built (hwmodels.ops.check_expert_parallel: EP and
+    # attention DP divide tensor_parallel, EP divides experts + redundant, DP needs EP == TP),
+    # not by a validator here: an after-validator would rename HardwareCfg's union branch in
+    # every hardware error message.
+    expert_parallel: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="GPUs of a stage the routed experts are spread over (1: every GPU holds a "
+        "1/tensor_parallel slice of every expert). Must divide tensor_parallel and the experts "
+        "(+ redundant_experts). vLLM --enable-expert-parallel (EP = TP), SGLang --ep-size.",
+    )
+    attention_data_parallel: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Attention data-parallel ranks per stage (1: tensor-parallel attention); "
+        "each runs 1/n of the replica's requests, and every MoE layer adds a dispatch and a "
+        "combine all-to-all (DeepEP). Needs expert_parallel == tensor_parallel. SGLang "
+        "--enable-dp-attention --dp-size.",
+    )
+    redundant_experts: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="Extra expert replicas (DeepSeek EPLB; SGLang --ep-num-redundant-experts), "
+        "so that expert_parallel can divide experts + redundant (e.g. 256 + 32 = 288 over 72 GPUs).",
+    )
     gpu_memory_utilization: float = Field(
         0.9,
         gt=0.0,

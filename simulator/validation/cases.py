@@ -30,16 +30,29 @@ __all__ = ["Case", "case_band", "case_scenario", "load_cases", "run_case", "run_
 _METRIC_UNITS = {
     "output_throughput": "tok/s", "request_throughput": "req/s", "total_token_throughput": "tok/s",
     "mean_ttft_ms": "ms", "median_ttft_ms": "ms", "mean_tpot_ms": "ms", "median_tpot_ms": "ms",
-    "mean_e2el_ms": "ms", "median_e2el_ms": "ms", "mean_itl_ms": "ms",
+    "mean_e2el_ms": "ms", "median_e2el_ms": "ms", "mean_itl_ms": "ms", "median_itl_ms": "ms",
 }
 _LOAD_KEYS = {
     "static": {"kind", "batch", "prompt_tokens", "output_tokens", "rounds"},
-    "poisson": {"kind", "rate_per_s", "num_requests", "prompt_tokens", "output_tokens"},
+    "poisson": {"kind", "rate_per_s", "num_requests", "prompt_tokens", "output_tokens", "range_ratio"},
+    "concurrency": {"kind", "clients", "num_requests", "prompt_tokens", "output_tokens", "range_ratio"},
+}
+#: Load fields every case of the kind must give (``rounds`` and ``range_ratio`` are optional).
+_LOAD_REQUIRED = {
+    "static": ("batch", "prompt_tokens", "output_tokens"),
+    "poisson": ("rate_per_s", "num_requests", "prompt_tokens", "output_tokens"),
+    "concurrency": ("clients", "num_requests", "prompt_tokens", "output_tokens"),
 }
 #: Serving engine measured -> the stack profile it runs under (``engine.stack``), where the
 #: engine has no profile of its own. NOTE: TurboMind (LMDeploy) is a C++ engine with no Python
 #: host loop and persistent batching, the case the ``compiled`` profile describes.
-STACK_PROFILE = {"turbomind": "compiled", "lmdeploy": "compiled", "tensorrt-llm": "trtllm"}
+STACK_PROFILE = {"turbomind": "compiled", "lmdeploy": "compiled", "tensorrt-llm": "trtllm",
+                 # NOTE: TensorRT-LLM's static-batch benchmark (NVIDIA's H200 posts): engines run
+                 # from a benchmark binary, no serving front end, as compiled.yaml describes.
+                 "tensorrt-llm-static": "compiled",
+                 # NOTE: the engine behind Splitwise's profiling data is not named in the data;
+                 # servesim's default step-cost model, host time unknown in the bands.
+                 "splitwise-profiler": "generic"}
 
 _CASE_KEYS = {"id", "source", "url", "where", "config", "stack", "scenario", "load", "metric",
               "reference", "notes"}
@@ -123,6 +136,7 @@ def load_cases(path: str | Path | None = None) -> list[Case]:
         bad = sorted(set(load) - _LOAD_KEYS[kind])
         if bad:
             raise ScenarioError(f"{ctx}: load key(s) {bad} not valid for kind {kind}; valid: {sorted(_LOAD_KEYS[kind])}")
+        _check_load(ctx, kind, load)
         if not isinstance(item["scenario"], Mapping):
             raise ScenarioError(f"{ctx}: scenario must be a mapping of scenario sections")
         out.append(Case(id=str(name), source=str(item["source"]), url=str(item["url"]),
@@ -130,6 +144,35 @@ def load_cases(path: str | Path | None = None) -> list[Case]:
                         scenario=item["scenario"], load=load, metric=str(item["metric"]),
                         reference=float(ref), notes=str(item.get("notes", ""))))
     return out
+
+
+def _check_load(ctx: str, kind: str, load: Mapping[str, Any]) -> None:
+    """Required load fields present, counts whole and >= 1, rate > 0, range_ratio in [0, 1)."""
+    for key in _LOAD_REQUIRED[kind]:
+        if key not in load:
+            raise ScenarioError(f"{ctx}: load.{key} is missing (load kind {kind} needs {list(_LOAD_REQUIRED[kind])})")
+    for key in ("batch", "clients", "num_requests", "prompt_tokens", "output_tokens", "rounds"):
+        if key in load:
+            v = load[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ScenarioError(f"{ctx}: load.{key} {v!r} must be a whole number >= 1")
+    if "rate_per_s" in load:
+        v = load["rate_per_s"]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0):
+            raise ScenarioError(f"{ctx}: load.rate_per_s {v!r} must be a finite number > 0")
+    if "range_ratio" in load:
+        v = load["range_ratio"]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
+            raise ScenarioError(f"{ctx}: load.range_ratio {v!r} must be a number in [0, 1)")
+
+
+def _length(tokens: int, range_ratio: float) -> dict[str, Any]:
+    """Fixed ``tokens``, or uniform in [tokens (1 - r), tokens (1 + r)] (``vllm bench serve
+    --random-range-ratio r``, the random dataset's length spread)."""
+    if range_ratio <= 0:
+        return {"dist": "fixed", "tokens": tokens}
+    return {"dist": "uniform", "min_tokens": max(1, math.floor(tokens * (1 - range_ratio))),
+            "max_tokens": max(1, math.ceil(tokens * (1 + range_ratio)))}
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,7 +189,7 @@ def case_scenario(case: Case, *, quick: bool = False, seed: int = 0,
     from servesim.simulator.scenario import EngineCfg
 
     load = case.load
-    batch = int(load.get("batch", 1))
+    batch = int(load.get("batch", load.get("clients", 1)))
     base: dict[str, Any] = {
         "name": case.id,
         "seed": seed,
@@ -160,11 +203,18 @@ def case_scenario(case: Case, *, quick: bool = False, seed: int = 0,
     if "stack" in EngineCfg.model_fields:  # the stack-profile mechanism, when present
         base["engine"]["stack"] = STACK_PROFILE.get(case.stack, case.stack)
     data = _merge(base, case.scenario)
-    lengths = {"prompt": {"dist": "fixed", "tokens": int(load["prompt_tokens"])},
-               "output": {"dist": "fixed", "tokens": int(load["output_tokens"])}}
+    ratio = float(load.get("range_ratio", 0.0))
+    lengths = {"prompt": _length(int(load["prompt_tokens"]), ratio),
+               "output": _length(int(load["output_tokens"]), ratio)}
     if load["kind"] == "static":
         rounds = 1 if quick else int(load.get("rounds", 2))
         data["workload"] = {"name": "static-batch", "num_requests": batch * rounds,
+                            "arrivals": {"process": "closed_loop", "num_clients": batch},
+                            "lengths": lengths}
+    elif load["kind"] == "concurrency":
+        n = int(load["num_requests"])
+        data["workload"] = {"name": "concurrency",
+                            "num_requests": min(n, max(batch, 100)) if quick else n,
                             "arrivals": {"process": "closed_loop", "num_clients": batch},
                             "lengths": lengths}
     else:

@@ -96,3 +96,22 @@ def test_band_fraction_follows_the_grade() -> None:
     assert band_frac_for("h100-sxm") == BAND_FRAC_BY_CONFIDENCE["measured"]
     assert band_frac_for("gaudi2") == BAND_FRAC_BY_CONFIDENCE["borrowed"]
     assert band_frac_for("h200") == BAND_FRAC_BY_CONFIDENCE["derived"]
+
+
+def test_every_gpu_has_graded_alltoall_figures() -> None:
+    """Issue #13 mechanism 2: the MoE dispatch/combine all-to-all per GPU (DeepEP's figures
+    where measured on the same silicon, ``borrowed`` elsewhere), within the GPU's links."""
+    for name in achievable_names():
+        ach = get_achievable(name)
+        gpu = get_gpu(name)
+        assert ach.alltoall, name
+        link = max(gpu.scaleup_bw_bytes_per_s_per_direction or 0.0, gpu.pcie_bw_bytes_per_s_per_direction or 0.0)
+        for ep, fig in ach.alltoall.items():
+            assert fig.ep == ep and fig.confidence in CONFIDENCE_GRADES and len(fig.source) >= 8
+            for bw in (fig.dispatch_bw_bytes_per_s, fig.combine_bw_bytes_per_s,
+                       fig.normal_dispatch_bw_bytes_per_s, fig.normal_combine_bw_bytes_per_s):
+                assert 0 < bw <= link, (name, ep)
+            assert 0 <= fig.dispatch_latency_s < 1e-4 and 0 <= fig.combine_latency_s < 1e-4, (name, ep)
+        assert ach.alltoall_for(72).ep >= 72 or ach.alltoall_for(72).ep == max(ach.alltoall)
+        if gpu.vendor != "NVIDIA" or name not in ("h100-sxm", "h200", "b200", "gb200"):
+            assert all(f.confidence == "borrowed" for f in ach.alltoall.values()), name

@@ -88,8 +88,8 @@ def test_2_moe_and_mla_kernel_families() -> None:
     """DeepSeek-V3/R1 serving came out ~3x optimistic: grouped expert GEMMs and MLA attention
     were priced at dense-GEMM / FlashAttention efficiency. vLLM's fused-MoE (0.55 of dense,
     from DeepGEMM's grouped-GEMM bandwidth) and Triton-MLA (0.6) factors cut decode throughput
-    ~1.7x and slow prefill ~1.8x (the rest of the gap - expert-parallel all-to-all - is not
-    modelled yet)."""
+    ~1.7x and slow prefill ~1.8x. The rest of the gap is the expert-parallel deployment
+    (all-to-all, the busiest GPU's expert load): tests/hwmodels/test_expert_parallel.py."""
     kw = {"gpu": "h200", "model": "deepseek-v3", "tensor_parallel": 8, "scheme": "fp8"}
     m = StepCostModel(**kw, stack="vllm")
     assert dec(m, 256, 2000) / PRE13["dsv3_b256"] == pytest.approx(1.8, abs=0.12)
