@@ -102,6 +102,7 @@ C_FQ_TAIL = 41  # APC free queue: last block (most recently freed)
 O_FQ_PREV = 42
 O_FQ_NEXT = 43
 O_BLOCK_NODE = 44
+C_NODE_HWM = 45  # 1 + the largest node id ever taken (nodes at or above it were never alive)
 HEADER = 48
 
 
@@ -367,6 +368,8 @@ def _new_node(arena, p):
     top = node_free_top[0] - 1
     node_free_top[0] = top
     u = node_free[top]
+    if u >= arena[C_NODE_HWM]:
+        arena[C_NODE_HWM] = u + 1
     node_alive[u] = 1
     parent[u] = p
     first_child[u] = -1
@@ -399,6 +402,8 @@ def _split(arena, node, j):
     top = node_free_top[0] - 1
     node_free_top[0] = top
     u = node_free[top]
+    if u >= arena[C_NODE_HWM]:
+        arena[C_NODE_HWM] = u + 1
     node_alive[u] = 1
     # u takes node's place in p's child list
     parent[u] = p
@@ -544,7 +549,9 @@ def _evict(arena, want_free, page_tokens):
     node_free = _f32(arena, O_NODE_FREE, arena[C_NN])
     node_free_top = arena[C_NODE_FREE_TOP : C_NODE_FREE_TOP + 1]
     freed = 0
-    nn = node_alive.shape[0]
+    # NOTE(speed): free node ids are reused last-freed first from a stack that hands out
+    # node 1 first, so live ids stay below the high-water mark; the scan stops there.
+    nn = arena[C_NODE_HWM]
     while freed < want_free:
         best = -1
         for u in range(1, nn):
