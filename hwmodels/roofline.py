@@ -77,6 +77,17 @@ ELEMENTWISE_LAUNCH_S = 3e-6
 #: FlashAttention forward reaches 50-73 % of A100 fp16 peak at long sequences (FA2, Dao 2023,
 #: Fig. 4) and 60-75 % of H100 peak with FA3 (Shah et al. 2024); short chunks run lower.
 ATTN_COMPUTE_EFF_MAX_FRAC = 0.65
+#: Decode attention on CUDA cores (no tensor cores: vLLM <= 0.3 PagedAttention, TensorRT-LLM
+#: <= 0.6 masked MHA) reaches ~12 % of the GPU's FP32 peak, counting 2 FLOPs per multiply-add of
+#: QK^T and PV. FlashInfer blog "Accelerating Self-Attentions for LLM Serving with FlashInfer"
+#: (2024-02-02), Fig. 9: batch GQA decode, Llama-70B at TP 2 (32 query / 4 KV heads, head dim
+#: 128, fp16), batch 64, H100: FlashInfer's tensor-core decode is "3x faster than vLLM
+#: PageAttention" (v0.2.6, CUDA cores), and FlashInfer's decode runs near full bandwidth
+#: (Fig. 5, "close to 100 %"; taken as 0.9 x 3.35 TB/s). vLLM's kernel thus moved ~1.0 TB/s
+#: of KV at 8 FLOP/byte (2 x 32 x 256 FLOPs per 2 x 4 x 128 x 2 bytes): ~8.0 TFLOP/s = 0.12 of
+#: H100's 67 TFLOP/s FP32 (the same post's table). Softmax, warp reductions and shared-memory
+#: traffic cost more than the multiply-adds on CUDA cores, hence the low fraction.
+CUDA_CORE_ATTN_EFF_FRAC = 0.12
 #: FLOPs at which prefill attention reaches half its maximum efficiency: one 128 x 128 tile
 #: of 32 heads x head_dim 128 (2 GEMMs) - below that the SMs are not filled.
 ATTN_FLOPS_HALF = 4.0 * 128 * 128 * 128 * 32
@@ -334,6 +345,7 @@ def attention_time_s(
 __all__ = [
     "ATTN_COMPUTE_EFF_MAX_FRAC",
     "ATTN_FLOPS_HALF",
+    "CUDA_CORE_ATTN_EFF_FRAC",
     "ELEMENTWISE_LAUNCH_S",
     "ELEMENTWISE_MEM_EFF_FRAC",
     "SMALL_TILE_M_TOKENS",

@@ -24,7 +24,14 @@ How each field enters the model (``docs/step-cost.md`` has the table):
   ``weight_only_eff``: W4A16/W8A16 GEMMs; ``moe_gemm_eff``: routed-expert grouped GEMMs;
   ``prefill_attn_eff`` / ``decode_attn_eff``: attention; ``mla_attn_eff``: MLA attention, on top
   of the decode/prefill factor). They are fractions of what the GPU's best measured kernels
-  reach (:mod:`hwmodels.achievable`), so 1.0 means "as good as the best published kernel".
+  reach (:mod:`hwmodels.achievable`), so 1.0 means "as good as the best published kernel";
+* ``kv_quant_decode_eff``: decode attention over a quantized (8- or 4-bit) KV cache reaches this
+  fraction of the bandwidth the same kernel reaches over a 16-bit cache (dequantization in the
+  attention kernel): the KV bytes halve, the KV-read time falls to ``0.5 / kv_quant_decode_eff``;
+* ``decode_attn_tensor_cores``: false for engines whose decode attention runs on CUDA cores
+  (TensorRT-LLM <= 0.6 masked MHA, vLLM <= 0.3 PagedAttention): its compute side is priced at
+  :data:`~hwmodels.roofline.CUDA_CORE_ATTN_EFF_FRAC` of the GPU's FP32 peak, which makes
+  grouped-query (GQA) decode compute-bound.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ CUDA_GRAPH_MODES: tuple[str, ...] = ("none", "decode", "all")
 #: Kernel-family efficiency fields (fractions in (0, 1.5]; > 1 = faster than the GPU's figure).
 EFFICIENCY_FIELDS: tuple[str, ...] = (
     "fp8_gemm_eff", "weight_only_eff", "moe_gemm_eff", "prefill_attn_eff", "decode_attn_eff", "mla_attn_eff",
+    "kv_quant_decode_eff",
 )
 #: Non-negative time fields, seconds.
 TIME_FIELDS: tuple[str, ...] = (
@@ -80,6 +88,11 @@ class StackProfile:
         response_overhead_s: per request, first token to the client (detokenize, stream).
         fp8_gemm_eff, weight_only_eff, moe_gemm_eff, prefill_attn_eff, decode_attn_eff,
             mla_attn_eff: kernel-family efficiency factors.
+        kv_quant_decode_eff: bandwidth fraction of decode attention over an 8/4-bit KV cache
+            relative to the same kernel over a 16-bit one.
+        decode_attn_tensor_cores: false: decode attention computes on CUDA cores.
+        alltoall_overlap_frac: share of the MoE all-to-all hidden behind compute (two-batch
+            overlap); 0 = none (the shipped profiles: not modelled, varied in the bands).
         separate_act_quant: W8A8/FP8 activations are quantized by separate elementwise
             kernels before each quantized GEMM (vLLM, SGLang) rather than fused into the
             preceding norm/activation kernel (TensorRT-LLM).
@@ -101,6 +114,9 @@ class StackProfile:
     prefill_attn_eff: float = 1.0
     decode_attn_eff: float = 1.0
     mla_attn_eff: float = 1.0
+    kv_quant_decode_eff: float = 1.0
+    decode_attn_tensor_cores: bool = True
+    alltoall_overlap_frac: float = 0.0
     separate_act_quant: bool = False
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -116,8 +132,13 @@ class StackProfile:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 < v <= 1.5):
                 raise ConfigError(f"{where}: {f} must be an efficiency in (0, 1.5], got {v!r}")
             object.__setattr__(self, f, float(v))
-        if not isinstance(self.separate_act_quant, bool):
-            raise ConfigError(f"{where}: separate_act_quant must be true or false, got {self.separate_act_quant!r}")
+        a2a = self.alltoall_overlap_frac
+        if not isinstance(a2a, (int, float)) or isinstance(a2a, bool) or not (0 <= a2a <= 1):
+            raise ConfigError(f"{where}: alltoall_overlap_frac must be a fraction in [0, 1], got {a2a!r}")
+        object.__setattr__(self, "alltoall_overlap_frac", float(a2a))
+        for f in ("separate_act_quant", "decode_attn_tensor_cores"):
+            if not isinstance(getattr(self, f), bool):
+                raise ConfigError(f"{where}: {f} must be true or false, got {getattr(self, f)!r}")
         if self.cuda_graphs not in CUDA_GRAPH_MODES:
             raise ConfigError(f"{where}: cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, "
                               f"got {self.cuda_graphs!r}")

@@ -83,6 +83,7 @@ from servesim.hwmodels.quant import (
 from servesim.hwmodels.roofline import (
     ATTN_COMPUTE_EFF_MAX_FRAC,
     ATTN_FLOPS_HALF,
+    CUDA_CORE_ATTN_EFF_FRAC,
     ELEMENTWISE_LAUNCH_S,
     ELEMENTWISE_MEM_EFF_FRAC,
     SMALL_TILE_M_TOKENS,
@@ -497,7 +498,11 @@ class StepCostModel:
                 if self.ep > 1:
                     gemms = [self._expert_parallel_coef(c) if c.is_routed else c for c in gemms]
                 self._kinds.append((float(count), gemms))
-                self._kind_a2a.append(self._alltoall_coef() if moe_layer else (0.0, 0.0, 0.0, 0.0))
+                # Two-batch overlap hides alltoall_overlap_frac of it (stack profile; folded
+                # into the coefficients, so the packed form carries it unchanged).
+                keep = 1.0 - self.stack.alltoall_overlap_frac
+                self._kind_a2a.append(tuple(keep * x for x in self._alltoall_coef()) if moe_layer
+                                      else (0.0, 0.0, 0.0, 0.0))
                 kind_is_moe.append(moe_layer)
         self._head = self._coef(lm_head_gemm(m, self.scheme, tp))
         # Contiguous stages; earlier stages take the remainder layers (as vLLM's
@@ -525,9 +530,22 @@ class StepCostModel:
         self._pf_peak = attn_peak * (st.prefill_attn_eff * mla)
         self._pf_fh = ATTN_FLOPS_HALF / self._pf_peak
         self._pf_bw = self._hbm_eff_bw * (st.prefill_attn_eff * mla)
-        self._dec_peak = attn_peak * (st.decode_attn_eff * mla)
+        # Decode attention on CUDA cores (st.decode_attn_tensor_cores false): the compute side
+        # at CUDA_CORE_ATTN_EFF_FRAC of the FP32 peak (GQA decode turns compute-bound).
+        dec_peak = attn_peak
+        if not st.decode_attn_tensor_cores:
+            # No FP32 figure listed: A100/H100 datasheets put the fp16 tensor-core peak at
+            # 15-16x the FP32 CUDA-core peak (312/19.5, 989/67).
+            fp32 = self.gpu.peak_flops_per_s.get("fp32", self.gpu.peak_fp16_flops_per_s / 16.0)
+            dec_peak = fp32 * CUDA_CORE_ATTN_EFF_FRAC * self._gpu_compute_scale
+        self._dec_peak = dec_peak * (st.decode_attn_eff * mla)
         self._dec_fh = ATTN_FLOPS_HALF / self._dec_peak
-        self._dec_bw = self._hbm_eff_bw * (st.decode_attn_eff * mla)
+        # A quantized KV cache (< 16 bits) halves (quarters) the bytes, but decode attention
+        # over it reaches only kv_quant_decode_eff of the 16-bit kernel's bandwidth
+        # (dequantization inside the kernel). Folded into the coefficient, so the packed form
+        # (P_DEC_BW) carries it unchanged.
+        kvq = st.kv_quant_decode_eff if self.kv_dtype.bytes_per_elem < ACT_BYTES else 1.0
+        self._dec_bw = self._hbm_eff_bw * (st.decode_attn_eff * mla * kvq)
         self._kv_layer_gpu = kv_bytes_per_token_per_layer_per_gpu(m, self.kv_dtype, tp)
         self._attn_fpp_prefill = attn_flops_per_pair(m, tp, decode=False)
         self._attn_fpp_decode = attn_flops_per_pair(m, tp, decode=True)

@@ -143,7 +143,8 @@ COMM_EFF_RANGE = (0.4, 1.0)
 
 def band_factors(gpu: str, base: StackParams, *, has_profile: bool, seed: int = 0,
                  vary_seed: bool = True, multi_gpu: bool = False,
-                 stack: Any = None, stack_borrowed: bool = False) -> tuple[list[Factor], str]:
+                 stack: Any = None, stack_borrowed: bool = False,
+                 alltoall: bool = False) -> tuple[list[Factor], str]:
     """The factors for a run on ``gpu`` around ``base``; and the GPU grade text.
 
     Args:
@@ -153,6 +154,9 @@ def band_factors(gpu: str, base: StackParams, *, has_profile: bool, seed: int = 
         stack_borrowed: the measured engine has no profile of its own and runs under another
             stack's (a case's ``stack`` mapped in ``cases.STACK_PROFILE``): its host time is as
             unknown as without any profile, [0, 2 x the default step overhead].
+        alltoall: the deployment has a MoE all-to-all (expert parallelism with attention data
+            parallelism): how much of it two-batch overlap hides is not modelled, so the band
+            spans none (the nominal) to all of it.
     """
     from servesim.hwmodels.stacks import get_stack
     from servesim.hwmodels.stepcost import DEFAULT_STEP_OVERHEAD_S
@@ -188,6 +192,9 @@ def band_factors(gpu: str, base: StackParams, *, has_profile: bool, seed: int = 
         factors.append(Factor("comm", "TP communication",
                               base.replace(comm_eff_scale=base.comm_eff_scale * lo),
                               base.replace(comm_eff_scale=base.comm_eff_scale * hi)))
+    if alltoall:
+        factors.append(Factor("alltoall_overlap", "all-to-all overlap (two-batch overlap)",
+                              base, base.replace(alltoall_overlap_frac=1.0)))
     if vary_seed:
         factors.append(Factor("workload_seed", "workload draw", base, base, seeds=(seed + 1, seed + 2)))
     return factors, f"u = {100 * u:.1f}% ({grade})"

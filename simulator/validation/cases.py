@@ -31,17 +31,29 @@ _METRIC_UNITS = {
     "output_throughput": "tok/s", "request_throughput": "req/s", "total_token_throughput": "tok/s",
     "mean_ttft_ms": "ms", "median_ttft_ms": "ms", "mean_tpot_ms": "ms", "median_tpot_ms": "ms",
     "mean_e2el_ms": "ms", "median_e2el_ms": "ms", "mean_itl_ms": "ms", "median_itl_ms": "ms",
+    # steady-state phase throughput of a disaggregated deployment (load kinds *_step)
+    "output_throughput_per_node": "tok/s/node", "input_throughput_per_node": "tok/s/node",
 }
 _LOAD_KEYS = {
     "static": {"kind", "batch", "prompt_tokens", "output_tokens", "rounds"},
     "poisson": {"kind", "rate_per_s", "num_requests", "prompt_tokens", "output_tokens", "range_ratio"},
     "concurrency": {"kind", "clients", "num_requests", "prompt_tokens", "output_tokens", "range_ratio"},
+    # One phase of a prefill/decode-disaggregated deployment at a steady batch, as such posts
+    # measure it per node (no scheduler: the scenario has no PD disaggregation): a decode step
+    # of `batch_per_gpu` sequences per attention rank at `context_tokens`, or a prefill step of
+    # `tokens_per_gpu` tokens per rank in prompts of `prompt_tokens`; `node_gpus` per node.
+    "decode_step": {"kind", "batch_per_gpu", "context_tokens", "node_gpus"},
+    "prefill_step": {"kind", "tokens_per_gpu", "prompt_tokens", "node_gpus"},
 }
+#: Metric each step kind yields.
+_STEP_METRIC = {"decode_step": "output_throughput_per_node", "prefill_step": "input_throughput_per_node"}
 #: Load fields every case of the kind must give (``rounds`` and ``range_ratio`` are optional).
 _LOAD_REQUIRED = {
     "static": ("batch", "prompt_tokens", "output_tokens"),
     "poisson": ("rate_per_s", "num_requests", "prompt_tokens", "output_tokens"),
     "concurrency": ("clients", "num_requests", "prompt_tokens", "output_tokens"),
+    "decode_step": ("batch_per_gpu", "context_tokens", "node_gpus"),
+    "prefill_step": ("tokens_per_gpu", "prompt_tokens", "node_gpus"),
 }
 #: Serving engine measured -> the stack profile it runs under (``engine.stack``), where the
 #: engine has no profile of its own. NOTE: TurboMind (LMDeploy) is a C++ engine with no Python
@@ -50,6 +62,10 @@ STACK_PROFILE = {"turbomind": "compiled", "lmdeploy": "compiled", "tensorrt-llm"
                  # NOTE: TensorRT-LLM's static-batch benchmark (NVIDIA's H200 posts): engines run
                  # from a benchmark binary, no serving front end, as compiled.yaml describes.
                  "tensorrt-llm-static": "compiled",
+                 # NOTE: the same benchmark on TensorRT-LLM v0.5/v0.6 (the H200 launch post names
+                 # v0.5.0): generation attention in the CUDA-core masked-MHA kernels; v0.7a's
+                 # tensor-core GQA kernels (its Dec 2023 post) are what `compiled` describes.
+                 "tensorrt-llm-0.5-static": "trtllm-0.5",
                  # NOTE: the engine behind Splitwise's profiling data is not named in the data;
                  # servesim's default step-cost model, host time unknown in the bands.
                  "splitwise-profiler": "generic"}
@@ -137,6 +153,11 @@ def load_cases(path: str | Path | None = None) -> list[Case]:
         if bad:
             raise ScenarioError(f"{ctx}: load key(s) {bad} not valid for kind {kind}; valid: {sorted(_LOAD_KEYS[kind])}")
         _check_load(ctx, kind, load)
+        if kind in _STEP_METRIC and item["metric"] != _STEP_METRIC[kind]:
+            raise ScenarioError(f"{ctx}: metric {item['metric']!r} for load kind {kind}; valid: {_STEP_METRIC[kind]}")
+        if kind not in _STEP_METRIC and item["metric"] in _STEP_METRIC.values():
+            raise ScenarioError(f"{ctx}: metric {item['metric']!r} needs load kind "
+                                f"{' or '.join(k for k, v in _STEP_METRIC.items() if v == item['metric'])}")
         if not isinstance(item["scenario"], Mapping):
             raise ScenarioError(f"{ctx}: scenario must be a mapping of scenario sections")
         out.append(Case(id=str(name), source=str(item["source"]), url=str(item["url"]),
@@ -151,7 +172,8 @@ def _check_load(ctx: str, kind: str, load: Mapping[str, Any]) -> None:
     for key in _LOAD_REQUIRED[kind]:
         if key not in load:
             raise ScenarioError(f"{ctx}: load.{key} is missing (load kind {kind} needs {list(_LOAD_REQUIRED[kind])})")
-    for key in ("batch", "clients", "num_requests", "prompt_tokens", "output_tokens", "rounds"):
+    for key in ("batch", "clients", "num_requests", "prompt_tokens", "output_tokens", "rounds",
+                "batch_per_gpu", "context_tokens", "node_gpus", "tokens_per_gpu"):
         if key in load:
             v = load[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -190,6 +212,7 @@ def case_scenario(case: Case, *, quick: bool = False, seed: int = 0,
 
     load = case.load
     batch = int(load.get("batch", load.get("clients", 1)))
+    step_kind = load["kind"] in _STEP_METRIC
     base: dict[str, Any] = {
         "name": case.id,
         "seed": seed,
@@ -203,6 +226,16 @@ def case_scenario(case: Case, *, quick: bool = False, seed: int = 0,
     if "stack" in EngineCfg.model_fields:  # the stack-profile mechanism, when present
         base["engine"]["stack"] = STACK_PROFILE.get(case.stack, case.stack)
     data = _merge(base, case.scenario)
+    if step_kind:  # one step, no workload to simulate; a token stand-in keeps the schema whole
+        data["workload"] = {"name": "step", "num_requests": 1,
+                            "arrivals": {"process": "closed_loop", "num_clients": 1},
+                            "lengths": {"prompt": {"dist": "fixed", "tokens": 1},
+                                        "output": {"dist": "fixed", "tokens": 1}}}
+        if profile is not None:
+            from servesim.simulator.validation.stack import with_profile
+
+            data = with_profile(data, profile)
+        return data
     ratio = float(load.get("range_ratio", 0.0))
     lengths = {"prompt": _length(int(load["prompt_tokens"]), ratio),
                "output": _length(int(load["output_tokens"]), ratio)}
@@ -243,6 +276,8 @@ def run_case(case: Case, params: StackParams | None = None, *, quick: bool = Fal
         if params.per_request_overhead_s > 0 and data["workload"]["arrivals"]["process"] == "closed_loop":
             data["workload"]["arrivals"]["think_time_s"] = params.per_request_overhead_s
         data = apply_params(data, params, Path(tmp))
+        if case.load["kind"] in _STEP_METRIC:
+            return _run_step_case(case, data)
         try:
             res = run_scenario(scenario_from_dict(data, source=f"case {case.id}")).variants[0]
         except ScenarioError as exc:
@@ -250,6 +285,40 @@ def run_case(case: Case, params: StackParams | None = None, *, quick: bool = Fal
     metrics = simulated_metrics(res.requests, res.summary, params.per_request_overhead_s)
     value = metrics.get(case.metric, res.summary.get(case.metric))
     return float(value) if value is not None else math.nan
+
+
+def _run_step_case(case: Case, data: Mapping[str, Any]) -> float:
+    """Per-node throughput of one steady decode or prefill step (load kinds ``*_step``): the
+    step cost of the scenario's deployment (stack profile, band draws and all), every attention
+    rank carrying the stated per-GPU batch."""
+    from servesim.hwmodels.errors import ConfigError
+    from servesim.hwmodels.gpus import get_gpu
+    from servesim.hwmodels.models import get_model
+    from servesim.hwmodels.quant import get_kv_dtype, get_scheme
+    from servesim.simulator.build import _make_cost_model
+    from servesim.simulator.scenario import scenario_from_dict
+
+    try:
+        cfg = scenario_from_dict(dict(data), source=f"case {case.id}")
+        hw = cfg.hardware_groups[0]
+        scheme = get_scheme(cfg.model.quantization)
+        kv = get_kv_dtype(scheme.default_kv_dtype if cfg.model.kv_cache_dtype == "auto" else cfg.model.kv_cache_dtype)
+        cost = _make_cost_model(cfg, get_gpu(hw.gpu), get_model(cfg.model.config or cfg.model.name), scheme, kv, hw)
+    except (ScenarioError, ConfigError) as exc:
+        raise ScenarioError(f"case {case.id}: {exc}") from None
+    load = case.load
+    ranks = hw.attention_data_parallel  # each attention rank runs the per-GPU batch
+    per_gpu_group = hw.tensor_parallel * hw.pipeline_parallel / float(load["node_gpus"])  # nodes
+    if load["kind"] == "decode_step":
+        n = int(load["batch_per_gpu"]) * ranks
+        step = cost.step_time_s(num_decode_seqs=n, decode_ctx_tokens=n * int(load["context_tokens"]))
+        return n / step / per_gpu_group
+    prompt = int(load["prompt_tokens"])
+    n = int(load["tokens_per_gpu"]) // prompt * ranks
+    tokens = n * prompt
+    step = cost.step_time_s(prefill_tokens=tokens, prefill_attn_pairs=n * prompt * (prompt + 1) / 2,
+                            prefill_kv_tokens=tokens, num_prefill_seqs=n)
+    return tokens / step / per_gpu_group
 
 
 def case_band(case: Case, params: StackParams | None = None, *, quick: bool = False,
@@ -263,8 +332,10 @@ def case_band(case: Case, params: StackParams | None = None, *, quick: bool = Fa
     multi = int(hw.get("tensor_parallel", 1)) * int(hw.get("pipeline_parallel", 1)) > 1
     stack = scenario_stack(case_scenario(case, profile=profile))
     factors, _ = band_factors(str(hw.get("gpu")), base, has_profile=profile is not None, seed=seed,
-                              vary_seed=case.load["kind"] != "static", multi_gpu=multi, stack=stack,
-                              stack_borrowed=profile is None and case.stack in STACK_PROFILE)
+                              vary_seed=case.load["kind"] not in ("static", *_STEP_METRIC), multi_gpu=multi, stack=stack,
+                              stack_borrowed=profile is None and case.stack in STACK_PROFILE,
+                              alltoall=int(hw.get("expert_parallel", 1)) > 1
+                              and int(hw.get("attention_data_parallel", 1)) > 1)
     memo: dict[tuple[StackParams, int], dict[str, float]] = {}
 
     def evaluate(p: StackParams, s: int) -> dict[str, float]:

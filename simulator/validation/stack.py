@@ -18,6 +18,11 @@ parameter                  how it acts
 ``comm_eff_scale``         multiplies the GPU's scale-up (NVLink) and PCIe bandwidth, i.e. the
                            achieved all-reduce bus bandwidth of tensor parallelism. Not
                            fitted (a single-GPU file says nothing about it); the bands vary it.
+``alltoall_overlap_frac``  share of the MoE all-to-all (expert parallelism with attention data
+                           parallelism) hidden behind compute by two-batch overlap: the stack
+                           profile's field, through a derived profile file. None = the
+                           profile's own (0 in the shipped ones). Not fitted; the bands vary
+                           it from 0 to 1 on deployments with an all-to-all.
 =========================  =================================================================
 
 The efficiency scales act through a derived GPU file (same name, scaled figures) written to a
@@ -42,7 +47,7 @@ __all__ = ["StackParams", "apply_params", "check_profile", "scenario_stack", "wi
            "write_profile"]
 
 _FIELDS = ("step_overhead_s", "per_request_overhead_s", "compute_eff_scale", "bandwidth_eff_scale",
-           "comm_eff_scale")
+           "comm_eff_scale", "alltoall_overlap_frac")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +60,7 @@ class StackParams:
         compute_eff_scale: factor on the GPU's peak FLOP/s (> 0).
         bandwidth_eff_scale: factor on the GPU's HBM bandwidth (> 0).
         comm_eff_scale: factor on the GPU's scale-up and PCIe link bandwidth (> 0).
+        alltoall_overlap_frac: hidden share of the MoE all-to-all, [0, 1]; None = the profile's.
     """
 
     step_overhead_s: float | None = None
@@ -62,6 +68,7 @@ class StackParams:
     compute_eff_scale: float = 1.0
     bandwidth_eff_scale: float = 1.0
     comm_eff_scale: float = 1.0
+    alltoall_overlap_frac: float | None = None
 
     def __post_init__(self) -> None:
         if self.step_overhead_s is not None and not (0 <= self.step_overhead_s < 1):
@@ -70,6 +77,9 @@ class StackParams:
             raise ScenarioError(
                 f"per_request_overhead_s must be in [0, 60) s, got {self.per_request_overhead_s}"
             )
+        a2a = self.alltoall_overlap_frac
+        if a2a is not None and not (isinstance(a2a, int | float) and 0 <= a2a <= 1):
+            raise ScenarioError(f"alltoall_overlap_frac must be in [0, 1], got {a2a!r}")
         for name in ("compute_eff_scale", "bandwidth_eff_scale", "comm_eff_scale"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value <= 4):
@@ -95,7 +105,7 @@ class StackParams:
             raise ScenarioError(f"{where}: unknown key(s) {unknown}; valid: {', '.join(_FIELDS)}")
         values: dict[str, Any] = {}
         for key, value in data.items():
-            if value is None and key == "step_overhead_s":
+            if value is None and key in ("step_overhead_s", "alltoall_overlap_frac"):
                 values[key] = None
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
@@ -117,6 +127,11 @@ def apply_params(data: Mapping[str, Any], params: StackParams, workdir: Path) ->
         workdir: where a derived GPU file may be written.
     """
     out = dict(data)
+    if params.alltoall_overlap_frac is not None:  # the stack profile with the field replaced
+        prof = scenario_stack(out).replace(alltoall_overlap_frac=params.alltoall_overlap_frac)
+        path = Path(workdir) / f"profile-a2a-{params.alltoall_overlap_frac:.6f}.yaml"
+        path.write_text(prof.to_yaml())
+        out = with_profile(out, path)
     if params.step_overhead_s is not None:
         out["engine"] = {**dict(out.get("engine") or {}), "step_overhead_s": params.step_overhead_s}
     if (params.compute_eff_scale, params.bandwidth_eff_scale, params.comm_eff_scale) != (1.0, 1.0, 1.0):

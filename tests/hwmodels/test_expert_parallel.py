@@ -213,3 +213,22 @@ def test_lmsys_prefill_ep32(prompt: int, measured: float) -> None:
     before = 8 * 16_384 / pre(without_new_terms(StepCostModel(**DSV3, **EP32)), prompt, n)
     assert before / measured > 1.25
     assert 0.7 <= tput / measured <= 0.95
+
+
+def test_alltoall_overlap_frac_hides_that_share_of_the_alltoall() -> None:
+    """Stack field ``alltoall_overlap_frac`` (two-batch overlap, not modelled: 0 in every shipped
+    profile, varied by the bands): the all-to-all's time scales by ``1 - frac``, nothing else."""
+    from servesim.hwmodels.stacks import get_stack
+
+    def a2a_and_rest(frac: float) -> tuple[float, float]:
+        m = StepCostModel(**{**DSV3, "stack": get_stack("sglang").replace(alltoall_overlap_frac=frac)}, **EP72)
+        ops = {o.op: o.time_s for o in m.breakdown(num_decode_seqs=256 * 72, decode_ctx_tokens=256 * 72 * 2000)}
+        a2a = ops.get("alltoall", 0.0)  # no all-to-all time: no alltoall row
+        return a2a, ops["total"] - a2a
+
+    a0, r0 = a2a_and_rest(0.0)
+    a1, r1 = a2a_and_rest(0.25)
+    assert a1 == pytest.approx(0.75 * a0, rel=1e-12) and r1 == pytest.approx(r0, rel=1e-12)
+    assert a2a_and_rest(1.0)[0] == 0.0
+    with pytest.raises(ConfigError, match="alltoall_overlap_frac"):
+        get_stack("sglang").replace(alltoall_overlap_frac=1.5)

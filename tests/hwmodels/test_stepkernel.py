@@ -60,6 +60,12 @@ SHAPES: list[dict] = [
     {"model": "deepseek-v2", "gpu": "h100-sxm", "tensor_parallel": 16, "expert_parallel": 16,
      "attention_data_parallel": 4, "pipeline_parallel": 2, "scheme": "fp8", "stack": "vllm"},
     {"model": "mixtral-8x7b", "gpu": "l40s", "tensor_parallel": 8, "expert_parallel": 8, "attention_data_parallel": 8},
+    # decode attention over a quantized KV cache (stack kv_quant_decode_eff) and on CUDA cores
+    # (trtllm-0.5: GQA decode turns compute-bound), both folded into the packed coefficients
+    {"model": "llama-3.1-8b", "gpu": "h100-sxm", "scheme": "bf16", "kv_dtype": "fp8", "stack": "vllm"},
+    {"model": "llama-2-70b", "gpu": "h200", "scheme": "fp8", "kv_dtype": "fp8", "stack": "trtllm-0.5"},
+    {"model": "llama-2-13b", "gpu": "h200", "scheme": "fp8", "kv_dtype": "fp8", "stack": "trtllm-0.5"},
+    {"model": "qwen2.5-7b", "gpu": "a100-sxm4-80gb", "kv_dtype": "int8", "tensor_parallel": 2, "stack": "trtllm"},
 ]
 
 FIELDS = ("prefill_tokens", "prefill_attn_pairs", "prefill_kv_tokens", "num_prefill_seqs",

@@ -203,7 +203,7 @@ def test_bands_cover_at_least_80_percent_of_the_shipped_validation() -> None:
     The misses (docs/validation.md): LMDeploy's TP-4 Llama-2-70B runs at batch 64 (25-39 %
     fast), 4-bit AWQ decode on the RTX 4090 (40 % slow), and Splitwise's TP-8 Llama-2-70B decode
     probes (52-60 % fast: a ~20-30 ms per-step cost of the profiled engine that no stack
-    profile has). 40 of 48 covered.
+    profile has). 44 of 52 covered (the 4 LMSYS EP cases through the all-to-all overlap factor).
     """
     df = run_cases(load_cases(), quick=True, bands=True)
     assert (df["low"] <= df["predicted"]).all() and (df["predicted"] <= df["high"]).all()
@@ -248,3 +248,48 @@ def test_plan_bands_cli_gives_gpu_count_as_a_range(tmp_path: Path) -> None:
     assert row["gpus_low"] <= row["gpus_mid"] <= row["gpus_high"]
     assert row["max_rate_low"] <= row["max_rate_mid"] <= row["max_rate_high"]
     assert isinstance(row["dominant"], str) and row["dominant"]
+
+
+def test_step_loads_price_one_phase_per_node() -> None:
+    """Load kinds decode_step / prefill_step (the LMSYS PD + large-scale EP cases): the per-node
+    throughput of one steady step of the deployment, every attention rank at the per-GPU batch."""
+    from servesim.hwmodels.stepcost import StepCostModel
+
+    dec = _case("lmsys-ep72-h100-deepseek-v3-decode-b256-ctx2000")
+    m = StepCostModel(gpu="h100-sxm", model="deepseek-v3", scheme="fp8", stack="sglang", tensor_parallel=72,
+                      expert_parallel=72, attention_data_parallel=72, redundant_experts=32)
+    n = 256 * 72
+    step = m.step_time_s(num_decode_seqs=n, decode_ctx_tokens=n * 2000)
+    assert run_case(dec) == pytest.approx(n / step / 9.0, rel=1e-12)
+    pre = _case("lmsys-ep32-h100-deepseek-v3-prefill-p4096")
+    assert 0.7 <= run_case(pre) / pre.reference <= 0.95  # two-batch overlap not modelled
+
+
+@pytest.mark.parametrize(("load", "metric", "message"), [
+    ({"kind": "decode_step", "batch_per_gpu": 8, "node_gpus": 8}, "output_throughput_per_node",
+     "load.context_tokens is missing"),
+    ({"kind": "decode_step", "batch_per_gpu": 8, "context_tokens": 100, "node_gpus": 8}, "output_throughput",
+     "metric 'output_throughput' for load kind decode_step"),
+    ({"kind": "static", "batch": 2, "prompt_tokens": 8, "output_tokens": 8}, "input_throughput_per_node",
+     "needs load kind prefill_step"),
+    ({"kind": "prefill_step", "tokens_per_gpu": 0, "prompt_tokens": 8, "node_gpus": 8}, "input_throughput_per_node",
+     "load.tokens_per_gpu 0 must be a whole number >= 1"),
+])
+def test_bad_step_loads_are_one_line_errors(tmp_path: Path, load: dict[str, Any], metric: str, message: str) -> None:
+    bad = invoke("validate", "--cases", _table(tmp_path, load, metric))
+    assert bad.exit_code == 2 and message in bad.output, bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_alltoall_deployments_get_an_overlap_factor() -> None:
+    """EP + DP attention cases: the band spans no overlap (nominal) to the whole all-to-all
+    hidden; other cases have no such factor."""
+    factors, _ = band_factors("h100-sxm", StackParams(), has_profile=False, multi_gpu=True, alltoall=True)
+    (f,) = [f for f in factors if f.name == "alltoall_overlap"]
+    assert f.low == StackParams() and f.high.alltoall_overlap_frac == 1.0
+    plain, _ = band_factors("h100-sxm", StackParams(), has_profile=False, multi_gpu=True)
+    assert all(f.name != "alltoall_overlap" for f in plain)
+    band = case_band(_case("lmsys-ep72-h100-deepseek-v3-decode-b256-ctx2000"))
+    assert band.dominant == "all-to-all overlap (two-batch overlap)" and band.high > 1.8 * band.mid
+    with pytest.raises(Exception, match="alltoall_overlap_frac"):
+        StackParams(alltoall_overlap_frac=2.0)
