@@ -230,7 +230,9 @@ def _cache_computed(ri, rq, kva, pk, req, slot, total, now_s):
         o_ok = H_HEADER + K_APCOK * ri[H_S] + slot
         ri[o_ok] = _prefix.apc_cache(kva, slot, _keys(rq, pk, req, n), n, ri[o_ok])
         return
-    _blocks.cache_blocks(kva, slot, _keys(rq, pk, req, n), n, now_s)
+    # Radix: a request passes the same keys on every call, so the insert resumes below
+    # its locked prefix.
+    _blocks.cache_blocks_resumed(kva, slot, _keys(rq, pk, req, n), n, now_s)
 
 
 @njit(cache=True)

@@ -1390,14 +1390,31 @@ def cache_blocks(arena, s, keys, n, now_s):
     if arena[C_APC] == 1:
         _apc_insert(arena, s, keys, n)
         return
+    _radix_cache(arena, s, keys, n, now_s, False)
+
+
+@njit(cache=True)
+def cache_blocks_resumed(arena, s, keys, n, now_s):
+    """Radix :func:`cache_blocks` for a caller that passes seq ``s`` the same page keys on
+    every call (a request's identity): ``keys`` agree with the seq's locked prefix, which
+    holds its first pages as tree blocks (shared at admission or swapped in by an earlier
+    insert), cannot be evicted, and keeps its node id and edge end through splits; walking
+    it again matches every page and changes nothing, so the insert resumes below it.
+    (A manager's caller may pass other keys, e.g. a fork's own identity: not resumable.)
+    """
+    if n <= 0:
+        return
+    _radix_cache(arena, s, keys, n, now_s, True)
+
+
+@njit(cache=True)
+def _radix_cache(arena, s, keys, n, now_s, resume):
+    """SGLang's ``cache_unfinished_req`` (see :func:`cache_blocks`)."""
     seq_node = _f32(arena, O_SEQ_NODE, arena[C_S])
     old = seq_node[s]
-    # NOTE(speed): the seq's locked prefix (root -> ``old``) holds its first pages as tree
-    # blocks (shared at admission or swapped in by an earlier insert) and cannot be evicted;
-    # a split keeps ``old``'s id on the lower part, so its edge still ends at the same page.
-    # Walking it again matches every page and changes nothing: resume below it.
-    depth = 0
-    if old > 0:
+    depth = n + 1
+    if resume:
+        depth = 0
         edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
         parent = _f32(arena, O_PARENT, arena[C_NN])
         u = old
