@@ -96,7 +96,10 @@ TABLE_CONFIGS = (
     ("sarathi", "paged", "recompute"),
     ("orca", "paged", "recompute"),
     ("orca", "contiguous", "recompute"),
+    ("orca", "contiguous", "swap"),
     ("static", "contiguous", "recompute"),
+    ("static", "paged", "recompute"),
+    ("sarathi", "paged", "swap"),
     ("sglang", "radix", "recompute"),
     ("vllm", "radix", "recompute"),
 )

@@ -13,6 +13,10 @@ per-request loop. The model (details and sources in ``docs/step-cost.md``):
 * Attention: prefill is FlashAttention-style compute over ``prefill_attn_pairs`` (query, key)
   pairs plus one read of the chunks' KV; decode reads every decoding sequence's KV once
   (``decode_ctx_tokens x`` KV bytes per token per layer, at the KV dtype; MLA reads the latent).
+  Over an 8/4-bit cache the decode kernel reaches the stack's ``kv_quant_decode_eff`` of the
+  16-bit kernel's bandwidth (dequantization in the kernel); stacks whose decode attention runs
+  on CUDA cores (``decode_attn_tensor_cores: false``) price its FLOPs at
+  ``roofline.CUDA_CORE_ATTN_EFF_FRAC`` of the FP32 peak (GQA decode turns compute-bound).
 * Elementwise kernels (``norm``: add+RMSNorm, RoPE, activation) are memory-bound.
 * Tensor parallel: GEMMs and heads are sharded; two all-reduces per layer, each the GPU's
   measured all-reduce time at that message size and TP size (interpolated; past the measured

@@ -332,37 +332,42 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
     n_stages = int(cf[P_NUM_STAGES])
     stage_pos = P_HEADER + int(cf[P_NUM_GRAPH]) + 3 * int(cf[P_AR_NPTS])
     pos = stage_pos + n_stages * n_kinds
-    layer_t = np.zeros(n_kinds)
-    layer_c = np.zeros(n_kinds)
-    layer_m = np.zeros(n_kinds)
-    counts = np.zeros(n_kinds)
-    a2a_k = np.zeros(n_kinds)
+    # Each sum over kinds accumulates in kind order as the reference's loops do; the layer
+    # times are kept only for the per-stage sums (no allocation per step without pipelining).
+    layer_t = np.zeros(n_kinds if n_stages > 1 else 0)
+    total = 0.0
+    comp = 0.0
+    mem = 0.0
+    kv = 0.0
+    comm = 0.0
     for kd in range(n_kinds):
-        counts[kd] = cf[pos]
+        count = cf[pos]
         n_gemms = int(cf[pos + 1])
         if pf > 0.0:
-            a2a_k[kd] = cf[pos + 4] + cf[pos + 5] * Tg
+            a2a = cf[pos + 4] + cf[pos + 5] * Tg
         else:
-            a2a_k[kd] = cf[pos + 2] + cf[pos + 3] * Tg
+            a2a = cf[pos + 2] + cf[pos + 3] * Tg
         pos += KIND_FIELDS
         layer = common
-        comp = a_comp
-        mem = t_ew
+        l_comp = a_comp
+        l_mem = t_ew
         for _g in range(n_gemms):
             tc, tm = _gemm_s(cf, pos, Tg, Tm, mp, tiles, tile, bh)
             pos += GEMM_FIELDS
             t = launch + (tc if tc > tm else tm)
             layer = layer + t
             t_c = t * (1.0 if tc >= tm else 0.0)
-            comp = comp + t_c
-            mem = mem + (t - t_c)
-        layer = layer + a2a_k[kd]
-        layer_t[kd] = layer
-        layer_c[kd] = comp
-        layer_m[kd] = mem
-    total = 0.0
-    for kd in range(n_kinds):
-        total = total + counts[kd] * layer_t[kd]
+            l_comp = l_comp + t_c
+            l_mem = l_mem + (t - t_c)
+        layer = layer + a2a
+        if n_stages > 1:
+            layer_t[kd] = layer
+        total = total + count * layer
+        comp = comp + count * l_comp
+        mem = mem + count * l_mem
+        kv = kv + count * a_kv
+        comm = comm + count * t_ar
+        comm = comm + count * a2a
     rows = num_prefill_seqs + ndec
     t_h = 0.0
     head_c = 0.0
@@ -377,16 +382,6 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
     p2p = cf[P_P2P_CONST] + cf[P_P2P_PER_TOKEN] * Tg
     total = total + cf[P_PP_MINUS_1] * p2p
     over = cf[P_OVERHEAD] + cf[P_OVERHEAD_PER_SEQ] * rows
-    comp = 0.0
-    mem = 0.0
-    kv = 0.0
-    comm = 0.0
-    for kd in range(n_kinds):
-        comp = comp + counts[kd] * layer_c[kd]
-        mem = mem + counts[kd] * layer_m[kd]
-        kv = kv + counts[kd] * a_kv
-        comm = comm + counts[kd] * t_ar
-        comm = comm + counts[kd] * a2a_k[kd]
     comp = comp + head_c
     mem = mem + (t_h - head_c)
     comm = comm + cf[P_PP_MINUS_1] * p2p

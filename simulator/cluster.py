@@ -18,19 +18,19 @@ Routers (``router.policy``):
 
 from __future__ import annotations
 
-import heapq
-import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simpy
 from simpy.core import URGENT
 
-from servesim.simulator.engine import Replica
 from servesim.simulator.errors import UnknownNameError
 from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN, REJECT_SEQS, ReqState
 from servesim.simulator.results import Recorder
+
+if TYPE_CHECKING:
+    from servesim.simulator.reference import ReferenceReplica as Replica
 
 ROUTERS = ("round_robin", "least_outstanding", "least_kv_load", "prefix_affinity")
 
@@ -89,7 +89,6 @@ class Cluster:
         self._dep_ids = order.astype(np.int64)
         self._open = np.flatnonzero(deps < 0)
         self._arrival = np.asarray(workload.arrival_s, dtype=np.float64)
-        self._open_times: list[float] | None = None  # built on first use (Python replicas only)
         self._num_open = len(self._open)
         self._think = np.asarray(workload.think_time_s, dtype=np.float64)
         self._prompt = np.asarray(workload.prompt_tokens, dtype=np.int64)
@@ -99,35 +98,9 @@ class Cluster:
         self._offsets = np.asarray(workload.prefix_offsets, dtype=np.int64)
         self._ids = np.asarray(workload.prefix_block_ids, dtype=np.int64)
         self._block_tokens = int(workload.block_tokens)
-        self._open_pos = 0
-        self._pending_releases: list[float] = []
 
     def add_replica(self, replica: Replica) -> None:
         self.replicas.append(replica)
-        replica._arrival_hint = self.next_arrival_s
-
-    def next_arrival_s(self) -> float:
-        """A time before which no replica is likely to receive a request: the earliest
-        known dependent release, or the open arrival as many ahead as there are replicas
-        (with several replicas, the next arrival usually goes elsewhere).
-
-        Replicas bound fast-forwarded stretches with it, only to save computing steps that an
-        arrival would cut off; an arrival routed to a replica mid-stretch interrupts it
-        exactly whatever the bound.
-        """
-        now = self.env.now
-        heap = self._pending_releases
-        while heap and heap[0] <= now:
-            heapq.heappop(heap)
-        t = heap[0] if heap else math.inf
-        pos = self._open_pos + len(self.replicas) - 1
-        if pos < self._num_open:
-            if self._open_times is None:
-                self._open_times = self._arrival[self._open].tolist()
-            t_open = self._open_times[pos]
-            if t_open < t:
-                t = t_open
-        return t
 
     def start(self) -> None:
         self.env.process(self._open_arrivals())
@@ -142,7 +115,6 @@ class Cluster:
             yield _urgent_timeout(env, t - env.now)
             while i < n and times[i] <= t:
                 i += 1
-                self._open_pos = i
                 self._release(int(self._open[i - 1]), float(times[i - 1]))
 
     def on_finish(self, idx: int, t_s: float) -> None:
@@ -150,7 +122,6 @@ class Cluster:
         lo, hi = self._dep_offsets[idx], self._dep_offsets[idx + 1]
         for dep in self._dep_ids[lo:hi].tolist():
             t_rel = t_s + float(self._think[dep])
-            heapq.heappush(self._pending_releases, t_rel)
             ev = _urgent_timeout(self.env, t_rel - self.env.now)
             ev.callbacks.append(lambda _ev, d=dep, t=t_rel: self._release(d, t))
 

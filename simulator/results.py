@@ -443,12 +443,24 @@ class Recorder:
                 num_decode_seqs=inp("in_decode_seqs"),
                 decode_ctx_tokens=inp("in_ctx_tokens"),
             )
-            r = len(sel)
-            parts = np.stack([np.asarray(getattr(c, f), dtype=np.float64) * np.ones(r) for f in _SPLIT_COLS], axis=1)
-            parts[:, 3] += inp("swap_s")
-            total = parts.sum(axis=1)
-            total[total == 0] = 1.0
-            out[lo + sel] = parts * (cols["duration_s"][sel] / total)[:, None]
+            self._scale_split(out, lo + sel, [getattr(c, f) for f in _SPLIT_COLS], inp("swap_s"),
+                              cols["duration_s"][sel])
+
+    @staticmethod
+    def _scale_split(out: npt.NDArray[np.float32], rows: Any, parts_s: list[Any], swap_s: npt.NDArray[np.float64],
+                     duration_s: npt.NDArray[np.float64]) -> None:
+        """The split by bound (``parts_s``, the cost model's five fields, with the swap time
+        added to communication) scaled to each step's duration, into ``out[rows]``."""
+        r = len(duration_s)
+        parts = np.stack([np.asarray(p, dtype=np.float64) * np.ones(r) for p in parts_s], axis=1)
+        parts[:, 3] += swap_s
+        # Left to right, spelled out: the compiled loop adds the parts in this order as each
+        # step commits (``simulator.compiled._cost.scale_split``).
+        total = parts[:, 0] + parts[:, 1]
+        for j in range(2, len(parts_s)):
+            total += parts[:, j]
+        total[total == 0] = 1.0
+        out[rows] = parts * (duration_s / total)[:, None]
 
     def steps_frame(self) -> pd.DataFrame:
         """The per-step timeline, with the step time split by bound.
@@ -571,16 +583,29 @@ class Recorder:
             rid, _first, cols = chunks[i]
             chunks[i] = (rid, _first, {})  # the only other reference: released after this
             m = len(cols["t_s"])
-            rows = pos[offsets[i] : offsets[i] + m]
+            rows: Any = pos[offsets[i] : offsets[i] + m]
+            if rows[-1] - rows[0] == m - 1:
+                # A chunk's rows keep their order (a stable sort of a time-ordered replica),
+                # so this span is exactly rows[0]..rows[-1]: copy it as a slice (one replica,
+                # or a stretch no other replica steps in).
+                rows = slice(int(rows[0]), int(rows[0]) + m)
             cols["replica_id"] = np.full(m, rid, dtype=np.int32)
             for name in _STEP_DTYPES:
-                if name != "step":
+                if name == "replica_id" and isinstance(rows, slice):
+                    frame[name][rows] = rid
+                elif name != "step":
                     frame[name][rows] = cols[name] if name in cols else 0
-            split = np.empty((m, len(_SPLIT_COLS)), np.float32)
-            self._split_into(split, 0, cols, m)
-            for j, c in enumerate(_SPLIT_COLS):
-                frame[c][rows] = split[:, j]
-            del cols, split, rows
+            if _SPLIT_COLS[0] in cols:
+                # The kernel recorded each step's split as it ran: no cost-model call here.
+                for c in _SPLIT_COLS:
+                    frame[c][rows] = cols[c]
+            else:
+                split = np.empty((m, len(_SPLIT_COLS)), np.float32)
+                self._split_into(split, 0, cols, m)
+                for j, c in enumerate(_SPLIT_COLS):
+                    frame[c][rows] = split[:, j]
+                del split
+            del cols, rows
         self._frame = pd.DataFrame(frame, copy=False)
         self._frame_rows = self._num_rows
         return self._frame

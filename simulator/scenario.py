@@ -307,17 +307,15 @@ class EngineCfg(_Cfg):
     )
     fast_forward: bool = Field(
         True,
-        description="Advance through stretches of decode-only steps in one go (identical "
-        "results, much faster).",
+        description="No effect; accepted so that older scenarios still load (it was a knob of the "
+        "removed second Python engine, whose results never depended on it).",
     )
     loop: Literal["auto", "compiled", "python", "reference"] = Field(
         "auto",
-        description="Which replica loop runs: 'compiled' (numba; vllm, sarathi or orca on paged KV, "
-        "recompute preemption, roofline costs, no fan-out or dependent requests), 'python' "
-        "(every configuration), 'reference' (the plain step-at-a-time replica the others are "
-        "tested against; every configuration, slowest), or 'auto' (compiled when supported and "
-        "fast_forward is on). All give the same results; compiled was 3.5-15x faster in the "
-        "benchmarks.",
+        description="Which replica loop runs: 'compiled' (the numba kernel family; every "
+        "configuration), 'reference' (the plain step-at-a-time Python replica the compiled loop "
+        "is tested against, bit for bit; slowest), 'python' (alias of 'reference', kept for "
+        "older scenarios), or 'auto' (= compiled). Both loops give identical results.",
     )
     max_sim_time_s: Annotated[float, Field(gt=0, le=1e10)] | None = Field(
         None, description="Stop the simulation at this simulated time; null = run to the end."

@@ -14,7 +14,9 @@ SimPy still runs the event loop: arrivals (and the router) are SimPy events exac
 the Python engine. A replica is advanced lazily: when a request is routed to it (or, for a
 router that reads replica state, when any request arrives), :func:`_loop.advance` commits
 its steps that end before the arrival, plans each next step as the previous one ends, and
-queues the request. Per-step and per-token work is compiled; no step is a SimPy event.
+queues the request. Per-step and per-token work is compiled; no step is a SimPy event,
+except with dependent requests, where each step end is one (:class:`CompiledCluster`), so
+that a finish releases its dependents at the reference's moment.
 """
 
 from servesim.simulator.compiled.replica import CompiledCluster, CompiledReplica, unsupported_reason

@@ -101,6 +101,24 @@ class ContiguousKVCache(KVCacheManager):
         res = self.reservation_slots(prompt_tokens, final_tokens)
         return final_tokens <= res and max(num_seqs, 1) * res <= self.capacity_tokens
 
+    def fits_ever_many(
+        self, prompt_tokens: npt.NDArray[np.int64], final_tokens: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.bool_]:
+        """:meth:`fits_ever` of many single-sequence requests at once (vectorised)."""
+        f = np.asarray(final_tokens, dtype=np.int64)
+        if self.reservation == "max":
+            res = np.full(f.shape, self.max_seq_len, dtype=np.int64)
+        elif self.reservation == "pow2":
+            x = np.maximum(f - 1, 0)
+            bits = np.zeros_like(x)
+            while (x > 0).any():  # int.bit_length, at most 63 rounds
+                bits += x > 0
+                x >>= 1
+            res = np.minimum(np.left_shift(1, bits), self.max_seq_len)
+        else:
+            res = f
+        return (f <= res) & (res <= self.capacity_tokens)
+
     def match_prefix(
         self, block_ids: npt.NDArray[np.int64] | None, block_tokens: int, prompt_tokens: int
     ) -> int:

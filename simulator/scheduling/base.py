@@ -4,14 +4,15 @@ A scheduler decides, at the start of each step, which prompt chunks to compute a
 sequences decode, admitting and preempting through the replica. One module per policy
 (``static``, ``orca``, ``vllm``, ``sarathi``, ``sglang``) subclasses :class:`Scheduler`.
 
-Contract with the replica (``simulator.engine.Replica``):
+Contract with the replica (``simulator.reference.ReferenceReplica``):
 
 * ``schedule(now_s)`` returns a :class:`StepPlan`. Memory for everything in the plan has
   already been obtained (prefill chunks and one decode token per decoding sequence), so the
   step cannot fail.
-* ``plan.stretchable`` says that, until the next arrival or finish, every following step
-  would be the same decode-only step with nothing admitted: the replica may then fast-forward
-  through a stretch of such steps in one go (``docs/engine.md``).
+
+These classes are the reference's schedulers; the compiled loop carries each policy as a
+branch of ``simulator/compiled/_loop.py`` (``_plan``, ``_plan_static``), held equal to them
+by ``tests/engine/test_reference.py`` (``docs/engine.md``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy.typing as npt
 from servesim.simulator.request import DECODE, PREFILL, ReqState
 
 if TYPE_CHECKING:
-    from servesim.simulator.engine import Replica
+    from servesim.simulator.reference import ReferenceReplica as Replica
 
 
 #: The empty decode batch (read-only, shared).
@@ -59,10 +60,6 @@ class StepPlan:
     padding_prefill_tokens: int = 0
     num_preemptions: int = 0
     swap_bytes: float = 0.0
-    stretchable: bool = False
-    # A stretch must stop before a step starting at or after this time (policy clocks such
-    # as SGLang's starvation guard).
-    stretch_until_s: float = float("inf")
 
     @property
     def is_empty(self) -> bool:
@@ -191,12 +188,6 @@ class Scheduler(ABC):
         budget = self._continue_prefills(plan, budget_tokens - len(plan.decode_slots), now_s)
         if not self.replica.swapped:
             self._admit_waiting(plan, budget, now_s, chunked=chunked)
-        plan.stretchable = (
-            not plan.prefill
-            and plan.num_preemptions == 0
-            and plan.swap_bytes == 0
-            and not self.replica.has_pending_prefill()
-        )
         return plan
 
     def _pick_victim(self) -> ReqState | None:

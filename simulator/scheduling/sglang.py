@@ -39,16 +39,9 @@ class SglangScheduler(Scheduler):
 
     def schedule(self, now_s: float) -> StepPlan:
         plan = StepPlan()
-        rep = self.replica
         budget = self._continue_prefills(plan, self.max_num_batched_tokens, now_s)
         self._admit_waiting(plan, budget, now_s, order=self._order(now_s), chunked=True)
         if plan.prefill:
             return plan
         self._decode_with_preemption(plan, now_s)
-        plan.stretchable = plan.num_preemptions == 0 and not rep.has_pending_prefill()
-        # The guard reorders the queue when a request crosses the starvation limit.
-        pending = [r.arrival_s + self.starvation_limit_s for r in rep.waiting]
-        future = [t for t in pending if t > now_s]
-        if future:
-            plan.stretch_until_s = min(future)
         return plan

@@ -65,5 +65,4 @@ class StaticScheduler(Scheduler):
         padding = [r for r in rep.running if r.phase == DONE]
         plan.padding_seqs = sum(len(r.slots) for r in padding)
         plan.padding_ctx_tokens = sum(int(rep.ctx_tokens[s]) for r in padding for s in r.slots)
-        plan.stretchable = plan.num_preemptions == 0
         return plan

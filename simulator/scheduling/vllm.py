@@ -25,9 +25,6 @@ class VllmScheduler(Scheduler):
             # Nothing to admit, swap in or continue: a decode step (the general path below
             # would come to the same plan).
             self._decode_with_preemption(plan, now_s)
-            plan.stretchable = (
-                plan.num_preemptions == 0 and plan.swap_bytes == 0 and not rep.has_pending_prefill()
-            )
             return plan
         still_swapped = self._swap_in(plan, now_s)
         if not still_swapped:
@@ -36,7 +33,4 @@ class VllmScheduler(Scheduler):
         if plan.prefill:
             return plan
         self._decode_with_preemption(plan, now_s)
-        # Nothing can be admitted until a request finishes or arrives: memory only shrinks
-        # while decoding, and the seat count does not change.
-        plan.stretchable = plan.num_preemptions == 0 and plan.swap_bytes == 0 and not rep.has_pending_prefill()
         return plan

@@ -13,7 +13,6 @@ import simpy
 from servesim.hwmodels.stepkernel import kernel_pack
 from servesim.simulator.cluster import Cluster
 from servesim.simulator.compiled import CompiledCluster, CompiledReplica
-from servesim.simulator.engine import Replica
 from servesim.simulator.memory import make_kv_manager
 from servesim.simulator.reference import ReferenceReplica
 from servesim.simulator.results import Recorder, summarize
@@ -67,6 +66,25 @@ class LinearCost:
         )
 
 
+class CurvedTimer:
+    """A pure, non-linear operator timer (the cycle model's interface, none of its cost): a
+    ``StepCostModel`` with it has no packed form, so the compiled loop costs its steps through
+    the facade's memo."""
+
+    def gemm_time_s(self, m: int, n: int, k: int, compute_type: str, weight_bits: int) -> float:
+        return 3e-6 + n * k * (weight_bits / 16) * (m**0.61 + 7.0) * 1e-15 + (m % 17) * 1e-8
+
+    def decode_attention_time_s(self, batch: int, context_tokens: int, num_heads: int, num_kv_heads: int,
+                                head_dim: int, kv_bytes_per_elem: float, block_size: int) -> float:
+        return 2e-6 + batch * math.sqrt(context_tokens) * num_kv_heads * head_dim * kv_bytes_per_elem * 1e-12
+
+    def prefill_attention_time_s(self, batch: int, query_tokens: int, num_heads: int, num_kv_heads: int,
+                                 head_dim: int, context_tokens: int | None = None,
+                                 kv_bytes_per_elem: float = 2) -> float:
+        ctx = query_tokens if context_tokens is None else context_tokens
+        return 4e-6 + batch * query_tokens * ctx**0.9 * num_heads * head_dim * 1e-15
+
+
 def workload(arrival_s, prompt, output, **kw: Any) -> Workload:
     return Workload.from_arrays(
         name="test",
@@ -92,24 +110,23 @@ def simulate(
     reservation: str = "max",
     max_seq_len: int = 256,
     kv_sharing: bool = True,
-    fast_forward: bool = True,
     replicas: int = 1,
     router: str = "round_robin",
     cost: Any = None,
     swap_space_bytes: float = 1e12,
     watermark_frac: float = 0.0,
-    loop: str = "python",
+    loop: str = "reference",
     until_s: float | None = None,
     prefix_caching: bool = False,
     starvation_limit_s: float = 5.0,
 ) -> SimpleNamespace:
     """Run ``wl`` on ``replicas`` identical replicas; return requests/steps frames and objects.
 
-    ``loop="reference"`` runs the plain reference replica (``simulator.reference``);
-    ``loop="compiled"`` runs the compiled loop (vllm/sarathi/orca on paged KV; ``cost`` a roofline
-    ``StepCostModel``); ``until_s`` stops the run there (``engine.max_sim_time_s``);
-    ``prefix_caching`` turns on vLLM v1's automatic prefix caching (paged only);
-    ``starvation_limit_s`` is SGLang's starvation guard.
+    ``loop="reference"`` (the default) runs the plain reference replica (``simulator.reference``);
+    ``loop="compiled"`` runs the compiled loop (any ``cost``: packed when it has a packed form,
+    else through the step-cost memo); ``until_s`` stops the run there
+    (``engine.max_sim_time_s``); ``prefix_caching`` turns on vLLM v1's automatic prefix
+    caching (paged only); ``starvation_limit_s`` is SGLang's starvation guard.
     """
     cost = cost or LinearCost()
     env = simpy.Environment()
@@ -119,9 +136,8 @@ def simulate(
         env, workload=wl, router=router, recorder=rec, max_model_len_tokens=max_seq_len
     )
     cls = scheduler_class(policy)
-    pack = kernel_pack(cost) if compiled else None
-    if compiled and pack is None:
-        raise ValueError("the compiled loop needs a roofline StepCostModel")
+    # A model without a packed form (the cycle model, LinearCost) is costed through a memo.
+    pack = kernel_pack(cost) if compiled and hasattr(cost, "packed") else None
     reps = []
     for i in range(replicas):
         kv = make_kv_manager(
@@ -140,12 +156,15 @@ def simulate(
                 replica_id=i, kv=kv, cost_pack=pack, cost=cost, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens, slots=max_num_seqs + 1,
                 policy=policy, chunk_size_tokens=chunk_size_tokens, starvation_limit_s=starvation_limit_s,
-                rq=cluster.rq, rqf=cluster.rqf,
+                kv_sharing=kv_sharing, rq=cluster.rq, rqf=cluster.rqf,
+                preemption=preemption, swap_space_bytes=swap_space_bytes, kv_bytes_per_token_per_gpu=1000.0,
+                pcie_bw_bytes_per_s=1e6,
             )
             cluster.add_replica(crep)
             reps.append(crep)
             continue
-        rep = (ReferenceReplica if loop == "reference" else Replica)(
+        assert loop == "reference", loop
+        rep = ReferenceReplica(
             env,
             replica_id=i,
             kv=kv,
@@ -163,7 +182,6 @@ def simulate(
             kv_bytes_per_token_per_gpu=1000.0,
             pcie_bw_bytes_per_s=1e6,
             swap_space_bytes=swap_space_bytes,
-            fast_forward=fast_forward,
             kv_sharing=kv_sharing,
             static_batching=policy == "static",
             on_finish=cluster.on_finish,

@@ -12,8 +12,8 @@ def times(res, col):
     return res.requests[col].tolist()
 
 
-@pytest.mark.parametrize("ff", [True, False])
-def test_vllm_prefill_first_pauses_decodes(ff: bool) -> None:
+@pytest.mark.parametrize("loop", ["reference", "compiled"])
+def test_vllm_prefill_first_pauses_decodes(loop: str) -> None:
     """Step = 1 s + 0.25 s per prefill token.
 
     r0 (prompt 4, out 3) arrives at 0, r1 (prompt 8, out 2) at 0.5.
@@ -22,7 +22,7 @@ def test_vllm_prefill_first_pauses_decodes(ff: bool) -> None:
     ITL samples: r0 6-2=4 and 7-6=1; r1 6-5=1.
     """
     wl = workload([0.0, 0.5], [4, 8], [3, 2])
-    res = simulate(wl, policy="vllm", cost=LinearCost(1.0, 0.25, 0.0), fast_forward=ff)
+    res = simulate(wl, policy="vllm", cost=LinearCost(1.0, 0.25, 0.0), loop=loop)
     assert times(res, "first_token_s") == [2.0, 5.0]
     assert times(res, "finish_s") == [7.0, 6.0]
     assert times(res, "ttft_ms") == [2000.0, 4500.0]
@@ -33,8 +33,8 @@ def test_vllm_prefill_first_pauses_decodes(ff: bool) -> None:
     assert res.steps["decode_tokens"].tolist() == [0, 0, 2, 1]
 
 
-@pytest.mark.parametrize("ff", [True, False])
-def test_sarathi_chunked_prefill_is_stall_free(ff: bool) -> None:
+@pytest.mark.parametrize("loop", ["reference", "compiled"])
+def test_sarathi_chunked_prefill_is_stall_free(loop: str) -> None:
     """Sarathi, budget 6 tokens per step; same requests and cost as above.
 
     [0,2] r0 prompt (4). [2,4.25] r0 decode + r1 chunk 5. [4.25,6] r0 decode (done, 3 tokens)
@@ -42,7 +42,7 @@ def test_sarathi_chunked_prefill_is_stall_free(ff: bool) -> None:
     """
     wl = workload([0.0, 0.5], [4, 8], [3, 2])
     res = simulate(
-        wl, policy="sarathi", chunk_size_tokens=6, cost=LinearCost(1.0, 0.25, 0.0), fast_forward=ff
+        wl, policy="sarathi", chunk_size_tokens=6, cost=LinearCost(1.0, 0.25, 0.0), loop=loop
     )
     assert times(res, "first_token_s") == [2.0, 6.0]
     assert times(res, "finish_s") == [6.0, 7.0]
@@ -52,8 +52,8 @@ def test_sarathi_chunked_prefill_is_stall_free(ff: bool) -> None:
     assert (res.steps["prefill_tokens"] + res.steps["decode_tokens"]).max() <= 6
 
 
-@pytest.mark.parametrize("ff", [True, False])
-def test_vllm_recompute_preemption(ff: bool) -> None:
+@pytest.mark.parametrize("loop", ["reference", "compiled"])
+def test_vllm_recompute_preemption(loop: str) -> None:
     """Paged, 4 blocks of 4 tokens, no watermark, 1 s per step; r0, r1: prompt 4, out 8 at 0.
 
     [0,1] prefill both (1 block each). Decodes grow ctx 4->8 over [1,5] (2 blocks each: pool
@@ -63,7 +63,7 @@ def test_vllm_recompute_preemption(ff: bool) -> None:
     [9,11] tokens 7, 8: done at 11.
     """
     wl = workload([0.0, 0.0], [4, 4], [8, 8])
-    res = simulate(wl, policy="vllm", capacity_tokens=16, block_size_tokens=4, fast_forward=ff)
+    res = simulate(wl, policy="vllm", capacity_tokens=16, block_size_tokens=4, loop=loop)
     assert times(res, "first_token_s") == [1.0, 1.0]
     assert times(res, "finish_s") == [8.0, 11.0]
     assert res.requests["num_preemptions"].tolist() == [0, 1]
@@ -71,8 +71,8 @@ def test_vllm_recompute_preemption(ff: bool) -> None:
     assert res.steps["prefill_tokens"].tolist()[-3] == 8
 
 
-@pytest.mark.parametrize("ff", [True, False])
-def test_static_batch_runs_until_its_last_request(ff: bool) -> None:
+@pytest.mark.parametrize("loop", ["reference", "compiled"])
+def test_static_batch_runs_until_its_last_request(loop: str) -> None:
     """Static, max 2 seqs, 1 s per step. r0 (out 2) and r1 (out 4) at 0, r2 (out 1) at 0.5.
 
     Batch {r0, r1}: [0,1] prefill, decodes [1,4]; r0 is padding from 2; both return at 4.
@@ -85,7 +85,7 @@ def test_static_batch_runs_until_its_last_request(ff: bool) -> None:
         kv_kind="contiguous",
         reservation="max",
         max_num_seqs=2,
-        fast_forward=ff,
+        loop=loop,
     )
     assert times(res, "first_token_s") == [1.0, 1.0, 5.0]
     assert times(res, "finish_s") == [4.0, 4.0, 5.0]
@@ -93,8 +93,8 @@ def test_static_batch_runs_until_its_last_request(ff: bool) -> None:
     assert res.steps["decode_tokens"].tolist() == [0, 2, 1, 1, 0]
 
 
-@pytest.mark.parametrize("ff", [True, False])
-def test_orca_contiguous_reservation_limits_the_batch(ff: bool) -> None:
+@pytest.mark.parametrize("loop", ["reference", "compiled"])
+def test_orca_contiguous_reservation_limits_the_batch(loop: str) -> None:
     """Orca + contiguous ``max`` (64 slots each) on 128 slots: only two requests run at once.
 
     Three requests (prompt 4, out 3) at 0; 1 s per step. r0, r1 prefill [0,1], decode [1,3];
@@ -108,7 +108,7 @@ def test_orca_contiguous_reservation_limits_the_batch(ff: bool) -> None:
         reservation="max",
         capacity_tokens=128,
         max_seq_len=64,
-        fast_forward=ff,
+        loop=loop,
     )
     assert times(res, "finish_s") == [3.0, 3.0, 6.0]
     assert res.requests["first_scheduled_s"].tolist() == [0.0, 0.0, 3.0]
@@ -134,7 +134,7 @@ def test_fanout_wider_than_max_num_seqs_is_rejected() -> None:
     """A group of 3 parallel samples on a replica with 2 seats could never be admitted: it is
     rejected at arrival (it used to wait until the run ended), and the others run."""
     wl = workload([0.0, 0.0, 0.0], [4, 4, 4], [2, 2, 2], num_samples=[1, 3, 2])
-    for loop in ("python", "reference"):
+    for loop in ("compiled", "reference"):
         res = simulate(wl, max_num_seqs=2, loop=loop)
         assert res.requests["status"].tolist() == ["completed", "rejected", "completed"]
         assert res.requests["reject_reason"].tolist() == ["", "exceeds_max_num_seqs", ""]

@@ -21,9 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from servesim.hwmodels.stepcost import StepCostModel
-from tests.engine.helpers import LinearCost, simulate, workload
+from tests.engine.helpers import CurvedTimer, LinearCost, simulate, workload
 
 COST = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b")
+#: A model without a packed form (an op timer, as the cycle model): the compiled loop asks the
+#: facade for each new step shape's cost (NEED_COST) and memoises it.
+TIMER_COST = StepCostModel(gpu="h100-sxm", model="llama-3.1-8b", op_timer=CurvedTimer())
 POLICIES = ["static", "orca", "vllm", "sarathi", "sglang"]
 MANAGERS = ["contiguous", "paged", "radix"]
 
@@ -115,33 +118,99 @@ def test_python_engine_equals_reference(wl, cfg) -> None:
         assert not rep.running and not rep.waiting and not rep.swapped
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(wl=workloads(fanout=False, dependents=False),
-       policy=st.sampled_from(["vllm", "sarathi", "orca", "sglang"]),
-       kv=st.sampled_from([("paged", False), ("paged", True), ("radix", False)]),
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wl=workloads(),
+       policy=st.sampled_from(["static", "vllm", "sarathi", "orca", "sglang"]),
+       kv=st.sampled_from([("paged", False), ("paged", True), ("radix", False), ("contiguous", False)]),
+       reservation=st.sampled_from(["max", "pow2", "oracle"]),
+       preemption=st.sampled_from(["recompute", "swap"]),
+       swap_space_bytes=st.sampled_from([0.0, 40_000.0, 1e12]),
        capacity_tokens=st.sampled_from([48, 64, 96, 256]),
-       max_num_seqs=st.sampled_from([1, 2, 4]),
+       max_num_seqs=st.sampled_from([1, 2, 4, 6]),
        max_num_batched_tokens=st.sampled_from([8, 24, 64]),
+       chunk_size_tokens=st.sampled_from([4, 12, 32]),
+       kv_sharing=st.booleans(),
        replicas=st.sampled_from([1, 2]),
-       router=st.sampled_from(["least_kv_load", "least_outstanding", "prefix_affinity"]),
-       starvation_limit_s=st.sampled_from([5.0, 0.0, 0.02]))
-def test_compiled_loop_equals_reference(wl, policy, kv, capacity_tokens, max_num_seqs, max_num_batched_tokens,
-                                        replicas, router, starvation_limit_s) -> None:
-    """The compiled loop's configurations: vllm, sarathi, orca and sglang on paged KV (with
-    and without vLLM v1's prefix caching) and on the radix cache, recompute, workloads with
-    and without prefix block ids, prefix-aware routing and SGLang's starvation guard."""
+       router=st.sampled_from(["round_robin", "least_outstanding", "least_kv_load", "prefix_affinity"]),
+       starvation_limit_s=st.sampled_from([5.0, 0.0, 0.02]),
+       until_s=st.sampled_from([None, None, None, 0.05, 0.3]),
+       cost=st.sampled_from([COST, COST, LinearCost(1.0, 0.125, 0.25), TIMER_COST]))
+def test_compiled_loop_equals_reference(wl, policy, kv, reservation, preemption, swap_space_bytes,
+                                        capacity_tokens, max_num_seqs, max_num_batched_tokens, chunk_size_tokens,
+                                        kv_sharing, replicas, router, starvation_limit_s, until_s, cost) -> None:
+    """The compiled loop against the reference, every configuration: the five schedulers on
+    paged KV (with and without vLLM v1's prefix caching), the radix cache and contiguous KV
+    (every reservation policy), recompute or swap preemption with no, a little or ample host
+    memory, fan-out up to 3 (forked prompts with ``kv_sharing``, a copy each without; groups
+    wider than ``max_num_seqs`` rejected), dependency chains with think times, workloads with
+    and without prefix block ids, 1-2 replicas under every router, SGLang's starvation
+    guard, to the end or cut at ``max_sim_time_s``, on pools small enough to preempt and
+    swap; on the packed roofline cost and on models without a packed form (costed through
+    the memo, ``NEED_COST``). The step frames include the split by bound, which the compiled
+    loop records as it runs; round robin (and one replica) releases arrivals in batches
+    (``CompiledCluster.start``)."""
     kv_kind, prefix_caching = kv
-    kw = {"policy": policy, "kv_kind": kv_kind, "prefix_caching": prefix_caching,
-          "capacity_tokens": capacity_tokens, "block_size_tokens": 4, "max_num_seqs": max_num_seqs,
-          "max_num_batched_tokens": max_num_batched_tokens, "chunk_size_tokens": 12, "max_seq_len": 72,
-          "replicas": replicas, "router": router, "cost": COST, "starvation_limit_s": starvation_limit_s}
+    kw = {"policy": policy, "kv_kind": kv_kind, "prefix_caching": prefix_caching, "reservation": reservation,
+          "preemption": preemption, "swap_space_bytes": swap_space_bytes, "capacity_tokens": capacity_tokens,
+          "block_size_tokens": 4, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+          "chunk_size_tokens": chunk_size_tokens, "max_seq_len": 72, "kv_sharing": kv_sharing,
+          "replicas": replicas, "router": router, "cost": cost, "starvation_limit_s": starvation_limit_s,
+          "until_s": until_s}
     ref = simulate(wl, loop="reference", **kw)
     comp = simulate(wl, loop="compiled", **kw)
-    pd.testing.assert_frame_equal(comp.requests, ref.requests, check_exact=True)
-    pd.testing.assert_frame_equal(comp.steps, ref.steps, check_exact=True)
+    _assert_identical(comp, ref)
     for a, b in zip(comp.replicas, ref.replicas, strict=True):
         a.kv.check_invariants()
         assert a.kv.stats() == b.kv.stats()
+        assert until_s is not None or a.num_outstanding == 0
+
+
+def test_compiled_loop_swaps_and_reserves_like_the_reference() -> None:
+    """The differential draws reach swap-out, swap-in, a full host pool, contiguous
+    reservations with external fragmentation, and static batches; pinned here on fixed
+    workloads (both loops)."""
+    wl = workload(np.zeros(8), [12] * 8, [20] * 8)
+    base = {"kv_kind": "paged", "capacity_tokens": 48, "block_size_tokens": 4, "max_num_seqs": 8,
+            "max_num_batched_tokens": 64, "max_seq_len": 72, "cost": COST, "chunk_size_tokens": 12}
+    for policy in ("vllm", "sarathi", "orca"):
+        for swap in (40_000.0, 1e12):
+            kw = {**base, "policy": policy, "preemption": "swap", "swap_space_bytes": swap}
+            ref = simulate(wl, loop="reference", **kw)
+            assert ref.summary["num_preemptions"] > 0
+            recompute = simulate(wl, loop="reference", **{**kw, "preemption": "recompute"})
+            assert ref.steps["duration_s"].sum() != recompute.steps["duration_s"].sum()  # swap time charged
+            comp = simulate(wl, loop="compiled", **kw)
+            _assert_identical(comp, ref)
+    # Contiguous: reservations of the longest sequence leave gaps the queue head cannot use.
+    wl = workload([0.0, 0.0, 0.0, 0.5, 0.5, 1.0], [5, 30, 9, 40, 3, 20], [4, 30, 2, 8, 12, 5])
+    for policy in ("orca", "static", "vllm"):
+        for reservation in ("max", "pow2", "oracle"):
+            kw = {"policy": policy, "kv_kind": "contiguous", "reservation": reservation, "capacity_tokens": 160,
+                  "max_num_seqs": 4, "max_num_batched_tokens": 64, "max_seq_len": 72, "cost": COST}
+            ref = simulate(wl, loop="reference", **kw)
+            comp = simulate(wl, loop="compiled", **kw)
+            _assert_identical(comp, ref)
+            if reservation == "pow2":
+                assert ref.steps["kv_reserved_slots"].max() > 0
+
+
+def test_compiled_loop_zero_think_time_ties_across_replicas() -> None:
+    """Two replicas in lockstep (identical requests at t=0) end their steps at the same
+    instant; a dependent released with zero think time by the first replica's finish is
+    routed before the second replica's step end is processed (SimPy's order), in the
+    compiled loop as in the reference."""
+    wl = workload([0.0, 0.0, np.nan, np.nan], [8, 8, 5, 5], [3, 3, 4, 4], depends_on=[-1, -1, 0, 1],
+                  think_time_s=[0.0, 0.0, 0.0, 0.0], num_samples=[2, 2, 3, 1])
+    for router in ("least_outstanding", "least_kv_load", "round_robin"):
+        kw = {"policy": "vllm", "kv_kind": "paged", "capacity_tokens": 256, "block_size_tokens": 4,
+              "max_num_seqs": 4, "max_num_batched_tokens": 64, "max_seq_len": 72, "replicas": 2,
+              "router": router, "cost": COST}
+        ref = simulate(wl, loop="reference", **kw)
+        _assert_identical(simulate(wl, loop="compiled", **kw), ref)
+        assert (ref.requests["status"] == "completed").all()
+        # The parents finish at the same instant on both replicas, their dependents then.
+        fin = ref.requests["finish_s"].to_numpy()
+        assert fin[0] == fin[1] and ref.requests["arrival_s"].iloc[2] == fin[0]
 
 
 def test_reference_forces_preemption_on_a_tiny_pool() -> None:
