@@ -11,8 +11,9 @@ step events, measured in the same process (ratios are robust to a noisy shared m
     python benchmarks/bench_engine.py --table --loops auto,reference
 
 The Azure case needs ../shared/traces/azure2023 (skipped with a note when absent). Both
-cases run in the compiled replica loop (``engine.loop: auto``); add ``--python`` to time the
-Python engine instead.
+cases run in the compiled replica loop (``engine.loop: auto``); add ``--reference`` to time
+the plain reference replica instead (``engine.loop: reference``; the second Python engine
+that ``--python`` used to time is removed, issue 12).
 """
 
 from __future__ import annotations
@@ -144,11 +145,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1_000_000, help="synthetic case size")
     ap.add_argument("--skip-azure", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
-    ap.add_argument("--python", action="store_true", help="time the Python engine (engine.loop: python)")
+    ap.add_argument("--reference", action="store_true", help="time the reference replica (engine.loop: reference)")
     ap.add_argument("--table", action="store_true",
                     help="issue 12's table: every scheduler x KV manager x preemption on the Azure hour")
     ap.add_argument("--loops", default="auto",
-                    help="with --table: comma-separated engine.loop values (auto, python, reference)")
+                    help="with --table: comma-separated engine.loop values (auto, compiled, reference)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}")
     common = {
@@ -156,7 +157,7 @@ def main() -> None:
         "model": {"name": "llama-3.1-8b", "max_model_len_tokens": 16384},
         "kv_cache": {"manager": "paged", "block_size_tokens": 16},
         "scheduler": {"policy": "vllm", "max_num_seqs": 256, "max_num_batched_tokens": 8192},
-        "engine": {"progress": False, "loop": "python" if args.python else "auto"},
+        "engine": {"progress": False, "loop": "reference" if args.reference else "auto"},
     }
     if args.table:
         if not AZURE_CONV.is_file():

@@ -1,17 +1,16 @@
-"""The compiled serving loop: vLLM, Sarathi-Serve, Orca or SGLang scheduling on paged KV (with
-or without vLLM v1's automatic prefix caching) or the radix prefix cache, one numba kernel
-per replica.
+"""The compiled serving loop: the kernel family (``_loop``, ``_mem``, ``_prefix``, ``_cost``)
+behind the facade ``replica.py``, one numba kernel state per replica.
 
-``engine.loop: auto`` (the default) runs a variant here when it is supported
-(:func:`unsupported_reason` says why not otherwise) and in the Python engine
-(``simulator.engine``) otherwise; ``compiled`` insists (a configuration error names what is
-unsupported), ``python`` never uses it. Results are the same either way: the kernel is the
-Python engine's stepping mode, operation for operation (``tests/engine/test_compiled.py``
-compares every request time, step row and summary value), and the Python engine is its
-pure-Python twin.
+It runs every configuration: the five schedulers, paged (with or without automatic prefix
+caching), radix and contiguous KV, recompute and swap preemption, fan-out, dependent
+requests, every router, packed or memoised (cycle) step cost. ``engine.loop: auto`` (the
+default) and ``compiled`` run here; ``reference`` (alias ``python``) runs the plain
+reference replica (:mod:`simulator.reference`). Results are identical bit for bit: the
+kernel is the reference, operation for operation (``tests/engine/test_reference.py`` and
+``tests/engine/test_compiled.py`` compare every request time, step row and summary value).
 
-SimPy still runs the event loop: arrivals (and the router) are SimPy events exactly as in
-the Python engine. A replica is advanced lazily: when a request is routed to it (or, for a
+SimPy still runs the event loop: arrivals (and the router) are SimPy events exactly as with
+the reference. A replica is advanced lazily: when a request is routed to it (or, for a
 router that reads replica state, when any request arrives), :func:`_loop.advance` commits
 its steps that end before the arrival, plans each next step as the previous one ends, and
 queues the request. Per-step and per-token work is compiled; no step is a SimPy event,

@@ -53,7 +53,7 @@ def workloads(draw):
     return workload(arrival, prompts, outputs, **kw)
 
 
-def _run(wl, policy, kind, ff, **kw):
+def _run(wl, policy, kind, loop, **kw):
     return simulate(
         wl,
         policy=policy,
@@ -65,18 +65,18 @@ def _run(wl, policy, kind, ff, **kw):
         chunk_size_tokens=12,
         max_seq_len=72,
         cost=LinearCost(1.0, 0.125, 0.25),
-        fast_forward=ff,
+        loop=loop,
         **kw,
     )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(wl=workloads(), which=st.sampled_from(POLICIES), swap=st.booleans())
-def test_fast_forward_equals_stepping_and_invariants_hold(wl, which, swap) -> None:
+def test_compiled_equals_reference_and_invariants_hold(wl, which, swap) -> None:
     policy, kind = which
     preemption = "swap" if swap else "recompute"
-    a = _run(wl, policy, kind, True, preemption=preemption)
-    b = _run(wl, policy, kind, False, preemption=preemption)
+    a = _run(wl, policy, kind, "compiled", preemption=preemption)
+    b = _run(wl, policy, kind, "reference", preemption=preemption)
     cols = [
         "first_scheduled_s",
         "first_token_s",
@@ -86,7 +86,7 @@ def test_fast_forward_equals_stepping_and_invariants_hold(wl, which, swap) -> No
         "status",
     ]
     pd.testing.assert_frame_equal(a.requests[cols], b.requests[cols])
-    # Step rows too, every column: a stretch records each step's exact memory split.
+    # Step rows too, every column (the exact memory split of every step).
     pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
     for res in (a, b):
         req = res.requests
@@ -104,9 +104,9 @@ def test_fast_forward_equals_stepping_and_invariants_hold(wl, which, swap) -> No
         assert (steps["num_running"].to_numpy() <= 4).all()
         mem = steps[[c for c in steps.columns if c.startswith("kv_") and c.endswith("_slots")]]
         assert (mem.to_numpy() >= 0).all()
-        for rep in res.replicas:
-            rep.kv.check_invariants()
-            assert not rep.running and not rep.waiting and not rep.swapped
+    for rep in b.replicas:  # the reference's Python state
+        rep.kv.check_invariants()
+        assert not rep.running and not rep.waiting and not rep.swapped
 
 
 def test_runs_are_deterministic() -> None:
@@ -154,8 +154,9 @@ def test_router_policies_spread_and_follow_prefixes() -> None:
     assert pa.summary["prefix_hit_rate"] > 0
 
 
-def test_fast_forward_is_exact_with_the_real_step_cost_model() -> None:
-    """The calibrated step-cost model, a real scenario: both modes give identical timings."""
+def test_loops_are_exact_with_the_real_step_cost_model() -> None:
+    """The calibrated step-cost model, a real scenario (radix, sglang, multi-turn dependents):
+    the compiled loop and the reference give identical timings and steps."""
     from servesim.simulator.build import run_scenario
     from servesim.simulator.scenario import scenario_from_dict
 
@@ -174,8 +175,8 @@ def test_fast_forward_is_exact_with_the_real_step_cost_model() -> None:
                         "output": {"dist": "uniform", "min_tokens": 5, "max_tokens": 300}},
             "prefixes": {"kind": "multi_turn", "min_turns": 1, "max_turns": 4, "think_time_s": 1.0},
         },
-        "variants": [{"name": "ff", "engine": {"fast_forward": True}},
-                     {"name": "step", "engine": {"fast_forward": False}}],
+        "variants": [{"name": "ff", "engine": {"loop": "compiled"}},
+                     {"name": "step", "engine": {"loop": "reference"}}],
     }
     res = run_scenario(scenario_from_dict(base))
     a, b = res["ff"].requests, res["step"].requests
@@ -188,10 +189,11 @@ def test_fast_forward_is_exact_with_the_real_step_cost_model() -> None:
     assert res["ff"].summary["prefix_hit_rate"] > 0.2
 
 
-def test_quickstart_python_and_compiled_loops_agree() -> None:
+def test_quickstart_reference_and_compiled_loops_agree() -> None:
     """Issue 12: ``engine.loop=python`` on the quickstart changed ``kv_token_state_frac``
     (0.05849 -> 0.05743) and the KV slots of 1,665 of 2,032 step rows, because a decode
-    stretch interpolated its memory split. Both loops now give identical frames."""
+    stretch of the (since removed) second engine interpolated its memory split. ``python`` is
+    now the alias of ``reference``; both loops give identical frames."""
     from pathlib import Path
 
     from servesim.simulator.build import run_scenario
@@ -202,7 +204,7 @@ def test_quickstart_python_and_compiled_loops_agree() -> None:
             for loop in ("compiled", "python")}
     a, b = runs["compiled"], runs["python"]
     assert a.summary["config"]["engine_loop"] == "compiled"
-    assert b.summary["config"]["engine_loop"] == "python"
+    assert b.summary["config"]["engine_loop"] == "reference"
     pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
     pd.testing.assert_frame_equal(a.requests, b.requests, check_exact=True)
     assert a.summary["kv_token_state_frac"] == b.summary["kv_token_state_frac"]

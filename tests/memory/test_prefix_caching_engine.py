@@ -61,7 +61,7 @@ def test_later_turns_hit_the_previous_answer() -> None:
 
 def test_no_prefix_ids_prefix_caching_changes_nothing() -> None:
     """Without prefix ids nothing can hit: prefix caching on or off gives identical results,
-    in the Python engine and in the compiled loop (which ``auto`` picks then)."""
+    in the reference replica and in the compiled loop (which ``auto`` picks then)."""
     base = [
         "workload.num_requests=60",
         "workload.prefixes={kind: none}",
@@ -70,31 +70,31 @@ def test_no_prefix_ids_prefix_caching_changes_nothing() -> None:
         "scheduler.policy=vllm",
     ]
     runs = {}
-    for loop in ("python", "auto"):
+    for loop in ("reference", "auto"):
         for pc in ("true", "false"):
             res = ss.run(SHARED, [*base, f"engine.loop={loop}", f"kv_cache.prefix_caching={pc}"])
             (v,) = res.variants
             runs[loop, pc] = v
     assert runs["auto", "true"].summary["config"]["engine_loop"] == "compiled"
-    assert runs["python", "true"].summary["config"]["engine_loop"] == "python"
-    for loop in ("python", "auto"):
+    assert runs["reference", "true"].summary["config"]["engine_loop"] == "reference"
+    for loop in ("reference", "auto"):
         on, off = runs[loop, "true"], runs[loop, "false"]
         assert on.requests.equals(off.requests), loop
         assert on.steps.equals(off.steps), loop
         assert on.summary == off.summary, loop
     # across loops the request frames agree (the compiled loop's own contract)
-    assert runs["auto", "true"].requests.equals(runs["python", "true"].requests)
+    assert runs["auto", "true"].requests.equals(runs["reference", "true"].requests)
 
 
 def test_auto_loop_runs_prefix_caching_compiled() -> None:
     """vllm defaults to prefix caching; with prefix ids ``engine.loop: auto`` runs it in the
-    compiled loop (which makes the reference's prefix-cache calls), with the Python engine's
+    compiled loop (which makes the reference's prefix-cache calls), with the reference's
     request frame, and without prefix caching nothing hits."""
     base = ["workload.num_requests=20", "variants=[]", "scheduler.policy=vllm"]
     res = ss.run(SHARED, base)
     assert res.variants[0].summary["config"]["engine_loop"] == "compiled"
     assert res.variants[0].summary["prefix_hit_rate"] > 0.5  # default on for vllm
-    py = ss.run(SHARED, [*base, "engine.loop=python"])
+    py = ss.run(SHARED, [*base, "engine.loop=reference"])
     assert res.variants[0].requests.equals(py.variants[0].requests)
     res = ss.run(SHARED, [*base, "kv_cache.prefix_caching=false"])
     assert res.variants[0].summary["config"]["engine_loop"] == "compiled"
