@@ -1,4 +1,5 @@
-"""The replica loop of the vLLM, Sarathi-Serve and Orca schedulers on paged KV, in numba.
+"""The replica loop of the vLLM, Sarathi-Serve, Orca and SGLang schedulers on paged or radix
+KV (with prefix caching), in numba.
 
 One call, :func:`advance`, runs a replica's steps up to a time: it commits the step in
 flight if it ends before ``until_s``, plans the next step at once (as the Python replica
@@ -21,7 +22,9 @@ State is flat arrays (STYLE section 6):
 * ``wq`` int64: the waiting queue, a ring (the facade grows it).
 * ``rq`` int64 ``[R_NUM, N]`` / ``rqf`` float64 ``[Q_NUM, N]``: per request (workload column),
   shared by the replicas of a run.
-* ``kva``: the KV manager's arena (paged or contiguous); ``cf``: the step-cost pack (``hwmodels.stepkernel``).
+* ``kva``: the KV manager's arena (paged, radix or contiguous); ``pk`` int64: every
+  request's page keys (its prefix identity; rows ``R_KLO`` / ``R_KN`` of ``rq`` point into
+  it; :mod:`simulator.compiled._prefix`); ``cf``: the step-cost pack (``hwmodels.stepkernel``).
   For a model without a packed form ``cf`` is empty and ``mt`` is the step-cost memo the
   facade fills (:mod:`simulator.compiled._cost`; ``advance`` returns :data:`NEED_COST` for
   a shape not in it).
@@ -285,7 +288,9 @@ def _cache_computed(ri, rq, kva, pk, req, slot, total, now_s):
         o_ok = H_HEADER + K_APCOK * ri[H_S] + slot
         ri[o_ok] = _prefix.apc_cache(kva, slot, _keys(rq, pk, req, n), n, ri[o_ok])
         return
-    _blocks.cache_blocks(kva, slot, _keys(rq, pk, req, n), n, now_s)
+    # Radix: a request passes the same keys on every call, so the insert resumes below
+    # its locked prefix.
+    _blocks.cache_blocks_resumed(kva, slot, _keys(rq, pk, req, n), n, now_s)
 
 
 @njit(cache=True)

@@ -54,12 +54,11 @@ def page_keys_csr(
         # interned when the ids are too large (or negative) to pack.
         per = bt // p
         blk = np.empty(total, dtype=np.int64)
-        sub = np.empty(total, dtype=np.int64)
-        _page_blocks(offsets, ids, kn, klo, per, blk, sub)
         if len(ids) == 0 or (ids.min() >= 0 and ids.max() < _PACK_LIMIT):
-            blk *= per
-            blk += sub
+            _page_blocks(offsets, ids, kn, klo, per, blk, blk, True)
             return klo, kn, blk
+        sub = np.empty(total, dtype=np.int64)
+        _page_blocks(offsets, ids, kn, klo, per, blk, sub, False)
         _, inv = np.unique(np.stack([blk, sub], axis=1), axis=0, return_inverse=True)
         return klo, kn, np.ascontiguousarray(inv.reshape(-1), dtype=np.int64)
     # General case (pages straddle blocks): the facade's interning, page by page.
@@ -80,15 +79,19 @@ def page_keys_csr(
 
 
 @njit(cache=True)
-def _page_blocks(offsets, ids, kn, klo, per, blk, sub):
+def _page_blocks(offsets, ids, kn, klo, per, blk, sub, packed):
     """Page ``k`` of request ``i`` lies in its block ``k // per`` at ``k % per`` pages in:
-    ``blk[klo[i] + k]`` is that block's id, ``sub[klo[i] + k]`` the page's place in it."""
+    ``blk[klo[i] + k]`` is that block's id, ``sub[klo[i] + k]`` the page's place in it;
+    ``packed``: ``blk`` gets the packed key ``id * per + k % per`` (``sub`` unused)."""
     for i in range(kn.shape[0]):
         base = offsets[i]
         out = klo[i]
         for k in range(kn[i]):
-            blk[out + k] = ids[base + k // per]
-            sub[out + k] = k % per
+            if packed:
+                blk[out + k] = ids[base + k // per] * per + k % per
+            else:
+                blk[out + k] = ids[base + k // per]
+                sub[out + k] = k % per
 
 
 @njit(cache=True)

@@ -582,6 +582,7 @@ class CompiledCluster(Cluster):
         self._order += len(ridx)
         rpos = rid[routed]
         rt = t_s[routed]
+        self.rqf[L.Q_ARRIVAL, ridx] = rt  # SGLang's starvation guard reads it
         ids = np.asarray([r.replica_id for r in self.replicas], dtype=np.int32)
         rec.replica_id[ridx] = ids[rpos]
         for k, r in enumerate(self.replicas):

@@ -102,6 +102,7 @@ C_FQ_TAIL = 41  # APC free queue: last block (most recently freed)
 O_FQ_PREV = 42
 O_FQ_NEXT = 43
 O_BLOCK_NODE = 44
+C_NODE_HWM = 45  # 1 + the largest node id ever taken (nodes at or above it were never alive)
 HEADER = 48
 
 
@@ -367,6 +368,8 @@ def _new_node(arena, p):
     top = node_free_top[0] - 1
     node_free_top[0] = top
     u = node_free[top]
+    if u >= arena[C_NODE_HWM]:
+        arena[C_NODE_HWM] = u + 1
     node_alive[u] = 1
     parent[u] = p
     first_child[u] = -1
@@ -399,6 +402,8 @@ def _split(arena, node, j):
     top = node_free_top[0] - 1
     node_free_top[0] = top
     u = node_free[top]
+    if u >= arena[C_NODE_HWM]:
+        arena[C_NODE_HWM] = u + 1
     node_alive[u] = 1
     # u takes node's place in p's child list
     parent[u] = p
@@ -544,7 +549,9 @@ def _evict(arena, want_free, page_tokens):
     node_free = _f32(arena, O_NODE_FREE, arena[C_NN])
     node_free_top = arena[C_NODE_FREE_TOP : C_NODE_FREE_TOP + 1]
     freed = 0
-    nn = node_alive.shape[0]
+    # NOTE(speed): free node ids are reused last-freed first from a stack that hands out
+    # node 1 first, so live ids stay below the high-water mark; the scan stops there.
+    nn = arena[C_NODE_HWM]
     while freed < want_free:
         best = -1
         for u in range(1, nn):
@@ -1383,14 +1390,31 @@ def cache_blocks(arena, s, keys, n, now_s):
     if arena[C_APC] == 1:
         _apc_insert(arena, s, keys, n)
         return
+    _radix_cache(arena, s, keys, n, now_s, False)
+
+
+@njit(cache=True)
+def cache_blocks_resumed(arena, s, keys, n, now_s):
+    """Radix :func:`cache_blocks` for a caller that passes seq ``s`` the same page keys on
+    every call (a request's identity): ``keys`` agree with the seq's locked prefix, which
+    holds its first pages as tree blocks (shared at admission or swapped in by an earlier
+    insert), cannot be evicted, and keeps its node id and edge end through splits; walking
+    it again matches every page and changes nothing, so the insert resumes below it.
+    (A manager's caller may pass other keys, e.g. a fork's own identity: not resumable.)
+    """
+    if n <= 0:
+        return
+    _radix_cache(arena, s, keys, n, now_s, True)
+
+
+@njit(cache=True)
+def _radix_cache(arena, s, keys, n, now_s, resume):
+    """SGLang's ``cache_unfinished_req`` (see :func:`cache_blocks`)."""
     seq_node = _f32(arena, O_SEQ_NODE, arena[C_S])
     old = seq_node[s]
-    # NOTE(speed): the seq's locked prefix (root -> ``old``) holds its first pages as tree
-    # blocks (shared at admission or swapped in by an earlier insert) and cannot be evicted;
-    # a split keeps ``old``'s id on the lower part, so its edge still ends at the same page.
-    # Walking it again matches every page and changes nothing: resume below it.
-    depth = 0
-    if old > 0:
+    depth = n + 1
+    if resume:
+        depth = 0
         edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
         parent = _f32(arena, O_PARENT, arena[C_NN])
         u = old
