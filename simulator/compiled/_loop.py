@@ -1,17 +1,17 @@
-"""The replica loop of the vLLM, Sarathi-Serve, Orca and SGLang schedulers on paged or radix
-KV (with prefix caching), in numba.
+"""The replica kernel family: every scheduler (static, Orca, vLLM, Sarathi-Serve, SGLang) on
+every KV manager (paged with or without vLLM v1's prefix caching, radix, contiguous), with
+recompute or swap preemption, fan-out groups and dependent requests, in numba.
 
 One call, :func:`advance`, runs a replica's steps up to a time: it commits the step in
-flight if it ends before ``until_s``, plans the next step at once (as the Python replica
-does when its step's timeout fires), and stops at the first step that would still be
-running at ``until_s``; then it queues the arriving request, if any. This is the Python
-engine's stepping mode (``simulator.engine.Replica`` with ``fast_forward=False`` and the
-``vllm`` / ``sarathi`` / ``orca`` schedulers) operation for operation: the same plans, FCFS
-admission under ``max_num_seqs`` / ``max_num_batched_tokens``, watermark admission and all-or-nothing
-growth through the same block-pool kernels (:mod:`simulator.memory.kernels._blocks`), the
-same recompute preemption of the latest-arrived request, the same step costs (the numba
-twin of ``step_time_s``), so request times and step rows are identical bit for bit
-(``tests/engine/test_compiled.py``).
+flight if it ends before ``until_s``, plans the next step at once (as the reference replica
+does when its step's timeout fires), and stops at the first step that would still be running
+at ``until_s``; then it queues the arriving request, if any (:func:`advance_many`: a batch of
+arrivals; :func:`advance_stepwise`: one SimPy step event at a time, for dependent requests).
+It is the reference replica (``simulator.reference``, ``engine.loop: reference``) operation
+for operation - the same plans, admissions, preemptions, prefix-cache calls through the same
+KV kernels (:mod:`simulator.memory.kernels`), the same step costs (the packed form of
+``StepCostModel``, or its memo) - so request and step frames are identical bit for bit
+(``tests/engine/test_reference.py``, also with numba's JIT off).
 
 State is flat arrays (STYLE section 6):
 
@@ -636,6 +636,30 @@ def _admit_request(ri, rq, rqf, kva, pk, req, page, now_s):
 
 
 @njit(cache=True)
+def _seat_and_grow(ri, wq, rq, kva, pk, req, pos, total, now_s):
+    """The admitted ``req`` leaves queue position ``pos`` for the running list and its
+    sequences grow to ``total`` tokens (``grow_prefill``; vLLM v1 caches the chunk's pages
+    then); when that does not fit, the admission is undone (``Replica.abort_admission``: back
+    to the queue's head). Returns DONE_OK, 1 (undone) or ERR_GROW."""
+    _wq_remove(ri, wq, pos)
+    ri[H_HEADER + K_RUN * ri[H_S] + ri[H_NRUN]] = req
+    ri[H_NRUN] += 1
+    status = _grow_group(ri, rq, kva, req, total)
+    if status < 0:
+        return ERR_GROW
+    if status != _blocks.OK:
+        _release(ri, rq, kva, pk, req, now_s)
+        rq[R_PHASE, req] = WAITING
+        rq[R_COMPUTED, req] = 0
+        ri[H_NRUN] -= 1
+        _push_front(ri, wq, req)
+        return 1
+    if ri[H_APC] == 1:
+        _cache_computed(ri, rq, kva, pk, req, rq[R_SLOT, req], total, now_s)
+    return DONE_OK
+
+
+@njit(cache=True)
 def _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, chunked):
     """Admit queued requests while seats, token budget and memory allow
     (``Scheduler._admit_waiting`` and ``Replica.admit``): FCFS, or SGLang's cache-aware
@@ -671,25 +695,14 @@ def _admit_waiting(ri, rf, wq, rq, rqf, kva, pk, budget, chunked):
         hit = _admit_request(ri, rq, rqf, kva, pk, req, page, now_s)
         if hit < 0:
             break
-        _wq_remove(ri, wq, pos)
-        ri[o_run + ri[H_NRUN]] = req
-        ri[H_NRUN] += 1
         new = target - hit
         if new > budget:
             new = budget
-        status = _grow_group(ri, rq, kva, req, hit + new)
+        status = _seat_and_grow(ri, wq, rq, kva, pk, req, pos, hit + new, now_s)
         if status < 0:
             return ERR_GROW
-        if status != _blocks.OK:
-            # Abort the admission (``Replica.abort_admission``).
-            _release(ri, rq, kva, pk, req, now_s)
-            rq[R_PHASE, req] = WAITING
-            rq[R_COMPUTED, req] = 0
-            ri[H_NRUN] -= 1
-            _push_front(ri, wq, req)
+        if status != DONE_OK:
             break
-        if ri[H_APC] == 1:
-            _cache_computed(ri, rq, kva, pk, req, rq[R_SLOT, req], hit + new, now_s)
         _add_chunk(ri, o_chunk, req, new, hit)
         budget -= new
         seats -= rq[R_FANOUT, req]
@@ -822,7 +835,6 @@ def _plan_static(ri, rf, wq, rq, rqf, kva, pk):
         if ri[H_NRUN] > 0:
             return DONE_OK  # (cannot happen: the empty plan is reported by the caller)
     s = ri[H_S]
-    o_run = H_HEADER + K_RUN * s
     o_chunk = H_HEADER + K_CHUNK * s
     page = _mem.page_tokens(ri, kva)
     seats = ri[H_MAX_SEQS]
@@ -834,21 +846,11 @@ def _plan_static(ri, rf, wq, rq, rqf, kva, pk):
         hit = _admit_request(ri, rq, rqf, kva, pk, req, page, now_s)
         if hit < 0:
             break
-        _pop_front(ri, wq)
-        ri[o_run + ri[H_NRUN]] = req
-        ri[H_NRUN] += 1
-        status = _grow_group(ri, rq, kva, req, target)
+        status = _seat_and_grow(ri, wq, rq, kva, pk, req, 0, target, now_s)
         if status < 0:
             return ERR_GROW
-        if status != _blocks.OK:
-            _release(ri, rq, kva, pk, req, now_s)
-            rq[R_PHASE, req] = WAITING
-            rq[R_COMPUTED, req] = 0
-            ri[H_NRUN] -= 1
-            _push_front(ri, wq, req)
+        if status != DONE_OK:
             break
-        if ri[H_APC] == 1:
-            _cache_computed(ri, rq, kva, pk, req, rq[R_SLOT, req], target, now_s)
         _add_chunk(ri, o_chunk, req, target - hit, hit)
         seats -= rq[R_FANOUT, req]
     return DONE_OK

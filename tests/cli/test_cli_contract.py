@@ -286,7 +286,7 @@ def test_help_and_list_gpus_import_no_heavy_library():
         heavy = sorted(m for m in mods if m.split(".")[0] in
                        ("numba", "pandas", "matplotlib", "pyarrow", "scipy", "simpy"))
         assert heavy == [], (args, heavy)
-        assert "servesim.simulator.engine" not in mods
+        assert "servesim.simulator.compiled" not in mods
         if args == ["--help"]:  # listing the commands builds none of them
             assert not {"pydantic", "numpy", "yaml", "rich"} & mods, args
 
