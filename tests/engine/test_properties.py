@@ -115,17 +115,18 @@ def test_runs_are_deterministic() -> None:
     wl = workload(
         np.cumsum(rng.exponential(0.7, n)), rng.integers(1, 60, n), rng.integers(1, 30, n)
     )
-    a = _run(wl, "vllm", "paged", True)
-    b = _run(wl, "vllm", "paged", True)
-    pd.testing.assert_frame_equal(a.requests, b.requests)
-    pd.testing.assert_frame_equal(a.steps, b.steps)
+    for loop in ("compiled", "reference"):
+        a = _run(wl, "vllm", "paged", loop)
+        b = _run(wl, "vllm", "paged", loop)
+        pd.testing.assert_frame_equal(a.requests, b.requests)
+        pd.testing.assert_frame_equal(a.steps, b.steps)
 
 
 def test_overload_grows_queues_and_still_ends() -> None:
     """Arrivals far beyond capacity: queues grow, latencies climb, every request completes."""
     n = 60
     wl = workload(np.linspace(0, 3, n), np.full(n, 30), np.full(n, 20))
-    res = _run(wl, "vllm", "paged", True)
+    res = _run(wl, "vllm", "paged", "compiled")
     assert (res.requests["status"] == "completed").all()
     assert res.steps["queue_len"].max() > 20
     assert res.requests["ttft_ms"].iloc[-1] > 10 * res.requests["ttft_ms"].iloc[0]
