@@ -103,7 +103,15 @@ O_FQ_PREV = 42
 O_FQ_NEXT = 43
 O_BLOCK_NODE = 44
 C_NODE_HWM = 45  # 1 + the largest node id ever taken (nodes at or above it were never alive)
-HEADER = 48
+C_HT_MASK = 46  # child map: slots - 1 (a power of two minus one)
+C_HP_N = 47  # radix eviction heap: entries
+O_PREV_SIBLING = 48
+O_HT = 49
+O_HP_NODE = 50
+O_HP_TIME = 51
+O_HP_TICK = 52
+C_HP_CAP = 53  # radix eviction heap: capacity (0 unless radix)
+HEADER = 56
 
 
 class BlockState(NamedTuple):
@@ -139,12 +147,19 @@ class BlockState(NamedTuple):
     fq_prev: np.ndarray  # int32[NB] APC free queue links (-1 = none)
     fq_next: np.ndarray  # int32[NB]
     block_node: np.ndarray  # int32[NB] APC: the trie node whose edge is block b (-1 = none)
+    prev_sibling: np.ndarray  # int32[NN] -1 terminated (O(1) unlink)
+    ht: np.ndarray  # int32[HT] child map slots: node ids keyed by (parent, first page key)
+    hp_node: np.ndarray  # int32[HC] radix eviction heap (lazy): node, LRU key, ...
+    hp_time: np.ndarray  # float64[HC]
+    hp_tick: np.ndarray  # int64[HC]
 
 
-def _layout(nb: int, s: int, mb: int, nn: int) -> tuple[dict[int, int], int]:
+def _layout(nb: int, s: int, mb: int, nn: int, ht: int, hc: int) -> tuple[dict[int, int], int]:
     """Word offset of every field (by its O_ slot) and the arena length in words."""
     items = 8  # elements per int64 word
     spec = [  # (offset slot, elements, bytes per element)
+        (O_HP_TIME, hc, 8),
+        (O_HP_TICK, hc, 8),
         (O_BLOCK_KEY, nb, 8),
         (O_SEQ_TOKENS, s, 8),
         (O_ACCESS_TICK, nn, 8),
@@ -168,6 +183,9 @@ def _layout(nb: int, s: int, mb: int, nn: int) -> tuple[dict[int, int], int]:
         (O_FQ_PREV, nb, 4),
         (O_FQ_NEXT, nb, 4),
         (O_BLOCK_NODE, nb, 4),
+        (O_PREV_SIBLING, nn, 4),
+        (O_HT, ht, 4),
+        (O_HP_NODE, hc, 4),
         (O_IN_TREE, nb, 1),
         (O_SEQ_LIVE, s, 1),
         (O_COW, s, 1),
@@ -214,7 +232,7 @@ def _views(arena: np.ndarray) -> BlockState:
     crossing a call boundary in numba costs two atomic reference-count updates per array.
     """
     _f64, _f32, _f8, _table = (getattr(f, "py_func", f) for f in (_F64, _F32, _F8, _TABLE))
-    nb, s, mb, nn = (int(x) for x in arena[[C_NB, C_S, C_MB, C_NN]])
+    nb, s, mb, nn, hc = (int(x) for x in arena[[C_NB, C_S, C_MB, C_NN, C_HP_CAP]])
     return BlockState(
         arena[:HEADER],
         arena[C_FREE_TOP : C_FREE_TOP + 1],
@@ -246,6 +264,11 @@ def _views(arena: np.ndarray) -> BlockState:
         _f32(arena, O_FQ_PREV, nb),
         _f32(arena, O_FQ_NEXT, nb),
         _f32(arena, O_BLOCK_NODE, nb),
+        _f32(arena, O_PREV_SIBLING, nn),
+        _f32(arena, O_HT, int(arena[C_HT_MASK]) + 1),
+        _f32(arena, O_HP_NODE, hc),
+        _f64(arena, O_HP_TIME, hc).view(np.float64),
+        _f64(arena, O_HP_TICK, hc),
     )
 
 
@@ -272,11 +295,22 @@ def make_state(
         ``(arena, views)``: the int64 arena kernels take, and its :class:`BlockState`.
     """
     nn = num_blocks + 1  # every non-root node owns >= 1 distinct block
-    offsets, words = _layout(num_blocks, max_seqs, max_blocks_per_seq, nn)
+    ht = 1 << max(3, (2 * nn - 1).bit_length())  # child map at most half full
+    # NOTE(memory): the lazy heap holds each evictable leaf at least once; it is rebuilt
+    # from the live nodes (<= nn - 1 entries) when full, so 2 * nn keeps rebuilds rare.
+    hc = 2 * nn if can_evict else 0
+    offsets, words = _layout(num_blocks, max_seqs, max_blocks_per_seq, nn, ht, hc)
     arena = np.zeros(words, dtype=np.int64)
     for slot, o in offsets.items():
         arena[slot] = o
-    arena[[C_NB, C_S, C_MB, C_NN]] = (num_blocks, max_seqs, max_blocks_per_seq, nn)
+    arena[[C_NB, C_S, C_MB, C_NN, C_HT_MASK, C_HP_CAP]] = (
+        num_blocks,
+        max_seqs,
+        max_blocks_per_seq,
+        nn,
+        ht - 1,
+        hc,
+    )
     arena[[C_PAGE, C_WATERMARK, C_CAN_EVICT, C_MAX_SEQ_LEN]] = (
         page_tokens,
         watermark_blocks,
@@ -292,6 +326,8 @@ def make_state(
     st.parent[:] = -1
     st.first_child[:] = -1
     st.next_sibling[:] = -1
+    st.prev_sibling[:] = -1
+    st.ht[:] = -1
     st.edge_first[:] = -1
     st.node_free[: nn - 1] = np.arange(nn - 1, 0, -1, dtype=np.int32)  # node 1 first
     st.node_free_top[0] = nn - 1
@@ -325,45 +361,116 @@ def _inc_ref(refcount, in_tree, block_fill, counters, b):
 
 
 # ----------------------------------------------------------------------------- tree helpers
+#
+# Child lookup goes through a hash map (open addressing, linear probing, at most half
+# full) from (parent, first page key of the child's edge) to the child: the root of a trace
+# with many distinct prompts has thousands of children, and a scan of its child list on
+# every lookup was most of an APC run. The map stores node ids only; an entry's key is read
+# from the node (``parent``, ``block_key[edge_first]``), so a node's entry is removed before
+# either changes and added back after. Sibling lists stay (doubly linked, for O(1) unlink)
+# for the leaf test and subtree walks; their order never decides a result.
 
 
 @njit(cache=True)
-def _find_child(first_child, next_sibling, edge_first, block_key, node, key):
-    """Child of ``node`` whose edge starts with page key ``key``, or -1."""
-    c = first_child[node]
-    while c != -1:
-        if block_key[edge_first[c]] == key:
-            return c
-        c = next_sibling[c]
-    return -1
+def _hslot(p, key, mask):
+    """Home slot of (parent ``p``, page ``key``). Every product stays below 2**62, so the
+    arithmetic is the same in numba and in Python (no int64 wrap-around)."""
+    a = key & 0x7FFFFFFF
+    b = (key >> 31) & 0x7FFFFFFF
+    c = (key >> 62) & 3
+    h = (a * 0x2545F49) ^ (b * 0x3C6EF37) ^ ((p * 4 + c) * 0x9E3779B)
+    h ^= h >> 29
+    h = (h & 0x7FFFFFFF) * 0x5BD1E995
+    h ^= h >> 31
+    return h & mask
+
+
+@njit(cache=True)
+def _ht_add(arena, c):
+    """Enter node ``c`` (its parent and edge set) in the child map."""
+    mask = arena[C_HT_MASK]
+    ht = _f32(arena, O_HT, mask + 1)
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
+    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
+    i = _hslot(parent[c], block_key[edge_first[c]], mask)
+    while ht[i] != -1:
+        i = (i + 1) & mask
+    ht[i] = c
+
+
+@njit(cache=True)
+def _ht_find(arena, c):
+    """Slot of node ``c`` in the child map (it is there)."""
+    mask = arena[C_HT_MASK]
+    ht = _f32(arena, O_HT, mask + 1)
+    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
+    p = _f32(arena, O_PARENT, arena[C_NN])[c]
+    i = _hslot(p, block_key[_f32(arena, O_EDGE_FIRST, arena[C_NN])[c]], mask)
+    while ht[i] != c:
+        i = (i + 1) & mask
+    return i
+
+
+@njit(cache=True)
+def _ht_del(arena, c):
+    """Remove node ``c`` from the child map (backward-shift deletion: no tombstones)."""
+    mask = arena[C_HT_MASK]
+    ht = _f32(arena, O_HT, mask + 1)
+    parent = _f32(arena, O_PARENT, arena[C_NN])
+    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
+    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
+    i = _ht_find(arena, c)
+    j = i
+    while True:
+        j = (j + 1) & mask
+        x = ht[j]
+        if x == -1:
+            break
+        k = _hslot(parent[x], block_key[edge_first[x]], mask)
+        # x may move back to the hole i unless its home k lies cyclically in (i, j]
+        if i <= j:
+            if i < k <= j:
+                continue
+        elif k > i or k <= j:
+            continue
+        ht[i] = x
+        i = j
+    ht[i] = -1
 
 
 @njit(cache=True)
 def _unlink_child(arena, node):
-    """Remove ``node`` from its parent's child list."""
+    """Remove ``node`` from its parent's child list and the child map."""
+    _ht_del(arena, node)
     parent = _f32(arena, O_PARENT, arena[C_NN])
     first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
     next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
-    p = parent[node]
-    if first_child[p] == node:
-        first_child[p] = next_sibling[node]
+    prev_sibling = _f32(arena, O_PREV_SIBLING, arena[C_NN])
+    nx = next_sibling[node]
+    pv = prev_sibling[node]
+    if pv == -1:
+        first_child[parent[node]] = nx
     else:
-        c = first_child[p]
-        while next_sibling[c] != node:
-            c = next_sibling[c]
-        next_sibling[c] = next_sibling[node]
+        next_sibling[pv] = nx
+    if nx != -1:
+        prev_sibling[nx] = pv
     next_sibling[node] = -1
+    prev_sibling[node] = -1
 
 
 @njit(cache=True)
-def _new_node(arena, p):
-    """Pop a free node, prepend it to ``p``'s children, return its id."""
+def _new_node(arena, p, b):
+    """Pop a free node whose edge starts at block ``b`` (its key set), prepend it to
+    ``p``'s children, return its id (the caller sets ``edge_len``)."""
     node_free_top = arena[C_NODE_FREE_TOP : C_NODE_FREE_TOP + 1]
     node_free = _f32(arena, O_NODE_FREE, arena[C_NN])
     node_alive = _f8(arena, O_NODE_ALIVE, arena[C_NN])
     parent = _f32(arena, O_PARENT, arena[C_NN])
     first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
     next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
+    prev_sibling = _f32(arena, O_PREV_SIBLING, arena[C_NN])
+    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
     lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
     top = node_free_top[0] - 1
     node_free_top[0] = top
@@ -373,9 +480,15 @@ def _new_node(arena, p):
     node_alive[u] = 1
     parent[u] = p
     first_child[u] = -1
-    next_sibling[u] = first_child[p]
+    f = first_child[p]
+    next_sibling[u] = f
+    prev_sibling[u] = -1
+    if f != -1:
+        prev_sibling[f] = u
     first_child[p] = u
     lock_ref[u] = 0
+    edge_first[u] = b
+    _ht_add(arena, u)
     return u
 
 
@@ -391,6 +504,7 @@ def _split(arena, node, j):
     node_free = _f32(arena, O_NODE_FREE, arena[C_NN])
     node_alive = _f8(arena, O_NODE_ALIVE, arena[C_NN])
     next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
+    prev_sibling = _f32(arena, O_PREV_SIBLING, arena[C_NN])
     first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
     edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
     block_next = _f32(arena, O_BLOCK_NEXT, arena[C_NB])
@@ -398,38 +512,178 @@ def _split(arena, node, j):
     lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
     last_access_s = _f64(arena, O_LAST_ACCESS_S, arena[C_NN]).view(np.float64)
     access_tick = _f64(arena, O_ACCESS_TICK, arena[C_NN])
+    ht = _f32(arena, O_HT, arena[C_HT_MASK] + 1)
     p = parent[node]
+    slot = _ht_find(arena, node)
     top = node_free_top[0] - 1
     node_free_top[0] = top
     u = node_free[top]
     if u >= arena[C_NODE_HWM]:
         arena[C_NODE_HWM] = u + 1
     node_alive[u] = 1
-    # u takes node's place in p's child list
+    # u takes node's place in p's child list and in the child map (same parent, same key)
     parent[u] = p
-    next_sibling[u] = next_sibling[node]
-    if first_child[p] == node:
+    nx = next_sibling[node]
+    pv = prev_sibling[node]
+    next_sibling[u] = nx
+    prev_sibling[u] = pv
+    if pv == -1:
         first_child[p] = u
     else:
-        c = first_child[p]
-        while next_sibling[c] != node:
-            c = next_sibling[c]
-        next_sibling[c] = u
+        next_sibling[pv] = u
+    if nx != -1:
+        prev_sibling[nx] = u
     first_child[u] = node
     next_sibling[node] = -1
+    prev_sibling[node] = -1
     parent[node] = u
     b = edge_first[node]
     for _ in range(j - 1):
         b = block_next[b]
     edge_first[u] = edge_first[node]
+    ht[slot] = u
     edge_len[u] = j
     edge_first[node] = block_next[b]
     block_next[b] = -1
     edge_len[node] -= j
+    _ht_add(arena, node)
     lock_ref[u] = lock_ref[node]
     last_access_s[u] = last_access_s[node]
     access_tick[u] = access_tick[node]
     return u
+
+
+# Radix eviction takes the unlocked leaf with the smallest (last_access_s, access_tick),
+# ties to the smaller node id (the order of the scan it replaces). A lazy binary heap keeps
+# candidates: a node is offered whenever it may have become an evictable leaf or changed its
+# key while being one (an unlock to 0, a touch, its last child evicted); an entry whose node
+# is no longer an evictable leaf with that key is dropped when it surfaces. Every evictable
+# leaf has an entry with its current key, so the first valid entry is the scan's choice.
+
+
+@njit(cache=True)
+def _hp_less(t1, k1, u1, t2, k2, u2):
+    if t1 != t2:
+        return t1 < t2
+    if k1 != k2:
+        return k1 < k2
+    return u1 < u2
+
+
+@njit(cache=True)
+def _hp_sift_up(arena, u, t, k):
+    """Add entry ``(t, k, u)`` to a heap that has room."""
+    hc = arena[C_HP_CAP]
+    hn = _f32(arena, O_HP_NODE, hc)
+    ht_ = _f64(arena, O_HP_TIME, hc).view(np.float64)
+    hk = _f64(arena, O_HP_TICK, hc)
+    n = arena[C_HP_N]
+    i = n
+    while i > 0:
+        q = (i - 1) >> 1
+        if not _hp_less(t, k, u, ht_[q], hk[q], hn[q]):
+            break
+        hn[i] = hn[q]
+        ht_[i] = ht_[q]
+        hk[i] = hk[q]
+        i = q
+    hn[i] = u
+    ht_[i] = t
+    hk[i] = k
+    arena[C_HP_N] = n + 1
+
+
+@njit(cache=True)
+def _hp_push(arena, u, t, k):
+    """Add entry ``(t, k, u)``; a full heap is first rebuilt from the live nodes."""
+    if arena[C_HP_N] == arena[C_HP_CAP]:
+        _hp_rebuild(arena)
+    _hp_sift_up(arena, u, t, k)
+
+
+@njit(cache=True)
+def _hp_pop(arena):
+    """Remove the smallest entry (the heap is not empty)."""
+    hc = arena[C_HP_CAP]
+    hn = _f32(arena, O_HP_NODE, hc)
+    ht_ = _f64(arena, O_HP_TIME, hc).view(np.float64)
+    hk = _f64(arena, O_HP_TICK, hc)
+    n = arena[C_HP_N] - 1
+    arena[C_HP_N] = n
+    u = hn[n]
+    t = ht_[n]
+    k = hk[n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and _hp_less(ht_[c + 1], hk[c + 1], hn[c + 1], ht_[c], hk[c], hn[c]):
+            c += 1
+        if not _hp_less(ht_[c], hk[c], hn[c], t, k, u):
+            break
+        hn[i] = hn[c]
+        ht_[i] = ht_[c]
+        hk[i] = hk[c]
+        i = c
+    if n > 0:
+        hn[i] = u
+        ht_[i] = t
+        hk[i] = k
+
+
+@njit(cache=True)
+def _evictable(arena, u):
+    """``u`` is an unlocked leaf (not the root)."""
+    nn = arena[C_NN]
+    return (
+        u > 0
+        and _f8(arena, O_NODE_ALIVE, nn)[u] == 1
+        and _f32(arena, O_FIRST_CHILD, nn)[u] == -1
+        and _f32(arena, O_LOCK_REF, nn)[u] == 0
+    )
+
+
+@njit(cache=True)
+def _hp_offer(arena, u):
+    """Radix: enter ``u`` in the eviction heap if it is an evictable leaf."""
+    if arena[C_HP_CAP] == 0 or not _evictable(arena, u):
+        return
+    nn = arena[C_NN]
+    t = _f64(arena, O_LAST_ACCESS_S, nn).view(np.float64)[u]
+    _hp_push(arena, u, t, _f64(arena, O_ACCESS_TICK, nn)[u])
+
+
+@njit(cache=True)
+def _hp_rebuild(arena):
+    """The heap anew: one entry per evictable leaf (node ids ascending)."""
+    arena[C_HP_N] = 0
+    nn = arena[C_NN]
+    last_access_s = _f64(arena, O_LAST_ACCESS_S, nn).view(np.float64)
+    access_tick = _f64(arena, O_ACCESS_TICK, nn)
+    for u in range(1, arena[C_NODE_HWM]):
+        if _evictable(arena, u):
+            _hp_sift_up(arena, u, last_access_s[u], access_tick[u])
+
+
+@njit(cache=True)
+def _hp_take(arena):
+    """Pop entries until one is a current evictable leaf with its current key; return that
+    node (removed from the heap), or -1 when none is left."""
+    hc = arena[C_HP_CAP]
+    nn = arena[C_NN]
+    hn = _f32(arena, O_HP_NODE, hc)
+    ht_ = _f64(arena, O_HP_TIME, hc).view(np.float64)
+    hk = _f64(arena, O_HP_TICK, hc)
+    last_access_s = _f64(arena, O_LAST_ACCESS_S, nn).view(np.float64)
+    access_tick = _f64(arena, O_ACCESS_TICK, nn)
+    while arena[C_HP_N] > 0:
+        u = hn[0]
+        ok = _evictable(arena, u) and last_access_s[u] == ht_[0] and access_tick[u] == hk[0]
+        _hp_pop(arena)
+        if ok:
+            return u
+    return -1
 
 
 @njit(cache=True)
@@ -460,13 +714,12 @@ def _touch_path(parent, last_access_s, access_tick, counters, node, now_s):
 
 
 @njit(cache=True)
-def _match(
-    first_child, next_sibling, edge_first, edge_len, block_key, block_next, keys, n, out_blocks, res
-):
+def _match(ht, mask, parent, edge_first, edge_len, block_key, block_next, keys, n, out_blocks, res):
     """Longest cached prefix of ``keys[:n]``.
 
     Args:
-        first_child, next_sibling, edge_first, edge_len, block_key, block_next: tree views.
+        ht, mask: the child map and its mask.
+        parent, edge_first, edge_len, block_key, block_next: tree views.
         keys: int64[>= n]; page keys of the prompt.
         n: number of keys to look at.
         out_blocks: int32[>= n]; receives the matched blocks, in order.
@@ -477,7 +730,12 @@ def _match(
     i = 0
     partial = 0
     while i < n:
-        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
+        key = keys[i]  # _find_child spelled out (a call costs reference counting)
+        h = _hslot(node, key, mask)
+        c = ht[h]
+        while c != -1 and (parent[c] != node or block_key[edge_first[c]] != key):
+            h = (h + 1) & mask
+            c = ht[h]
         if c == -1:
             break
         b = edge_first[c]
@@ -497,74 +755,55 @@ def _match(
 
 
 @njit(cache=True)
-def match_len(arena, keys, n):
-    """Pages of ``keys[:n]`` cached now (no side effects)."""
-    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
-    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
-    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
-    edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
-    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
-    block_next = _f32(arena, O_BLOCK_NEXT, arena[C_NB])
-    buf = _f32(arena, O_BUF, arena[C_MB])
-    res = _f64(arena, O_RES, 4)
-    if n == 0:
-        return 0
+def _match_into(arena, keys, n):
+    """:func:`_match` of ``keys[:n]`` into the scratch ``buf`` / ``res``."""
+    nn = arena[C_NN]
+    nb = arena[C_NB]
+    mask = arena[C_HT_MASK]
     _match(
-        first_child,
-        next_sibling,
-        edge_first,
-        edge_len,
-        block_key,
-        block_next,
+        _f32(arena, O_HT, mask + 1),
+        mask,
+        _f32(arena, O_PARENT, nn),
+        _f32(arena, O_EDGE_FIRST, nn),
+        _f32(arena, O_EDGE_LEN, nn),
+        _f64(arena, O_BLOCK_KEY, nb),
+        _f32(arena, O_BLOCK_NEXT, nb),
         keys,
         n,
-        buf,
-        res,
+        _f32(arena, O_BUF, arena[C_MB]),
+        _f64(arena, O_RES, 4),
     )
-    return res[2]
+
+
+@njit(cache=True)
+def match_len(arena, keys, n):
+    """Pages of ``keys[:n]`` cached now (no side effects)."""
+    if n == 0:
+        return 0
+    _match_into(arena, keys, n)
+    return arena[arena[O_RES] + 2]
 
 
 @njit(cache=True)
 def _evict(arena, want_free, page_tokens):
     """Evict LRU unlocked leaves until ``want_free`` blocks were freed (or none is left).
 
-    Leaves are ordered by ``(last_access_s, access_tick)``. Blocks of an evicted leaf that a
-    live table still references leave the tree but stay allocated. Freed blocks are pushed
-    tail first, so the next allocation reuses the leaf's head block first.
+    Leaves are ordered by ``(last_access_s, access_tick)`` (the eviction heap). Blocks of an
+    evicted leaf that a live table still references leave the tree but stay allocated. Freed
+    blocks are pushed tail first, so the next allocation reuses the leaf's head block first.
     """
-    node_alive = _f8(arena, O_NODE_ALIVE, arena[C_NN])
-    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
-    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
-    last_access_s = _f64(arena, O_LAST_ACCESS_S, arena[C_NN]).view(np.float64)
-    access_tick = _f64(arena, O_ACCESS_TICK, arena[C_NN])
     edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
     refcount = _f32(arena, O_REFCOUNT, arena[C_NB])
     block_next = _f32(arena, O_BLOCK_NEXT, arena[C_NB])
-    free_top = arena[C_FREE_TOP : C_FREE_TOP + 1]
     in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
-    counters = arena[:HEADER]
     free_stack = _f32(arena, O_FREE_STACK, arena[C_NB])
     edge_len = _f32(arena, O_EDGE_LEN, arena[C_NN])
     parent = _f32(arena, O_PARENT, arena[C_NN])
+    node_alive = _f8(arena, O_NODE_ALIVE, arena[C_NN])
     node_free = _f32(arena, O_NODE_FREE, arena[C_NN])
-    node_free_top = arena[C_NODE_FREE_TOP : C_NODE_FREE_TOP + 1]
     freed = 0
-    # NOTE(speed): free node ids are reused last-freed first from a stack that hands out
-    # node 1 first, so live ids stay below the high-water mark; the scan stops there.
-    nn = arena[C_NODE_HWM]
     while freed < want_free:
-        best = -1
-        for u in range(1, nn):
-            if node_alive[u] == 1 and first_child[u] == -1 and lock_ref[u] == 0:
-                if (
-                    best == -1
-                    or last_access_s[u] < last_access_s[best]
-                    or (
-                        last_access_s[u] == last_access_s[best]
-                        and access_tick[u] < access_tick[best]
-                    )
-                ):
-                    best = u
+        best = _hp_take(arena)
         if best == -1:
             break
         # count freeable blocks, then push them in reverse edge order
@@ -574,7 +813,7 @@ def _evict(arena, want_free, page_tokens):
             if refcount[b] == 0:
                 f += 1
             b = block_next[b]
-        top = free_top[0]
+        top = arena[C_FREE_TOP]
         k = 0
         b = edge_first[best]
         while b != -1:
@@ -582,20 +821,22 @@ def _evict(arena, want_free, page_tokens):
             in_tree[b] = 0
             block_next[b] = -1
             if refcount[b] == 0:
-                counters[C_CACHED] -= 1
+                arena[C_CACHED] -= 1
                 free_stack[top + f - 1 - k] = b
                 k += 1
             b = nxt
-        free_top[0] = top + f
+        arena[C_FREE_TOP] = top + f
         freed += f
-        counters[C_EVICTED] += edge_len[best] * page_tokens
+        arena[C_EVICTED] += edge_len[best] * page_tokens
+        p = parent[best]
         _unlink_child(arena, best)
         node_alive[best] = 0
         parent[best] = -1
         edge_first[best] = -1
         edge_len[best] = 0
-        node_free[node_free_top[0]] = best
-        node_free_top[0] += 1
+        node_free[arena[C_NODE_FREE_TOP]] = best
+        arena[C_NODE_FREE_TOP] += 1
+        _hp_offer(arena, p)  # p may have become an evictable leaf
     return freed
 
 
@@ -620,8 +861,8 @@ def _insert_from(arena, s, keys, n, now_s, dedup, i0, node0):
     """:func:`_insert` resumed at page ``i0`` from node ``node0``, whose edge ends there
     and which the walk over ``keys[:i0]`` reaches without changing anything (the caller
     knows it); the returned path is stamped from the root all the same."""
-    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
-    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
+    mask = arena[C_HT_MASK]
+    ht = _f32(arena, O_HT, mask + 1)
     edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
     block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
     in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
@@ -635,20 +876,24 @@ def _insert_from(arena, s, keys, n, now_s, dedup, i0, node0):
     node = node0
     i = i0
     while i < n:
-        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
+        key = keys[i]  # _find_child spelled out (a call costs reference counting)
+        h = _hslot(node, key, mask)
+        c = ht[h]
+        while c != -1 and (parent[c] != node or block_key[edge_first[c]] != key):
+            h = (h + 1) & mask
+            c = ht[h]
         if c == -1:
             k = i
             while k < n and in_tree[table[s, k]] == 0:
                 k += 1
             if k > i:
-                u = _new_node(arena, node)
-                edge_first[u] = table[s, i]
-                edge_len[u] = k - i
                 for t in range(i, k):
                     b = table[s, t]
                     in_tree[b] = 1
                     block_key[b] = keys[t]
                     block_next[b] = table[s, t + 1] if t + 1 < k else -1
+                u = _new_node(arena, node, table[s, i])
+                edge_len[u] = k - i
                 node = u
             break
         b = edge_first[c]
@@ -664,6 +909,7 @@ def _insert_from(arena, s, keys, n, now_s, dedup, i0, node0):
         node = c
     if node > 0:
         _touch_path(parent, last_access_s, access_tick, counters, node, now_s)
+        _hp_offer(arena, node)
     return node
 
 
@@ -758,14 +1004,37 @@ def _apc_evict_block(arena, b):
     node_alive = _f8(arena, O_NODE_ALIVE, nn)
     node_free = _f32(arena, O_NODE_FREE, nn)
     page_tokens = arena[C_PAGE]
+    prev_sibling = _f32(arena, O_PREV_SIBLING, nn)
+    block_key = _f64(arena, O_BLOCK_KEY, nb)
+    mask = arena[C_HT_MASK]
+    ht = _f32(arena, O_HT, mask + 1)
     u = block_node[b]
-    _unlink_child(arena, u)
     v = u
     while True:  # post-order, without a stack: descend to a leaf, free it, climb
         c = first_child[v]
         if c != -1:
             v = c
             continue
+        p = parent[v]
+        # v leaves the child map (_ht_del spelled out: a call costs reference counting)
+        i = _hslot(p, block_key[edge_first[v]], mask)
+        while ht[i] != v:
+            i = (i + 1) & mask
+        j = i
+        while True:
+            j = (j + 1) & mask
+            x = ht[j]
+            if x == -1:
+                break
+            k = _hslot(parent[x], block_key[edge_first[x]], mask)
+            if i <= j:
+                if i < k <= j:
+                    continue
+            elif k > i or k <= j:
+                continue
+            ht[i] = x
+            i = j
+        ht[i] = -1
         blk = edge_first[v]
         in_tree[blk] = 0
         block_node[blk] = -1
@@ -773,17 +1042,27 @@ def _apc_evict_block(arena, b):
         if blk != b and refcount[blk] == 0:
             arena[C_CACHED] -= 1
             arena[C_FREE_TOP] += 1
-        p = parent[v]
         node_alive[v] = 0
         parent[v] = -1
         edge_first[v] = -1
         edge_len[v] = 0
         node_free[arena[C_NODE_FREE_TOP]] = v
         arena[C_NODE_FREE_TOP] += 1
-        if v == u:
-            break
-        first_child[p] = next_sibling[v]
+        nx = next_sibling[v]
         next_sibling[v] = -1
+        if v == u:  # unlink u from its parent's child list
+            pv = prev_sibling[u]
+            prev_sibling[u] = -1
+            if pv == -1:
+                first_child[p] = nx
+            else:
+                next_sibling[pv] = nx
+            if nx != -1:
+                prev_sibling[nx] = pv
+            break
+        first_child[p] = nx  # v was p's first child
+        if nx != -1:
+            prev_sibling[nx] = -1
         v = p
 
 
@@ -827,8 +1106,6 @@ def apc_insert_from(arena, s, keys, n, i0, node0):
     over ``keys[:i0]`` reaches without changing anything (the caller knows it)."""
     nb = arena[C_NB]
     nn = arena[C_NN]
-    first_child = _f32(arena, O_FIRST_CHILD, nn)
-    next_sibling = _f32(arena, O_NEXT_SIBLING, nn)
     edge_first = _f32(arena, O_EDGE_FIRST, nn)
     edge_len = _f32(arena, O_EDGE_LEN, nn)
     block_key = _f64(arena, O_BLOCK_KEY, nb)
@@ -836,21 +1113,28 @@ def apc_insert_from(arena, s, keys, n, i0, node0):
     block_node = _f32(arena, O_BLOCK_NODE, nb)
     in_tree = _f8(arena, O_IN_TREE, nb)
     table = _table(arena)
+    mask = arena[C_HT_MASK]
+    ht = _f32(arena, O_HT, mask + 1)
+    parent = _f32(arena, O_PARENT, nn)
     node = node0
     for i in range(i0, n):
-        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
+        key = keys[i]  # _find_child spelled out (a call costs reference counting)
+        h = _hslot(node, key, mask)
+        c = ht[h]
+        while c != -1 and (parent[c] != node or block_key[edge_first[c]] != key):
+            h = (h + 1) & mask
+            c = ht[h]
         if c != -1:
             node = c
             continue
         b = table[s, i]
         if in_tree[b] == 1:
             break  # cached under another prefix (a fork's shared block): stop
-        u = _new_node(arena, node)
-        edge_first[u] = b
-        edge_len[u] = 1
         block_next[b] = -1
         in_tree[b] = 1
         block_key[b] = keys[i]
+        u = _new_node(arena, node, b)
+        edge_len[u] = 1
         block_node[b] = u
         node = u
 
@@ -976,23 +1260,10 @@ def _apc_release(arena, s, keys, n):
 def _match_counted(arena, keys, n):
     """``_match`` into the scratch ``buf``/``res``, plus ``res[3]`` = matched blocks that
     are cached (refcount 0). Returns the pages matched."""
-    nn = arena[C_NN]
-    nb = arena[C_NB]
+    _match_into(arena, keys, n)
     buf = _f32(arena, O_BUF, arena[C_MB])
     res = _f64(arena, O_RES, 4)
-    _match(
-        _f32(arena, O_FIRST_CHILD, nn),
-        _f32(arena, O_NEXT_SIBLING, nn),
-        _f32(arena, O_EDGE_FIRST, nn),
-        _f32(arena, O_EDGE_LEN, nn),
-        _f64(arena, O_BLOCK_KEY, nb),
-        _f32(arena, O_BLOCK_NEXT, nb),
-        keys,
-        n,
-        buf,
-        res,
-    )
-    refcount = _f32(arena, O_REFCOUNT, nb)
+    refcount = _f32(arena, O_REFCOUNT, arena[C_NB])
     cached_hit = 0
     for i in range(res[2]):
         if refcount[buf[i]] == 0:
@@ -1023,6 +1294,7 @@ def _share_prefix(arena, s, now_s):
         node,
         now_s,
     )
+    _hp_offer(arena, node)
     refcount = _f32(arena, O_REFCOUNT, nb)
     block_fill = _f32(arena, O_BLOCK_FILL, nb)
     table = _table(arena)
@@ -1324,6 +1596,7 @@ def slots_needed(arena, seq_ids, new_totals):
 def _unlock(arena, node):
     """Drop one lock from ``node`` and its ancestors."""
     _lock_path(_f32(arena, O_LOCK_REF, arena[C_NN]), _f32(arena, O_PARENT, arena[C_NN]), node, -1)
+    _hp_offer(arena, node)
 
 
 @njit(cache=True)
@@ -1436,6 +1709,7 @@ def _radix_cache(arena, s, keys, n, now_s, resume):
     lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
     _lock_path(lock_ref, parent, node, 1)
     _lock_path(lock_ref, parent, old, -1)
+    _hp_offer(arena, old)  # (an ancestor of node: not a leaf; offered for the invariant)
     seq_node[s] = node
 
 
