@@ -103,10 +103,8 @@ O_FQ_PREV = 42
 O_FQ_NEXT = 43
 O_BLOCK_NODE = 44
 C_NODE_HWM = 45  # 1 + the largest node id ever taken (nodes at or above it were never alive)
-C_HT_MASK = 46  # child map: slots - 1 (a power of two minus one)
 C_HP_N = 47  # radix eviction heap: entries
 O_PREV_SIBLING = 48
-O_HT = 49
 O_HP_NODE = 50
 O_HP_TIME = 51
 O_HP_TICK = 52
@@ -148,13 +146,12 @@ class BlockState(NamedTuple):
     fq_next: np.ndarray  # int32[NB]
     block_node: np.ndarray  # int32[NB] APC: the trie node whose edge is block b (-1 = none)
     prev_sibling: np.ndarray  # int32[NN] -1 terminated (O(1) unlink)
-    ht: np.ndarray  # int32[HT] child map slots: node ids keyed by (parent, first page key)
     hp_node: np.ndarray  # int32[HC] radix eviction heap (lazy): node, LRU key, ...
     hp_time: np.ndarray  # float64[HC]
     hp_tick: np.ndarray  # int64[HC]
 
 
-def _layout(nb: int, s: int, mb: int, nn: int, ht: int, hc: int) -> tuple[dict[int, int], int]:
+def _layout(nb: int, s: int, mb: int, nn: int, hc: int) -> tuple[dict[int, int], int]:
     """Word offset of every field (by its O_ slot) and the arena length in words."""
     items = 8  # elements per int64 word
     spec = [  # (offset slot, elements, bytes per element)
@@ -184,7 +181,6 @@ def _layout(nb: int, s: int, mb: int, nn: int, ht: int, hc: int) -> tuple[dict[i
         (O_FQ_NEXT, nb, 4),
         (O_BLOCK_NODE, nb, 4),
         (O_PREV_SIBLING, nn, 4),
-        (O_HT, ht, 4),
         (O_HP_NODE, hc, 4),
         (O_IN_TREE, nb, 1),
         (O_SEQ_LIVE, s, 1),
@@ -265,7 +261,6 @@ def _views(arena: np.ndarray) -> BlockState:
         _f32(arena, O_FQ_NEXT, nb),
         _f32(arena, O_BLOCK_NODE, nb),
         _f32(arena, O_PREV_SIBLING, nn),
-        _f32(arena, O_HT, int(arena[C_HT_MASK]) + 1),
         _f32(arena, O_HP_NODE, hc),
         _f64(arena, O_HP_TIME, hc).view(np.float64),
         _f64(arena, O_HP_TICK, hc),
@@ -295,22 +290,14 @@ def make_state(
         ``(arena, views)``: the int64 arena kernels take, and its :class:`BlockState`.
     """
     nn = num_blocks + 1  # every non-root node owns >= 1 distinct block
-    ht = 1 << max(3, (2 * nn - 1).bit_length())  # child map at most half full
     # NOTE(memory): the lazy heap holds each evictable leaf at least once; it is rebuilt
     # from the live nodes (<= nn - 1 entries) when full, so 2 * nn keeps rebuilds rare.
     hc = 2 * nn if can_evict else 0
-    offsets, words = _layout(num_blocks, max_seqs, max_blocks_per_seq, nn, ht, hc)
+    offsets, words = _layout(num_blocks, max_seqs, max_blocks_per_seq, nn, hc)
     arena = np.zeros(words, dtype=np.int64)
     for slot, o in offsets.items():
         arena[slot] = o
-    arena[[C_NB, C_S, C_MB, C_NN, C_HT_MASK, C_HP_CAP]] = (
-        num_blocks,
-        max_seqs,
-        max_blocks_per_seq,
-        nn,
-        ht - 1,
-        hc,
-    )
+    arena[[C_NB, C_S, C_MB, C_NN, C_HP_CAP]] = (num_blocks, max_seqs, max_blocks_per_seq, nn, hc)
     arena[[C_PAGE, C_WATERMARK, C_CAN_EVICT, C_MAX_SEQ_LEN]] = (
         page_tokens,
         watermark_blocks,
@@ -327,7 +314,6 @@ def make_state(
     st.first_child[:] = -1
     st.next_sibling[:] = -1
     st.prev_sibling[:] = -1
-    st.ht[:] = -1
     st.edge_first[:] = -1
     st.node_free[: nn - 1] = np.arange(nn - 1, 0, -1, dtype=np.int32)  # node 1 first
     st.node_free_top[0] = nn - 1
@@ -362,87 +348,27 @@ def _inc_ref(refcount, in_tree, block_fill, counters, b):
 
 # ----------------------------------------------------------------------------- tree helpers
 #
-# Child lookup goes through a hash map (open addressing, linear probing, at most half
-# full) from (parent, first page key of the child's edge) to the child: the root of a trace
-# with many distinct prompts has thousands of children, and a scan of its child list on
-# every lookup was most of an APC run. The map stores node ids only; an entry's key is read
-# from the node (``parent``, ``block_key[edge_first]``), so a node's entry is removed before
-# either changes and added back after. Sibling lists stay (doubly linked, for O(1) unlink)
-# for the leaf test and subtree walks; their order never decides a result.
+# Sibling lists are doubly linked, so unlinking a node is O(1) (the parent of an evicted
+# APC subtree can be the root, with thousands of children). NOTE(speed): a hash map from
+# (parent, first page key) to the child was tried for lookups and lost: in these tries most
+# nodes have one or two children, and a scan of those beats hashing, while keeping the map
+# cost every eviction a deletion (radix-mooncake: kernel time about doubled).
 
 
 @njit(cache=True)
-def _hslot(p, key, mask):
-    """Home slot of (parent ``p``, page ``key``). Every product stays below 2**62, so the
-    arithmetic is the same in numba and in Python (no int64 wrap-around)."""
-    a = key & 0x7FFFFFFF
-    b = (key >> 31) & 0x7FFFFFFF
-    c = (key >> 62) & 3
-    h = (a * 0x2545F49) ^ (b * 0x3C6EF37) ^ ((p * 4 + c) * 0x9E3779B)
-    h ^= h >> 29
-    h = (h & 0x7FFFFFFF) * 0x5BD1E995
-    h ^= h >> 31
-    return h & mask
-
-
-@njit(cache=True)
-def _ht_add(arena, c):
-    """Enter node ``c`` (its parent and edge set) in the child map."""
-    mask = arena[C_HT_MASK]
-    ht = _f32(arena, O_HT, mask + 1)
-    parent = _f32(arena, O_PARENT, arena[C_NN])
-    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
-    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
-    i = _hslot(parent[c], block_key[edge_first[c]], mask)
-    while ht[i] != -1:
-        i = (i + 1) & mask
-    ht[i] = c
-
-
-@njit(cache=True)
-def _ht_find(arena, c):
-    """Slot of node ``c`` in the child map (it is there)."""
-    mask = arena[C_HT_MASK]
-    ht = _f32(arena, O_HT, mask + 1)
-    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
-    p = _f32(arena, O_PARENT, arena[C_NN])[c]
-    i = _hslot(p, block_key[_f32(arena, O_EDGE_FIRST, arena[C_NN])[c]], mask)
-    while ht[i] != c:
-        i = (i + 1) & mask
-    return i
-
-
-@njit(cache=True)
-def _ht_del(arena, c):
-    """Remove node ``c`` from the child map (backward-shift deletion: no tombstones)."""
-    mask = arena[C_HT_MASK]
-    ht = _f32(arena, O_HT, mask + 1)
-    parent = _f32(arena, O_PARENT, arena[C_NN])
-    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
-    block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
-    i = _ht_find(arena, c)
-    j = i
-    while True:
-        j = (j + 1) & mask
-        x = ht[j]
-        if x == -1:
-            break
-        k = _hslot(parent[x], block_key[edge_first[x]], mask)
-        # x may move back to the hole i unless its home k lies cyclically in (i, j]
-        if i <= j:
-            if i < k <= j:
-                continue
-        elif k > i or k <= j:
-            continue
-        ht[i] = x
-        i = j
-    ht[i] = -1
+def _find_child(first_child, next_sibling, edge_first, block_key, node, key):
+    """Child of ``node`` whose edge starts with page key ``key``, or -1."""
+    c = first_child[node]
+    while c != -1:
+        if block_key[edge_first[c]] == key:
+            return c
+        c = next_sibling[c]
+    return -1
 
 
 @njit(cache=True)
 def _unlink_child(arena, node):
-    """Remove ``node`` from its parent's child list and the child map."""
-    _ht_del(arena, node)
+    """Remove ``node`` from its parent's child list."""
     parent = _f32(arena, O_PARENT, arena[C_NN])
     first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
     next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
@@ -488,7 +414,6 @@ def _new_node(arena, p, b):
     first_child[p] = u
     lock_ref[u] = 0
     edge_first[u] = b
-    _ht_add(arena, u)
     return u
 
 
@@ -512,16 +437,14 @@ def _split(arena, node, j):
     lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
     last_access_s = _f64(arena, O_LAST_ACCESS_S, arena[C_NN]).view(np.float64)
     access_tick = _f64(arena, O_ACCESS_TICK, arena[C_NN])
-    ht = _f32(arena, O_HT, arena[C_HT_MASK] + 1)
     p = parent[node]
-    slot = _ht_find(arena, node)
     top = node_free_top[0] - 1
     node_free_top[0] = top
     u = node_free[top]
     if u >= arena[C_NODE_HWM]:
         arena[C_NODE_HWM] = u + 1
     node_alive[u] = 1
-    # u takes node's place in p's child list and in the child map (same parent, same key)
+    # u takes node's place in p's child list
     parent[u] = p
     nx = next_sibling[node]
     pv = prev_sibling[node]
@@ -541,12 +464,10 @@ def _split(arena, node, j):
     for _ in range(j - 1):
         b = block_next[b]
     edge_first[u] = edge_first[node]
-    ht[slot] = u
     edge_len[u] = j
     edge_first[node] = block_next[b]
     block_next[b] = -1
     edge_len[node] -= j
-    _ht_add(arena, node)
     lock_ref[u] = lock_ref[node]
     last_access_s[u] = last_access_s[node]
     access_tick[u] = access_tick[node]
@@ -714,12 +635,13 @@ def _touch_path(parent, last_access_s, access_tick, counters, node, now_s):
 
 
 @njit(cache=True)
-def _match(ht, mask, parent, edge_first, edge_len, block_key, block_next, keys, n, out_blocks, res):
+def _match(
+    first_child, next_sibling, edge_first, edge_len, block_key, block_next, keys, n, out_blocks, res
+):
     """Longest cached prefix of ``keys[:n]``.
 
     Args:
-        ht, mask: the child map and its mask.
-        parent, edge_first, edge_len, block_key, block_next: tree views.
+        first_child, next_sibling, edge_first, edge_len, block_key, block_next: tree views.
         keys: int64[>= n]; page keys of the prompt.
         n: number of keys to look at.
         out_blocks: int32[>= n]; receives the matched blocks, in order.
@@ -730,12 +652,7 @@ def _match(ht, mask, parent, edge_first, edge_len, block_key, block_next, keys, 
     i = 0
     partial = 0
     while i < n:
-        key = keys[i]  # _find_child spelled out (a call costs reference counting)
-        h = _hslot(node, key, mask)
-        c = ht[h]
-        while c != -1 and (parent[c] != node or block_key[edge_first[c]] != key):
-            h = (h + 1) & mask
-            c = ht[h]
+        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
         if c == -1:
             break
         b = edge_first[c]
@@ -759,11 +676,9 @@ def _match_into(arena, keys, n):
     """:func:`_match` of ``keys[:n]`` into the scratch ``buf`` / ``res``."""
     nn = arena[C_NN]
     nb = arena[C_NB]
-    mask = arena[C_HT_MASK]
     _match(
-        _f32(arena, O_HT, mask + 1),
-        mask,
-        _f32(arena, O_PARENT, nn),
+        _f32(arena, O_FIRST_CHILD, nn),
+        _f32(arena, O_NEXT_SIBLING, nn),
         _f32(arena, O_EDGE_FIRST, nn),
         _f32(arena, O_EDGE_LEN, nn),
         _f64(arena, O_BLOCK_KEY, nb),
@@ -861,8 +776,8 @@ def _insert_from(arena, s, keys, n, now_s, dedup, i0, node0):
     """:func:`_insert` resumed at page ``i0`` from node ``node0``, whose edge ends there
     and which the walk over ``keys[:i0]`` reaches without changing anything (the caller
     knows it); the returned path is stamped from the root all the same."""
-    mask = arena[C_HT_MASK]
-    ht = _f32(arena, O_HT, mask + 1)
+    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
+    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
     edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
     block_key = _f64(arena, O_BLOCK_KEY, arena[C_NB])
     in_tree = _f8(arena, O_IN_TREE, arena[C_NB])
@@ -876,12 +791,7 @@ def _insert_from(arena, s, keys, n, now_s, dedup, i0, node0):
     node = node0
     i = i0
     while i < n:
-        key = keys[i]  # _find_child spelled out (a call costs reference counting)
-        h = _hslot(node, key, mask)
-        c = ht[h]
-        while c != -1 and (parent[c] != node or block_key[edge_first[c]] != key):
-            h = (h + 1) & mask
-            c = ht[h]
+        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
         if c == -1:
             k = i
             while k < n and in_tree[table[s, k]] == 0:
@@ -1005,9 +915,6 @@ def _apc_evict_block(arena, b):
     node_free = _f32(arena, O_NODE_FREE, nn)
     page_tokens = arena[C_PAGE]
     prev_sibling = _f32(arena, O_PREV_SIBLING, nn)
-    block_key = _f64(arena, O_BLOCK_KEY, nb)
-    mask = arena[C_HT_MASK]
-    ht = _f32(arena, O_HT, mask + 1)
     u = block_node[b]
     v = u
     while True:  # post-order, without a stack: descend to a leaf, free it, climb
@@ -1016,25 +923,6 @@ def _apc_evict_block(arena, b):
             v = c
             continue
         p = parent[v]
-        # v leaves the child map (_ht_del spelled out: a call costs reference counting)
-        i = _hslot(p, block_key[edge_first[v]], mask)
-        while ht[i] != v:
-            i = (i + 1) & mask
-        j = i
-        while True:
-            j = (j + 1) & mask
-            x = ht[j]
-            if x == -1:
-                break
-            k = _hslot(parent[x], block_key[edge_first[x]], mask)
-            if i <= j:
-                if i < k <= j:
-                    continue
-            elif k > i or k <= j:
-                continue
-            ht[i] = x
-            i = j
-        ht[i] = -1
         blk = edge_first[v]
         in_tree[blk] = 0
         block_node[blk] = -1
@@ -1113,17 +1001,11 @@ def apc_insert_from(arena, s, keys, n, i0, node0):
     block_node = _f32(arena, O_BLOCK_NODE, nb)
     in_tree = _f8(arena, O_IN_TREE, nb)
     table = _table(arena)
-    mask = arena[C_HT_MASK]
-    ht = _f32(arena, O_HT, mask + 1)
-    parent = _f32(arena, O_PARENT, nn)
+    first_child = _f32(arena, O_FIRST_CHILD, nn)
+    next_sibling = _f32(arena, O_NEXT_SIBLING, nn)
     node = node0
     for i in range(i0, n):
-        key = keys[i]  # _find_child spelled out (a call costs reference counting)
-        h = _hslot(node, key, mask)
-        c = ht[h]
-        while c != -1 and (parent[c] != node or block_key[edge_first[c]] != key):
-            h = (h + 1) & mask
-            c = ht[h]
+        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
         if c != -1:
             node = c
             continue
