@@ -352,18 +352,9 @@ def _inc_ref(refcount, in_tree, block_fill, counters, b):
 # APC subtree can be the root, with thousands of children). NOTE(speed): a hash map from
 # (parent, first page key) to the child was tried for lookups and lost: in these tries most
 # nodes have one or two children, and a scan of those beats hashing, while keeping the map
-# cost every eviction a deletion (radix-mooncake: kernel time about doubled).
-
-
-@njit(cache=True)
-def _find_child(first_child, next_sibling, edge_first, block_key, node, key):
-    """Child of ``node`` whose edge starts with page key ``key``, or -1."""
-    c = first_child[node]
-    while c != -1:
-        if block_key[edge_first[c]] == key:
-            return c
-        c = next_sibling[c]
-    return -1
+# cost every eviction a deletion (radix-mooncake: kernel time about doubled). The child
+# scan (``_find_child``) is spelled out where it is used: passing it views costs reference
+# counting on every page looked up.
 
 
 @njit(cache=True)
@@ -388,32 +379,30 @@ def _unlink_child(arena, node):
 @njit(cache=True)
 def _new_node(arena, p, b):
     """Pop a free node whose edge starts at block ``b`` (its key set), prepend it to
-    ``p``'s children, return its id (the caller sets ``edge_len``)."""
-    node_free_top = arena[C_NODE_FREE_TOP : C_NODE_FREE_TOP + 1]
-    node_free = _f32(arena, O_NODE_FREE, arena[C_NN])
-    node_alive = _f8(arena, O_NODE_ALIVE, arena[C_NN])
-    parent = _f32(arena, O_PARENT, arena[C_NN])
-    first_child = _f32(arena, O_FIRST_CHILD, arena[C_NN])
-    next_sibling = _f32(arena, O_NEXT_SIBLING, arena[C_NN])
-    prev_sibling = _f32(arena, O_PREV_SIBLING, arena[C_NN])
-    edge_first = _f32(arena, O_EDGE_FIRST, arena[C_NN])
-    lock_ref = _f32(arena, O_LOCK_REF, arena[C_NN])
-    top = node_free_top[0] - 1
-    node_free_top[0] = top
-    u = node_free[top]
+    ``p``'s children, return its id (the caller sets ``edge_len``).
+
+    NOTE(speed): APC makes one node per cached page, so fields go through one int32 view
+    of the whole arena (see :func:`_apc_evict_block`), not a view per field.
+    """
+    a32 = arena.view(np.int32)
+    top = arena[C_NODE_FREE_TOP] - 1
+    arena[C_NODE_FREE_TOP] = top
+    u = a32[2 * arena[O_NODE_FREE] + top]
     if u >= arena[C_NODE_HWM]:
         arena[C_NODE_HWM] = u + 1
-    node_alive[u] = 1
-    parent[u] = p
-    first_child[u] = -1
-    f = first_child[p]
-    next_sibling[u] = f
-    prev_sibling[u] = -1
+    arena.view(np.int8)[8 * arena[O_NODE_ALIVE] + u] = 1
+    a32[2 * arena[O_PARENT] + u] = p
+    ofc = 2 * arena[O_FIRST_CHILD]
+    ops = 2 * arena[O_PREV_SIBLING]
+    a32[ofc + u] = -1
+    f = a32[ofc + p]
+    a32[2 * arena[O_NEXT_SIBLING] + u] = f
+    a32[ops + u] = -1
     if f != -1:
-        prev_sibling[f] = u
-    first_child[p] = u
-    lock_ref[u] = 0
-    edge_first[u] = b
+        a32[ops + f] = u
+    a32[ofc + p] = u
+    a32[2 * arena[O_LOCK_REF] + u] = 0
+    a32[2 * arena[O_EDGE_FIRST] + u] = b
     return u
 
 
@@ -652,7 +641,10 @@ def _match(
     i = 0
     partial = 0
     while i < n:
-        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
+        key = keys[i]  # _find_child spelled out (passing views costs reference counting)
+        c = first_child[node]
+        while c != -1 and block_key[edge_first[c]] != key:
+            c = next_sibling[c]
         if c == -1:
             break
         b = edge_first[c]
@@ -791,7 +783,10 @@ def _insert_from(arena, s, keys, n, now_s, dedup, i0, node0):
     node = node0
     i = i0
     while i < n:
-        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
+        key = keys[i]  # _find_child spelled out (passing views costs reference counting)
+        c = first_child[node]
+        while c != -1 and block_key[edge_first[c]] != key:
+            c = next_sibling[c]
         if c == -1:
             k = i
             while k < n and in_tree[table[s, k]] == 0:
@@ -861,23 +856,6 @@ def _swap_to_tree_block(arena, s, i, b):
 # answers vLLM's chained-hash lookup: a hit is the longest run of cached pages from the
 # first. Counters: C_FREE_TOP = queued blocks not in the trie, C_CACHED = queued blocks in
 # it; the free stack is unused.
-
-
-@njit(cache=True)
-def _fq_remove(arena, fq_prev, fq_next, b):
-    """Unlink block ``b`` from the free queue."""
-    p = fq_prev[b]
-    n = fq_next[b]
-    if p == -1:
-        arena[C_FQ_HEAD] = n
-    else:
-        fq_next[p] = n
-    if n == -1:
-        arena[C_FQ_TAIL] = p
-    else:
-        fq_prev[n] = p
-    fq_prev[b] = -1
-    fq_next[b] = -1
 
 
 @njit(cache=True)
@@ -1020,7 +998,10 @@ def apc_insert_from(arena, s, keys, n, i0, node0):
     next_sibling = _f32(arena, O_NEXT_SIBLING, nn)
     node = node0
     for i in range(i0, n):
-        c = _find_child(first_child, next_sibling, edge_first, block_key, node, keys[i])
+        key = keys[i]  # _find_child spelled out (passing views costs reference counting)
+        c = first_child[node]
+        while c != -1 and block_key[edge_first[c]] != key:
+            c = next_sibling[c]
         if c != -1:
             node = c
             continue
@@ -1051,8 +1032,19 @@ def _apc_share(arena, s):
     gained = 0
     for i in range(res[2]):
         b = buf[i]
-        if refcount[b] == 0:
-            _fq_remove(arena, fq_prev, fq_next, b)
+        if refcount[b] == 0:  # _fq_remove spelled out
+            p = fq_prev[b]
+            nx = fq_next[b]
+            if p == -1:
+                arena[C_FQ_HEAD] = nx
+            else:
+                fq_next[p] = nx
+            if nx == -1:
+                arena[C_FQ_TAIL] = p
+            else:
+                fq_prev[nx] = p
+            fq_prev[b] = -1
+            fq_next[b] = -1
             gained += block_fill[b]
         refcount[b] += 1
         table[s, i] = b
