@@ -39,7 +39,7 @@ for _, ev in rec.buffer:
         f = ev.data["dispatcher"].py_func
         sigs[f.__module__ + "." + f.__qualname__] += 1
 print(json.dumps({"specializations": sum(sigs.values()), "functions": len(sigs),
-                  "most": sigs.most_common(3)}))
+                  "repeated": sorted(k for k, n in sigs.items() if n > 1)}))
 """
 
 
@@ -65,6 +65,8 @@ def main() -> None:
             r = run_child(args.scenario, cache)
             print(f"{label:26s} CPU {r['cpu_s']:6.1f} s  wall {r['wall_s']:6.1f} s  "
                   f"{r['specializations']:4d} specializations of {r['functions']:3d} functions")
+            if r["repeated"]:
+                print("  compiled more than once:", ", ".join(r["repeated"]))
 
 
 if __name__ == "__main__":
