@@ -181,6 +181,10 @@ def _make_cost_model(cfg: ScenarioCfg, gpu: GpuSpec, model: ModelSpec, scheme: Q
         kwargs["stack"] = load_profile_file(cfg.engine.profile)
     elif cfg.engine.stack is not None:
         kwargs["stack"] = cfg.engine.stack
+    if cfg.engine.two_batch_overlap is not None:  # the scenario's engine flag over the profile's
+        from servesim.hwmodels.stacks import get_stack
+
+        kwargs["stack"] = get_stack(kwargs.get("stack")).replace(two_batch_overlap=cfg.engine.two_batch_overlap)
     if cfg.engine.cost_model == "cycle":
         kwargs["op_timer"] = _cycle_timer(gpu)
     return StepCostModel(**kwargs)
