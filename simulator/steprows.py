@@ -1,0 +1,236 @@
+"""Step rows as both replicas write them: one chunk of columns in the compiled loop's layout.
+
+A replica writes each committed step into :class:`StepRows`: four small column blocks
+(``sf`` float64, ``si`` int32, ``sq`` int64, ``ss`` float32; rows named by
+``simulator.compiled._loop``'s ``SF_*`` / ``SI_*`` / ``SQ_*`` / ``SS_*``). The compiled loop
+fills them inside the kernel; the reference replica assigns one row at a time
+(:meth:`StepRows.append`). When the chunk is full, or at the end, :meth:`StepRows.retire`
+hands its rows to the recorder in compact form (:func:`compact`) and the chunk is reused, so
+a run holds one chunk per replica plus the compact store, never a second copy of every row.
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from servesim.simulator.compiled import _loop as L
+
+#: Rows of the first chunk of a replica (tests, short runs); chunks double up to the cap.
+FIRST_CHUNK_ROWS = 1 << 12
+MAX_CHUNK_ROWS = 1 << 15
+
+#: Integer columns of the steps frame: (name, block, row in the block).
+INT_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("num_running", "si", L.SI_RUN),
+    ("num_prefill_seqs", "si", L.SI_NPF),
+    ("prefill_tokens", "si", L.SI_PT),
+    ("decode_tokens", "si", L.SI_DT),
+    ("queue_len", "si", L.SI_Q),
+    ("num_preemptions", "si", L.SI_PRE),
+    ("kv_token_state_slots", "si", L.SI_TOK),
+    ("kv_reserved_slots", "si", L.SI_RES),
+    ("kv_internal_frag_slots", "si", L.SI_INT),
+    ("kv_external_frag_slots", "si", L.SI_EXT),
+    ("kv_cached_slots", "si", L.SI_CACHED),
+    ("kv_free_slots", "si", L.SI_FREE),
+    ("prefix_hit_tokens", "sq", L.SQ_HIT),
+    ("prefix_query_tokens", "sq", L.SQ_PQ),
+)
+_NARROW = (np.int8, np.int16, np.int32)
+
+
+def _mapped_bytes(nbytes: int) -> npt.NDArray[np.uint8]:
+    """A zero-filled byte array in its own anonymous memory map.
+
+    NOTE(memory): glibc keeps freed mid-sized blocks in its heap (its mmap threshold rises
+    with each free); a map of its own goes back to the system when the last view dies, and
+    its untouched pages cost nothing (a thousand-replica cluster that steps little).
+    """
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.uint8)[:nbytes]
+
+
+def _narrow_dtype(a: npt.NDArray[Any]) -> tuple[Any, int]:
+    """The smallest of int8/int16/int32 that holds ``a`` (else its own dtype), or None and
+    the value when every value is the same."""
+    lo, hi = int(a.min()), int(a.max())
+    if lo == hi:
+        return None, lo
+    for dt in _NARROW:
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt), 0
+    return a.dtype, 0
+
+
+def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
+    """The first ``n`` rows of a chunk as the steps frame's columns, compact: start and
+    duration (float64), the split by bound (float32, ``[5, n]``), and each integer column as
+    the smallest of int8/int16/int32 that holds it, or as one Python int when all its values
+    are equal (most memory columns of a run are constant: reserved slots without
+    reservations, prefix counters without prefix caching). Lossless: the frame casts back to
+    its own dtypes. The cost inputs (attention pairs, KV and context tokens, sampled and
+    costed decode sequences, swap time) are dropped: the split is already there.
+
+    All arrays of a chunk share one memory map of their own (see :func:`_mapped_bytes`):
+    freed, the chunk goes back to the system, not into a heap the frame cannot reuse.
+    """
+    blocks = {"si": si, "sq": sq}
+    kinds = []
+    nbytes = (8 + 8 + 4 * L.SS_NUM) * n
+    for name, block, row in INT_COLUMNS:
+        src = blocks[block][row, :n]
+        dt, value = _narrow_dtype(src)
+        kinds.append((name, src, dt, value))
+        if dt is not None:
+            nbytes += dt.itemsize * n
+    buf = _mapped_bytes(nbytes)
+    pos = 0
+
+    def take(dtype: Any, shape: Any) -> npt.NDArray[Any]:
+        nonlocal pos
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        out = buf[pos : pos + size].view(dtype).reshape(shape)
+        pos += size
+        return out
+
+    cols: dict[str, Any] = {}
+    for name, src in (("t_s", sf[L.SF_T, :n]), ("duration_s", sf[L.SF_D, :n])):
+        cols[name] = take(np.float64, n)
+        cols[name][:] = src
+    cols["split"] = take(np.float32, (L.SS_NUM, n))
+    cols["split"][:] = ss[:, :n]
+    # Widest first, so every view stays aligned.
+    for name, src, dt, value in sorted(kinds, key=lambda k: -(k[2].itemsize if k[2] is not None else 0)):
+        if dt is None:
+            cols[name] = value
+        else:
+            cols[name] = take(dt, n)
+            cols[name][:] = src
+    return cols
+
+
+class StepRows:
+    """One replica's chunk of step rows (see the module docstring).
+
+    Args:
+        on_retire: called with ``(sf, si, sq, ss, n)`` before the rows leave (the compiled
+            facade patches splits from its cost memo there; the reference costs them).
+        sink: called with the compact columns of each retired chunk (the recorder).
+    """
+
+    def __init__(self, sink: Any, on_retire: Any = None) -> None:
+        self._sink = sink
+        self._on_retire = on_retire
+        self._cap_next = FIRST_CHUNK_ROWS
+        self.n = 0  # rows filled (the reference's counter; the kernel keeps its own in ri)
+        self._alloc()
+
+    def _alloc(self) -> None:
+        # Widest columns first, so each view is aligned.
+        c = self._cap_next
+        buf = _mapped_bytes(c * (8 * L.SF_NUM + 4 * L.SI_NUM + 8 * L.SQ_NUM + 4 * L.SS_NUM))
+        a = 8 * L.SF_NUM * c
+        b = a + 8 * L.SQ_NUM * c
+        d = b + 4 * L.SI_NUM * c
+        self.sf = buf[:a].view(np.float64).reshape(L.SF_NUM, c)
+        self.sq = buf[a:b].view(np.int64).reshape(L.SQ_NUM, c)
+        self.si = buf[b:d].view(np.int32).reshape(L.SI_NUM, c)
+        self.ss = buf[d:].view(np.float32).reshape(L.SS_NUM, c)
+        self.capacity = c
+        self._cap_next = min(2 * c, MAX_CHUNK_ROWS)
+
+    def retire(self, n: int) -> None:
+        """Hand the first ``n`` rows over and start again at row 0 (a larger chunk while
+        below the cap, else the same one: nothing keeps a view of it)."""
+        if n:
+            if self._on_retire is not None:
+                self._on_retire(self.sf, self.si, self.sq, self.ss, n)
+            self._sink(compact(self.sf, self.si, self.sq, self.ss, n))
+        self.n = 0
+        if self._cap_next > self.capacity:
+            self._alloc()
+
+    def release(self) -> None:
+        """Drop the chunk (after the last :meth:`retire`)."""
+        self.sf = self.si = self.sq = self.ss = None  # type: ignore[assignment]
+
+    def append(
+        self,
+        *,
+        t_s: float,
+        duration_s: float,
+        num_running: int,
+        num_prefill_seqs: int,
+        prefill_tokens: int,
+        decode_tokens: int,
+        queue_len: int,
+        num_preemptions: int,
+        inputs: tuple[float, float, float, float, float, float],
+        swap_s: float,
+        mem: Any,
+    ) -> None:
+        """One step row (the reference replica): ``inputs`` are the cost model's arguments in
+        :meth:`StepCostModel.cost` order, ``mem`` the KV manager's ``stats``."""
+        row = self.n
+        sf, si, sq = self.sf, self.si, self.sq
+        p, pairs, kv, samp, ndec, ctx = inputs
+        sf[L.SF_T, row] = t_s
+        sf[L.SF_D, row] = duration_s
+        sf[L.SF_A, row] = pairs
+        sf[L.SF_SWAP, row] = swap_s
+        si[L.SI_RUN, row] = num_running
+        si[L.SI_NPF, row] = num_prefill_seqs
+        si[L.SI_PT, row] = prefill_tokens
+        si[L.SI_DT, row] = decode_tokens
+        si[L.SI_Q, row] = queue_len
+        si[L.SI_PRE, row] = num_preemptions
+        si[L.SI_TOK, row] = mem.token_slots
+        si[L.SI_RES, row] = mem.reserved_slots
+        si[L.SI_INT, row] = mem.internal_frag_slots
+        si[L.SI_EXT, row] = mem.external_frag_slots
+        si[L.SI_CACHED, row] = mem.cached_slots
+        si[L.SI_FREE, row] = mem.free_slots
+        si[L.SI_SAMP, row] = samp
+        si[L.SI_DSEQ, row] = ndec
+        sq[L.SQ_KV, row] = kv
+        sq[L.SQ_CTX, row] = ctx
+        sq[L.SQ_PQ, row] = mem.prefix_query_tokens
+        sq[L.SQ_HIT, row] = mem.prefix_hit_tokens
+        if p != prefill_tokens:
+            raise ValueError(f"step row: prefill_tokens {prefill_tokens} but the cost's {p}")
+        self.n = row + 1
+        if self.n == self.capacity:
+            self.retire(self.n)
+
+
+def cost_split_into(cost: Any, sf: Any, si: Any, sq: Any, ss: Any, n: int) -> None:
+    """The split by bound of the first ``n`` rows, from ``cost.cost`` on arrays of the rows'
+    own inputs (the reference replica; the compiled loop records it as each step commits,
+    ``_cost.scale_split``: the same float64 operations), into ``ss[:, :n]``."""
+    def f(a: Any) -> npt.NDArray[np.float64]:
+        return np.asarray(a[:n], dtype=np.float64)
+
+    c = cost.cost(
+        prefill_tokens=f(si[L.SI_PT]),
+        prefill_attn_pairs=f(sf[L.SF_A]),
+        prefill_kv_tokens=f(sq[L.SQ_KV]),
+        num_prefill_seqs=f(si[L.SI_SAMP]),
+        num_decode_seqs=f(si[L.SI_DSEQ]),
+        decode_ctx_tokens=f(sq[L.SQ_CTX]),
+    )
+    fields = ("compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s")
+    parts = np.stack([np.asarray(getattr(c, k), dtype=np.float64) * np.ones(n) for k in fields], axis=1)
+    parts[:, 3] += f(sf[L.SF_SWAP])
+    # Left to right, spelled out: the compiled loop adds the parts in this order.
+    total = parts[:, 0] + parts[:, 1]
+    for j in range(2, len(fields)):
+        total += parts[:, j]
+    total[total == 0] = 1.0
+    ss[:, :n] = (parts * (f(sf[L.SF_D]) / total)[:, None]).T
+
+
+__all__ = ["FIRST_CHUNK_ROWS", "INT_COLUMNS", "MAX_CHUNK_ROWS", "StepRows", "compact", "cost_split_into"]
