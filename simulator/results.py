@@ -30,6 +30,18 @@ from servesim.simulator.request import REJECT_REASONS
 if TYPE_CHECKING:
     from servesim.simulator.steprows import StepRows
 
+
+def _step_starts(cols: dict[str, Any]) -> npt.NDArray[np.float64]:
+    from servesim.simulator.steprows import step_starts as starts
+
+    return starts(cols)
+
+
+def _first_start(cols: dict[str, Any]) -> float:
+    from servesim.simulator.steprows import first_start as first
+
+    return first(cols)
+
 MS = 1e3
 
 # ITL histogram: log-spaced bins from 1 us to 1000 s, 200 per decade (about 1.2% wide).
@@ -213,7 +225,7 @@ class Recorder:
     def _add_step_chunk(self, replica_id: int, cols: dict[str, Any]) -> None:
         if self._frame is not None:
             raise RuntimeError("steps recorded after steps_frame() released the step stores")
-        m = len(cols["t_s"])
+        m = len(cols["duration_s"])
         self._step_chunks[replica_id].append(cols)
         self._num_rows += m
 
@@ -260,13 +272,13 @@ class Recorder:
         self._step_chunks = {}
         self._writers = {}
         self._flush_itl()
-        n = sum(len(c["t_s"]) for _r, c in chunks)
+        n = sum(len(c["duration_s"]) for _r, c in chunks)
         starts = np.empty(n, np.float64)
         offsets = []
         lo = 0
         for _rid, cols in chunks:
-            m = len(cols["t_s"])
-            starts[lo : lo + m] = cols["t_s"]
+            m = len(cols["duration_s"])
+            starts[lo : lo + m] = _step_starts(cols)
             offsets.append(lo)
             lo += m
         order = np.argsort(starts, kind="stable")
@@ -280,11 +292,11 @@ class Recorder:
                 for c in _SPLIT_COLS:
                     frame[c] = np.empty(n, np.float32)
             frame[name] = np.arange(n, dtype=dtype) if name == "step" else np.empty(n, dtype)
-        by_time = sorted(range(len(chunks)), key=lambda i: (float(chunks[i][1]["t_s"][0]), i))
+        by_time = sorted(range(len(chunks)), key=lambda i: (_first_start(chunks[i][1]), i))
         for i in by_time:
             rid, cols = chunks[i]
             chunks[i] = (rid, {})  # the only other reference: released after this
-            m = len(cols["t_s"])
+            m = len(cols["duration_s"])
             rows: Any = pos[offsets[i] : offsets[i] + m]
             if rows[-1] - rows[0] == m - 1:
                 # A chunk's rows keep their order (a stable sort of a time-ordered replica),
@@ -292,8 +304,9 @@ class Recorder:
                 # or a span no other replica steps in).
                 rows = slice(int(rows[0]), int(rows[0]) + m)
             frame["replica_id"][rows] = rid
+            frame["t_s"][rows] = _step_starts(cols)
             for name in _STEP_DTYPES:
-                if name not in ("replica_id", "step"):
+                if name not in ("replica_id", "step", "t_s"):
                     frame[name][rows] = cols[name]
             split = cols["split"]
             for j, c in enumerate(_SPLIT_COLS):
@@ -387,7 +400,7 @@ class StepColumns:
     def __init__(self, chunks: list[tuple[int, dict[str, Any]]], frame: pd.DataFrame | None = None) -> None:
         self._chunks = chunks
         self._frame = frame
-        self.num_rows = len(frame) if frame is not None else sum(len(c["t_s"]) for _r, c in chunks)
+        self.num_rows = len(frame) if frame is not None else sum(len(c["duration_s"]) for _r, c in chunks)
 
     def __len__(self) -> int:
         return self.num_rows
@@ -400,11 +413,13 @@ class StepColumns:
                 yield None, lambda name: f[name].to_numpy()
             return
         for rid, cols in self._chunks:
-            m = len(cols["t_s"])
+            m = len(cols["duration_s"])
 
             def get(name: str, cols: dict[str, Any] = cols, m: int = m) -> npt.NDArray[Any]:
                 if name in _SPLIT_COLS:
                     return cols["split"][_SPLIT_COLS.index(name)]
+                if name == "t_s":
+                    return _step_starts(cols)
                 v = cols[name]
                 dtype = _STEP_DTYPES[name]
                 if isinstance(v, int):

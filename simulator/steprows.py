@@ -20,8 +20,11 @@ import numpy.typing as npt
 from servesim.simulator.compiled import _loop as L
 
 #: Rows of the first chunk of a replica (tests, short runs); chunks double up to the cap.
+#: A chunk is scratch (140 bytes a row, reused once handed over), so the cap bounds what a
+#: replica holds besides the compact store: 8,192 rows, ~1.1 MB (16 replicas at 32,768 rows
+#: held 73 MB for nothing).
 FIRST_CHUNK_ROWS = 1 << 12
-MAX_CHUNK_ROWS = 1 << 15
+MAX_CHUNK_ROWS = 1 << 13
 
 #: Integer columns of the steps frame: (name, block, row in the block).
 INT_COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -80,7 +83,8 @@ def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
     """
     blocks = {"si": si, "sq": sq}
     kinds = []
-    nbytes = (8 + 8 + 4 * L.SS_NUM) * n
+    seg = _busy_segments(sf[L.SF_T, :n], sf[L.SF_D, :n])
+    nbytes = (8 + 4 * L.SS_NUM) * n + (8 * n if seg is None else 16 * len(seg))
     for name, block, row in INT_COLUMNS:
         src = blocks[block][row, :n]
         dt, value = _narrow_dtype(src)
@@ -98,9 +102,16 @@ def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
         return out
 
     cols: dict[str, Any] = {}
-    for name, src in (("t_s", sf[L.SF_T, :n]), ("duration_s", sf[L.SF_D, :n])):
-        cols[name] = take(np.float64, n)
-        cols[name][:] = src
+    cols["duration_s"] = take(np.float64, n)
+    cols["duration_s"][:] = sf[L.SF_D, :n]
+    if seg is None:
+        cols["t_s"] = take(np.float64, n)
+        cols["t_s"][:] = sf[L.SF_T, :n]
+    else:
+        cols["t_seg"] = take(np.int64, len(seg))
+        cols["t_seg"][:] = seg
+        cols["t_first"] = take(np.float64, len(seg))
+        cols["t_first"][:] = sf[L.SF_T, seg]
     cols["split"] = take(np.float32, (L.SS_NUM, n))
     cols["split"][:] = ss[:, :n]
     # Widest first, so every view stays aligned.
@@ -111,6 +122,53 @@ def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
             cols[name] = take(dt, n)
             cols[name][:] = src
     return cols
+
+
+def _busy_segments(t_s: npt.NDArray[np.float64], d_s: npt.NDArray[np.float64]) -> npt.NDArray[np.int64] | None:
+    """Rows where a run of back-to-back steps starts, when start times can be stored as
+    those runs' first starts only, else None.
+
+    A busy replica starts each step where the last ended: ``t[i + 1] == t[i] + d[i]`` in
+    float64, which a sequential sum (``np.add.accumulate``) rebuilds bit for bit
+    (:func:`step_starts`). Checked here on the rows themselves: the coding is used only when
+    the rebuilt starts equal the recorded ones and the runs are few (idle replicas start
+    most steps at an arrival: stored plainly)."""
+    n = len(t_s)
+    if n < 2:
+        return None
+    cont = t_s[1:] == t_s[:-1] + d_s[:-1]
+    seg = np.concatenate(([0], np.flatnonzero(~cont) + 1)).astype(np.int64)
+    if 16 * len(seg) > 4 * n:
+        return None
+    if not np.array_equal(_rebuild(seg, t_s[seg], d_s), t_s):
+        return None
+    return seg
+
+
+def _rebuild(seg: npt.NDArray[np.int64], first: npt.NDArray[np.float64], d_s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    n = len(d_s)
+    out = np.empty(n)
+    ends = [*seg[1:].tolist(), n]
+    for k, (lo, hi) in enumerate(zip(seg.tolist(), ends, strict=True)):
+        out[lo] = first[k]
+        if hi - lo > 1:
+            # Sequential sums: start, start + d0, (start + d0) + d1, ... as the loop added them.
+            out[lo + 1 : hi] = d_s[lo : hi - 1]
+            np.add.accumulate(out[lo:hi], out=out[lo:hi])
+    return out
+
+
+def step_starts(cols: dict[str, Any]) -> npt.NDArray[np.float64]:
+    """The start times of a compact chunk's rows (stored, or rebuilt from its busy runs)."""
+    t = cols.get("t_s")
+    if t is not None:
+        return t
+    return _rebuild(cols["t_seg"], cols["t_first"], cols["duration_s"])
+
+
+def first_start(cols: dict[str, Any]) -> float:
+    t = cols.get("t_s")
+    return float(t[0] if t is not None else cols["t_first"][0])
 
 
 class StepRows:
@@ -223,14 +281,23 @@ def cost_split_into(cost: Any, sf: Any, si: Any, sq: Any, ss: Any, n: int) -> No
         decode_ctx_tokens=f(sq[L.SQ_CTX]),
     )
     fields = ("compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s")
-    parts = np.stack([np.asarray(getattr(c, k), dtype=np.float64) * np.ones(n) for k in fields], axis=1)
-    parts[:, 3] += f(sf[L.SF_SWAP])
-    # Left to right, spelled out: the compiled loop adds the parts in this order.
+    ss[:, :n] = scale_split([getattr(c, k) for k in fields], f(sf[L.SF_SWAP]), f(sf[L.SF_D]))
+
+
+def scale_split(parts_s: list[Any], swap_s: npt.NDArray[np.float64],
+                duration_s: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    """The split by bound, ``[5, n]`` float32: the cost model's five parts (arrays or
+    scalars) with the swap time added to communication, scaled to each step's duration."""
+    n = len(duration_s)
+    parts = np.stack([np.asarray(p, dtype=np.float64) * np.ones(n) for p in parts_s], axis=1)
+    parts[:, 3] += swap_s
+    # Left to right, spelled out: the compiled loop adds the parts in this order as each
+    # step commits (``simulator.compiled._cost.scale_split``).
     total = parts[:, 0] + parts[:, 1]
-    for j in range(2, len(fields)):
+    for j in range(2, len(parts_s)):
         total += parts[:, j]
     total[total == 0] = 1.0
-    ss[:, :n] = (parts * (f(sf[L.SF_D]) / total)[:, None]).T
+    return (parts * (duration_s / total)[:, None]).T.astype(np.float32)
 
 
-__all__ = ["FIRST_CHUNK_ROWS", "INT_COLUMNS", "MAX_CHUNK_ROWS", "StepRows", "compact", "cost_split_into"]
+__all__ = ["FIRST_CHUNK_ROWS", "INT_COLUMNS", "MAX_CHUNK_ROWS", "StepRows", "compact", "cost_split_into", "first_start", "scale_split", "step_starts"]

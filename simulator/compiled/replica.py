@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +19,9 @@ from servesim.simulator.compiled._prefix import page_keys_csr
 from servesim.simulator.errors import InvariantError
 from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN, REJECT_SEQS
 from servesim.simulator.results import STATUS_COMPLETED, STATUS_REJECTED, Recorder
-from servesim.simulator.steprows import StepRows
+
+if TYPE_CHECKING:
+    from servesim.simulator.steprows import StepRows
 
 
 def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_packs: list[Any],
@@ -631,14 +633,18 @@ class CompiledCluster(Cluster):
 def _max_concurrent(arrival_s: npt.NDArray[np.float64], routed: npt.NDArray[np.bool_],
                     finish_s: npt.NDArray[np.float64]) -> int:
     """Most requests routed and not finished at once; at equal times arrivals count first
-    (SimPy processes them, URGENT, before a step's end)."""
-    a = arrival_s[routed]
-    f = finish_s[routed]
-    f = f[~np.isnan(f)]
+    (SimPy processes them, URGENT, before a step's end).
+
+    The count only rises at arrivals, so its maximum is reached right after the last arrival
+    of some time t: arrivals at or before t minus finishes strictly before t (two sorted
+    arrays and two searches, not a merged, sorted event list of both: a million-request run
+    held ~80 MB of temporaries for it).
+    """
+    a = np.sort(arrival_s[routed])
     if not len(a):
         return 0
-    t = np.concatenate([a, f])
-    kind = np.concatenate([np.zeros(len(a), np.int8), np.ones(len(f), np.int8)])
-    delta = np.concatenate([np.ones(len(a), np.int64), -np.ones(len(f), np.int64)])
-    order = np.lexsort((kind, t))
-    return int(np.cumsum(delta[order]).max())
+    f = finish_s[routed]
+    f = np.sort(f[~np.isnan(f)])
+    count = np.searchsorted(a, a, side="right")
+    count -= np.searchsorted(f, a, side="left")
+    return int(count.max())
