@@ -235,6 +235,7 @@ class Recorder:
             if rows.sf is not None:
                 rows.retire(rows.n)
                 rows.release()
+        self._writers = {}
 
     @property
     def num_step_rows(self) -> int:

@@ -213,8 +213,10 @@ class StepRows:
             self._alloc()
 
     def release(self) -> None:
-        """Drop the chunk (after the last :meth:`retire`)."""
+        """Drop the chunk and the callbacks (after the last :meth:`retire`): the callbacks
+        hold the replica (its KV pool, the per-request kernel rows), which can go then."""
         self.sf = self.si = self.sq = self.ss = None  # type: ignore[assignment]
+        self._on_retire = self._sink = None
 
     def append(
         self,

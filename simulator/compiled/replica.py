@@ -617,6 +617,9 @@ class CompiledCluster(Cluster):
             for r in self.replicas:
                 r.advance(until_s)
         rec = recorder
+        # The recorder's placeholders go before their copies come (a million requests: 24 MB
+        # less at the run's peak).
+        rec.first_scheduled_s = rec.first_token_s = rec.finish_s = None  # type: ignore[assignment]
         rec.first_scheduled_s = self.rqf[L.Q_FIRST_SCHED].copy()
         rec.first_token_s = self.rqf[L.Q_FIRST_TOKEN].copy()
         rec.finish_s = self.rqf[L.Q_FINISH].copy()
