@@ -424,7 +424,8 @@ class StepColumns:
                 v = cols[name]
                 dtype = _STEP_DTYPES[name]
                 if isinstance(v, int):
-                    return np.full(m, v, dtype)
+                    # A constant column: a read-only broadcast view, nothing allocated.
+                    return np.broadcast_to(np.asarray(v, dtype), (m,))
                 return v if v.dtype == dtype else v.astype(dtype)
 
             yield rid, get

@@ -56,17 +56,18 @@ def _mapped_bytes(nbytes: int) -> npt.NDArray[np.uint8]:
     return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.uint8)[:nbytes]
 
 
-def _narrow_dtype(a: npt.NDArray[Any]) -> tuple[Any, int]:
-    """The smallest of int8/int16/int32 that holds ``a`` (else its own dtype), or None and
-    the value when every value is the same."""
-    lo, hi = int(a.min()), int(a.max())
+_NARROW_BOUNDS = tuple((np.dtype(dt), int(np.iinfo(dt).min), int(np.iinfo(dt).max)) for dt in _NARROW)
+
+
+def _narrow_dtype(lo: int, hi: int, dtype: Any) -> Any:
+    """The smallest of int8/int16/int32 that holds ``[lo, hi]`` (else ``dtype``), or None
+    when every value is the same."""
     if lo == hi:
-        return None, lo
-    for dt in _NARROW:
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
-            return np.dtype(dt), 0
-    return a.dtype, 0
+        return None
+    for dt, dmin, dmax in _NARROW_BOUNDS:
+        if dmin <= lo and hi <= dmax:
+            return dt
+    return dtype
 
 
 def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
@@ -82,13 +83,16 @@ def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
     freed, the chunk goes back to the system, not into a heap the frame cannot reuse.
     """
     blocks = {"si": si, "sq": sq}
+    # Every integer column's range in one reduction per block.
+    bounds = {k: (b[:, :n].min(axis=1).tolist(), b[:, :n].max(axis=1).tolist()) for k, b in blocks.items()}
     kinds = []
     seg = _busy_segments(sf[L.SF_T, :n], sf[L.SF_D, :n])
     nbytes = (8 + 4 * L.SS_NUM) * n + (8 * n if seg is None else 16 * len(seg))
     for name, block, row in INT_COLUMNS:
         src = blocks[block][row, :n]
-        dt, value = _narrow_dtype(src)
-        kinds.append((name, src, dt, value))
+        lo, hi = bounds[block][0][row], bounds[block][1][row]
+        dt = _narrow_dtype(lo, hi, src.dtype)
+        kinds.append((name, src, dt, lo))
         if dt is not None:
             nbytes += dt.itemsize * n
     buf = _mapped_bytes(nbytes)
@@ -96,7 +100,7 @@ def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
 
     def take(dtype: Any, shape: Any) -> npt.NDArray[Any]:
         nonlocal pos
-        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        size = (n * L.SS_NUM if isinstance(shape, tuple) else shape) * np.dtype(dtype).itemsize
         out = buf[pos : pos + size].view(dtype).reshape(shape)
         pos += size
         return out
