@@ -38,6 +38,7 @@ import simpy
 
 from servesim.simulator.errors import InvariantError
 from servesim.simulator.request import DECODE, DONE, PREFILL, SWAPPED, WAITING, ReqState
+from servesim.simulator.steprows import cost_split_into
 
 if TYPE_CHECKING:
     from servesim.simulator.memory.base import KVCacheManager
@@ -114,6 +115,10 @@ class ReferenceReplica:
         self._idle: simpy.Event | None = None
         self.scheduler = scheduler_factory(self)
         recorder.cost_models[replica_id] = cost
+        # Step rows go into the same chunk of columns the compiled loop fills; their split
+        # by bound is costed a chunk at a time when the chunk is handed over.
+        self.rows = recorder.step_rows(
+            replica_id, on_retire=lambda sf, si, sq, ss, n: cost_split_into(cost, sf, si, sq, ss, n))
         self.process = env.process(self._run())
 
     # ================================================================ what the router reads
@@ -355,8 +360,7 @@ class ReferenceReplica:
         if len(dec):
             self._commit_decode(dec, end)
         self.num_steps += 1
-        self.recorder.steps_single(
-            replica_id=self.replica_id,
+        self.rows.append(
             t_s=start,
             duration_s=d,
             num_running=len(dec) + sum(len(ch.req.slots) for ch in plan.prefill),
