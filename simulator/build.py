@@ -449,6 +449,9 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
         if loop == "compiled":
             until = cfg.engine.max_sim_time_s
             cluster.finish(math.inf if until is None else until, recorder)  # type: ignore[attr-defined]
+        else:
+            for replica in cluster.replicas:
+                replica.drain_into(recorder)  # type: ignore[attr-defined]
     finally:
         if bar is not None:
             bar.stop()

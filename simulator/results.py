@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from servesim.hwmodels.exactsum import _MAX_PARTIALS, _partials, fdot, fmean, fstd, fsum
+from servesim.hwmodels.exactsum import _MAX_PARTIALS, _partials, fmean, fstd
 from servesim.simulator.request import REJECT_REASONS
 
 if TYPE_CHECKING:
@@ -85,10 +85,17 @@ _STEP_DTYPES = {
 }
 
 
-def _itl_bin(values_s: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-    v = np.maximum(values_s, _ITL_LO_S)
-    idx = np.floor(np.log10(v / _ITL_LO_S) * _ITL_BINS_PER_DECADE).astype(np.int64) + 1
-    return np.clip(idx, 0, _ITL_NUM_BINS - 1)
+def itl_bin(gap_s: float) -> int:
+    """The ITL histogram bin of one inter-token gap: the one definition, run as plain Python by
+    the reference replica and compiled by the kernel (``_loop._itl_bin``); ``math.log10`` is
+    the C library's in both, so the two bin every gap alike."""
+    v = gap_s if gap_s > _ITL_LO_S else _ITL_LO_S
+    idx = math.floor(math.log10(v / _ITL_LO_S) * _ITL_BINS_PER_DECADE) + 1
+    if idx < 0:
+        return 0
+    if idx > _ITL_NUM_BINS - 1:
+        return _ITL_NUM_BINS - 1
+    return idx
 
 
 def _itl_bin_value(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
@@ -103,8 +110,7 @@ class Recorder:
     (:meth:`step_rows`, the compiled loop's layout, :mod:`simulator.steprows`), which hands
     them here compact, chunk by chunk. :meth:`step_columns` reads them as columns (the
     summary), :meth:`steps_frame` builds the per-step timeline (on demand). Inter-token gaps
-    come binned from the compiled loop (:meth:`add_itl`) or raw from the reference
-    (:meth:`itl`).
+    come one way too: each replica's histogram and sums (:meth:`add_itl`).
     """
 
     def __init__(self, *, num_requests: int, arrival_s: npt.NDArray[np.float64]) -> None:
@@ -122,8 +128,6 @@ class Recorder:
         self._itl_sum_s = 0.0
         self._itl_sumsq_s2 = 0.0
         self._itl_n = 0
-        self._itl_buf: list[npt.NDArray[np.float64]] = []  # first gaps, one per sequence
-        self._itl_buf_len = 0
         # Step rows: each replica's writer, and the compact chunks it handed over.
         self._writers: dict[int, StepRows] = {}
         self._step_chunks: dict[int, list[dict[str, Any]]] = {}
@@ -165,44 +169,23 @@ class Recorder:
         self._concurrent -= 1
 
     # ------------------------------------------------------------------ inter-token latency
-    def itl(self, first_gaps_s: npt.NDArray[np.float64]) -> None:
-        """Add the gaps before a decode step's tokens, one per sequence (reference replica)."""
-        self._itl_buf.append(first_gaps_s)
-        self._itl_buf_len += len(first_gaps_s)
-        if self._itl_buf_len > 1_000_000:
-            self._flush_itl()
-
-    def _flush_itl(self) -> None:
-        if self._itl_buf:
-            vals = np.concatenate(self._itl_buf)
-            # Exactly rounded sums (#15): np.sum / np.dot round differently with the
-            # buffer's alignment and BLAS kernel, so results differed across processes.
-            self._itl_sum_s += fsum(vals)
-            self._itl_sumsq_s2 += fdot(vals, vals)
-            self._itl_n += len(vals)
-            self.itl_counts += np.bincount(_itl_bin(vals), minlength=_ITL_NUM_BINS)
-            self._itl_buf = []
-        self._itl_buf_len = 0
-
     @property
-
     def itl_n(self) -> int:
         """Inter-token gaps recorded (pooled over sequences)."""
-        self._flush_itl()
         return self._itl_n
 
     @property
     def itl_sum_s(self) -> float:
-        self._flush_itl()
         return self._itl_sum_s
 
     @property
     def itl_sumsq_s2(self) -> float:
-        self._flush_itl()
         return self._itl_sumsq_s2
 
     def add_itl(self, counts: npt.NDArray[np.int64], sum_s: float, sumsq_s2: float, n: int) -> None:
-        """Inter-token gaps already binned (the compiled loop's histogram and sums)."""
+        """A replica's inter-token gaps, binned (:func:`itl_bin`) and summed in its order of
+        steps and sequences; every replica, compiled or reference, hands them here once, at
+        the end of the run, in replica order."""
         self.itl_counts += counts
         self._itl_sum_s += sum_s
         self._itl_sumsq_s2 += sumsq_s2
@@ -272,7 +255,6 @@ class Recorder:
         chunks = self._chunks_in_order()
         self._step_chunks = {}
         self._writers = {}
-        self._flush_itl()
         n = sum(len(c["duration_s"]) for _r, c in chunks)
         starts = np.empty(n, np.float64)
         offsets = []
@@ -383,7 +365,6 @@ class Recorder:
         return over
 
     def itl_percentile_ms(self, q: float) -> float:
-        self._flush_itl()
         total = int(self.itl_counts.sum())
         if total == 0:
             return float("nan")
