@@ -1217,22 +1217,25 @@ def _decode_stretch(ri, rf, wq, rq, kva, pk, cf, mt, sf, si, sq, ss, until_s):
     NOTE(speed): most steps of a serving hour decode the same batch; this is their loop
     without the general path's calls, scans and reference counting (a numba call counts
     references to each array it passes, which cost as much as a decode step's work).
-    It applies while nothing but decoding can happen: nothing queued or swapped out, no
-    prompt left to compute, not static batching, a packed cost (no memo to miss), and no
-    sequence reaching its target (that commit finishes requests: the general path does it).
-    The plan is then ``_decode_with_preemption``'s over an unchanged running list, so the
-    batch (``K_DEC``) stands; the first grow that does not fit changed nothing and returns
+    It applies while nothing but decoding can happen: nothing queued (static batching: a
+    running batch plans no admission) or swapped out, no prompt left to compute (static: the
+    batch's finished members stay as padding, costed by :func:`_start_step`), a packed cost
+    (no memo to miss), and no sequence reaching its target (that commit finishes requests, and
+    may end a static batch: the general path does it). The plan is then
+    ``_decode_with_preemption``'s over an unchanged running list, so the batch (``K_DEC``)
+    stands; the first grow that does not fit changed nothing and returns
     to the general path, which plans the step again (preempting). Returns the steps
     committed (0: not applicable; the step in flight is untouched).
     """
     ndec = ri[H_NDEC]
-    if (ri[H_NPF] != 0 or ndec == 0 or ri[H_NWAIT] != 0 or ri[H_NSWAP] != 0 or ri[H_POLICY] == POLICY_STATIC
-            or cf.shape[0] == 0):
+    static = ri[H_POLICY] == POLICY_STATIC
+    if ri[H_NPF] != 0 or ndec == 0 or ri[H_NSWAP] != 0 or cf.shape[0] == 0 or (ri[H_NWAIT] != 0 and not static):
         return 0
     s = ri[H_S]
     o_run = H_HEADER + K_RUN * s
     for i in range(ri[H_NRUN]):
-        if rq[R_PHASE, ri[o_run + i]] != DECODE:
+        ph = rq[R_PHASE, ri[o_run + i]]
+        if ph != DECODE and not (static and ph == DONE):
             return 0
     o_ctx = H_HEADER + K_CTX * s
     o_dec = H_HEADER + K_DEC * s
@@ -1284,7 +1287,7 @@ def advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, until_s, new_r
             if rf[F_ECUR] < until_s:
                 if ri[H_ROW] >= ri[H_ROWCAP]:
                     return ROWS_FULL
-                if (ri[H_NPF] == 0 and ri[H_NWAIT] == 0 and ri[H_NSWAP] == 0
+                if (ri[H_NPF] == 0 and ri[H_NSWAP] == 0
                         and _decode_stretch(ri, rf, wq, rq, kva, pk, cf, mt, sf, si, sq, ss, until_s) > 0):
                     continue
                 status = _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq, ss)
