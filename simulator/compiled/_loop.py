@@ -11,7 +11,10 @@ It is the reference replica (``simulator.reference``, ``engine.loop: reference``
 for operation - the same plans, admissions, preemptions, prefix-cache calls through the same
 KV kernels (:mod:`simulator.memory.kernels`), the same step costs (the packed form of
 ``StepCostModel``, or its memo) - so request and step frames are identical bit for bit
-(``tests/engine/test_reference.py``, also with numba's JIT off).
+(``tests/engine/test_reference.py``, also with numba's JIT off). Runs of decode-only steps
+of an unchanged batch (most steps of a serving hour) are advanced by :func:`_decode_stretch`,
+step by step and identically, without the general path's calls (``_commit``'s decode part
+and step row are shared with it: :func:`_commit_decodes`, :func:`_write_row`).
 
 State is flat arrays (STYLE section 6):
 
