@@ -1,7 +1,7 @@
 """Engine speed: the full Azure 2023 conversation hour, and a 1M-request 16-replica cluster.
 
 Prints wall time, simulated requests per second, simulated steps per second, peak memory
-(max RSS), and the overhead against a bare SimPy loop that processes the same number of
+(peak RSS of each case's run, and again once its steps frame is built on demand), and the overhead against a bare SimPy loop that processes the same number of
 step events, measured in the same process (ratios are robust to a noisy shared machine).
 
     python benchmarks/bench_engine.py                     # both cases
@@ -19,6 +19,7 @@ that ``--python`` used to time is removed, issue 12).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import sys
@@ -51,7 +52,24 @@ def bare_simpy_s(num_events: int) -> float:
 
 
 def max_rss_bytes() -> int:
+    """Peak resident memory since the last :func:`reset_peak_rss` (Linux: ``VmHWM``), else
+    since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory window, so each case reports its own peak (Linux only:
+    writing 5 to ``/proc/self/clear_refs`` resets ``VmHWM`` to the current RSS)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def run_case(label: str, data: dict) -> None:
@@ -64,14 +82,24 @@ def run_case(label: str, data: dict) -> None:
     else:
         warm["workload"]["trace"] = dict(warm["workload"]["trace"], max_requests=50)
     run_scenario(scenario_from_dict(warm))
+    gc.collect()
+    reset_peak_rss()
+    rss0 = max_rss_bytes()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     res = run_scenario(cfg)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    peak = max_rss_bytes()
     v = res.variants[0]
     s = v.summary
-    steps = len(v.steps)
+    steps = s["num_steps"]
+    # The steps frame is built on first access (a summary needs none): time it apart.
+    cpu1, t1 = time.process_time(), time.perf_counter()
+    frame_rows = len(v.steps)
+    frame_wall, frame_cpu = time.perf_counter() - t1, time.process_time() - cpu1
+    frame_peak = max_rss_bytes()
+    assert frame_rows == steps
     # SimPy events the engine processed ~ iterations of the replica loops + arrivals; compare
     # with a bare loop of as many step events as the engine simulated steps.
     bare = bare_simpy_s(steps)
@@ -85,7 +113,10 @@ def run_case(label: str, data: dict) -> None:
     print(f"steps / s          {steps / wall:>12,.0f}")
     print(f"bare SimPy loop    {bare:>12.2f} s for {steps:,d} step events")
     print(f"overhead ratio     {wall / bare:>12.1f} x bare SimPy")
-    print(f"peak memory (RSS)  {max_rss_bytes() / 2**30:>12.2f} GiB")
+    print(f"peak memory (RSS)  {peak / 2**30:>12.2f} GiB  (this run, summary included; "
+          f"{rss0 / 2**30:.2f} GiB before it: interpreter, numba, warm-up)")
+    print(f"+ steps frame      {frame_wall:>12.2f} s  (CPU {frame_cpu:.2f} s, built on first access; "
+          f"peak RSS then {frame_peak / 2**30:.2f} GiB)")
     print(f"throughput         {s['output_throughput']:>12,.0f} output tok/s, mean batch {s['mean_batch_size']:.1f}")
 
 
@@ -130,7 +161,7 @@ def run_table(common: dict, loops: list[str]) -> None:
             res = run_scenario(scenario_from_dict(data))
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             v = res.variants[0]
-            steps = len(v.steps)
+            steps = v.summary["num_steps"]
             bare = bare_simpy_s(steps)
             ran = v.summary["config"]["engine_loop"]
             rows.append(wall)

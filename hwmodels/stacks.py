@@ -28,6 +28,9 @@ How each field enters the model (``docs/step-cost.md`` has the table):
 * ``kv_quant_decode_eff``: decode attention over a quantized (8- or 4-bit) KV cache reaches this
   fraction of the bandwidth the same kernel reaches over a 16-bit cache (dequantization in the
   attention kernel): the KV bytes halve, the KV-read time falls to ``0.5 / kv_quant_decode_eff``;
+* ``two_batch_overlap``: SGLang's ``--enable-two-batch-overlap`` (DeepSeek's dual micro-batch
+  overlap): every step of a deployment with a MoE all-to-all runs as two micro-batches whose
+  compute hides the other's dispatch and combine (``docs/step-cost.md``, "Two-batch overlap");
 * ``decode_attn_tensor_cores``: false for engines whose decode attention runs on CUDA cores
   (TensorRT-LLM <= 0.6 masked MHA, vLLM <= 0.3 PagedAttention): its compute side is priced at
   :data:`~hwmodels.roofline.CUDA_CORE_ATTN_EFF_FRAC` of the GPU's FP32 peak, which makes
@@ -91,8 +94,12 @@ class StackProfile:
         kv_quant_decode_eff: bandwidth fraction of decode attention over an 8/4-bit KV cache
             relative to the same kernel over a 16-bit one.
         decode_attn_tensor_cores: false: decode attention computes on CUDA cores.
-        alltoall_overlap_frac: share of the MoE all-to-all hidden behind compute (two-batch
-            overlap); 0 = none (the shipped profiles: not modelled, varied in the bands).
+        alltoall_overlap_frac: share of the MoE all-to-all hidden outright (a user's or a
+            fit's statement; 0 in the shipped profiles; the bands vary it).
+        two_batch_overlap: steps run as two overlapped micro-batches (SGLang
+            ``--enable-two-batch-overlap``); needs an all-to-all (expert parallelism with
+            attention data parallelism). Off in every shipped profile (opt-in in SGLang);
+            ``engine.two_batch_overlap`` sets it per scenario.
         separate_act_quant: W8A8/FP8 activations are quantized by separate elementwise
             kernels before each quantized GEMM (vLLM, SGLang) rather than fused into the
             preceding norm/activation kernel (TensorRT-LLM).
@@ -117,6 +124,7 @@ class StackProfile:
     kv_quant_decode_eff: float = 1.0
     decode_attn_tensor_cores: bool = True
     alltoall_overlap_frac: float = 0.0
+    two_batch_overlap: bool = False
     separate_act_quant: bool = False
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -136,7 +144,7 @@ class StackProfile:
         if not isinstance(a2a, (int, float)) or isinstance(a2a, bool) or not (0 <= a2a <= 1):
             raise ConfigError(f"{where}: alltoall_overlap_frac must be a fraction in [0, 1], got {a2a!r}")
         object.__setattr__(self, "alltoall_overlap_frac", float(a2a))
-        for f in ("separate_act_quant", "decode_attn_tensor_cores"):
+        for f in ("separate_act_quant", "decode_attn_tensor_cores", "two_batch_overlap"):
             if not isinstance(getattr(self, f), bool):
                 raise ConfigError(f"{where}: {f} must be true or false, got {getattr(self, f)!r}")
         if self.cuda_graphs not in CUDA_GRAPH_MODES:

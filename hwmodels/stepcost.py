@@ -116,6 +116,20 @@ P2P_LATENCY_S = 10e-6
 _FALLBACK_LINK_BW_BYTES_PER_S = 32e9
 #: vLLM's default ``max_num_seqs``: rows of logits materialised in the largest step.
 _DEFAULT_MAX_SAMPLING_ROWS = 256
+#: GEMMs of a layer's attention half under two-batch overlap (the rest is its MLP half).
+_ATTENTION_SIDE_OPS = frozenset({"qkv_proj", "o_proj"})
+#: SMs DeepEP's normal (prefill) dispatch/combine kernels hold while they run: the V1 example
+#: sets ``Buffer.set_num_sms(24)`` (DeepEP docs/legacy.md, "Example use in model training or
+#: inference prefilling"; the V2 README: "SM usage reduced from 24 to 4 - 6"). Compute
+#: overlapped with them runs on the GPU's other SMs (two-batch overlap).
+DEEPEP_NORMAL_NUM_SMS = 24
+#: Share of a DeepEP low-latency (decode) kernel's time during which it holds the SMs, so that
+#: two-batch overlap cannot hide it; the rest is RDMA in flight "without any SM occupation"
+#: behind the receive hook (DeepEP docs/legacy.md). LMSYS large-scale-EP blog (2025-05-05,
+#: "Detail Breakdown"): unit tests of DeepEP's dispatch show "0.06 ms occupying SMs"; DeepEP's
+#: own table gives 173 us for the whole low-latency dispatch at 128 tokens per rank, EP64
+#: (H800) -> 0.06 / 0.173 = 0.35, taken for the combine too (no figure of its own).
+DEEPEP_LL_SM_ACTIVE_FRAC = 0.35
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +221,8 @@ class _GemmCoef:
     slots: float = 0.0
     sigma: float = 0.0
     kmax: float = 0.0
+    # Two-batch overlap: the kernel runs in the MLP half of a layer (False: attention half).
+    mlp_side: bool = False
 
 
 @functools.lru_cache(maxsize=64)
@@ -331,6 +347,14 @@ class StepCostModel:
         self.scheme.check_supported(self.gpu)
         check_kv_dtype_supported(self.kv_dtype, self.gpu)
         check_expert_parallel(self.model, self.tp, self.ep, self.adp, self.redundant_experts)
+        #: Two-batch overlap (stack profile / engine.two_batch_overlap): SGLang runs it with
+        #: the DeepEP all-to-all, so it needs expert parallelism with attention data parallelism.
+        self.tbo = bool(self.stack.two_batch_overlap)
+        if self.tbo and not (self.ep > 1 and self.adp > 1):
+            raise ConfigError(
+                f"two_batch_overlap needs expert_parallel > 1 with attention_data_parallel > 1 (the MoE "
+                f"all-to-all it overlaps), got expert_parallel={self.ep}, attention_data_parallel={self.adp}"
+            )
         #: GPUs sharing one attention (and dense-GEMM, LM-head) computation.
         self.tp_attn = self.tp // self.adp
         check_tp(self.model, self.tp_attn, self.pp)
@@ -414,7 +438,7 @@ class StepCostModel:
             s_mem_const=(g.weight_bytes + p.bytes_half) / bw, s_mem_const_weights=g.weight_bytes / bw,
             s_mem_per_token=act_bytes_tok / bw, flops_per_token=2.0 * nk, weight_bytes=g.weight_bytes,
             act_bytes_per_token=act_bytes_tok, num_copies=g.num_copies, active_copies=g.active_copies,
-            is_routed=g.is_routed,
+            is_routed=g.is_routed, mlp_side=g.op not in _ATTENTION_SIDE_OPS,
         )
 
     def _act_quant_coefs(self, ops: list[GemmOp]) -> list[_GemmCoef]:
@@ -437,7 +461,7 @@ class StepCostModel:
                 s_per_padded_token=0.0, s_compute_const=0.0, s_dequant_per_tile=0.0,
                 s_mem_const=0.0, s_mem_const_weights=0.0, s_mem_per_token=per_token / bw,
                 flops_per_token=0.0, weight_bytes=0.0, act_bytes_per_token=per_token,
-                num_copies=1, active_copies=1, is_routed=False,
+                num_copies=1, active_copies=1, is_routed=False, mlp_side=g.op not in _ATTENTION_SIDE_OPS,
             ))
         return out
 
@@ -451,9 +475,10 @@ class StepCostModel:
         return replace(c, num_copies=per_rank, ep=float(self.ep), slots=float(slots),
                        sigma=expert_max_load_sigma(slots, per_rank, k, self.ep), kmax=float(min(k, per_rank)))
 
-    def _alltoall_coef(self) -> tuple[float, float, float, float]:
+    def _alltoall_coef(self) -> tuple[float, ...]:
         """One MoE layer's dispatch + combine all-to-all as ``(ll_s, ll_s_per_token, normal_s,
-        normal_s_per_token)`` per local token: DeepEP's two kernel families with the GPU's
+        normal_s_per_token)`` per local token, then the same four for the dispatch alone (two-batch
+        overlap pairs dispatch and combine with different compute): DeepEP's two kernel families with the GPU's
         figures (achievable.yaml ``alltoall``), FP8 (+ 1/32 scales) dispatch when the scheme's
         activations are 8-bit, BF16 combine.
 
@@ -468,21 +493,25 @@ class StepCostModel:
         """
         m = self.model
         if self.adp <= 1 or self.ep <= 1:
-            return 0.0, 0.0, 0.0, 0.0
+            return (0.0,) * 8
         k, h = m.experts_per_tok, float(m.hidden_size)
         b_d = 1.0 + 4.0 / 128.0 if self.scheme.act_bytes < ACT_BYTES else ACT_BYTES
         ach = self.efficiency.achievable
         fig = ach.alltoall_for(self.ep) if ach is not None else None
         if fig is None:
             per_tok = k * h * (b_d + ACT_BYTES) / self._link_bw()
-            return 2.0 * ALLREDUCE_LATENCY_S, per_tok, 2.0 * ALLREDUCE_LATENCY_S, per_tok
+            per_tok_d = k * h * b_d / self._link_bw()
+            return (2.0 * ALLREDUCE_LATENCY_S, per_tok, 2.0 * ALLREDUCE_LATENCY_S, per_tok,
+                    ALLREDUCE_LATENCY_S, per_tok_d, ALLREDUCE_LATENCY_S, per_tok_d)
         lat = fig.dispatch_latency_s + fig.combine_latency_s
         ll = k * h * b_d / fig.dispatch_bw_bytes_per_s + k * h * ACT_BYTES / fig.combine_bw_bytes_per_s
         slots = m.num_experts + self.redundant_experts
         groups = self.ep if self.ep <= fig.node_gpus else max(self.ep // fig.node_gpus, 1)
         dest = expected_distinct_groups(slots, groups, k)
         normal = dest * h * b_d / fig.normal_dispatch_bw_bytes_per_s + dest * h * ACT_BYTES / fig.normal_combine_bw_bytes_per_s
-        return lat, ll, lat, normal
+        lat_d = fig.dispatch_latency_s
+        return (lat, ll, lat, normal, lat_d, k * h * b_d / fig.dispatch_bw_bytes_per_s, lat_d,
+                dest * h * b_d / fig.normal_dispatch_bw_bytes_per_s)
 
     def _precompute(self) -> None:
         m, tp = self.model, self.tp_attn
@@ -492,7 +521,7 @@ class StepCostModel:
         self._kinds: list[tuple[float, list[_GemmCoef]]] = []
         #: Per kind: one layer's all-to-all (:meth:`_alltoall_coef`); MoE layers under
         #: attention data parallelism only.
-        self._kind_a2a: list[tuple[float, float, float, float]] = []
+        self._kind_a2a: list[tuple[float, ...]] = []
         kind_is_moe: list[bool] = []
         for moe_layer in (False, True):
             count = m.num_moe_layers if moe_layer else m.num_dense_layers
@@ -506,7 +535,7 @@ class StepCostModel:
                 # into the coefficients, so the packed form carries it unchanged).
                 keep = 1.0 - self.stack.alltoall_overlap_frac
                 self._kind_a2a.append(tuple(keep * x for x in self._alltoall_coef()) if moe_layer
-                                      else (0.0, 0.0, 0.0, 0.0))
+                                      else (0.0,) * 8)
                 kind_is_moe.append(moe_layer)
         self._head = self._coef(lm_head_gemm(m, self.scheme, tp))
         # Contiguous stages; earlier stages take the remainder layers (as vLLM's
@@ -599,6 +628,12 @@ class StepCostModel:
                 groups = self.ep if self.ep <= fig.node_gpus else max(self.ep // fig.node_gpus, 1)
                 self._a2a_dest = expected_distinct_groups(m.num_experts + self.redundant_experts, groups,
                                                           m.experts_per_tok)
+        # Two-batch overlap, per DeepEP kernel family: (share of the kernel's time it holds every
+        # SM, share of the SMs it holds in flight). Low latency: the receive hook frees the SMs
+        # while RDMA is in flight; normal: a fixed SM set for the whole kernel.
+        sms = float(self.gpu.num_sms or 132)  # no SM count published: H100 SXM's 132
+        self._tbo_ll = (DEEPEP_LL_SM_ACTIVE_FRAC, 0.0)
+        self._tbo_nm = (0.0, min(DEEPEP_NORMAL_NUM_SMS / sms, 1.0))
         self._p2p_const_s = P2P_LATENCY_S
         self._p2p_s_per_token = hidden_bytes / link
         self._graph_mode = self.stack.graph_mode_code
@@ -647,6 +682,9 @@ class StepCostModel:
         head[sk.P_NUM_STAGES] = float(self.pp)
         head[sk.P_LAYOUT] = sk.LAYOUT_VERSION
         head[sk.P_DP] = float(self.adp)
+        head[sk.P_TBO] = 1.0 if self.tbo else 0.0
+        head[sk.P_TBO_LL_PHI], head[sk.P_TBO_LL_S] = self._tbo_ll
+        head[sk.P_TBO_NM_PHI], head[sk.P_TBO_NM_S] = self._tbo_nm
         body: list[float] = list(self._graph_sizes)
         for x, y, sl in zip(self._ar_x, self._ar_y, self._ar_s, strict=True):
             body += [x, y, sl]
@@ -657,7 +695,8 @@ class StepCostModel:
             for c in gemms:
                 body += [1.0 if c.is_routed else 0.0, c.s_per_padded_token, c.s_compute_const,
                          c.s_dequant_per_tile, c.s_mem_const, c.s_mem_const_weights, c.s_mem_per_token,
-                         float(c.num_copies), float(c.active_copies), c.ep, c.slots, c.sigma, c.kmax]
+                         float(c.num_copies), float(c.active_copies), c.ep, c.slots, c.sigma, c.kmax,
+                         1.0 if c.mlp_side else 0.0]
         return np.asarray(head + body, dtype=np.float64)
 
 
@@ -898,7 +937,7 @@ class StepCostModel:
         return (t_p, tc_p, tm_p, fl_p, by_p * B.pos(pf)), (t_d, tc_d, tm_d, fl_d, by_d * B.pos(ndec))
 
     def _evaluate(self, B: Any, pf: Any, pairs: Any, kvt: Any, nsamp: Any, ndec: Any, ctx: Any,
-                  rec: dict | None = None, stage_out: list | None = None) -> StepCostArrays:
+                  rec: dict | None = None, stage_out: list | None = None, plain: bool = False) -> StepCostArrays:
         """The readable reference: every operator of one step, in the packed form's order.
 
         ``time_s`` is summed exactly as :func:`hwmodels.stepkernel.packed_step_time_s` sums it
@@ -915,9 +954,20 @@ class StepCostModel:
                 stage_out.extend([0.0] * self.pp)
             z = 0.0
             return StepCostArrays(self.step_overhead_s, z, z, z, z, self.step_overhead_s, z)
+        raw = (pf, pairs, kvt, nsamp, ndec, ctx)
         if self.adp > 1:  # one attention-data-parallel rank's share (stepkernel.local_share)
             pf, pairs, kvt, nsamp, ndec, ctx = self._local_share(B, pf, pairs, kvt, nsamp, ndec, ctx)
             T = pf + ndec
+        if self.tbo and not plain:  # two-batch overlap on a rank's step of >= 2 tokens
+            if B is _ScalarBackend:
+                if T >= 2.0:
+                    return self._evaluate_tbo(B, pf, pairs, kvt, nsamp, ndec, ctx, rec, stage_out)
+            else:
+                one = self._evaluate(B, *raw, plain=True)
+                two = self._evaluate_tbo(B, pf, pairs, kvt, nsamp, ndec, ctx)
+                use = T >= 2.0
+                return StepCostArrays(*(np.where(use, getattr(two, f), getattr(one, f))
+                                        for f in StepCostArrays.__slots__))
         Tg = self._graph_tokens(B, T, pf)
         Tm = Tg * float(self.adp)  # tokens of the whole EP group (routed experts)
         on = B.pos(T)
@@ -932,7 +982,7 @@ class StepCostModel:
         # ---- one layer of each kind (dense, MoE): shared parts + its GEMMs
         layers: list[tuple[Any, Any, Any]] = []  # (time, compute side, memory side) per kind
         a2as: list[Any] = []  # one layer's all-to-all time per kind
-        for (n_layers, gemms), (ll_c, ll_t, nm_c, nm_t) in zip(self._kinds, self._kind_a2a, strict=True):
+        for (n_layers, gemms), (ll_c, ll_t, nm_c, nm_t, *_) in zip(self._kinds, self._kind_a2a, strict=True):
             layer, comp, mem = common, a_comp, t_ew
             for c in gemms:
                 t, tc, tm, flops, nbytes = self._gemm(B, c, Tg, Tm)
@@ -1016,6 +1066,151 @@ class StepCostModel:
             time_s=time, compute_s=comp, weight_read_s=mem, kv_read_s=kv, comm_s=comm,
             overhead_s=over, bottleneck_stage_s=worst,
         )
+
+    # ------------------------------------------------------------------ two-batch overlap
+    @staticmethod
+    def _tbo_half(B: Any, pf: Any, pairs: Any, kvt: Any, ndec: Any, ctx: Any) -> tuple[Any, ...]:
+        """One micro-batch: ``ceil(x / 2)`` prefill tokens and decode sequences, pairs, prefill
+        KV and context scaled with them (:func:`hwmodels.stepkernel.tbo_half`, same operations)."""
+        if B is _ScalarBackend:
+            if pf > 0.0:
+                pf_h = float(math.ceil(pf / 2.0))
+                pairs = pairs * (pf_h / pf)
+                kvt = kvt * (pf_h / pf)
+                pf = pf_h
+            if ndec > 0.0:
+                nd_h = float(math.ceil(ndec / 2.0))
+                ctx = ctx * (nd_h / ndec)
+                ndec = nd_h
+            return pf, pairs, kvt, ndec, ctx
+        pf_h = np.ceil(pf / 2.0)
+        r_p = pf_h / np.where(pf > 0, pf, 1.0)
+        pairs = np.where(pf > 0, pairs * r_p, pairs)
+        kvt = np.where(pf > 0, kvt * r_p, kvt)
+        nd_h = np.ceil(ndec / 2.0)
+        ctx = np.where(ndec > 0, ctx * (nd_h / np.where(ndec > 0, ndec, 1.0)), ctx)
+        return pf_h, pairs, kvt, nd_h, ctx
+
+    @staticmethod
+    def _tbo_slot(B: Any, c: Any, q: Any, phi: Any, s: Any) -> Any:
+        """One overlapped stage (:func:`hwmodels.stepkernel.tbo_slot`): compute ``c`` beside a
+        communication kernel of ``q`` seconds that holds every SM for ``phi q`` and a share
+        ``s`` of them while in flight."""
+        rest = (1.0 - phi) * q
+        busy = c + s * rest
+        return phi * q + B.mx(rest, busy)
+
+    def _evaluate_tbo(self, B: Any, pf: Any, pairs: Any, kvt: Any, nsamp: Any, ndec: Any, ctx: Any,
+                      rec: dict | None = None, stage_out: list | None = None) -> StepCostArrays:
+        """A step under two-batch overlap (SGLang ``--enable-two-batch-overlap``; inputs: one
+        rank's share, ``pf + ndec >= 2``), in :func:`hwmodels.stepkernel.packed_tbo_step`'s
+        order. The step runs as two micro-batches of half the tokens (every layer's kernels
+        twice, at half the size: weights are read twice); per layer, the four stages of
+        DeepEP's overlap figure (docs/legacy.md) put each micro-batch's attention half and MLP
+        half beside the other's dispatch and combine: ``slot(x, d) + slot(m, d) + slot(m, k) +
+        slot(x, k)``. The LM head, pipeline sends and host overhead run on the whole step."""
+        T_full = pf + ndec
+        Tg_full = self._graph_tokens(B, T_full, pf)
+        rows = nsamp + ndec
+        pf, pairs, kvt, ndec, ctx = self._tbo_half(B, pf, pairs, kvt, ndec, ctx)
+        T = pf + ndec
+        Tg = self._graph_tokens(B, T, pf)
+        Tm = Tg * float(self.adp)
+        on = B.pos(T)
+        t_ew = (self._ew_const_s + self._ew_s_per_byte * self._ew_bytes * Tg) * on
+        t_ar = 2.0 * self._allreduce_s(B, Tg) * on
+        att_p, att_d = self._attention(B, pf, pairs, kvt, ndec, ctx, nsamp)
+        common = t_ew + t_ar + att_p[0] + att_d[0]
+        a_comp = att_p[0] * (att_p[1] >= att_p[2]) + att_d[0] * (att_d[1] >= att_d[2])
+        a_kv = att_p[0] + att_d[0] - a_comp
+        # Steps with prefill run DeepEP's normal kernels, decode-only steps the low-latency ones.
+        phi = B.where(pf > 0, self._tbo_nm[0], self._tbo_ll[0])
+        sms = B.where(pf > 0, self._tbo_nm[1], self._tbo_ll[1])
+        layers: list[tuple[Any, ...]] = []  # (layer, compute, memory, kv, all-reduce, exposed a2a)
+        for (n_layers, gemms), (ll_c, ll_t, nm_c, nm_t, lld_c, lld_t, nmd_c, nmd_t) in zip(
+                self._kinds, self._kind_a2a, strict=True):
+            q = B.where(pf > 0, nm_c + nm_t * Tg, ll_c + ll_t * Tg) * on
+            qd = B.where(pf > 0, nmd_c + nmd_t * Tg, lld_c + lld_t * Tg) * on
+            qk = q - qd
+            x, mlp, comp, mem = common, 0.0, a_comp, t_ew
+            for c in gemms:
+                t, tc, tm, flops, nbytes = self._gemm(B, c, Tg, Tm)
+                if c.mlp_side:
+                    mlp = mlp + t
+                else:
+                    x = x + t
+                is_c = tc >= tm
+                t_c = t * is_c
+                comp = comp + t_c
+                mem = mem + (t - t_c)
+                if rec is not None:
+                    _record(rec, c.op, n_layers * 2.0 * t, n_layers * 2.0 * flops, n_layers * 2.0 * nbytes,
+                            "compute" if is_c else "memory")
+            layer = (self._tbo_slot(B, x, qd, phi, sms) + self._tbo_slot(B, mlp, qd, phi, sms)
+                     + self._tbo_slot(B, mlp, qk, phi, sms) + self._tbo_slot(B, x, qk, phi, sms))
+            work = 2.0 * (x + mlp)
+            layers.append((layer, 2.0 * comp, 2.0 * mem, 2.0 * a_kv, 2.0 * t_ar, layer - work))
+            if rec is not None:
+                if ll_c or ll_t:
+                    _record(rec, "alltoall", n_layers * (layer - work), 0.0,
+                            n_layers * 2.0 * self._a2a_bytes_per_token
+                            * (self._a2a_dest / self.model.experts_per_tok if pf > 0 else 1.0) * Tg,
+                            "communication")
+                _record(rec, "attention", n_layers * 2.0 * (att_p[0] + att_d[0]),
+                        n_layers * 2.0 * (att_p[3] + att_d[3]), n_layers * 2.0 * (att_p[4] + att_d[4]),
+                        "compute" if a_comp >= a_kv else "memory")
+                _record(rec, "norm", n_layers * 2.0 * t_ew, n_layers * 2.0 * 8.0 * self.model.hidden_size * Tg,
+                        n_layers * 2.0 * self._ew_bytes * Tg, "memory")
+                if self.tp_attn > 1:
+                    _record(rec, "allreduce", n_layers * 2.0 * t_ar, 0.0,
+                            n_layers * 4.0 * self._ar_bytes_per_token * Tg, "communication")
+        total: Any = 0.0
+        for (n_layers, _), lay in zip(self._kinds, layers, strict=True):
+            total = total + n_layers * lay[0]
+        t_h, h_c, h_m, h_fl, h_by = self._gemm(B, self._head, rows)
+        total = total + t_h
+        t_p2p_one = (self._p2p_const_s + self._p2p_s_per_token * Tg_full) * B.pos(T_full)
+        total = total + (self.pp - 1) * t_p2p_one
+        over = self.step_overhead_s + self.step_overhead_s_per_seq * rows
+        time = total + over
+        if rec is not None:
+            _record(rec, "lm_head", t_h, h_fl, h_by, "compute" if h_c >= h_m else "memory")
+            if self.pp > 1:
+                _record(rec, "pipeline_p2p", (self.pp - 1) * t_p2p_one, 0.0,
+                        (self.pp - 1) * ACT_BYTES * self.model.hidden_size * Tg_full, "communication")
+            _record(rec, "overhead", over, 0.0, 0.0, "overhead")
+        head_c = t_h * (h_c >= h_m)
+        comp = mem = kv = comm = 0.0
+        for (n_layers, _), (_, l_comp, l_mem, l_kv, l_ar, l_a2a) in zip(self._kinds, layers, strict=True):
+            comp = comp + n_layers * l_comp
+            mem = mem + n_layers * l_mem
+            kv = kv + n_layers * l_kv
+            comm = comm + n_layers * l_ar
+            comm = comm + n_layers * l_a2a
+        comp = comp + head_c
+        mem = mem + (t_h - head_c)
+        comm = comm + (self.pp - 1) * t_p2p_one
+        worst: Any = 0.0
+        if self.pp == 1 and stage_out is None:
+            worst = total
+        for st, counts in enumerate(self._stage_counts if (self.pp > 1 or stage_out is not None) else ()):
+            stage: Any = 0.0
+            for n_s, lay in zip(counts, layers, strict=True):
+                stage = stage + n_s * lay[0]
+            if st == self.pp - 1:
+                stage = stage + t_h
+            if st > 0:
+                stage = stage + t_p2p_one
+            worst = B.mx(worst, stage)
+            if stage_out is not None:
+                stage_out.append(stage)
+        if B is not _ScalarBackend:
+            comp, mem, kv, comm, over, worst = (
+                x if isinstance(x, np.ndarray) and x.shape == T.shape else x + 0.0 * T
+                for x in (comp, mem, kv, comm, over, worst)
+            )
+        return StepCostArrays(time_s=time, compute_s=comp, weight_read_s=mem, kv_read_s=kv, comm_s=comm,
+                              overhead_s=over, bottleneck_stage_s=worst)
 
     # ------------------------------------------------------------------ public API
     def cost(

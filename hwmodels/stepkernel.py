@@ -20,9 +20,11 @@ Pack layout (float64)::
                           x ascending from 0 (n_ar = cf[P_AR_NPTS])
     then per pipeline stage: its layer count of each kind (n_stages x n_kinds floats)
     then per layer kind:  n_layers, n_gemms, ll_s, ll_s_per_token, normal_s, normal_s_per_token
-                          (KIND_FIELDS: all-to-all of DeepEP's low-latency / normal kernels), then
+                          (all-to-all of DeepEP's low-latency / normal kernels, dispatch +
+                          combine), ll_dispatch_s, ll_dispatch_s_per_token, normal_dispatch_s,
+                          normal_dispatch_s_per_token (the dispatch alone; KIND_FIELDS), then
                           GEMM_FIELDS floats per GEMM (routed, s_tok, s_c0, s_dq, s_m0, s_mw,
-                          s_mt, copies, active, ep, slots, sigma, kmax); for routed experts
+                          s_mt, copies, active, ep, slots, sigma, kmax, mlp_side); for routed experts
                           under expert parallelism ``copies`` is the slots one rank holds,
                           ``slots`` all slots (experts + redundant), ``sigma`` the max-load
                           coefficient (hwmodels.stepcost.expert_max_load_sigma), ``kmax`` the
@@ -42,6 +44,12 @@ capture size when the step runs as a graph (the stack profile decides which step
               the message size: measured all-reduce times, hwmodels/data/achievable.yaml)
     time    = sum_kind n_layers x layer + lm_head(sampled rows) + (pp-1) p2p(Tg)
               + host_overhead + host_overhead_per_seq x (sampled rows)
+
+    two-batch overlap (cf[P_TBO] = 1, a rank's step of >= 2 tokens; packed_tbo_step): the
+    layers run on one micro-batch of ceil(x / 2) tokens, x = attention side (elementwise,
+    all-reduces, attention, GEMMs with mlp_side 0), m = MLP side, d / k = its dispatch /
+    combine, and one layer = slot(x, d) + slot(m, d) + slot(m, k) + slot(x, k) with
+    slot(c, q) = phi q + max((1 - phi) q, c + s (1 - phi) q) (phi, s of the kernel family)
 """
 
 from __future__ import annotations
@@ -97,7 +105,15 @@ P_LAYOUT = 32
 #: replica's batch (its own requests) through attention, the dense GEMMs and the LM head;
 #: routed experts see the whole group's tokens (expert parallelism, all-to-all).
 P_DP = 33
-P_HEADER = 34
+#: Two-batch overlap (1: on): the overlap parameters of DeepEP's low-latency (decode-only
+#: steps) and normal kernels: phi = share of a kernel's time it holds every SM (cannot overlap),
+#: s = share of the SMs it holds while in flight (slows the overlapped compute).
+P_TBO = 34
+P_TBO_LL_PHI = 35
+P_TBO_LL_S = 36
+P_TBO_NM_PHI = 37
+P_TBO_NM_S = 38
+P_HEADER = 39
 
 
 def _source_stamp() -> float:
@@ -110,11 +126,11 @@ def _source_stamp() -> float:
 LAYOUT_VERSION = _source_stamp()
 _STALE = ("step-cost pack from a newer hwmodels.stepkernel than the compiled caller: a stale numba "
           "cache; delete the __pycache__/*.nbi and *.nbc files (or NUMBA_CACHE_DIR) and rerun")
-GEMM_FIELDS = 13
+GEMM_FIELDS = 14
 #: Floats before a layer kind's GEMMs: n_layers, n_gemms, then one layer's all-to-all seconds
 #: (constant, per token) of DeepEP's low-latency kernels (decode-only steps) and of its normal
-#: kernels (steps with prefill).
-KIND_FIELDS = 6
+#: kernels (steps with prefill), then the same for the dispatch alone (two-batch overlap).
+KIND_FIELDS = 10
 #: Fields :func:`packed_step_cost` writes, in order (``StepCostArrays``' fields).
 COST_FIELDS = ("time_s", "compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s", "bottleneck_stage_s")
 
@@ -216,6 +232,170 @@ def allreduce_s(cf, T):
 
 
 @njit(cache=True)
+def tbo_half(pf, pairs, kv_tokens, ndec, ctx):
+    """One micro-batch of two-batch overlap: ``ceil(x / 2)`` of a rank's prefill tokens and
+    decode sequences, with the attention pairs, prefill KV and context scaled alike (the
+    busier of the two halves)."""
+    if pf > 0.0:
+        pf_h = float(math.ceil(pf / 2.0))
+        pairs = pairs * (pf_h / pf)
+        kv_tokens = kv_tokens * (pf_h / pf)
+        pf = pf_h
+    if ndec > 0.0:
+        nd_h = float(math.ceil(ndec / 2.0))
+        ctx = ctx * (nd_h / ndec)
+        ndec = nd_h
+    return pf, pairs, kv_tokens, ndec, ctx
+
+
+@njit(cache=True)
+def tbo_slot(c, q, phi, s):
+    """One stage of two-batch overlap: compute ``c`` of one micro-batch beside the other's
+    communication kernel of ``q`` seconds, which holds every SM for ``phi q`` (not hidden)
+    and a share ``s`` of them while in flight (slowing the compute beside it)."""
+    rest = (1.0 - phi) * q
+    busy = c + s * rest
+    return phi * q + (rest if rest > busy else busy)
+
+
+@njit(cache=True)
+def packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
+    """A step under two-batch overlap (one rank's share already taken, ``pf + ndec >= 2``):
+    :func:`packed_step_cost`'s seven fields into ``out``. Every layer runs on a micro-batch of
+    half the tokens (:func:`tbo_half`) as four overlapped stages (attention beside the other
+    micro-batch's dispatch and combine, the MLP beside them too, :func:`tbo_slot`); the LM head,
+    pipeline sends and host overhead on the whole step. The split by bound counts both
+    micro-batches' kernels and the communication left exposed."""
+    T_full = pf + ndec
+    Tg_full = graph_tokens(cf, T_full, pf)
+    rows = num_prefill_seqs + ndec
+    pf, pairs, kv_tokens, ndec, ctx = tbo_half(pf, pairs, kv_tokens, ndec, ctx)
+    T = pf + ndec
+    Tg = graph_tokens(cf, T, pf)
+    Tm = Tg * cf[P_DP]
+    window = cf[P_WINDOW]
+    if window != 0.0:
+        pairs = min(pairs, pf * window)
+        ctx = min(ctx, ndec * window)
+    if pf > 0.0:
+        phi = cf[P_TBO_NM_PHI]
+        sms = cf[P_TBO_NM_S]
+    else:
+        phi = cf[P_TBO_LL_PHI]
+        sms = cf[P_TBO_LL_S]
+    launch = cf[P_LAUNCH]
+    tile = cf[P_TILE]
+    tiles = float(math.ceil(Tg / tile))
+    mp = _padded(Tg, tiles, tile)
+    kvl = cf[P_KVL]
+    qo = cf[P_QO]
+    bh = cf[P_BH]
+    t_ew = cf[P_EW_CONST] + cf[P_EW_PER_BYTE] * cf[P_EW_BYTES] * Tg
+    t_ar = 2.0 * allreduce_s(cf, Tg)
+    att_p = 0.0
+    c_p = 0.0
+    if pf > 0.0:
+        tc = cf[P_FPP_PREFILL] * pairs / cf[P_PF_PEAK] + cf[P_PF_FH]
+        tm = (kvl * (kv_tokens + pf) + qo * pf) / cf[P_PF_BW] + bh
+        att_p = launch + (tc if tc > tm else tm)
+        c_p = 1.0 if tc >= tm else 0.0
+    att_d = 0.0
+    c_d = 0.0
+    if ndec > 0.0:
+        tc = cf[P_FPP_DECODE] * ctx / cf[P_DEC_PEAK] + cf[P_DEC_FH]
+        tm = (kvl * (ctx + ndec) + qo * ndec) / cf[P_DEC_BW] + bh
+        att_d = launch + (tc if tc > tm else tm)
+        c_d = 1.0 if tc >= tm else 0.0
+    common = t_ew + t_ar + att_p + att_d
+    a_comp = att_p * c_p + att_d * c_d
+    a_kv = att_p + att_d - a_comp
+    n_kinds = int(cf[P_NUM_KINDS])
+    n_stages = int(cf[P_NUM_STAGES])
+    stage_pos = P_HEADER + int(cf[P_NUM_GRAPH]) + 3 * int(cf[P_AR_NPTS])
+    pos = stage_pos + n_stages * n_kinds
+    layer_t = np.zeros(n_kinds if n_stages > 1 else 0)
+    total = 0.0
+    comp = 0.0
+    mem = 0.0
+    kv = 0.0
+    comm = 0.0
+    for kd in range(n_kinds):
+        count = cf[pos]
+        n_gemms = int(cf[pos + 1])
+        if pf > 0.0:
+            q = cf[pos + 4] + cf[pos + 5] * Tg
+            qd = cf[pos + 8] + cf[pos + 9] * Tg
+        else:
+            q = cf[pos + 2] + cf[pos + 3] * Tg
+            qd = cf[pos + 6] + cf[pos + 7] * Tg
+        qk = q - qd
+        pos += KIND_FIELDS
+        x = common
+        m = 0.0
+        l_comp = a_comp
+        l_mem = t_ew
+        for _g in range(n_gemms):
+            tc, tm = _gemm_s(cf, pos, Tg, Tm, mp, tiles, tile, bh)
+            side = cf[pos + 13]
+            pos += GEMM_FIELDS
+            t = launch + (tc if tc > tm else tm)
+            if side == 0.0:
+                x = x + t
+            else:
+                m = m + t
+            t_c = t * (1.0 if tc >= tm else 0.0)
+            l_comp = l_comp + t_c
+            l_mem = l_mem + (t - t_c)
+        layer = tbo_slot(x, qd, phi, sms) + tbo_slot(m, qd, phi, sms) + tbo_slot(m, qk, phi, sms) + tbo_slot(
+            x, qk, phi, sms)
+        work = 2.0 * (x + m)
+        if n_stages > 1:
+            layer_t[kd] = layer
+        total = total + count * layer
+        comp = comp + count * (2.0 * l_comp)
+        mem = mem + count * (2.0 * l_mem)
+        kv = kv + count * (2.0 * a_kv)
+        comm = comm + count * (2.0 * t_ar)
+        comm = comm + count * (layer - work)
+    t_h = 0.0
+    head_c = 0.0
+    if rows > 0.0:
+        h_tiles = float(math.ceil(rows / tile))
+        h_mp = _padded(rows, h_tiles, tile)
+        tc = cf[P_H_TOK] * h_mp + cf[P_H_C0] + cf[P_H_DQ] * h_tiles
+        tm = cf[P_H_M0] + cf[P_H_MT] * rows
+        t_h = launch + (tc if tc > tm else tm)
+        head_c = t_h * (1.0 if tc >= tm else 0.0)
+    total = total + t_h
+    p2p = cf[P_P2P_CONST] + cf[P_P2P_PER_TOKEN] * Tg_full
+    total = total + cf[P_PP_MINUS_1] * p2p
+    over = cf[P_OVERHEAD] + cf[P_OVERHEAD_PER_SEQ] * rows
+    comp = comp + head_c
+    mem = mem + (t_h - head_c)
+    comm = comm + cf[P_PP_MINUS_1] * p2p
+    if n_stages == 1:
+        worst = total
+    else:
+        worst = 0.0
+        for st in range(n_stages):
+            stage = 0.0
+            for kd in range(n_kinds):
+                stage = stage + cf[stage_pos + st * n_kinds + kd] * layer_t[kd]
+            if st == n_stages - 1:
+                stage = stage + t_h
+            if st > 0:
+                stage = stage + p2p
+            worst = worst if worst >= stage else stage
+    out[0] = total + over
+    out[1] = comp
+    out[2] = mem
+    out[3] = kv
+    out[4] = comm
+    out[5] = over
+    out[6] = worst
+
+
+@njit(cache=True)
 def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
     """One step's latency in seconds from the pack ``cf`` (arguments as ``StepCostModel.cost``:
     prefill tokens, attention pairs, prefill KV tokens, sampled prefill sequences, decoding
@@ -228,6 +408,10 @@ def packed_step_time_s(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
     pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx = local_share(cf, pf, pairs, kv_tokens, num_prefill_seqs,
                                                                     ndec, ctx)
     T = pf + ndec
+    if cf[P_TBO] != 0.0 and T >= 2.0:  # two-batch overlap: its own path
+        tbo = np.empty(7)
+        packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, tbo)
+        return tbo[0]
     Tg = graph_tokens(cf, T, pf)
     Tm = Tg * cf[P_DP]
     window = cf[P_WINDOW]
@@ -296,6 +480,9 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
     pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx = local_share(cf, pf, pairs, kv_tokens, num_prefill_seqs,
                                                                     ndec, ctx)
     T = pf + ndec
+    if cf[P_TBO] != 0.0 and T >= 2.0:  # two-batch overlap: its own path
+        packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
+        return
     Tg = graph_tokens(cf, T, pf)
     Tm = Tg * cf[P_DP]
     window = cf[P_WINDOW]
@@ -449,4 +636,7 @@ __all__ = [
     "packed_step_cost",
     "packed_step_time_s",
     "packed_steps_cost",
+    "packed_tbo_step",
+    "tbo_half",
+    "tbo_slot",
 ]

@@ -181,6 +181,10 @@ def _make_cost_model(cfg: ScenarioCfg, gpu: GpuSpec, model: ModelSpec, scheme: Q
         kwargs["stack"] = load_profile_file(cfg.engine.profile)
     elif cfg.engine.stack is not None:
         kwargs["stack"] = cfg.engine.stack
+    if cfg.engine.two_batch_overlap is not None:  # the scenario's engine flag over the profile's
+        from servesim.hwmodels.stacks import get_stack
+
+        kwargs["stack"] = get_stack(kwargs.get("stack")).replace(two_batch_overlap=cfg.engine.two_batch_overlap)
     if cfg.engine.cost_model == "cycle":
         kwargs["op_timer"] = _cycle_timer(gpu)
     return StepCostModel(**kwargs)
@@ -445,14 +449,19 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
         if loop == "compiled":
             until = cfg.engine.max_sim_time_s
             cluster.finish(math.inf if until is None else until, recorder)  # type: ignore[attr-defined]
+        else:
+            for replica in cluster.replicas:
+                replica.drain_into(recorder)  # type: ignore[attr-defined]
     finally:
         if bar is not None:
             bar.stop()
-    steps = recorder.steps_frame()
+    # The replicas' state (KV pools, per-request kernel rows) is not needed past this point.
+    del cluster, env
     slo = cfg.slo.model_dump()
     requests = recorder.requests_frame(workload, slo)
     g0 = groups[0]
-    summary = summarize(requests, steps, recorder, kv_capacity_tokens=sum(
+    # The summary reads the compact step rows; the steps frame is built on first access.
+    summary = summarize(requests, recorder.step_columns(), recorder, kv_capacity_tokens=sum(
         g.budget.kv_capacity_tokens * g.hw.replicas for g in groups))
     summary["config"] = {
         "gpu": ",".join(g.gpu.name for g in groups),
@@ -486,7 +495,7 @@ def run_variant(name: str, cfg: ScenarioCfg, workload: Any) -> VariantResult:
     # Pipeline parallelism: steps run stage after stage (no micro-batch overlap is simulated);
     # the bubble is the idle share of the stages in a representative step.
     summary["pipeline_bubble_frac"] = summary["roofline"]["pipeline_bubble_frac"]
-    return VariantResult(name=name, summary=summary, requests=requests, steps=steps)
+    return VariantResult(name=name, summary=summary, requests=requests, steps=recorder.steps_frame)
 
 
 def prefix_caching_enabled(cfg: ScenarioCfg) -> bool:

@@ -38,6 +38,8 @@ import simpy
 
 from servesim.simulator.errors import InvariantError
 from servesim.simulator.request import DECODE, DONE, PREFILL, SWAPPED, WAITING, ReqState
+from servesim.simulator.results import _ITL_NUM_BINS, itl_bin
+from servesim.simulator.steprows import cost_split_into
 
 if TYPE_CHECKING:
     from servesim.simulator.memory.base import KVCacheManager
@@ -108,12 +110,22 @@ class ReferenceReplica:
         self.target_tokens = np.zeros(max_seqs, np.int64)  # tokens each sequence generates
         self.last_token_s = np.zeros(max_seqs, np.float64)  # when it last emitted a token
         self.slot_owner: list[ReqState | None] = [None] * max_seqs
+        # Inter-token gaps: a histogram and sums, added gap by gap in step and sequence order
+        # (as the kernel does); handed to the recorder once, by drain_into.
+        self.itl_counts = np.zeros(_ITL_NUM_BINS, np.int64)
+        self.itl_sum_s = 0.0
+        self.itl_sumsq_s2 = 0.0
+        self.itl_n = 0
 
         self.t = 0.0  # end of the last step: the replica's clock
         self.num_steps = 0
         self._idle: simpy.Event | None = None
         self.scheduler = scheduler_factory(self)
         recorder.cost_models[replica_id] = cost
+        # Step rows go into the same chunk of columns the compiled loop fills; their split
+        # by bound is costed a chunk at a time when the chunk is handed over.
+        self.rows = recorder.step_rows(
+            replica_id, on_retire=lambda sf, si, sq, ss, n: cost_split_into(cost, sf, si, sq, ss, n))
         self.process = env.process(self._run())
 
     # ================================================================ what the router reads
@@ -355,8 +367,7 @@ class ReferenceReplica:
         if len(dec):
             self._commit_decode(dec, end)
         self.num_steps += 1
-        self.recorder.steps_single(
-            replica_id=self.replica_id,
+        self.rows.append(
             t_s=start,
             duration_s=d,
             num_running=len(dec) + sum(len(ch.req.slots) for ch in plan.prefill),
@@ -403,7 +414,8 @@ class ReferenceReplica:
 
     def _commit_decode(self, slots: npt.NDArray[np.int64], end_s: float) -> None:
         """Every decoding sequence emitted a token; finished requests leave in arrival order."""
-        self.recorder.itl(end_s - self.last_token_s[slots])
+        for gap in (end_s - self.last_token_s[slots]).tolist():
+            self._itl(gap)
         self.ctx_tokens[slots] += 1
         block = self.kv.block_size_tokens if self.kv.caches_prefixes else 0
         for s in slots.tolist():
@@ -421,6 +433,16 @@ class ReferenceReplica:
         for req in sorted(finished, key=lambda r: r.order):
             req.generated_tokens = int(self.gen_tokens[req.slots[0]])
             self._finish(req, end_s)
+
+    def _itl(self, gap_s: float) -> None:
+        self.itl_counts[itl_bin(gap_s)] += 1
+        self.itl_sum_s += gap_s
+        self.itl_sumsq_s2 += gap_s * gap_s
+        self.itl_n += 1
+
+    def drain_into(self, recorder: Recorder) -> None:
+        """Hand the inter-token gaps to the recorder (once, at the end of the run)."""
+        recorder.add_itl(self.itl_counts, self.itl_sum_s, self.itl_sumsq_s2, self.itl_n)
 
     def _cache_computed(self, req: ReqState, slot: int, now_s: float) -> None:
         """Managers that cache prefixes make ``slot``'s full computed pages shareable now."""

@@ -305,6 +305,13 @@ class EngineCfg(_Cfg):
         "the output of `servesim calibrate`); relative paths resolve against the scenario file. "
         "Exclusive with engine.stack.",
     )
+    two_batch_overlap: bool | None = Field(
+        None,
+        description="Run every step as two overlapped micro-batches, each one's MoE dispatch and "
+        "combine beside the other's compute (SGLang --enable-two-batch-overlap; needs "
+        "hardware.expert_parallel > 1 with attention_data_parallel > 1). null = the stack "
+        "profile's (off in every shipped profile). docs/step-cost.md, 'Two-batch overlap'.",
+    )
     fast_forward: bool = Field(
         True,
         description="No effect; accepted so that older scenarios still load (it was a knob of the "

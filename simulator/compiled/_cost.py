@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
 from servesim.hwmodels.stepkernel import packed_step_cost
+from servesim.simulator.jit import njit
 
 M_KEY = 0  # 6 inputs: prefill tokens, attention pairs, KV tokens, sampled, decoding, context
 M_COST = 6  # 7 cost fields (COST_FIELDS' order)

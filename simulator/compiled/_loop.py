@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
-
 from servesim.simulator.compiled import _cost, _mem, _prefix
 from servesim.simulator.compiled._mem import (
     F_KVB,
@@ -66,6 +64,7 @@ from servesim.simulator.compiled._mem import (
     kv_grow,
     kv_release,
 )
+from servesim.simulator.jit import njit
 from servesim.simulator.memory.kernels import _blocks
 from servesim.simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS
 from servesim.simulator.scheduling.sglang import LPM_MAX_QUEUE as _SGLANG_LPM_MAX_QUEUE

@@ -15,8 +15,7 @@ batching) are declared here, in the ranges ``_loop`` reserves for them.
 
 from __future__ import annotations
 
-from numba import njit
-
+from servesim.simulator.jit import njit
 from servesim.simulator.memory.kernels import _blocks, _contiguous
 
 # ``ri`` header words (the range 32-39 of ``_loop``).

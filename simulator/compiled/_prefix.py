@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
+from servesim.simulator.jit import njit
 from servesim.simulator.memory.kernels import _blocks
 
 #: Ids below this bound are packed as ``id * (block_tokens // P) + page-in-block`` without

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import math
-import mmap
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,22 +20,8 @@ from servesim.simulator.errors import InvariantError
 from servesim.simulator.request import REJECT_KV, REJECT_MAX_LEN, REJECT_SEQS
 from servesim.simulator.results import STATUS_COMPLETED, STATUS_REJECTED, Recorder
 
-#: Step rows per chunk: the first chunk of a replica is small (tests, short runs), later
-#: ones double up to the cap (about 3 MB each: the steps frame places and frees them one by
-#: one, so smaller chunks keep its peak memory closer to the frame alone).
-FIRST_CHUNK_ROWS = 1 << 12
-MAX_CHUNK_ROWS = 1 << 15
-
-
-def _mapped_bytes(nbytes: int) -> npt.NDArray[np.uint8]:
-    """A zero-filled byte array in its own anonymous memory map.
-
-    NOTE(memory): a row chunk is freed as soon as the steps frame has placed it; glibc keeps
-    freed mid-sized blocks in its heap (its mmap threshold rises with each free), so a
-    multi-million-step run would keep the chunks' memory next to the frame. A map of its own
-    goes back to the system when the last view of it dies.
-    """
-    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.uint8)[:nbytes]
+if TYPE_CHECKING:
+    from servesim.simulator.steprows import StepRows
 
 
 def unsupported_reason(*, policy: str, kv_manager: str, preemption: str, cost_packs: list[Any],
@@ -203,9 +188,8 @@ class CompiledReplica:
         self.rf[M.F_KVB] = kv_bytes_per_token_per_gpu
         self.rf[L.F_HEADER + slots] = pcie_bw_bytes_per_s
         self.wq = np.zeros(max(64, 4 * slots), dtype=np.int64)
-        self._chunks: list[tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]] = []
-        self._chunk_rows = FIRST_CHUNK_ROWS
-        self._new_chunk()
+        self.rows: StepRows | None = None  # the recorder's chunk of step rows (:meth:`record_into`)
+        self._sf = self._si = self._sq = self._ss = None
         self.wake: simpy.Event | None = None  # stepwise: the pending SimPy event that steps it
         self.on_wake: Callable[[simpy.Event], None] | None = None  # stepwise: its callback
 
@@ -237,35 +221,31 @@ class CompiledReplica:
         return float(self.rf[L.F_T])
 
     # ------------------------------------------------------------------ driving the kernel
-    def _new_chunk(self) -> None:
-        # Widest columns first, so each view is aligned.
-        c = self._chunk_rows
-        buf = _mapped_bytes(c * (8 * L.SF_NUM + 4 * L.SI_NUM + 8 * L.SQ_NUM + 4 * L.SS_NUM))
-        a = 8 * L.SF_NUM * c
-        b = a + 8 * L.SQ_NUM * c
-        d = b + 4 * L.SI_NUM * c
-        self._sf = buf[:a].view(np.float64).reshape(L.SF_NUM, c)
-        self._sq = buf[a:b].view(np.int64).reshape(L.SQ_NUM, c)
-        self._si = buf[b:d].view(np.int32).reshape(L.SI_NUM, c)
-        self._ss = buf[d:].view(np.float32).reshape(L.SS_NUM, c)
-        self.ri[L.H_ROW] = 0
-        self.ri[L.H_ROWCAP] = c
-        self._chunk_rows = min(2 * c, MAX_CHUNK_ROWS)
+    def record_into(self, recorder: Recorder) -> None:
+        """Write step rows into ``recorder``'s chunk for this replica (before the first step)."""
+        self.rows = recorder.step_rows(self.replica_id, on_retire=self._patch_split)
+        self._take_chunk()
 
-    def _retire_chunk(self) -> None:
-        n = int(self.ri[L.H_ROW])
-        if n == self._sf.shape[1]:
-            self._chunks.append((self._sf, self._si, self._sq, self._ss))
-        elif n:
-            self._chunks.append((self._sf[:, :n].copy(), self._si[:, :n].copy(), self._sq[:, :n].copy(),
-                                 self._ss[:, :n].copy()))
+    def _take_chunk(self) -> None:
+        rows = self.rows
+        self._sf, self._si, self._sq, self._ss = rows.sf, rows.si, rows.sq, rows.ss
         self.ri[L.H_ROW] = 0
+        self.ri[L.H_ROWCAP] = rows.capacity
+
+    def _patch_split(self, sf: Any, si: Any, sq: Any, ss: Any, n: int) -> None:
+        """Rows costed through the memo take their split by bound from it (pending until now)."""
+        if self.memo is not None:
+            self.memo.resolve()
+            # The whole chunk: rows past ``n`` were patched when they were last handed over
+            # (or are zero), and a full-width call keeps one numba specialization.
+            _cost.patch_split(sf, si, sq, ss, self.memo.table, L.SF_D, L.SF_A, L.SF_SWAP, L.SI_PT, L.SI_SAMP,
+                              L.SI_DSEQ, L.SQ_KV, L.SQ_CTX)
 
     def _handle(self, status: int) -> None:
         """Act on a status of the kernel other than DONE_OK, so that it can be called again."""
         if status == L.ROWS_FULL:
-            self._retire_chunk()
-            self._new_chunk()
+            self.rows.retire(int(self.ri[L.H_ROW]))
+            self._take_chunk()
             return
         memo = self.memo
         if status == L.NEED_COST and memo is not None:
@@ -357,48 +337,10 @@ class CompiledReplica:
             ri[L.H_WHEAD] = 0
 
     def drain_into(self, recorder: Recorder) -> None:
-        """Hand the step rows and inter-token gaps to the recorder (once, at the end)."""
-        self._retire_chunk()
-        rid = self.replica_id
-        if self.memo is not None:
-            self.memo.resolve()
-            for sf, si, sq, ss in self._chunks:
-                _cost.patch_split(sf, si, sq, ss, self.memo.table, L.SF_D, L.SF_A, L.SF_SWAP, L.SI_PT, L.SI_SAMP,
-                                  L.SI_DSEQ, L.SQ_KV, L.SQ_CTX)
-        for sf, si, sq, ss in self._chunks:
-            recorder.add_step_columns(rid, {
-                "t_s": sf[L.SF_T],
-                "duration_s": sf[L.SF_D],
-                "in_attn_pairs": sf[L.SF_A],
-                "swap_s": sf[L.SF_SWAP],
-                # the split by bound, recorded as each step committed
-                "compute_s": ss[L.SS_COMP],
-                "weight_read_s": ss[L.SS_WEIGHT],
-                "kv_read_s": ss[L.SS_KV],
-                "comm_s": ss[L.SS_COMM],
-                "overhead_s": ss[L.SS_OVER],
-                "num_running": si[L.SI_RUN],
-                "num_prefill_seqs": si[L.SI_NPF],
-                "prefill_tokens": si[L.SI_PT],
-                "in_prefill_tokens": si[L.SI_PT],
-                "decode_tokens": si[L.SI_DT],
-                "in_decode_seqs": si[L.SI_DSEQ],
-                "queue_len": si[L.SI_Q],
-                "num_preemptions": si[L.SI_PRE],
-                "kv_token_state_slots": si[L.SI_TOK],
-                "kv_internal_frag_slots": si[L.SI_INT],
-                "kv_free_slots": si[L.SI_FREE],
-                "kv_reserved_slots": si[L.SI_RES],
-                "kv_external_frag_slots": si[L.SI_EXT],
-                "kv_cached_slots": si[L.SI_CACHED],
-                "prefix_hit_tokens": sq[L.SQ_HIT],
-                "in_sampling_seqs": si[L.SI_SAMP],
-                "in_kv_tokens": sq[L.SQ_KV],
-                "in_ctx_tokens": sq[L.SQ_CTX],
-                "prefix_query_tokens": sq[L.SQ_PQ],
-            })
-        self._chunks = []
-        self._sf = self._si = self._sq = self._ss = None  # type: ignore[assignment]
+        """Hand the last step rows and the inter-token gaps to the recorder (once, at the end)."""
+        self.rows.retire(int(self.ri[L.H_ROW]))
+        self.rows.release()
+        self._sf = self._si = self._sq = self._ss = None
         o_itl = L.itl_offset(self.slots)
         recorder.add_itl(self.ri[o_itl : o_itl + L.ITL_NUM_BINS], float(self.rf[L.F_ITL_SUM]),
                          float(self.rf[L.F_ITL_SQ]), int(self.ri[L.H_ITL_N]))
@@ -446,7 +388,7 @@ class CompiledCluster(Cluster):
         self.rq = rq
         self.rqf = np.full((L.Q_NUM, n), np.nan)
         self._too_long_arr = self._prompt + self._output > max_model_len_tokens
-        self._too_long = self._too_long_arr.tolist()
+        self._too_long: list[bool] | None = None  # as a list, for one-by-one releases (built then)
         self._fits: list[npt.NDArray[np.bool_]] = []  # per replica, per request
         self._fits_by_kv: dict[tuple[int, ...], npt.NDArray[np.bool_]] = {}
         self._all_fit: list[bool] | None = None
@@ -480,6 +422,7 @@ class CompiledCluster(Cluster):
         if replica.memo is not None:
             # One step-cost memo per cost model, shared by its replicas.
             replica.memo = self._memos.setdefault(id(replica.cost), replica.memo)
+        replica.record_into(self.recorder)
         self.replicas.append(replica)
         self._fits.append(fits)
         self._all_fit = None
@@ -542,7 +485,7 @@ class CompiledCluster(Cluster):
         rec.arrival_s[idx] = t_s
         if self._all_fit is None:
             self._all_fit_arr = np.logical_and.reduce([f == 1 for f in self._fits_by_kv.values()])
-            self._all_fit = self._all_fit_arr.tolist()
+            self._all_fit = []  # batches read the array only
         too_long = self._too_long_arr[idx]
         nrep = len(self.replicas)
         rid = np.full(m, -1, np.int64)  # position in self.replicas
@@ -594,11 +537,13 @@ class CompiledCluster(Cluster):
         self.num_released += 1
         if self.progress is not None:
             self.progress(self.num_released)
+        if self._too_long is None:
+            self._too_long = self._too_long_arr.tolist()
         if self._too_long[idx]:
             self.recorder.rejected(idx, t_s, REJECT_MAX_LEN)
             self.on_finish(idx, t_s)
             return
-        if self._all_fit is None:
+        if not self._all_fit:  # not built, or built empty by a batch release
             self._all_fit_arr = np.logical_and.reduce([f == 1 for f in self._fits_by_kv.values()])
             self._all_fit = self._all_fit_arr.tolist()
         if self._all_fit[idx]:
@@ -672,6 +617,9 @@ class CompiledCluster(Cluster):
             for r in self.replicas:
                 r.advance(until_s)
         rec = recorder
+        # The recorder's placeholders go before their copies come (a million requests: 24 MB
+        # less at the run's peak).
+        rec.first_scheduled_s = rec.first_token_s = rec.finish_s = None  # type: ignore[assignment]
         rec.first_scheduled_s = self.rqf[L.Q_FIRST_SCHED].copy()
         rec.first_token_s = self.rqf[L.Q_FIRST_TOKEN].copy()
         rec.finish_s = self.rqf[L.Q_FINISH].copy()
@@ -688,14 +636,18 @@ class CompiledCluster(Cluster):
 def _max_concurrent(arrival_s: npt.NDArray[np.float64], routed: npt.NDArray[np.bool_],
                     finish_s: npt.NDArray[np.float64]) -> int:
     """Most requests routed and not finished at once; at equal times arrivals count first
-    (SimPy processes them, URGENT, before a step's end)."""
-    a = arrival_s[routed]
-    f = finish_s[routed]
-    f = f[~np.isnan(f)]
+    (SimPy processes them, URGENT, before a step's end).
+
+    The count only rises at arrivals, so its maximum is reached right after the last arrival
+    of some time t: arrivals at or before t minus finishes strictly before t (two sorted
+    arrays and two searches, not a merged, sorted event list of both: a million-request run
+    held ~80 MB of temporaries for it).
+    """
+    a = np.sort(arrival_s[routed])
     if not len(a):
         return 0
-    t = np.concatenate([a, f])
-    kind = np.concatenate([np.zeros(len(a), np.int8), np.ones(len(f), np.int8)])
-    delta = np.concatenate([np.ones(len(a), np.int64), -np.ones(len(f), np.int64)])
-    order = np.lexsort((kind, t))
-    return int(np.cumsum(delta[order]).max())
+    f = finish_s[routed]
+    f = np.sort(f[~np.isnan(f)])
+    count = np.searchsorted(a, a, side="right")
+    count -= np.searchsorted(f, a, side="left")
+    return int(count.max())

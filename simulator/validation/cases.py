@@ -330,12 +330,16 @@ def case_band(case: Case, params: StackParams | None = None, *, quick: bool = Fa
     base = params or StackParams()
     hw = case.scenario.get("hardware") or {}
     multi = int(hw.get("tensor_parallel", 1)) * int(hw.get("pipeline_parallel", 1)) > 1
-    stack = scenario_stack(case_scenario(case, profile=profile))
+    data = case_scenario(case, profile=profile)
+    stack = scenario_stack(data)
+    engine = data.get("engine") or {}
+    tbo = engine.get("two_batch_overlap")
     factors, _ = band_factors(str(hw.get("gpu")), base, has_profile=profile is not None, seed=seed,
                               vary_seed=case.load["kind"] not in ("static", *_STEP_METRIC), multi_gpu=multi, stack=stack,
                               stack_borrowed=profile is None and case.stack in STACK_PROFILE,
                               alltoall=int(hw.get("expert_parallel", 1)) > 1
-                              and int(hw.get("attention_data_parallel", 1)) > 1)
+                              and int(hw.get("attention_data_parallel", 1)) > 1,
+                              two_batch_overlap=bool(stack.two_batch_overlap if tbo is None else tbo))
     memo: dict[tuple[StackParams, int], dict[str, float]] = {}
 
     def evaluate(p: StackParams, s: int) -> dict[str, float]:

@@ -61,6 +61,8 @@ class StackParams:
         bandwidth_eff_scale: factor on the GPU's HBM bandwidth (> 0).
         comm_eff_scale: factor on the GPU's scale-up and PCIe link bandwidth (> 0).
         alltoall_overlap_frac: hidden share of the MoE all-to-all, [0, 1]; None = the profile's.
+        two_batch_overlap: ``engine.two_batch_overlap`` (None: the scenario's own). Not fitted
+            and not written by :meth:`to_dict`; the bands switch it off for their low end.
     """
 
     step_overhead_s: float | None = None
@@ -69,6 +71,7 @@ class StackParams:
     bandwidth_eff_scale: float = 1.0
     comm_eff_scale: float = 1.0
     alltoall_overlap_frac: float | None = None
+    two_batch_overlap: bool | None = None
 
     def __post_init__(self) -> None:
         if self.step_overhead_s is not None and not (0 <= self.step_overhead_s < 1):
@@ -80,6 +83,8 @@ class StackParams:
         a2a = self.alltoall_overlap_frac
         if a2a is not None and not (isinstance(a2a, int | float) and 0 <= a2a <= 1):
             raise ScenarioError(f"alltoall_overlap_frac must be in [0, 1], got {a2a!r}")
+        if self.two_batch_overlap is not None and not isinstance(self.two_batch_overlap, bool):
+            raise ScenarioError(f"two_batch_overlap must be true, false or null, got {self.two_batch_overlap!r}")
         for name in ("compute_eff_scale", "bandwidth_eff_scale", "comm_eff_scale"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value <= 4):
@@ -134,6 +139,8 @@ def apply_params(data: Mapping[str, Any], params: StackParams, workdir: Path) ->
         out = with_profile(out, path)
     if params.step_overhead_s is not None:
         out["engine"] = {**dict(out.get("engine") or {}), "step_overhead_s": params.step_overhead_s}
+    if params.two_batch_overlap is not None:
+        out["engine"] = {**dict(out.get("engine") or {}), "two_batch_overlap": params.two_batch_overlap}
     if (params.compute_eff_scale, params.bandwidth_eff_scale, params.comm_eff_scale) != (1.0, 1.0, 1.0):
         hw = out.get("hardware")
         groups = hw if isinstance(hw, list) else [hw]

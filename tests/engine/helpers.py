@@ -192,6 +192,9 @@ def simulate(
     env.run(until=until_s)
     if compiled:
         cluster.finish(math.inf if until_s is None else until_s, rec)
+    else:
+        for rep in reps:
+            rep.drain_into(rec)
     steps = rec.steps_frame()
     req = rec.requests_frame(wl, {"ttft_ms": None, "tpot_ms": None, "e2el_ms": None})
     summary = summarize(req, steps, rec, kv_capacity_tokens=capacity_tokens * replicas)

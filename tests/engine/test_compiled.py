@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from servesim.hwmodels.stepcost import StepCostModel
+from servesim.simulator import steprows
 from servesim.simulator.build import run_scenario
-from servesim.simulator.compiled import replica as compiled_replica
 from servesim.simulator.scenario import scenario_from_dict
 from tests.engine.helpers import simulate, workload
 
@@ -87,8 +87,8 @@ def test_compiled_stops_like_reference_at_max_sim_time(case, until_s):
 
 def test_row_chunks_and_queue_growth(monkeypatch):
     """Many step-row chunks and a waiting ring that must grow (200 arrivals at once)."""
-    monkeypatch.setattr(compiled_replica, "FIRST_CHUNK_ROWS", 8)
-    monkeypatch.setattr(compiled_replica, "MAX_CHUNK_ROWS", 32)
+    monkeypatch.setattr(steprows, "FIRST_CHUNK_ROWS", 8)
+    monkeypatch.setattr(steprows, "MAX_CHUNK_ROWS", 32)
     rng = np.random.default_rng(5)
     n = 200
     wl = workload(np.zeros(n), rng.integers(1, 60, n).tolist(), rng.integers(1, 30, n).tolist())

@@ -43,8 +43,9 @@ def test_memo_finds_every_shape_after_growing_and_misses_the_others() -> None:
 
 
 def test_scale_split_is_the_recorders_scaling() -> None:
-    """The kernel's float32 split equals ``Recorder._scale_split`` on the same parts."""
-    from servesim.simulator.results import Recorder
+    """The kernel's float32 split equals ``steprows.scale_split`` (the reference replica's
+    rows) on the same parts."""
+    from servesim.simulator.steprows import scale_split
 
     rng = np.random.default_rng(5)
     n = 2000
@@ -52,9 +53,8 @@ def test_scale_split_is_the_recorders_scaling() -> None:
     parts[::50] = 0.0  # a zero total scales by 1
     dur = rng.random(n) * 0.1
     swap = np.where(rng.random(n) < 0.3, rng.random(n) * 1e-3, 0.0)
-    want = np.empty((n, 5), np.float32)
-    Recorder._scale_split(want, slice(0, n), [parts[:, j] for j in range(5)], swap, dur)
+    want = scale_split([parts[:, j] for j in range(5)], swap, dur)
     got = np.empty((5, n), np.float32)
     for i in range(n):
         _cost.scale_split(np.ascontiguousarray(parts[i]), 0, swap[i], dur[i], got, i)
-    assert got.T.tobytes() == np.ascontiguousarray(want).tobytes()
+    assert got.tobytes() == np.ascontiguousarray(want).tobytes()

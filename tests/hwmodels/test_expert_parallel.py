@@ -49,7 +49,7 @@ def pre(m: StepCostModel, tokens: int, n: int) -> float:
 def without_new_terms(m: StepCostModel) -> StepCostModel:
     """The same deployment priced without this mechanism's two terms (no all-to-all, mean
     expert load): what the step cost said before it could be told about EP."""
-    m._kind_a2a = [(0.0, 0.0, 0.0, 0.0) for _ in m._kind_a2a]
+    m._kind_a2a = [(0.0,) * 8 for _ in m._kind_a2a]
     m._kinds = [(n, [dataclasses.replace(c, sigma=0.0) if c.is_routed else c for c in g]) for n, g in m._kinds]
     m._pack = m._build_pack()
     return m

@@ -253,16 +253,22 @@ def test_plan_bands_cli_gives_gpu_count_as_a_range(tmp_path: Path) -> None:
 def test_step_loads_price_one_phase_per_node() -> None:
     """Load kinds decode_step / prefill_step (the LMSYS PD + large-scale EP cases): the per-node
     throughput of one steady step of the deployment, every attention rank at the per-GPU batch."""
+    from servesim.hwmodels.stacks import get_stack
     from servesim.hwmodels.stepcost import StepCostModel
 
     dec = _case("lmsys-ep72-h100-deepseek-v3-decode-b256-ctx2000")
-    m = StepCostModel(gpu="h100-sxm", model="deepseek-v3", scheme="fp8", stack="sglang", tensor_parallel=72,
+    assert dec.scenario["engine"] == {"two_batch_overlap": True}  # the deployment runs SGLang's TBO
+    m = StepCostModel(gpu="h100-sxm", model="deepseek-v3", scheme="fp8",
+                      stack=get_stack("sglang").replace(two_batch_overlap=True), tensor_parallel=72,
                       expert_parallel=72, attention_data_parallel=72, redundant_experts=32)
     n = 256 * 72
     step = m.step_time_s(num_decode_seqs=n, decode_ctx_tokens=n * 2000)
     assert run_case(dec) == pytest.approx(n / step / 9.0, rel=1e-12)
+    assert 0.9 <= run_case(dec) / dec.reference <= 1.05
+    # the engine flag reaches the cost model: off, the plain step (-20 %)
+    assert 0.75 <= run_case(dec, StackParams(two_batch_overlap=False)) / dec.reference <= 0.85
     pre = _case("lmsys-ep32-h100-deepseek-v3-prefill-p4096")
-    assert 0.7 <= run_case(pre) / pre.reference <= 0.95  # two-batch overlap not modelled
+    assert 1.05 <= run_case(pre) / pre.reference <= 1.2  # routing skew (default placement) not modelled
 
 
 @pytest.mark.parametrize(("load", "metric", "message"), [
@@ -282,14 +288,20 @@ def test_bad_step_loads_are_one_line_errors(tmp_path: Path, load: dict[str, Any]
 
 
 def test_alltoall_deployments_get_an_overlap_factor() -> None:
-    """EP + DP attention cases: the band spans no overlap (nominal) to the whole all-to-all
-    hidden; other cases have no such factor."""
+    """EP + DP attention cases: the band spans the nominal (or, under two-batch overlap, the
+    same deployment without it) to the whole all-to-all hidden; other cases have no such factor."""
     factors, _ = band_factors("h100-sxm", StackParams(), has_profile=False, multi_gpu=True, alltoall=True)
     (f,) = [f for f in factors if f.name == "alltoall_overlap"]
     assert f.low == StackParams() and f.high.alltoall_overlap_frac == 1.0
+    tbo, _ = band_factors("h100-sxm", StackParams(), has_profile=False, multi_gpu=True, alltoall=True,
+                          two_batch_overlap=True)
+    (f,) = [f for f in tbo if f.name == "alltoall_overlap"]
+    assert f.low == StackParams(two_batch_overlap=False) and f.high.alltoall_overlap_frac == 1.0
     plain, _ = band_factors("h100-sxm", StackParams(), has_profile=False, multi_gpu=True)
     assert all(f.name != "alltoall_overlap" for f in plain)
-    band = case_band(_case("lmsys-ep72-h100-deepseek-v3-decode-b256-ctx2000"))
-    assert band.dominant == "all-to-all overlap (two-batch overlap)" and band.high > 1.8 * band.mid
+    case = _case("lmsys-ep72-h100-deepseek-v3-decode-b256-ctx2000")
+    band = case_band(case)
+    assert band.dominant == "all-to-all overlap (two-batch overlap)"
+    assert band.low <= run_case(case, StackParams(two_batch_overlap=False)) and band.high > 1.3 * band.mid
     with pytest.raises(Exception, match="alltoall_overlap_frac"):
         StackParams(alltoall_overlap_frac=2.0)

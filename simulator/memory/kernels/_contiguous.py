@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+
+from servesim.simulator.jit import njit
 
 OK = 0
 NO_SPACE = 1

@@ -1,0 +1,75 @@
+"""The compact step-row chunks (``simulator.steprows``): lossless for every column, start
+times rebuilt bit for bit from busy runs, narrow integer dtypes and constant columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servesim.simulator import steprows as S
+from servesim.simulator.compiled import _loop as L
+
+
+def _chunk(c: int, seed: int, gap_p: float):
+    rng = np.random.default_rng(seed)
+    sf = np.zeros((L.SF_NUM, c))
+    si = np.zeros((L.SI_NUM, c), np.int32)
+    sq = np.zeros((L.SQ_NUM, c), np.int64)
+    ss = rng.random((L.SS_NUM, c)).astype(np.float32)
+    d = rng.random(c) * 10.0 ** rng.integers(-5, 0, c)
+    t = np.empty(c)
+    t[0] = 1234.5678
+    for i in range(1, c):
+        t[i] = t[i - 1] + d[i - 1] + (rng.random() if rng.random() < gap_p else 0.0)
+    sf[L.SF_T], sf[L.SF_D] = t, d
+    si[L.SI_RUN] = rng.integers(0, 300, c)
+    si[L.SI_TOK] = rng.integers(0, 2**31 - 1, c)
+    si[L.SI_Q] = rng.integers(-3, 100, c)
+    sq[L.SQ_PQ] = 7
+    sq[L.SQ_HIT] = rng.integers(0, 2**40, c)
+    return sf, si, sq, ss
+
+
+@pytest.mark.parametrize("gap_p", [0.0, 0.02, 0.9])
+@pytest.mark.parametrize("n", [1, 2, 3, 500])
+def test_compact_is_lossless(n: int, gap_p: float) -> None:
+    sf, si, sq, ss = _chunk(500, n, gap_p)
+    cols = S.compact(sf, si, sq, ss, n)
+    assert S.step_starts(cols).tobytes() == sf[L.SF_T, :n].tobytes()
+    assert S.first_start(cols) == sf[L.SF_T, 0]
+    assert cols["duration_s"].tobytes() == sf[L.SF_D, :n].tobytes()
+    assert cols["split"].tobytes() == np.ascontiguousarray(ss[:, :n]).tobytes()
+    blocks = {"si": si, "sq": sq}
+    for name, block, row in S.INT_COLUMNS:
+        v = cols[name]
+        want = blocks[block][row, :n]
+        got = np.full(n, v) if isinstance(v, int) else v
+        assert np.array_equal(got.astype(np.int64), want.astype(np.int64)), name
+    if n > 2:
+        assert cols["num_running"].dtype == np.int16
+        assert cols["queue_len"].dtype == np.int8
+        assert cols["kv_token_state_slots"].dtype == np.int32
+        assert cols["prefix_hit_tokens"].dtype == np.int64
+        assert cols["prefix_query_tokens"] == 7
+    if n == 500:
+        # Busy runs store their first starts only; mostly idle rows are stored plainly.
+        assert ("t_s" in cols) == (gap_p == 0.9)
+
+
+def test_rows_retire_into_the_sink_and_grow_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(S, "FIRST_CHUNK_ROWS", 4)
+    monkeypatch.setattr(S, "MAX_CHUNK_ROWS", 8)
+    got = []
+    rows = S.StepRows(got.append)
+    caps = []
+    for i in range(30):
+        caps.append(rows.capacity)
+        rows.sf[L.SF_T, rows.n] = float(i)
+        rows.sf[L.SF_D, rows.n] = 1.0
+        rows.n += 1
+        if rows.n == rows.capacity:
+            rows.retire(rows.n)
+    rows.retire(rows.n)
+    assert max(caps) == 8 and caps[0] == 4
+    starts = np.concatenate([S.step_starts(c) for c in got])
+    assert starts.tolist() == [float(i) for i in range(30)]
