@@ -135,12 +135,12 @@ KIND_FIELDS = 10
 COST_FIELDS = ("time_s", "compute_s", "weight_read_s", "kv_read_s", "comm_s", "overhead_s", "bottleneck_stage_s")
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _padded(m: float, tiles: float, tile: float) -> float:
     return tiles * tile if m > tile else math.ceil(m / 16.0) * 16.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _gemm_s(cf, pos, Tg, Tm, mp, tiles, tile, bh):
     """(compute, memory) seconds of the GEMM packed at ``cf[pos:pos + GEMM_FIELDS]``: one
     formula for every caller, so a new term is written once. A routed (MoE) GEMM touches
@@ -177,7 +177,7 @@ def _gemm_s(cf, pos, Tg, Tm, mp, tiles, tile, bh):
     return s_tok * mp + s_c0 + s_dq * tiles, s_m0 + s_mt * Tg
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def local_share(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
     """One attention-data-parallel rank's share of a step's inputs (``cf[P_DP]`` ranks): the
     replica's requests spread evenly, so the busiest rank holds ``ceil(x / dp)`` prefill
@@ -199,7 +199,7 @@ def local_share(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx):
     return pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def graph_tokens(cf, T, pf):
     """Tokens a step computes on: ``T`` padded up to the next CUDA-graph capture size, when
     the step runs as a captured graph (``P_GRAPH_MODE``) and ``T`` is within the largest."""
@@ -220,7 +220,7 @@ def graph_tokens(cf, T, pf):
     return cf[lo]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def allreduce_s(cf, T):
     """One all-reduce of ``T`` tokens: the last segment with ``x_i <= T`` (``x_0 = 0``)."""
     base = P_HEADER + int(cf[P_NUM_GRAPH])
@@ -520,8 +520,10 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
     stage_pos = P_HEADER + int(cf[P_NUM_GRAPH]) + 3 * int(cf[P_AR_NPTS])
     pos = stage_pos + n_stages * n_kinds
     # Each sum over kinds accumulates in kind order as the reference's loops do; the layer
-    # times are kept only for the per-stage sums (no allocation per step without pipelining).
-    layer_t = np.zeros(n_kinds if n_stages > 1 else 0)
+    # times are kept only for the per-stage sums (allocated only with pipelining: an
+    # allocation, even an empty one, costs as much as the rest of a decode step's cost).
+    if n_stages > 1:
+        layer_t = np.zeros(n_kinds)
     total = 0.0
     comp = 0.0
     mem = 0.0

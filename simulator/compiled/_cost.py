@@ -104,7 +104,7 @@ def rehash(old, mt):
                      old[i, M_KEY + 4], old[i, M_KEY + 5], old[i, M_COST : M_COST + 7])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # per step: a call would reference-count its four arrays
 def step_cost(cf, mt, p, pairs, kv, samp, ndec, ctx, out):
     """Cost one step into ``out[0:7]``; False when the memo lacks it (the facade must cost it)."""
     if cf.shape[0] > 0:
@@ -118,7 +118,7 @@ def step_cost(cf, mt, p, pairs, kv, samp, ndec, ctx, out):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def scale_split(parts, o, swap_s, duration_s, ss, row):
     """The split by bound as the steps frame holds it, into ``ss[0:5, row]`` (float32): the
     five parts ``parts[o:o + 5]`` with ``swap_s`` added to communication, scaled to the step's

@@ -11,7 +11,10 @@ It is the reference replica (``simulator.reference``, ``engine.loop: reference``
 for operation - the same plans, admissions, preemptions, prefix-cache calls through the same
 KV kernels (:mod:`simulator.memory.kernels`), the same step costs (the packed form of
 ``StepCostModel``, or its memo) - so request and step frames are identical bit for bit
-(``tests/engine/test_reference.py``, also with numba's JIT off).
+(``tests/engine/test_reference.py``, also with numba's JIT off). Runs of decode-only steps
+of an unchanged batch (most steps of a serving hour) are advanced by :func:`_decode_stretch`,
+step by step and identically, without the general path's calls (``_commit``'s decode part
+and step row are shared with it: :func:`_commit_decodes`, :func:`_write_row`).
 
 State is flat arrays (STYLE section 6):
 
@@ -966,96 +969,64 @@ def _fork_group(ri, rq, kva, req, g):
     return DONE_OK
 
 
-@njit(cache=True)
-def _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq, ss):
-    """End the step in flight: tokens, first tokens, finishes, then its step row."""
+@njit(cache=True, inline="always")
+def _commit_decodes(ri, rf, rq, kva, pk, end_s, caches, page):
+    """The planned step's decode tokens are in (``_commit``'s decode part): inter-token
+    gaps, context, generated tokens; the requests whose sequences reached their target
+    are listed in ``K_IDS`` (in arrival order) for the caller to finish. Returns how many."""
     s = ri[H_S]
     o_ctx = H_HEADER + K_CTX * s
     o_gen = H_HEADER + K_GEN * s
     o_tgt = H_HEADER + K_TGT * s
     o_owner = H_HEADER + K_OWNER * s
-    o_chunk = H_HEADER + K_CHUNK * s
     o_dec = H_HEADER + K_DEC * s
     o_ids = H_HEADER + K_IDS * s
     o_itl = H_HEADER + K_ITL * s
-    o_next = H_HEADER + K_NEXT * s
     o_last = F_HEADER
-    end_s = rf[F_ECUR]
-    page = _mem.page_tokens(ri, kva)
-    npf = ri[H_NPF]
-    for c in range(npf):
-        req = ri[o_chunk + 3 * c]
-        comp = rq[R_COMPUTED, req] + ri[o_chunk + 3 * c + 1]
-        rq[R_COMPUTED, req] = comp
-        slot = rq[R_SLOT, req]
-        while slot >= 0:
-            ri[o_ctx + slot] = comp
-            slot = ri[o_next + slot]
-        if ri[H_CACHES] == 1:
-            _cache_computed(ri, rq, kva, pk, req, rq[R_SLOT, req], comp, end_s)
-        if comp < rq[R_TARGET, req]:
-            continue
-        g = rq[R_GEN, req] + 1
-        rq[R_GEN, req] = g
-        if rq[R_FTD, req] == 0:
-            rq[R_FTD, req] = 1
-            rqf[Q_FIRST_TOKEN, req] = end_s
-        if ri[H_SHARING] == 1 and rq[R_FANOUT, req] > 1 and rq[R_NSLOTS, req] == 1:
-            if _fork_group(ri, rq, kva, req, g) < 0:
-                return ERR_FORK
-        slot = rq[R_SLOT, req]
-        while slot >= 0:
-            ri[o_gen + slot] = g
-            rf[o_last + slot] = end_s
-            slot = ri[o_next + slot]
-        rq[R_PHASE, req] = DECODE
-        if g >= rq[R_OUTPUT, req]:
-            _finish(ri, rq, rqf, kva, pk, req, end_s)
     ndec = ri[H_NDEC]
-    if ndec > 0:
-        nfin = 0
-        for j in range(ndec):
-            slot = ri[o_dec + j]
-            gap = end_s - rf[o_last + slot]
-            if gap != rf[F_LASTGAP]:
-                rf[F_LASTGAP] = gap
-                ri[H_LASTBIN] = _itl_bin(gap)
-            ri[o_itl + ri[H_LASTBIN]] += 1
-            rf[F_ITL_SUM] += gap
-            rf[F_ITL_SQ] += gap * gap
-            ri[o_ctx + slot] += 1
-            if (ri[H_CACHES] == 1 and ri[o_ctx + slot] % page == 0 and ri[o_owner + slot] >= 0
-                    and rq[R_SLOT, ri[o_owner + slot]] == slot):
-                # This token filled a page of a group's first sequence: cache it (the
-                # reference does so after every sequence's context grew and before any
-                # token count does; neither is read).
-                _cache_computed(ri, rq, kva, pk, ri[o_owner + slot], slot, ri[o_ctx + slot], end_s)
-            g = ri[o_gen + slot] + 1
-            ri[o_gen + slot] = g
-            rf[o_last + slot] = end_s
-            if g >= ri[o_tgt + slot]:
-                req = ri[o_owner + slot]
-                listed = False  # a group's sequences finish together: list it once
-                for k in range(nfin):
-                    if ri[o_ids + k] == req:
-                        listed = True
-                        break
-                if req >= 0 and rq[R_PHASE, req] == DECODE and not listed:
-                    # Finishing requests, in arrival order (insertion sort; few at a time).
-                    pos = nfin
-                    while pos > 0 and rq[R_ORDER, ri[o_ids + pos - 1]] > rq[R_ORDER, req]:
-                        ri[o_ids + pos] = ri[o_ids + pos - 1]
-                        pos -= 1
-                    ri[o_ids + pos] = req
-                    nfin += 1
-        ri[H_ITL_N] += ndec
-        for j in range(nfin):
-            req = ri[o_ids + j]
-            rq[R_GEN, req] = ri[o_gen + rq[R_SLOT, req]]
-            _finish(ri, rq, rqf, kva, pk, req, end_s)
-    running = ndec
-    for c in range(npf):
-        running += rq[R_NSLOTS, ri[o_chunk + 3 * c]]
+    nfin = 0
+    for j in range(ndec):
+        slot = ri[o_dec + j]
+        gap = end_s - rf[o_last + slot]
+        if gap != rf[F_LASTGAP]:
+            rf[F_LASTGAP] = gap
+            ri[H_LASTBIN] = _itl_bin(gap)
+        ri[o_itl + ri[H_LASTBIN]] += 1
+        rf[F_ITL_SUM] += gap
+        rf[F_ITL_SQ] += gap * gap
+        ri[o_ctx + slot] += 1
+        if (caches and ri[o_ctx + slot] % page == 0 and ri[o_owner + slot] >= 0
+                and rq[R_SLOT, ri[o_owner + slot]] == slot):
+            # This token filled a page of a group's first sequence: cache it (the
+            # reference does so after every sequence's context grew and before any
+            # token count does; neither is read).
+            _cache_computed(ri, rq, kva, pk, ri[o_owner + slot], slot, ri[o_ctx + slot], end_s)
+        g = ri[o_gen + slot] + 1
+        ri[o_gen + slot] = g
+        rf[o_last + slot] = end_s
+        if g >= ri[o_tgt + slot]:
+            req = ri[o_owner + slot]
+            listed = False  # a group's sequences finish together: list it once
+            for k in range(nfin):
+                if ri[o_ids + k] == req:
+                    listed = True
+                    break
+            if req >= 0 and rq[R_PHASE, req] == DECODE and not listed:
+                # Finishing requests, in arrival order (insertion sort; few at a time).
+                pos = nfin
+                while pos > 0 and rq[R_ORDER, ri[o_ids + pos - 1]] > rq[R_ORDER, req]:
+                    ri[o_ids + pos] = ri[o_ids + pos - 1]
+                    pos -= 1
+                ri[o_ids + pos] = req
+                nfin += 1
+    ri[H_ITL_N] += ndec
+    return nfin
+
+
+@njit(cache=True, inline="always")
+def _write_row(ri, rf, wq, rq, kva, sf, si, sq, ss, running, npf, ndec):
+    """The committed step's row (``_commit``'s tail)."""
+    s = ri[H_S]
     # The step row, with the memory split after the step (the manager's ``stats``; the
     # queue head's reservation counts as pending: ``ReferenceReplica._mem_stats``; pages
     # held only by a prefix cache are cached slots).
@@ -1092,6 +1063,61 @@ def _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq, ss):
     sq[SQ_HIT, row] = ri[H_HIT]
     ri[H_ROW] = row + 1
     ri[H_NSTEPS] += 1
+
+
+@njit(cache=True)
+def _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq, ss):
+    """End the step in flight: tokens, first tokens, finishes, then its step row."""
+    s = ri[H_S]
+    o_ctx = H_HEADER + K_CTX * s
+    o_gen = H_HEADER + K_GEN * s
+    o_chunk = H_HEADER + K_CHUNK * s
+    o_ids = H_HEADER + K_IDS * s
+    o_next = H_HEADER + K_NEXT * s
+    o_last = F_HEADER
+    end_s = rf[F_ECUR]
+    caches = ri[H_CACHES] == 1
+    page = _mem.page_tokens(ri, kva) if caches else 1
+    npf = ri[H_NPF]
+    for c in range(npf):
+        req = ri[o_chunk + 3 * c]
+        comp = rq[R_COMPUTED, req] + ri[o_chunk + 3 * c + 1]
+        rq[R_COMPUTED, req] = comp
+        slot = rq[R_SLOT, req]
+        while slot >= 0:
+            ri[o_ctx + slot] = comp
+            slot = ri[o_next + slot]
+        if caches:
+            _cache_computed(ri, rq, kva, pk, req, rq[R_SLOT, req], comp, end_s)
+        if comp < rq[R_TARGET, req]:
+            continue
+        g = rq[R_GEN, req] + 1
+        rq[R_GEN, req] = g
+        if rq[R_FTD, req] == 0:
+            rq[R_FTD, req] = 1
+            rqf[Q_FIRST_TOKEN, req] = end_s
+        if ri[H_SHARING] == 1 and rq[R_FANOUT, req] > 1 and rq[R_NSLOTS, req] == 1:
+            if _fork_group(ri, rq, kva, req, g) < 0:
+                return ERR_FORK
+        slot = rq[R_SLOT, req]
+        while slot >= 0:
+            ri[o_gen + slot] = g
+            rf[o_last + slot] = end_s
+            slot = ri[o_next + slot]
+        rq[R_PHASE, req] = DECODE
+        if g >= rq[R_OUTPUT, req]:
+            _finish(ri, rq, rqf, kva, pk, req, end_s)
+    ndec = ri[H_NDEC]
+    if ndec > 0:
+        nfin = _commit_decodes(ri, rf, rq, kva, pk, end_s, caches, page)
+        for j in range(nfin):
+            req = ri[o_ids + j]
+            rq[R_GEN, req] = ri[o_gen + rq[R_SLOT, req]]
+            _finish(ri, rq, rqf, kva, pk, req, end_s)
+    running = ndec
+    for c in range(npf):
+        running += rq[R_NSLOTS, ri[o_chunk + 3 * c]]
+    _write_row(ri, rf, wq, rq, kva, sf, si, sq, ss, running, npf, ndec)
     rf[F_T] = end_s
     ri[H_INFLIGHT] = 0
     if ri[H_POLICY] == POLICY_STATIC:
@@ -1185,6 +1211,71 @@ def _start_step(ri, rf, rq, cf, mt):
 
 
 @njit(cache=True)
+def _decode_stretch(ri, rf, wq, rq, kva, pk, cf, mt, sf, si, sq, ss, until_s):
+    """Commit the decode-only step in flight and run the following decode steps of the same
+    batch, one at a time, while each ends before ``until_s``: exactly what :func:`advance`'s
+    loop does for them (:func:`_commit`, :func:`_plan`, :func:`_start_step`), in one call.
+
+    NOTE(speed): most steps of a serving hour decode the same batch; this is their loop
+    without the general path's calls, scans and reference counting (a numba call counts
+    references to each array it passes, which cost as much as a decode step's work).
+    It applies while nothing but decoding can happen: nothing queued (static batching: a
+    running batch plans no admission) or swapped out, no prompt left to compute (static: the
+    batch's finished members stay as padding, costed by :func:`_start_step`), a packed cost
+    (no memo to miss), and no sequence reaching its target (that commit finishes requests, and
+    may end a static batch: the general path does it). The plan is then
+    ``_decode_with_preemption``'s over an unchanged running list, so the batch (``K_DEC``)
+    stands; the first grow that does not fit changed nothing and returns
+    to the general path, which plans the step again (preempting). Returns the steps
+    committed (0: not applicable; the step in flight is untouched).
+    """
+    ndec = ri[H_NDEC]
+    static = ri[H_POLICY] == POLICY_STATIC
+    if ri[H_NPF] != 0 or ndec == 0 or ri[H_NSWAP] != 0 or cf.shape[0] == 0 or (ri[H_NWAIT] != 0 and not static):
+        return 0
+    s = ri[H_S]
+    o_run = H_HEADER + K_RUN * s
+    for i in range(ri[H_NRUN]):
+        ph = rq[R_PHASE, ri[o_run + i]]
+        if ph != DECODE and not (static and ph == DONE):
+            return 0
+    o_ctx = H_HEADER + K_CTX * s
+    o_dec = H_HEADER + K_DEC * s
+    o_tot = H_HEADER + K_TOT * s
+    o_gen = H_HEADER + K_GEN * s
+    o_tgt = H_HEADER + K_TGT * s
+    # Commits before one that reaches a target (every sequence gains a token per step).
+    left = ri[o_tgt + ri[o_dec]] - ri[o_gen + ri[o_dec]] - 1
+    for j in range(1, ndec):
+        slot = ri[o_dec + j]
+        k = ri[o_tgt + slot] - ri[o_gen + slot] - 1
+        if k < left:
+            left = k
+    caches = ri[H_CACHES] == 1
+    page = _mem.page_tokens(ri, kva) if caches else 1
+    steps = 0
+    while left > 0 and rf[F_ECUR] < until_s and ri[H_ROW] < ri[H_ROWCAP]:
+        end_s = rf[F_ECUR]
+        _commit_decodes(ri, rf, rq, kva, pk, end_s, caches, page)  # finishes none
+        _write_row(ri, rf, wq, rq, kva, sf, si, sq, ss, ndec, 0, ndec)
+        rf[F_T] = end_s
+        ri[H_INFLIGHT] = 0
+        steps += 1
+        left -= 1
+        # _plan: nothing queued, swapped or left to prefill: the decode step of the batch.
+        ri[H_NDEC] = 0
+        ri[H_NPRE] = 0
+        rf[F_SWAPB] = 0.0
+        for j in range(ndec):
+            ri[o_tot + j] = ri[o_ctx + ri[o_dec + j]] + 1
+        if kv_grow(ri, kva, ri[o_dec : o_dec + ndec], ri[o_tot : o_tot + ndec]) != _blocks.OK:
+            break  # nothing changed: the general path plans this step (preempts, or reports misuse)
+        ri[H_NDEC] = ndec
+        _start_step(ri, rf, rq, cf, mt)
+    return steps
+
+
+@njit(cache=True)
 def advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, until_s, new_req):
     """Run the replica up to ``until_s``, then queue ``new_req`` (``-1``: none) arriving then.
 
@@ -1198,6 +1289,9 @@ def advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, until_s, new_r
             if rf[F_ECUR] < until_s:
                 if ri[H_ROW] >= ri[H_ROWCAP]:
                     return ROWS_FULL
+                if (ri[H_NPF] == 0 and ri[H_NSWAP] == 0
+                        and _decode_stretch(ri, rf, wq, rq, kva, pk, cf, mt, sf, si, sq, ss, until_s) > 0):
+                    continue
                 status = _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq, ss)
                 if status < 0:
                     return status
