@@ -235,6 +235,8 @@ class ReferenceReplica:
         or by dropping it for recomputation; returns the bytes swapped out."""
         if req.slots:
             req.generated_tokens = int(self.gen_tokens[req.slots[0]])
+        if req.phase == DECODE:  # (a recompute's prefill emitted nothing since)
+            req.last_token_s = float(self.last_token_s[req.slots[0]])
         req.num_preemptions += 1
         self.recorder.preempted(req.idx)
         self.running.remove(req)
@@ -286,6 +288,7 @@ class ReferenceReplica:
         req.slots = taken
         for s in taken:
             self._bind(s, req, ctx=tokens)
+            self.last_token_s[s] = req.last_token_s  # its next token's gap spans the swap
         moved = tokens * n * self.kv_bytes_per_token_per_gpu
         self.swap_used_bytes -= moved
         self.swapped.popleft()
@@ -394,6 +397,7 @@ class ReferenceReplica:
             if req.computed_tokens < req.prefill_target_tokens:
                 continue
             req.generated_tokens += 1
+            recomputed = req.first_token_done
             if not req.first_token_done:
                 req.first_token_done = True
                 self.recorder.first_token(req.idx, end_s)
@@ -406,6 +410,8 @@ class ReferenceReplica:
                     req.slots.append(child)
                     self._bind(child, req, ctx=int(self.ctx_tokens[parent]))
             for s in req.slots:
+                if recomputed:  # a recompute's prefill emits each sequence's next token
+                    self._itl(end_s - req.last_token_s)
                 self.gen_tokens[s] = req.generated_tokens
                 self.last_token_s[s] = end_s
             req.phase = DECODE

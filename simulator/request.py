@@ -45,6 +45,8 @@ class ReqState:
         computed_tokens: tokens of the prompt/recompute already in the KV cache.
         generated_tokens: tokens generated per sequence so far.
         order: admission-independent FCFS key (arrival order on this replica).
+        last_token_s: when its sequences last emitted a token, kept while it holds no slots
+            (preempted), so the next token's gap is measured from it.
     """
 
     __slots__ = (
@@ -58,6 +60,7 @@ class ReqState:
         "generated_tokens",
         "idx",
         "is_beam",
+        "last_token_s",
         "num_preemptions",
         "order",
         "output_tokens",
@@ -99,6 +102,7 @@ class ReqState:
         self.num_preemptions = 0
         self.first_token_done = False
         self.swapped_tokens = 0
+        self.last_token_s = 0.0
 
     @property
     def final_tokens(self) -> int:

@@ -45,8 +45,6 @@ dispatches to the paged or contiguous kernels) and swap preemption (:func:`_swap
 
 from __future__ import annotations
 
-import math
-
 from servesim.simulator.compiled import _cost, _mem, _prefix
 from servesim.simulator.compiled._mem import (
     F_KVB,
@@ -66,7 +64,7 @@ from servesim.simulator.compiled._mem import (
 )
 from servesim.simulator.jit import njit
 from servesim.simulator.memory.kernels import _blocks
-from servesim.simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS
+from servesim.simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS, itl_bin
 from servesim.simulator.scheduling.sglang import LPM_MAX_QUEUE as _SGLANG_LPM_MAX_QUEUE
 
 # Request fields, rows of ``rq``.
@@ -95,6 +93,7 @@ Q_FIRST_TOKEN = 1
 Q_FINISH = 2
 # Reserved: 3 prefix caching / radix, 4 swap and contiguous, 5-6 fan-out and dependents.
 Q_ARRIVAL = 3  # when the request was routed (``ReqState.arrival_s``; sglang's starvation guard)
+Q_LASTTOK = 4  # when it last emitted a token, kept while preempted (``ReqState.last_token_s``)
 Q_NUM = 8
 
 # Phases (as simulator.request).
@@ -447,7 +446,7 @@ def _push_back(ri, wq, req):
 
 
 @njit(cache=True)
-def _preempt(ri, rf, wq, rq, kva, pk, req, now_s):
+def _preempt(ri, rf, wq, rq, rqf, kva, pk, req, now_s):
     """Preemption (``ReferenceReplica.preempt``): a decoding request is swapped out when
     swap is on and host memory allows (:func:`_swap_out`), otherwise recomputed."""
     s = ri[H_S]
@@ -456,6 +455,8 @@ def _preempt(ri, rf, wq, rq, kva, pk, req, now_s):
     slot = rq[R_SLOT, req]
     if slot >= 0:
         rq[R_GEN, req] = ri[o_gen + slot]
+    if rq[R_PHASE, req] == DECODE:  # (a recompute's prefill emitted nothing since)
+        rqf[Q_LASTTOK, req] = rf[F_HEADER + slot]
     rq[R_NPRE, req] += 1
     _remove_running(ri, o_run, req)
     # Groups sharing their prompt's blocks are recomputed (shared blocks are not swapped).
@@ -472,7 +473,7 @@ def _preempt(ri, rf, wq, rq, kva, pk, req, now_s):
 
 
 @njit(cache=True)
-def _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s):
+def _decode_with_preemption(ri, rf, wq, rq, rqf, kva, pk, now_s):
     """Every decoding sequence gets one more slot; the latest-arrived request is preempted
     while that does not fit (``Scheduler._decode_with_preemption``)."""
     s = ri[H_S]
@@ -512,7 +513,7 @@ def _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s):
         if victim < 0:
             ri[H_NDEC] = 0
             return DONE_OK
-        _preempt(ri, rf, wq, rq, kva, pk, victim, now_s)
+        _preempt(ri, rf, wq, rq, rqf, kva, pk, victim, now_s)
         ri[H_NPRE] += 1
 
 
@@ -765,7 +766,7 @@ def _unwind_slots(ri, rq, kva, pk, req, now_s):
 
 
 @njit(cache=True)
-def _swap_in(ri, rf, rq, kva, pk, now_s):
+def _swap_in(ri, rf, rq, rqf, kva, pk, now_s):
     """Bring swapped requests back, oldest first, while a slot and KV room allow
     (``Scheduler._swap_in`` and ``ReferenceReplica.swap_in``: admit for the swapped tokens,
     then grow to them; restoring KV is no prefix lookup). Returns 0 when none is left
@@ -786,6 +787,10 @@ def _swap_in(ri, rf, rq, kva, pk, now_s):
             _unwind_slots(ri, rq, kva, pk, req, now_s)
             return 1
         _bind_group(ri, rq, req, tokens)
+        slot = rq[R_SLOT, req]
+        while slot >= 0:  # its next token's gap spans the swap
+            rf[F_HEADER + slot] = rqf[Q_LASTTOK, req]
+            slot = ri[H_HEADER + K_NEXT * s + slot]
         moved = tokens * n * rf[F_KVB]
         rf[F_SWAP_USED] -= moved
         h = ri[H_SWHEAD] + 1
@@ -830,7 +835,7 @@ def _plan_static(ri, rf, wq, rq, rqf, kva, pk):
     members were all preempted ends, and the next one forms at once."""
     now_s = rf[F_T]
     if ri[H_NRUN] > 0:
-        status = _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s)
+        status = _decode_with_preemption(ri, rf, wq, rq, rqf, kva, pk, now_s)
         if status < 0 or ri[H_NDEC] > 0 or ri[H_NPRE] == 0:
             return status
         _end_static_batch(ri, rq, rqf, kva, pk, now_s)
@@ -872,10 +877,10 @@ def _plan(ri, rf, wq, rq, rqf, kva, pk):
     if ri[H_POLICY] == POLICY_STATIC:
         return _plan_static(ri, rf, wq, rq, rqf, kva, pk)
     if ri[H_POLICY] == POLICY_SARATHI or ri[H_POLICY] == POLICY_ORCA:
-        status = _swap_in(ri, rf, rq, kva, pk, now_s)
+        status = _swap_in(ri, rf, rq, rqf, kva, pk, now_s)
         if status < 0:
             return status
-        status = _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s)
+        status = _decode_with_preemption(ri, rf, wq, rq, rqf, kva, pk, now_s)
         if status < 0:
             return status
         status, budget = _continue_prefills(ri, rq, kva, pk, ri[H_BUDGET] - ri[H_NDEC], now_s)
@@ -893,8 +898,8 @@ def _plan(ri, rf, wq, rq, rqf, kva, pk):
             pending = True
             break
     if ri[H_NWAIT] == 0 and not pending and ri[H_NSWAP] == 0:
-        return _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s)
-    status = _swap_in(ri, rf, rq, kva, pk, now_s)
+        return _decode_with_preemption(ri, rf, wq, rq, rqf, kva, pk, now_s)
+    status = _swap_in(ri, rf, rq, rqf, kva, pk, now_s)
     if status < 0:
         return status
     if status == 0:
@@ -906,18 +911,11 @@ def _plan(ri, rf, wq, rq, rqf, kva, pk):
             return status
     if ri[H_NPF] > 0:
         return DONE_OK
-    return _decode_with_preemption(ri, rf, wq, rq, kva, pk, now_s)
+    return _decode_with_preemption(ri, rf, wq, rq, rqf, kva, pk, now_s)
 
 
-@njit(cache=True)
-def _itl_bin(gap):
-    v = gap if gap > ITL_LO_S else ITL_LO_S
-    idx = math.floor(math.log10(v / ITL_LO_S) * ITL_BINS_PER_DECADE) + 1  # an int in numba
-    if idx < 0:
-        return 0
-    if idx > ITL_NUM_BINS - 1:
-        return ITL_NUM_BINS - 1
-    return idx
+#: The ITL histogram bin of a gap: the recorder's one definition (``results.itl_bin``), compiled.
+_itl_bin = njit(cache=True)(itl_bin)
 
 
 @njit(cache=True)
@@ -1093,7 +1091,8 @@ def _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq, ss):
             continue
         g = rq[R_GEN, req] + 1
         rq[R_GEN, req] = g
-        if rq[R_FTD, req] == 0:
+        recomputed = rq[R_FTD, req] == 1
+        if not recomputed:
             rq[R_FTD, req] = 1
             rqf[Q_FIRST_TOKEN, req] = end_s
         if ri[H_SHARING] == 1 and rq[R_FANOUT, req] > 1 and rq[R_NSLOTS, req] == 1:
@@ -1101,6 +1100,12 @@ def _commit(ri, rf, wq, rq, rqf, kva, pk, sf, si, sq, ss):
                 return ERR_FORK
         slot = rq[R_SLOT, req]
         while slot >= 0:
+            if recomputed:  # a recompute's prefill emits each sequence's next token
+                gap = end_s - rqf[Q_LASTTOK, req]
+                ri[H_HEADER + K_ITL * s + _itl_bin(gap)] += 1
+                rf[F_ITL_SUM] += gap
+                rf[F_ITL_SQ] += gap * gap
+                ri[H_ITL_N] += 1
             ri[o_gen + slot] = g
             rf[o_last + slot] = end_s
             slot = ri[o_next + slot]
