@@ -307,6 +307,51 @@ def _layer_prologue(cf, pf, pairs, kv_tokens, ndec, ctx):
             pos)
 
 
+@njit(cache=True, inline="always")
+def _step_epilogue(cf, rows, Tg, launch, tile, total, comp, mem, kv, comm, layer_t, n_stages, n_kinds, stage_pos,
+                   out):
+    """Ends :func:`packed_step_cost` and :func:`packed_tbo_step` alike: the LM head on the
+    sampled ``rows``, the pipeline sends of ``Tg`` tokens, the host overhead and the busiest
+    stage (``layer_t``: one layer's seconds per kind, read only with pipelining), written to
+    ``out`` (:data:`COST_FIELDS`)."""
+    t_h = 0.0
+    head_c = 0.0
+    if rows > 0.0:
+        h_tiles = float(math.ceil(rows / tile))
+        h_mp = _padded(rows, h_tiles, tile)
+        tc = cf[P_H_TOK] * h_mp + cf[P_H_C0] + cf[P_H_DQ] * h_tiles
+        tm = cf[P_H_M0] + cf[P_H_MT] * rows
+        t_h = launch + (tc if tc > tm else tm)
+        head_c = t_h * (1.0 if tc >= tm else 0.0)
+    total = total + t_h
+    p2p = cf[P_P2P_CONST] + cf[P_P2P_PER_TOKEN] * Tg
+    total = total + cf[P_PP_MINUS_1] * p2p
+    over = cf[P_OVERHEAD] + cf[P_OVERHEAD_PER_SEQ] * rows
+    comp = comp + head_c
+    mem = mem + (t_h - head_c)
+    comm = comm + cf[P_PP_MINUS_1] * p2p
+    if n_stages == 1:
+        worst = total
+    else:
+        worst = 0.0
+        for st in range(n_stages):
+            stage = 0.0
+            for kd in range(n_kinds):
+                stage = stage + cf[stage_pos + st * n_kinds + kd] * layer_t[kd]
+            if st == n_stages - 1:
+                stage = stage + t_h
+            if st > 0:
+                stage = stage + p2p
+            worst = worst if worst >= stage else stage
+    out[0] = total + over
+    out[1] = comp
+    out[2] = mem
+    out[3] = kv
+    out[4] = comm
+    out[5] = over
+    out[6] = worst
+
+
 @njit(cache=True)
 def packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
     """A step under two-batch overlap (one rank's share already taken, ``pf + ndec >= 2``):
@@ -327,8 +372,7 @@ def packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
     else:
         phi = cf[P_TBO_LL_PHI]
         sms = cf[P_TBO_LL_S]
-    if n_stages > 1:  # only for the per-stage sums (see packed_step_cost)
-        layer_t = np.zeros(n_kinds)
+    layer_t = np.zeros(n_kinds) if n_stages > 1 else cf[:0]  # as packed_step_cost
     total = 0.0
     comp = 0.0
     mem = 0.0
@@ -372,42 +416,7 @@ def packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
         kv = kv + count * (2.0 * a_kv)
         comm = comm + count * (2.0 * t_ar)
         comm = comm + count * (layer - work)
-    t_h = 0.0
-    head_c = 0.0
-    if rows > 0.0:
-        h_tiles = float(math.ceil(rows / tile))
-        h_mp = _padded(rows, h_tiles, tile)
-        tc = cf[P_H_TOK] * h_mp + cf[P_H_C0] + cf[P_H_DQ] * h_tiles
-        tm = cf[P_H_M0] + cf[P_H_MT] * rows
-        t_h = launch + (tc if tc > tm else tm)
-        head_c = t_h * (1.0 if tc >= tm else 0.0)
-    total = total + t_h
-    p2p = cf[P_P2P_CONST] + cf[P_P2P_PER_TOKEN] * Tg_full
-    total = total + cf[P_PP_MINUS_1] * p2p
-    over = cf[P_OVERHEAD] + cf[P_OVERHEAD_PER_SEQ] * rows
-    comp = comp + head_c
-    mem = mem + (t_h - head_c)
-    comm = comm + cf[P_PP_MINUS_1] * p2p
-    if n_stages == 1:
-        worst = total
-    else:
-        worst = 0.0
-        for st in range(n_stages):
-            stage = 0.0
-            for kd in range(n_kinds):
-                stage = stage + cf[stage_pos + st * n_kinds + kd] * layer_t[kd]
-            if st == n_stages - 1:
-                stage = stage + t_h
-            if st > 0:
-                stage = stage + p2p
-            worst = worst if worst >= stage else stage
-    out[0] = total + over
-    out[1] = comp
-    out[2] = mem
-    out[3] = kv
-    out[4] = comm
-    out[5] = over
-    out[6] = worst
+    _step_epilogue(cf, rows, Tg_full, launch, tile, total, comp, mem, kv, comm, layer_t, n_stages, n_kinds, stage_pos, out)
 
 
 @njit(cache=True)
@@ -502,9 +511,9 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
      pos) = _layer_prologue(cf, pf, pairs, kv_tokens, ndec, ctx)
     # Each sum over kinds accumulates in kind order as the reference's loops do; the layer
     # times are kept only for the per-stage sums (allocated only with pipelining: an
-    # allocation, even an empty one, costs as much as the rest of a decode step's cost).
-    if n_stages > 1:
-        layer_t = np.zeros(n_kinds)
+    # allocation, even an empty one, costs as much as the rest of a decode step's cost;
+    # otherwise an empty view of the pack, which allocates nothing).
+    layer_t = np.zeros(n_kinds) if n_stages > 1 else cf[:0]
     total = 0.0
     comp = 0.0
     mem = 0.0
@@ -539,42 +548,7 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
         comm = comm + count * t_ar
         comm = comm + count * a2a
     rows = num_prefill_seqs + ndec
-    t_h = 0.0
-    head_c = 0.0
-    if rows > 0.0:
-        h_tiles = float(math.ceil(rows / tile))
-        h_mp = _padded(rows, h_tiles, tile)
-        tc = cf[P_H_TOK] * h_mp + cf[P_H_C0] + cf[P_H_DQ] * h_tiles
-        tm = cf[P_H_M0] + cf[P_H_MT] * rows
-        t_h = launch + (tc if tc > tm else tm)
-        head_c = t_h * (1.0 if tc >= tm else 0.0)
-    total = total + t_h
-    p2p = cf[P_P2P_CONST] + cf[P_P2P_PER_TOKEN] * Tg
-    total = total + cf[P_PP_MINUS_1] * p2p
-    over = cf[P_OVERHEAD] + cf[P_OVERHEAD_PER_SEQ] * rows
-    comp = comp + head_c
-    mem = mem + (t_h - head_c)
-    comm = comm + cf[P_PP_MINUS_1] * p2p
-    if n_stages == 1:
-        worst = total
-    else:
-        worst = 0.0
-        for st in range(n_stages):
-            stage = 0.0
-            for kd in range(n_kinds):
-                stage = stage + cf[stage_pos + st * n_kinds + kd] * layer_t[kd]
-            if st == n_stages - 1:
-                stage = stage + t_h
-            if st > 0:
-                stage = stage + p2p
-            worst = worst if worst >= stage else stage
-    out[0] = total + over
-    out[1] = comp
-    out[2] = mem
-    out[3] = kv
-    out[4] = comm
-    out[5] = over
-    out[6] = worst
+    _step_epilogue(cf, rows, Tg, launch, tile, total, comp, mem, kv, comm, layer_t, n_stages, n_kinds, stage_pos, out)
 
 
 @njit(cache=True)
