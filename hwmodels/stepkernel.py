@@ -258,18 +258,14 @@ def tbo_slot(c, q, phi, s):
     return phi * q + (rest if rest > busy else busy)
 
 
-@njit(cache=True)
-def packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
-    """A step under two-batch overlap (one rank's share already taken, ``pf + ndec >= 2``):
-    :func:`packed_step_cost`'s seven fields into ``out``. Every layer runs on a micro-batch of
-    half the tokens (:func:`tbo_half`) as four overlapped stages (attention beside the other
-    micro-batch's dispatch and combine, the MLP beside them too, :func:`tbo_slot`); the LM head,
-    pipeline sends and host overhead on the whole step. The split by bound counts both
-    micro-batches' kernels and the communication left exposed."""
-    T_full = pf + ndec
-    Tg_full = graph_tokens(cf, T_full, pf)
-    rows = num_prefill_seqs + ndec
-    pf, pairs, kv_tokens, ndec, ctx = tbo_half(pf, pairs, kv_tokens, ndec, ctx)
+@njit(cache=True, inline="always")
+def _layer_prologue(cf, pf, pairs, kv_tokens, ndec, ctx):
+    """What every layer of a step shares, for :func:`packed_step_cost` and
+    :func:`packed_tbo_step` (one rank's, or one micro-batch's, tokens): the padded GEMM rows,
+    the elementwise and all-reduce seconds, both attentions split by bound (``common`` their
+    sum, ``a_comp`` / ``a_kv`` the compute- / KV-bound part), the kind and stage counts and the
+    pack positions of the stage table and the first kind. One copy of the reference's float
+    operations in its order, so both callers stay bit for bit."""
     T = pf + ndec
     Tg = graph_tokens(cf, T, pf)
     Tm = Tg * cf[P_DP]
@@ -277,12 +273,6 @@ def packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
     if window != 0.0:
         pairs = min(pairs, pf * window)
         ctx = min(ctx, ndec * window)
-    if pf > 0.0:
-        phi = cf[P_TBO_NM_PHI]
-        sms = cf[P_TBO_NM_S]
-    else:
-        phi = cf[P_TBO_LL_PHI]
-        sms = cf[P_TBO_LL_S]
     launch = cf[P_LAUNCH]
     tile = cf[P_TILE]
     tiles = float(math.ceil(Tg / tile))
@@ -313,7 +303,76 @@ def packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
     n_stages = int(cf[P_NUM_STAGES])
     stage_pos = P_HEADER + int(cf[P_NUM_GRAPH]) + 3 * int(cf[P_AR_NPTS])
     pos = stage_pos + n_stages * n_kinds
-    layer_t = np.zeros(n_kinds if n_stages > 1 else 0)
+    return (Tg, Tm, launch, tile, tiles, mp, bh, t_ew, t_ar, common, a_comp, a_kv, n_kinds, n_stages, stage_pos,
+            pos)
+
+
+@njit(cache=True, inline="always")
+def _step_epilogue(cf, rows, Tg, launch, tile, total, comp, mem, kv, comm, layer_t, n_stages, n_kinds, stage_pos,
+                   out):
+    """Ends :func:`packed_step_cost` and :func:`packed_tbo_step` alike: the LM head on the
+    sampled ``rows``, the pipeline sends of ``Tg`` tokens, the host overhead and the busiest
+    stage (``layer_t``: one layer's seconds per kind, read only with pipelining), written to
+    ``out`` (:data:`COST_FIELDS`)."""
+    t_h = 0.0
+    head_c = 0.0
+    if rows > 0.0:
+        h_tiles = float(math.ceil(rows / tile))
+        h_mp = _padded(rows, h_tiles, tile)
+        tc = cf[P_H_TOK] * h_mp + cf[P_H_C0] + cf[P_H_DQ] * h_tiles
+        tm = cf[P_H_M0] + cf[P_H_MT] * rows
+        t_h = launch + (tc if tc > tm else tm)
+        head_c = t_h * (1.0 if tc >= tm else 0.0)
+    total = total + t_h
+    p2p = cf[P_P2P_CONST] + cf[P_P2P_PER_TOKEN] * Tg
+    total = total + cf[P_PP_MINUS_1] * p2p
+    over = cf[P_OVERHEAD] + cf[P_OVERHEAD_PER_SEQ] * rows
+    comp = comp + head_c
+    mem = mem + (t_h - head_c)
+    comm = comm + cf[P_PP_MINUS_1] * p2p
+    if n_stages == 1:
+        worst = total
+    else:
+        worst = 0.0
+        for st in range(n_stages):
+            stage = 0.0
+            for kd in range(n_kinds):
+                stage = stage + cf[stage_pos + st * n_kinds + kd] * layer_t[kd]
+            if st == n_stages - 1:
+                stage = stage + t_h
+            if st > 0:
+                stage = stage + p2p
+            worst = worst if worst >= stage else stage
+    out[0] = total + over
+    out[1] = comp
+    out[2] = mem
+    out[3] = kv
+    out[4] = comm
+    out[5] = over
+    out[6] = worst
+
+
+@njit(cache=True)
+def packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
+    """A step under two-batch overlap (one rank's share already taken, ``pf + ndec >= 2``):
+    :func:`packed_step_cost`'s seven fields into ``out``. Every layer runs on a micro-batch of
+    half the tokens (:func:`tbo_half`) as four overlapped stages (attention beside the other
+    micro-batch's dispatch and combine, the MLP beside them too, :func:`tbo_slot`); the LM head,
+    pipeline sends and host overhead on the whole step. The split by bound counts both
+    micro-batches' kernels and the communication left exposed."""
+    T_full = pf + ndec
+    Tg_full = graph_tokens(cf, T_full, pf)
+    rows = num_prefill_seqs + ndec
+    pf, pairs, kv_tokens, ndec, ctx = tbo_half(pf, pairs, kv_tokens, ndec, ctx)
+    (Tg, Tm, launch, tile, tiles, mp, bh, t_ew, t_ar, common, a_comp, a_kv, n_kinds, n_stages, stage_pos,
+     pos) = _layer_prologue(cf, pf, pairs, kv_tokens, ndec, ctx)
+    if pf > 0.0:
+        phi = cf[P_TBO_NM_PHI]
+        sms = cf[P_TBO_NM_S]
+    else:
+        phi = cf[P_TBO_LL_PHI]
+        sms = cf[P_TBO_LL_S]
+    layer_t = np.zeros(n_kinds) if n_stages > 1 else cf[:0]  # as packed_step_cost
     total = 0.0
     comp = 0.0
     mem = 0.0
@@ -357,42 +416,7 @@ def packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out):
         kv = kv + count * (2.0 * a_kv)
         comm = comm + count * (2.0 * t_ar)
         comm = comm + count * (layer - work)
-    t_h = 0.0
-    head_c = 0.0
-    if rows > 0.0:
-        h_tiles = float(math.ceil(rows / tile))
-        h_mp = _padded(rows, h_tiles, tile)
-        tc = cf[P_H_TOK] * h_mp + cf[P_H_C0] + cf[P_H_DQ] * h_tiles
-        tm = cf[P_H_M0] + cf[P_H_MT] * rows
-        t_h = launch + (tc if tc > tm else tm)
-        head_c = t_h * (1.0 if tc >= tm else 0.0)
-    total = total + t_h
-    p2p = cf[P_P2P_CONST] + cf[P_P2P_PER_TOKEN] * Tg_full
-    total = total + cf[P_PP_MINUS_1] * p2p
-    over = cf[P_OVERHEAD] + cf[P_OVERHEAD_PER_SEQ] * rows
-    comp = comp + head_c
-    mem = mem + (t_h - head_c)
-    comm = comm + cf[P_PP_MINUS_1] * p2p
-    if n_stages == 1:
-        worst = total
-    else:
-        worst = 0.0
-        for st in range(n_stages):
-            stage = 0.0
-            for kd in range(n_kinds):
-                stage = stage + cf[stage_pos + st * n_kinds + kd] * layer_t[kd]
-            if st == n_stages - 1:
-                stage = stage + t_h
-            if st > 0:
-                stage = stage + p2p
-            worst = worst if worst >= stage else stage
-    out[0] = total + over
-    out[1] = comp
-    out[2] = mem
-    out[3] = kv
-    out[4] = comm
-    out[5] = over
-    out[6] = worst
+    _step_epilogue(cf, rows, Tg_full, launch, tile, total, comp, mem, kv, comm, layer_t, n_stages, n_kinds, stage_pos, out)
 
 
 @njit(cache=True)
@@ -483,47 +507,13 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
     if cf[P_TBO] != 0.0 and T >= 2.0:  # two-batch overlap: its own path
         packed_tbo_step(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
         return
-    Tg = graph_tokens(cf, T, pf)
-    Tm = Tg * cf[P_DP]
-    window = cf[P_WINDOW]
-    if window != 0.0:
-        pairs = min(pairs, pf * window)
-        ctx = min(ctx, ndec * window)
-    launch = cf[P_LAUNCH]
-    tile = cf[P_TILE]
-    tiles = float(math.ceil(Tg / tile))
-    mp = _padded(Tg, tiles, tile)
-    kvl = cf[P_KVL]
-    qo = cf[P_QO]
-    bh = cf[P_BH]
-    t_ew = cf[P_EW_CONST] + cf[P_EW_PER_BYTE] * cf[P_EW_BYTES] * Tg
-    t_ar = 2.0 * allreduce_s(cf, Tg)
-    att_p = 0.0
-    c_p = 0.0
-    if pf > 0.0:
-        tc = cf[P_FPP_PREFILL] * pairs / cf[P_PF_PEAK] + cf[P_PF_FH]
-        tm = (kvl * (kv_tokens + pf) + qo * pf) / cf[P_PF_BW] + bh
-        att_p = launch + (tc if tc > tm else tm)
-        c_p = 1.0 if tc >= tm else 0.0
-    att_d = 0.0
-    c_d = 0.0
-    if ndec > 0.0:
-        tc = cf[P_FPP_DECODE] * ctx / cf[P_DEC_PEAK] + cf[P_DEC_FH]
-        tm = (kvl * (ctx + ndec) + qo * ndec) / cf[P_DEC_BW] + bh
-        att_d = launch + (tc if tc > tm else tm)
-        c_d = 1.0 if tc >= tm else 0.0
-    common = t_ew + t_ar + att_p + att_d
-    a_comp = att_p * c_p + att_d * c_d
-    a_kv = att_p + att_d - a_comp
-    n_kinds = int(cf[P_NUM_KINDS])
-    n_stages = int(cf[P_NUM_STAGES])
-    stage_pos = P_HEADER + int(cf[P_NUM_GRAPH]) + 3 * int(cf[P_AR_NPTS])
-    pos = stage_pos + n_stages * n_kinds
+    (Tg, Tm, launch, tile, tiles, mp, bh, t_ew, t_ar, common, a_comp, a_kv, n_kinds, n_stages, stage_pos,
+     pos) = _layer_prologue(cf, pf, pairs, kv_tokens, ndec, ctx)
     # Each sum over kinds accumulates in kind order as the reference's loops do; the layer
     # times are kept only for the per-stage sums (allocated only with pipelining: an
-    # allocation, even an empty one, costs as much as the rest of a decode step's cost).
-    if n_stages > 1:
-        layer_t = np.zeros(n_kinds)
+    # allocation, even an empty one, costs as much as the rest of a decode step's cost;
+    # otherwise an empty view of the pack, which allocates nothing).
+    layer_t = np.zeros(n_kinds) if n_stages > 1 else cf[:0]
     total = 0.0
     comp = 0.0
     mem = 0.0
@@ -558,42 +548,7 @@ def packed_step_cost(cf, pf, pairs, kv_tokens, num_prefill_seqs, ndec, ctx, out)
         comm = comm + count * t_ar
         comm = comm + count * a2a
     rows = num_prefill_seqs + ndec
-    t_h = 0.0
-    head_c = 0.0
-    if rows > 0.0:
-        h_tiles = float(math.ceil(rows / tile))
-        h_mp = _padded(rows, h_tiles, tile)
-        tc = cf[P_H_TOK] * h_mp + cf[P_H_C0] + cf[P_H_DQ] * h_tiles
-        tm = cf[P_H_M0] + cf[P_H_MT] * rows
-        t_h = launch + (tc if tc > tm else tm)
-        head_c = t_h * (1.0 if tc >= tm else 0.0)
-    total = total + t_h
-    p2p = cf[P_P2P_CONST] + cf[P_P2P_PER_TOKEN] * Tg
-    total = total + cf[P_PP_MINUS_1] * p2p
-    over = cf[P_OVERHEAD] + cf[P_OVERHEAD_PER_SEQ] * rows
-    comp = comp + head_c
-    mem = mem + (t_h - head_c)
-    comm = comm + cf[P_PP_MINUS_1] * p2p
-    if n_stages == 1:
-        worst = total
-    else:
-        worst = 0.0
-        for st in range(n_stages):
-            stage = 0.0
-            for kd in range(n_kinds):
-                stage = stage + cf[stage_pos + st * n_kinds + kd] * layer_t[kd]
-            if st == n_stages - 1:
-                stage = stage + t_h
-            if st > 0:
-                stage = stage + p2p
-            worst = worst if worst >= stage else stage
-    out[0] = total + over
-    out[1] = comp
-    out[2] = mem
-    out[3] = kv
-    out[4] = comm
-    out[5] = over
-    out[6] = worst
+    _step_epilogue(cf, rows, Tg, launch, tile, total, comp, mem, kv, comm, layer_t, n_stages, n_kinds, stage_pos, out)
 
 
 @njit(cache=True)
