@@ -3,8 +3,9 @@
 numba compiles a jitted callee once per distinct argument type, and a constant argument (``-1``,
 ``0``, a module constant such as a header index) has its own type, ``Literal[int](value)``: each
 call site that passes a different constant compiled another copy of the callee and of everything
-it calls. Measured on the quickstart's first run (empty cache, numba 0.68): 90 of the kernel
-family's 163 signatures were such literal copies (``_blocks._f32`` alone 18 times).
+it calls. Measured on the quickstart's first run (empty cache, numba 0.68): about 60 of the
+kernel family's specializations were such literal copies (``_blocks._f32`` alone 18), and
+removing them cut the compile's CPU time by 27 % (109.5 -> 79.4 s, back to back, same load).
 
 :func:`njit` is ``numba.njit`` whose dispatcher, when called from jitted code, compiles and
 types the call with the constants widened to their plain types (``types.unliteral``), so every
