@@ -1031,14 +1031,24 @@ class StepCostModel:
                         (self.pp - 1) * ACT_BYTES * self.model.hidden_size * Tg, "communication")
             _record(rec, "overhead", over, 0.0, 0.0, "overhead")
         # ---- split by bound and per pipeline stage (side sums of the same operator times)
+        parts = [(layer, l_comp, l_mem, a_kv, t_ar, a2a) for (layer, l_comp, l_mem), a2a in zip(layers, a2as, strict=True)]
+        return self._split_and_stages(B, T, parts, t_h, h_c, h_m, t_p2p_one, total, time, over, stage_out)
+
+    def _split_and_stages(self, B: Any, T: Any, layers: list[tuple[Any, ...]], t_h: Any, h_c: Any, h_m: Any,
+                          t_p2p_one: Any, total: Any, time: Any, over: Any,
+                          stage_out: list[Any] | None) -> StepCostArrays:
+        """The step's split by bound and its busiest pipeline stage, as side sums of the operator
+        times already in ``total`` (both evaluations; the packed forms' ``_step_epilogue``).
+        ``layers``: per layer kind, (layer time, compute, weight read, KV read, all-reduce,
+        all-to-all), summed in this order over the kinds."""
         head_c = t_h * (h_c >= h_m)
         comp = mem = kv = comm = 0.0
-        for (n_layers, _), (_, l_comp, l_mem), a2a in zip(self._kinds, layers, a2as, strict=True):
+        for (n_layers, _), (_, l_comp, l_mem, l_kv, l_ar, l_a2a) in zip(self._kinds, layers, strict=True):
             comp = comp + n_layers * l_comp
             mem = mem + n_layers * l_mem
-            kv = kv + n_layers * a_kv
-            comm = comm + n_layers * t_ar
-            comm = comm + n_layers * a2a
+            kv = kv + n_layers * l_kv
+            comm = comm + n_layers * l_ar
+            comm = comm + n_layers * l_a2a
         comp = comp + head_c
         mem = mem + (t_h - head_c)
         comm = comm + (self.pp - 1) * t_p2p_one
@@ -1048,8 +1058,8 @@ class StepCostModel:
             worst = total
         for s, counts in enumerate(self._stage_counts if (self.pp > 1 or stage_out is not None) else ()):
             stage: Any = 0.0
-            for n_s, (layer, _, _) in zip(counts, layers, strict=True):
-                stage = stage + n_s * layer
+            for n_s, lay in zip(counts, layers, strict=True):
+                stage = stage + n_s * lay[0]
             if s == last:
                 stage = stage + t_h
             if s > 0:
@@ -1179,38 +1189,7 @@ class StepCostModel:
                 _record(rec, "pipeline_p2p", (self.pp - 1) * t_p2p_one, 0.0,
                         (self.pp - 1) * ACT_BYTES * self.model.hidden_size * Tg_full, "communication")
             _record(rec, "overhead", over, 0.0, 0.0, "overhead")
-        head_c = t_h * (h_c >= h_m)
-        comp = mem = kv = comm = 0.0
-        for (n_layers, _), (_, l_comp, l_mem, l_kv, l_ar, l_a2a) in zip(self._kinds, layers, strict=True):
-            comp = comp + n_layers * l_comp
-            mem = mem + n_layers * l_mem
-            kv = kv + n_layers * l_kv
-            comm = comm + n_layers * l_ar
-            comm = comm + n_layers * l_a2a
-        comp = comp + head_c
-        mem = mem + (t_h - head_c)
-        comm = comm + (self.pp - 1) * t_p2p_one
-        worst: Any = 0.0
-        if self.pp == 1 and stage_out is None:
-            worst = total
-        for st, counts in enumerate(self._stage_counts if (self.pp > 1 or stage_out is not None) else ()):
-            stage: Any = 0.0
-            for n_s, lay in zip(counts, layers, strict=True):
-                stage = stage + n_s * lay[0]
-            if st == self.pp - 1:
-                stage = stage + t_h
-            if st > 0:
-                stage = stage + t_p2p_one
-            worst = B.mx(worst, stage)
-            if stage_out is not None:
-                stage_out.append(stage)
-        if B is not _ScalarBackend:
-            comp, mem, kv, comm, over, worst = (
-                x if isinstance(x, np.ndarray) and x.shape == T.shape else x + 0.0 * T
-                for x in (comp, mem, kv, comm, over, worst)
-            )
-        return StepCostArrays(time_s=time, compute_s=comp, weight_read_s=mem, kv_read_s=kv, comm_s=comm,
-                              overhead_s=over, bottleneck_stage_s=worst)
+        return self._split_and_stages(B, T, layers, t_h, h_c, h_m, t_p2p_one, total, time, over, stage_out)
 
     # ------------------------------------------------------------------ public API
     def cost(
