@@ -62,7 +62,7 @@ from servesim.simulator.compiled._mem import (
     kv_grow,
     kv_release,
 )
-from servesim.simulator.jit import njit
+from servesim.simulator.jit import borrowed, njit
 from servesim.simulator.memory.kernels import _blocks
 from servesim.simulator.results import _ITL_BINS_PER_DECADE, _ITL_LO_S, _ITL_NUM_BINS, itl_bin
 from servesim.simulator.scheduling.sglang import LPM_MAX_QUEUE as _SGLANG_LPM_MAX_QUEUE
@@ -1289,6 +1289,14 @@ def advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, until_s, new_r
     the step rows are full, :data:`NEED_COST` (call again once the memo ``mt`` has the
     planned step's cost) when it is not in the memo, :data:`DONE_OK`, or a negative error code.
     """
+    return _advance(
+        borrowed(ri), borrowed(rf), borrowed(wq), borrowed(rq), borrowed(rqf), borrowed(kva), borrowed(pk), borrowed(cf), borrowed(mt), borrowed(sf), borrowed(si), borrowed(sq), borrowed(ss),
+        until_s, new_req)
+
+
+@njit(cache=True)
+def _advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, until_s, new_req):
+    """:func:`advance` on borrowed views (:func:`~servesim.simulator.jit.borrowed`)."""
     while True:
         if ri[H_INFLIGHT] == 1:
             if rf[F_ECUR] < until_s:
@@ -1338,9 +1346,11 @@ def advance_many(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, times_s, 
     that reads no replica state). Returns ``(status, k)``: :data:`DONE_OK` with ``k`` the
     length, or the first other status with ``k`` the arrival not yet queued (call again
     from there once the facade has handled it)."""
+    ri, rf, wq, rq, rqf, kva, pk = borrowed(ri), borrowed(rf), borrowed(wq), borrowed(rq), borrowed(rqf), borrowed(kva), borrowed(pk)
+    cf, mt, sf, si, sq, ss = borrowed(cf), borrowed(mt), borrowed(sf), borrowed(si), borrowed(sq), borrowed(ss)
     n = reqs.shape[0]
     while pos < n:
-        status = advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, times_s[pos], reqs[pos])
+        status = _advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, times_s[pos], reqs[pos])
         if status != DONE_OK:
             return status, pos
         pos += 1
@@ -1362,6 +1372,8 @@ def advance_stepwise(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, peek_
     row chunk), :data:`NEED_COST` (call again once the memo has the planned step's cost),
     :data:`DONE_OK` or a negative error code.
     """
+    ri, rf, wq, rq, rqf, kva, pk = borrowed(ri), borrowed(rf), borrowed(wq), borrowed(rq), borrowed(rqf), borrowed(kva), borrowed(pk)
+    cf, mt, sf, si, sq, ss = borrowed(cf), borrowed(mt), borrowed(sf), borrowed(si), borrowed(sq), borrowed(ss)
     vnow = rf[F_VNOW]
     while True:
         if ri[H_COSTWAIT] == 0:

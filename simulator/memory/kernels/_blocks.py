@@ -1444,10 +1444,10 @@ _SLOW = -100  # _grow_common: not the common case, take the full path (nothing c
 
 @njit(cache=True)
 def _grow_common(arena, seq_ids, new_totals):
-    """``grow``'s common case, or ``_SLOW`` with nothing changed: paged or radix (not
-    APC), valid ids and totals, no shared partial last block (no copy-on-write), and
-    enough free blocks without evicting. Same effect as ``_grow`` there, the ``cow``
-    scratch zeroed as ``plan_grow`` leaves it.
+    """``grow``'s common case, or ``_SLOW`` with nothing changed: valid ids and totals, no
+    shared partial last block (no copy-on-write), and enough free blocks without evicting
+    (radix) or in the free queue (APC: blocks from its head, as ``_apc_apply_grow``). Same
+    effect as ``_grow`` there, the ``cow`` scratch zeroed as ``plan_grow`` leaves it.
 
     NOTE(speed): the compiled replica grows its batch once per decoding step; the ten or
     so views ``_grow`` builds cost reference counting of their arrays (about a third of
@@ -1456,8 +1456,9 @@ def _grow_common(arena, seq_ids, new_totals):
     """
     k = seq_ids.shape[0]
     num_seqs = arena[C_S]
-    if arena[C_APC] == 1 or new_totals.shape[0] != k or k > num_seqs:
+    if new_totals.shape[0] != k or k > num_seqs:
         return _SLOW
+    apc = arena[C_APC] == 1
     a32 = arena.view(np.int32)
     a8 = arena.view(np.int8)
     page = arena[C_PAGE]
@@ -1486,7 +1487,7 @@ def _grow_common(arena, seq_ids, new_totals):
         if new > cap:
             need += (new - cap + page - 1) // page
     top = arena[C_FREE_TOP]
-    if need > top:
+    if need > (top + arena[C_CACHED] if apc else top):
         return _SLOW
     o_cow = 8 * arena[O_COW]
     o_fs = 2 * arena[O_FREE_STACK]
@@ -1513,8 +1514,11 @@ def _grow_common(arena, seq_ids, new_totals):
             want = nb + (new - cap + page - 1) // page
             f = new - cap  # tokens from block nb on
             for i in range(nb, want):
-                top -= 1
-                b = a32[o_fs + top]
+                if apc:
+                    b = _apc_pop(arena)  # moves the free count itself
+                else:
+                    top -= 1
+                    b = a32[o_fs + top]
                 a32[o_rc + b] = 1
                 if f > page:
                     a32[o_bf + b] = page
@@ -1525,7 +1529,8 @@ def _grow_common(arena, seq_ids, new_totals):
             added += new - cap
             a32[o_tl + s] = want
         arena[o_tok + s] = new
-    arena[C_FREE_TOP] = top
+    if not apc:
+        arena[C_FREE_TOP] = top
     arena[C_TOKENS] += added
     return OK
 
