@@ -42,6 +42,13 @@ def _first_start(cols: dict[str, Any]) -> float:
 
     return first(cols)
 
+
+def _steprows() -> Any:
+    # steprows imports the compiled loop, which imports this module: bound on first use.
+    from servesim.simulator import steprows
+
+    return steprows
+
 MS = 1e3
 
 # ITL histogram: log-spaced bins from 1 us to 1000 s, 200 per decade (about 1.2% wide).
@@ -288,13 +295,14 @@ class Recorder:
                 rows = slice(int(rows[0]), int(rows[0]) + m)
             frame["replica_id"][rows] = rid
             frame["t_s"][rows] = _step_starts(cols)
-            for name in _STEP_DTYPES:
-                if name not in ("replica_id", "step", "t_s"):
-                    frame[name][rows] = cols[name]
-            split = cols["split"]
+            steprows = _steprows()
+            for name, dtype in _STEP_DTYPES.items():
+                if name not in ("replica_id", "step", "t_s", "duration_s"):
+                    frame[name][rows] = steprows.column(cols, name, dtype)
+            frame["duration_s"][rows] = cols["duration_s"]
             for j, c in enumerate(_SPLIT_COLS):
-                frame[c][rows] = split[j]
-            del cols, rows, split
+                frame[c][rows] = steprows.split_part(cols, j)
+            del cols, rows
         self._frame = pd.DataFrame(frame, copy=False)
         self._frame_rows = self._num_rows
         return self._frame
@@ -394,20 +402,17 @@ class StepColumns:
             if len(f):
                 yield None, lambda name: f[name].to_numpy()
             return
+        steprows = _steprows()
         for rid, cols in self._chunks:
-            m = len(cols["duration_s"])
 
-            def get(name: str, cols: dict[str, Any] = cols, m: int = m) -> npt.NDArray[Any]:
+            def get(name: str, cols: dict[str, Any] = cols) -> npt.NDArray[Any]:
                 if name in _SPLIT_COLS:
-                    return cols["split"][_SPLIT_COLS.index(name)]
+                    return steprows.split_part(cols, _SPLIT_COLS.index(name))
                 if name == "t_s":
                     return _step_starts(cols)
-                v = cols[name]
-                dtype = _STEP_DTYPES[name]
-                if isinstance(v, int):
-                    # A constant column: a read-only broadcast view, nothing allocated.
-                    return np.broadcast_to(np.asarray(v, dtype), (m,))
-                return v if v.dtype == dtype else v.astype(dtype)
+                if name == "duration_s":
+                    return cols[name]
+                return steprows.column(cols, name, _STEP_DTYPES[name])
 
             yield rid, get
 

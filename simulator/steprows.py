@@ -12,7 +12,7 @@ a run holds one chunk per replica plus the compact store, never a second copy of
 from __future__ import annotations
 
 import mmap
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -70,14 +70,40 @@ def _narrow_dtype(lo: int, hi: int, dtype: Any) -> Any:
     return dtype
 
 
+class Sparse(NamedTuple):
+    """An integer column that is zero on most rows of a chunk (prefill counters, prefix
+    queries: a few steps in a decoding hour): the rows where it is not, and its values."""
+
+    rows: npt.NDArray[Any]
+    values: npt.NDArray[Any]
+
+
+class Rest(NamedTuple):
+    """``kv_free_slots`` as what the other memory columns leave of a constant total (a
+    replica's slots are token + reserved + internal + external + cached + free, every step)."""
+
+    total: int
+
+
+#: The memory columns whose sum with ``kv_free_slots`` is a replica's capacity (:class:`Rest`).
+MEMORY_PARTS = ("kv_token_state_slots", "kv_reserved_slots", "kv_internal_frag_slots",
+                "kv_external_frag_slots", "kv_cached_slots")
+
+
 def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
-    """The first ``n`` rows of a chunk as the steps frame's columns, compact: start and
-    duration (float64), the split by bound (float32, ``[5, n]``), and each integer column as
-    the smallest of int8/int16/int32 that holds it, or as one Python int when all its values
-    are equal (most memory columns of a run are constant: reserved slots without
-    reservations, prefix counters without prefix caching). Lossless: the frame casts back to
-    its own dtypes. The cost inputs (attention pairs, KV and context tokens, sampled and
-    costed decode sequences, swap time) are dropped: the split is already there.
+    """The first ``n`` rows of a chunk as the steps frame's columns, compact and lossless:
+    start and duration (float64); each part of the split by bound as float32, or one float32
+    when it is the same on every row (no communication on one GPU); each integer column as
+    the smallest of int8/int16/int32 that holds it, as one Python int when all its values are
+    equal (most memory columns of a run), as :class:`Sparse` when that is smaller (zero on
+    most rows), and ``kv_free_slots`` as :class:`Rest` when the memory columns sum to a
+    constant. :func:`column` and :func:`split_part` read any of them back in the frame's
+    dtypes. The cost inputs (attention pairs, KV and context tokens, sampled and costed
+    decode sequences, swap time) are dropped: the split is already there.
+
+    NOTE(memory): a million-request run commits 8.3 M steps; at 46 bytes a row the store
+    was most of the run's 1 GB peak, the split alone 20 bytes and the free slots, prefix
+    queries and prefill counters another 11 (issue 12).
 
     All arrays of a chunk share one memory map of their own (see :func:`_mapped_bytes`):
     freed, the chunk goes back to the system, not into a heap the frame cannot reuse.
@@ -87,22 +113,44 @@ def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
     bounds = {k: (b[:, :n].min(axis=1).tolist(), b[:, :n].max(axis=1).tolist()) for k, b in blocks.items()}
     kinds = []
     seg = _busy_segments(sf[L.SF_T, :n], sf[L.SF_D, :n])
-    nbytes = (8 + 4 * L.SS_NUM) * n + (8 * n if seg is None else 16 * len(seg))
+    nbytes = 8 * n + (8 * n if seg is None else 16 * len(seg))
+    split_const = []
+    for j in range(L.SS_NUM):
+        part = ss[j, :n]
+        lo, hi = part.min(), part.max()
+        split_const.append(np.float32(lo) if lo == hi and part[0] == part[0] else None)
+        nbytes += 0 if split_const[-1] is not None else 4 * n
+    total = None
+    if n:
+        sums = si[L.SI_FREE, :n].astype(np.int64)
+        for row in (L.SI_TOK, L.SI_RES, L.SI_INT, L.SI_EXT, L.SI_CACHED):
+            sums += si[row, :n]
+        if sums.min() == sums.max():
+            total = int(sums[0])
+    row_dt = np.dtype(np.int16 if n <= np.iinfo(np.int16).max else np.int32)
     for name, block, row in INT_COLUMNS:
         src = blocks[block][row, :n]
         lo, hi = bounds[block][0][row], bounds[block][1][row]
         dt = _narrow_dtype(lo, hi, src.dtype)
-        kinds.append((name, src, dt, lo))
+        if name == "kv_free_slots" and total is not None and dt is not None:
+            kinds.append((name, src, None, Rest(total), 0))
+            continue
+        nnz = int(np.count_nonzero(src)) if dt is not None else 0
+        if dt is not None and nnz * (row_dt.itemsize + dt.itemsize) < n * dt.itemsize:
+            kinds.append((name, src, dt, None, nnz))
+            nbytes += nnz * (row_dt.itemsize + dt.itemsize)
+            continue
+        kinds.append((name, src, dt, lo, 0))
         if dt is not None:
             nbytes += dt.itemsize * n
     buf = _mapped_bytes(nbytes)
     pos = 0
 
-    def take(dtype: Any, shape: Any) -> npt.NDArray[Any]:
+    def take(dtype: Any, size: int) -> npt.NDArray[Any]:
         nonlocal pos
-        size = (n * L.SS_NUM if isinstance(shape, tuple) else shape) * np.dtype(dtype).itemsize
-        out = buf[pos : pos + size].view(dtype).reshape(shape)
-        pos += size
+        nb = size * np.dtype(dtype).itemsize
+        out = buf[pos : pos + nb].view(dtype)
+        pos += nb
         return out
 
     cols: dict[str, Any] = {}
@@ -116,16 +164,58 @@ def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
         cols["t_seg"][:] = seg
         cols["t_first"] = take(np.float64, len(seg))
         cols["t_first"][:] = sf[L.SF_T, seg]
-    cols["split"] = take(np.float32, (L.SS_NUM, n))
-    cols["split"][:] = ss[:, :n]
-    # Widest first, so every view stays aligned.
-    for name, src, dt, value in sorted(kinds, key=lambda k: -(k[2].itemsize if k[2] is not None else 0)):
+    split: list[Any] = []
+    for j in range(L.SS_NUM):
+        if split_const[j] is None:
+            split.append(take(np.float32, n))
+            split[-1][:] = ss[j, :n]
+        else:
+            split.append(split_const[j])
+    cols["split"] = split
+    # Widest first, so every view stays aligned (sparse columns: values, then int16/32 rows last).
+    sparse_rows = []
+    for name, src, dt, value, nnz in sorted(kinds, key=lambda k: -(k[2].itemsize if k[2] is not None else 0)):
         if dt is None:
             cols[name] = value
+        elif value is None and nnz < n:
+            where = np.flatnonzero(src)
+            vals = take(dt, nnz)
+            vals[:] = src[where]
+            sparse_rows.append((name, where, vals))
         else:
             cols[name] = take(dt, n)
             cols[name][:] = src
+    for name, where, vals in sparse_rows:
+        rows = take(row_dt, len(where))
+        rows[:] = where
+        cols[name] = Sparse(rows, vals)
     return cols
+
+
+def column(cols: dict[str, Any], name: str, dtype: Any) -> npt.NDArray[Any]:
+    """An integer column of a compact chunk in ``dtype`` (a read-only view when constant)."""
+    v = cols[name]
+    m = len(cols["duration_s"])
+    if isinstance(v, int):
+        return np.broadcast_to(np.asarray(v, dtype), (m,))
+    if isinstance(v, Sparse):
+        out = np.zeros(m, dtype)
+        out[v.rows] = v.values
+        return out
+    if isinstance(v, Rest):
+        out = np.full(m, v.total, dtype)
+        for part in MEMORY_PARTS:
+            out -= column(cols, part, dtype)
+        return out
+    return v if v.dtype == dtype else v.astype(dtype)
+
+
+def split_part(cols: dict[str, Any], j: int) -> npt.NDArray[np.float32]:
+    """Part ``j`` of a compact chunk's split by bound (float32; a read-only view when constant)."""
+    v = cols["split"][j]
+    if isinstance(v, np.float32):
+        return np.broadcast_to(v, (len(cols["duration_s"]),))
+    return v
 
 
 def _busy_segments(t_s: npt.NDArray[np.float64], d_s: npt.NDArray[np.float64]) -> npt.NDArray[np.int64] | None:

@@ -79,22 +79,22 @@ R_FTD = 7  # first token done
 R_ORDER = 8
 R_SLOT = 9  # -1 while holding no KV
 R_CACHED = 10
-# Reserved request rows (one range per feature, so parallel work merges cleanly):
-# 11-13 prefix caching / radix, 14-16 swap and contiguous, 17-20 fan-out and dependents.
-R_FANOUT = 17  # sequences of the group (parallel samples n or beam width; >= 1)
-R_NSLOTS = 18  # sequences (slots) it holds now: the chain R_SLOT -> K_NEXT -> ... -> -1
+# 11-13 prefix caching / radix, 14-15 swap (``_mem.R_SWAPTOK``, ``R_SWAPN``), 16-17 fan-out.
+# No spare rows: at a million requests each row is 8 MB of the run's peak (issue 12: <= 1 GB);
+# a feature that needs one adds it here.
 R_KLO = 11  # where the request's page keys start in ``pk``
 R_KN = 12  # page keys its prefix identity describes (0: none)
 R_LPM = 13  # sglang: its cached prefix tokens when the queue was ordered (scratch)
-R_NUM = 24
+R_FANOUT = 16  # sequences of the group (parallel samples n or beam width; >= 1)
+R_NSLOTS = 17  # sequences (slots) it holds now: the chain R_SLOT -> K_NEXT -> ... -> -1
+R_NUM = 18
 # Rows of ``rqf``.
 Q_FIRST_SCHED = 0
 Q_FIRST_TOKEN = 1
 Q_FINISH = 2
-# Reserved: 3 prefix caching / radix, 4 swap and contiguous, 5-6 fan-out and dependents.
 Q_ARRIVAL = 3  # when the request was routed (``ReqState.arrival_s``; sglang's starvation guard)
 Q_LASTTOK = 4  # when it last emitted a token, kept while preempted (``ReqState.last_token_s``)
-Q_NUM = 8
+Q_NUM = 5
 
 # Phases (as simulator.request).
 WAITING = 0

@@ -26,7 +26,7 @@ H_SWAP = 35  # 1: preemption by swap (when host memory allows), 0: recompute
 H_NSWAP = 36  # requests swapped out (a FIFO ring in the per-slot region K_SWQ)
 H_SWHEAD = 37  # its head
 H_PADSEQ = 38  # static batching: finished members computed as padding in the planned step
-# Request rows of ``rq`` (14-16).
+# Request rows of ``rq`` (14-15; ``_loop.R_NUM`` counts them).
 R_SWAPTOK = 14  # context tokens swapped out (what swap-in restores)
 R_SWAPN = 15  # its sequences (a fan-out group swaps all of them)
 # ``rf`` scalars (12-15).

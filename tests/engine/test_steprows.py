@@ -27,7 +27,32 @@ def _chunk(c: int, seed: int, gap_p: float):
     si[L.SI_Q] = rng.integers(-3, 100, c)
     sq[L.SQ_PQ] = 7
     sq[L.SQ_HIT] = rng.integers(0, 2**40, c)
+    ss[L.SS_COMM] = 0.0  # one GPU: no communication (stored as one float32)
+    si[L.SI_PT, ::50] = rng.integers(1, 9000, len(range(0, c, 50)))  # prefill steps: sparse
+    si[L.SI_INT] = rng.integers(0, 16, c)
     return sf, si, sq, ss
+
+
+def _memory_chunk(c: int, seed: int):
+    """A chunk whose memory columns sum to a constant capacity (free slots stored as the rest)."""
+    sf, si, sq, ss = _chunk(c, seed, 0.0)
+    si[L.SI_TOK] = np.random.default_rng(seed).integers(0, 2**20, c)
+    si[L.SI_CACHED] = 64
+    si[L.SI_FREE] = 2**21 - si[L.SI_TOK] - si[L.SI_INT] - si[L.SI_CACHED]
+    return sf, si, sq, ss
+
+
+def _assert_lossless(cols, sf, si, sq, ss, n):
+    assert S.step_starts(cols).tobytes() == sf[L.SF_T, :n].tobytes()
+    assert S.first_start(cols) == sf[L.SF_T, 0]
+    assert cols["duration_s"].tobytes() == sf[L.SF_D, :n].tobytes()
+    for j in range(L.SS_NUM):
+        assert S.split_part(cols, j).tobytes() == np.ascontiguousarray(ss[j, :n]).tobytes(), j
+    blocks = {"si": si, "sq": sq}
+    for name, block, row in S.INT_COLUMNS:
+        want = blocks[block][row, :n]
+        got = S.column(cols, name, np.int64)
+        assert got.dtype == np.int64 and np.array_equal(got, want.astype(np.int64)), name
 
 
 @pytest.mark.parametrize("gap_p", [0.0, 0.02, 0.9])
@@ -35,16 +60,8 @@ def _chunk(c: int, seed: int, gap_p: float):
 def test_compact_is_lossless(n: int, gap_p: float) -> None:
     sf, si, sq, ss = _chunk(500, n, gap_p)
     cols = S.compact(sf, si, sq, ss, n)
-    assert S.step_starts(cols).tobytes() == sf[L.SF_T, :n].tobytes()
-    assert S.first_start(cols) == sf[L.SF_T, 0]
-    assert cols["duration_s"].tobytes() == sf[L.SF_D, :n].tobytes()
-    assert cols["split"].tobytes() == np.ascontiguousarray(ss[:, :n]).tobytes()
-    blocks = {"si": si, "sq": sq}
-    for name, block, row in S.INT_COLUMNS:
-        v = cols[name]
-        want = blocks[block][row, :n]
-        got = np.full(n, v) if isinstance(v, int) else v
-        assert np.array_equal(got.astype(np.int64), want.astype(np.int64)), name
+    _assert_lossless(cols, sf, si, sq, ss, n)
+    assert isinstance(cols["split"][L.SS_COMM], np.float32)
     if n > 2:
         assert cols["num_running"].dtype == np.int16
         assert cols["queue_len"].dtype == np.int8
@@ -52,8 +69,19 @@ def test_compact_is_lossless(n: int, gap_p: float) -> None:
         assert cols["prefix_hit_tokens"].dtype == np.int64
         assert cols["prefix_query_tokens"] == 7
     if n == 500:
+        assert isinstance(cols["prefill_tokens"], S.Sparse) and len(cols["prefill_tokens"].rows) == 10
+        assert not isinstance(cols["kv_free_slots"], S.Rest)  # tokens up to 2**31: no constant sum
         # Busy runs store their first starts only; mostly idle rows are stored plainly.
         assert ("t_s" in cols) == (gap_p == 0.9)
+
+
+@pytest.mark.parametrize("n", [1, 3, 500])
+def test_free_slots_stored_as_the_rest_of_the_capacity(n: int) -> None:
+    sf, si, sq, ss = _memory_chunk(500, n)
+    cols = S.compact(sf, si, sq, ss, n)
+    _assert_lossless(cols, sf, si, sq, ss, n)
+    if n > 1:
+        assert cols["kv_free_slots"] == S.Rest(2**21)
 
 
 def test_rows_retire_into_the_sink_and_grow_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
