@@ -1258,6 +1258,11 @@ def _decode_stretch(ri, rf, wq, rq, kva, pk, cf, mt, sf, si, sq, ss, until_s):
             left = k
     caches = ri[H_CACHES] == 1
     page = _mem.page_tokens(ri, kva) if caches else 1
+    # _start_step of a decode step of this batch, inline (static batching costs its padding
+    # there): every sequence gains a token a step, so the context sum gains ``ndec``.
+    ctx_sum = ri[H_CTXSUM]
+    o_cost = F_HEADER + s + _mem.RF_TAIL
+    cost = rf[o_cost : o_cost + _cost.COST_WORDS]
     steps = 0
     while left > 0 and rf[F_ECUR] < until_s and ri[H_ROW] < ri[H_ROWCAP]:
         end_s = rf[F_ECUR]
@@ -1276,7 +1281,21 @@ def _decode_stretch(ri, rf, wq, rq, kva, pk, cf, mt, sf, si, sq, ss, until_s):
         if kv_grow(ri, kva, ri[o_dec : o_dec + ndec], ri[o_tot : o_tot + ndec]) != _blocks.OK:
             break  # nothing changed: the general path plans this step (preempts, or reports misuse)
         ri[H_NDEC] = ndec
-        _start_step(ri, rf, rq, cf, mt)
+        if static:
+            _start_step(ri, rf, rq, cf, mt)
+            continue
+        ctx_sum += ndec
+        ri[H_P] = 0
+        ri[H_K] = 0
+        ri[H_SAMP] = 0
+        ri[H_CTXSUM] = ctx_sum
+        ri[H_PADSEQ] = 0
+        rf[F_A] = 0.0
+        _cost.packed_step_cost(cf, 0.0, 0.0, 0.0, 0.0, float(ndec), float(ctx_sum), cost)
+        d = cost[0]
+        rf[F_D] = d
+        rf[F_ECUR] = rf[F_T] + d
+        ri[H_INFLIGHT] = 1
     return steps
 
 
