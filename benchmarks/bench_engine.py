@@ -172,7 +172,7 @@ def run_table(common: dict, loops: list[str], repeats: int = 3) -> None:
             print(f"{policy:9s} {manager:10s} {preemption:9s} {ran:9s} {wall:7.2f} {cpu:7.2f} {steps:8,d} "
                   f"{bare:7.2f} {wall / bare:7.1f}", flush=True)
     fastest = min(rows)
-    print(f"slowest / fastest: {max(rows) / fastest:.1f}x (target 1.5x); fastest {fastest:.2f} s (target 0.3 s)")
+    print(f"slowest / fastest: {max(rows) / fastest:.2f}x (target 1.5x); fastest {fastest:.2f} s (target 0.3 s)")
 
 
 def main() -> None:
