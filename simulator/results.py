@@ -49,6 +49,7 @@ def _steprows() -> Any:
 
     return steprows
 
+
 MS = 1e3
 
 # ITL histogram: log-spaced bins from 1 us to 1000 s, 200 per decade (about 1.2% wide).

@@ -88,6 +88,10 @@ class Rest(NamedTuple):
 #: The memory columns whose sum with ``kv_free_slots`` is a replica's capacity (:class:`Rest`).
 MEMORY_PARTS = ("kv_token_state_slots", "kv_reserved_slots", "kv_internal_frag_slots",
                 "kv_external_frag_slots", "kv_cached_slots")
+_MEMORY_PART_ROWS = tuple(row for part in MEMORY_PARTS for name, block, row in INT_COLUMNS
+                          if name == part and block == "si")
+if len(_MEMORY_PART_ROWS) != len(MEMORY_PARTS):
+    raise RuntimeError("steprows: a memory column of MEMORY_PARTS is not an si column")
 
 
 def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
@@ -116,14 +120,13 @@ def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
     nbytes = 8 * n + (8 * n if seg is None else 16 * len(seg))
     split_const = []
     for j in range(L.SS_NUM):
-        part = ss[j, :n]
-        lo, hi = part.min(), part.max()
-        split_const.append(np.float32(lo) if lo == hi and part[0] == part[0] else None)
+        bits = ss[j, :n].view(np.uint32)  # bit for bit: signed zeros and NaNs stay apart
+        split_const.append(ss[j, 0] if n and bits.min() == bits.max() else None)
         nbytes += 0 if split_const[-1] is not None else 4 * n
     total = None
     if n:
         sums = si[L.SI_FREE, :n].astype(np.int64)
-        for row in (L.SI_TOK, L.SI_RES, L.SI_INT, L.SI_EXT, L.SI_CACHED):
+        for row in _MEMORY_PART_ROWS:
             sums += si[row, :n]
         if sums.min() == sums.max():
             total = int(sums[0])

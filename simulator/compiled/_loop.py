@@ -1308,9 +1308,9 @@ def advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, until_s, new_r
     the step rows are full, :data:`NEED_COST` (call again once the memo ``mt`` has the
     planned step's cost) when it is not in the memo, :data:`DONE_OK`, or a negative error code.
     """
-    return _advance(
-        borrowed(ri), borrowed(rf), borrowed(wq), borrowed(rq), borrowed(rqf), borrowed(kva), borrowed(pk), borrowed(cf), borrowed(mt), borrowed(sf), borrowed(si), borrowed(sq), borrowed(ss),
-        until_s, new_req)
+    return _advance(borrowed(ri), borrowed(rf), borrowed(wq), borrowed(rq), borrowed(rqf),
+                    borrowed(kva), borrowed(pk), borrowed(cf), borrowed(mt), borrowed(sf),
+                    borrowed(si), borrowed(sq), borrowed(ss), until_s, new_req)
 
 
 @njit(cache=True)
@@ -1365,8 +1365,9 @@ def advance_many(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, times_s, 
     that reads no replica state). Returns ``(status, k)``: :data:`DONE_OK` with ``k`` the
     length, or the first other status with ``k`` the arrival not yet queued (call again
     from there once the facade has handled it)."""
-    ri, rf, wq, rq, rqf, kva, pk = borrowed(ri), borrowed(rf), borrowed(wq), borrowed(rq), borrowed(rqf), borrowed(kva), borrowed(pk)
-    cf, mt, sf, si, sq, ss = borrowed(cf), borrowed(mt), borrowed(sf), borrowed(si), borrowed(sq), borrowed(ss)
+    ri, rf, wq, rq, rqf = borrowed(ri), borrowed(rf), borrowed(wq), borrowed(rq), borrowed(rqf)
+    kva, pk, cf, mt = borrowed(kva), borrowed(pk), borrowed(cf), borrowed(mt)
+    sf, si, sq, ss = borrowed(sf), borrowed(si), borrowed(sq), borrowed(ss)
     n = reqs.shape[0]
     while pos < n:
         status = _advance(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, times_s[pos], reqs[pos])
@@ -1391,8 +1392,9 @@ def advance_stepwise(ri, rf, wq, rq, rqf, kva, pk, cf, mt, sf, si, sq, ss, peek_
     row chunk), :data:`NEED_COST` (call again once the memo has the planned step's cost),
     :data:`DONE_OK` or a negative error code.
     """
-    ri, rf, wq, rq, rqf, kva, pk = borrowed(ri), borrowed(rf), borrowed(wq), borrowed(rq), borrowed(rqf), borrowed(kva), borrowed(pk)
-    cf, mt, sf, si, sq, ss = borrowed(cf), borrowed(mt), borrowed(sf), borrowed(si), borrowed(sq), borrowed(ss)
+    ri, rf, wq, rq, rqf = borrowed(ri), borrowed(rf), borrowed(wq), borrowed(rq), borrowed(rqf)
+    kva, pk, cf, mt = borrowed(kva), borrowed(pk), borrowed(cf), borrowed(mt)
+    sf, si, sq, ss = borrowed(sf), borrowed(si), borrowed(sq), borrowed(ss)
     vnow = rf[F_VNOW]
     while True:
         if ri[H_COSTWAIT] == 0:

@@ -84,6 +84,18 @@ def test_free_slots_stored_as_the_rest_of_the_capacity(n: int) -> None:
         assert cols["kv_free_slots"] == S.Rest(2**21)
 
 
+def test_split_parts_kept_bit_for_bit() -> None:
+    # Equal as floats is not enough to store one value: signed zeros and NaNs stay apart.
+    sf, si, sq, ss = _chunk(64, 1, 0.0)
+    ss[L.SS_COMM] = 0.0
+    ss[L.SS_COMM, 5] = -0.0
+    ss[L.SS_OVER] = np.float32("nan")
+    cols = S.compact(sf, si, sq, ss, 64)
+    _assert_lossless(cols, sf, si, sq, ss, 64)
+    assert not isinstance(cols["split"][L.SS_COMM], np.float32)
+    assert isinstance(cols["split"][L.SS_OVER], np.float32)
+
+
 def test_rows_retire_into_the_sink_and_grow_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(S, "FIRST_CHUNK_ROWS", 4)
     monkeypatch.setattr(S, "MAX_CHUNK_ROWS", 8)
