@@ -167,31 +167,31 @@ def compact(sf: Any, si: Any, sq: Any, ss: Any, n: int) -> dict[str, Any]:
         cols["t_seg"][:] = seg
         cols["t_first"] = take(np.float64, len(seg))
         cols["t_first"][:] = sf[L.SF_T, seg]
-    split: list[Any] = []
+    # Every other array, widest dtype first, so each view into the buffer stays aligned:
+    # (dtype, values, where the view goes).
+    split: list[Any] = list(split_const)
+    cols["split"] = split
+    pieces: list[tuple[Any, Any, Any]] = []
     for j in range(L.SS_NUM):
         if split_const[j] is None:
-            split.append(take(np.float32, n))
-            split[-1][:] = ss[j, :n]
-        else:
-            split.append(split_const[j])
-    cols["split"] = split
-    # Widest first, so every view stays aligned (sparse columns: values, then int16/32 rows last).
-    sparse_rows = []
-    for name, src, dt, value, nnz in sorted(kinds, key=lambda k: -(k[2].itemsize if k[2] is not None else 0)):
+            pieces.append((np.dtype(np.float32), ss[j, :n], (split, j)))
+    for name, src, dt, value, nnz in kinds:
         if dt is None:
             cols[name] = value
         elif value is None and nnz < n:
             where = np.flatnonzero(src)
-            vals = take(dt, nnz)
-            vals[:] = src[where]
-            sparse_rows.append((name, where, vals))
+            sparse = cols[name] = [None, None]  # rows, values: a Sparse once placed
+            pieces.append((dt, src[where], (sparse, 1)))
+            pieces.append((row_dt, where, (sparse, 0)))
         else:
-            cols[name] = take(dt, n)
-            cols[name][:] = src
-    for name, where, vals in sparse_rows:
-        rows = take(row_dt, len(where))
-        rows[:] = where
-        cols[name] = Sparse(rows, vals)
+            pieces.append((dt, src, (cols, name)))
+    for dt, values, (holder, key) in sorted(pieces, key=lambda p: -p[0].itemsize):
+        view = take(dt, len(values))
+        view[:] = values
+        holder[key] = view
+    for name, _src, dt, value, nnz in kinds:
+        if dt is not None and value is None and nnz < n:
+            cols[name] = Sparse(*cols[name])
     return cols
 
 

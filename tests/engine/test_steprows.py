@@ -42,7 +42,17 @@ def _memory_chunk(c: int, seed: int):
     return sf, si, sq, ss
 
 
+def _arrays(cols):
+    for v in cols.values():
+        if isinstance(v, np.ndarray):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            yield from (a for a in v if isinstance(a, np.ndarray))
+
+
 def _assert_lossless(cols, sf, si, sq, ss, n):
+    # Every stored array is an aligned view of its chunk's buffer (widest dtypes first).
+    assert all(a.flags.aligned and a.ctypes.data % a.itemsize == 0 for a in _arrays(cols))
     assert S.step_starts(cols).tobytes() == sf[L.SF_T, :n].tobytes()
     assert S.first_start(cols) == sf[L.SF_T, 0]
     assert cols["duration_s"].tobytes() == sf[L.SF_D, :n].tobytes()
@@ -94,6 +104,15 @@ def test_split_parts_kept_bit_for_bit() -> None:
     _assert_lossless(cols, sf, si, sq, ss, 64)
     assert not isinstance(cols["split"][L.SS_COMM], np.float32)
     assert isinstance(cols["split"][L.SS_OVER], np.float32)
+
+
+def test_views_stay_aligned_with_an_odd_float32_run() -> None:
+    # Three float32 parts of 7 rows (84 bytes) before the int64 prefix hits: ordered by width.
+    sf, si, sq, ss = _chunk(7, 3, 0.0)
+    ss[L.SS_OVER] = 1.0
+    cols = S.compact(sf, si, sq, ss, 7)
+    _assert_lossless(cols, sf, si, sq, ss, 7)
+    assert cols["prefix_hit_tokens"].dtype == np.int64
 
 
 def test_rows_retire_into_the_sink_and_grow_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
